@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Build a fresh virtual environment from this checkout's own files and run the test suite in it.
+# Usage: bash scripts/test.sh [pytest arguments]      (VENV=path to choose where the environment goes)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv-test}
+rm -rf "$VENV"
+python3 -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+# torch first, pinned: 2.13.0 is the CPU build; an unpinned request may pull a multi-GB CUDA build.
+"$VENV/bin/python" -m pip install -q "torch==2.13.0"
+"$VENV/bin/python" -m pip install -q -e ".[test]"
+"$VENV/bin/python" -m pip list 2>/dev/null | grep -iE "^(jax|jaxlib|flax|optax|orbax-checkpoint|torch|numpy) "
+exec "$VENV/bin/python" -m pytest "$@"

@@ -1,0 +1,178 @@
+"""Building blocks of the model: the scanned LSTM, the length-exact (bi)directional encoder stack, and the
+attention scores. Formulation and parameter names: ``docs/model.md``.
+
+Shapes use ``B`` batch, ``S``/``T`` time, ``H`` hidden size, ``D`` directions, ``L`` layers.
+Every LSTM keeps PyTorch's layout in transposed form (``w_ih [in, 4H]``, gates in order i, f, g, o, two
+biases) so conversion is a transpose and nothing else.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from seq2seq_jax.config import ModelConfig
+
+
+def symmetric_uniform(scale: float):
+    """Initializer drawing from U(-scale, scale) (OpenNMT's ``param_init``)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -scale, scale)
+
+    return init
+
+
+def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+    """Inverted dropout; identity when ``rng`` is None (inference) or ``rate`` is 0."""
+    if rng is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def softmax_dtype(compute_dtype) -> jnp.dtype:
+    """Softmax and loss run in float32, or float64 when the model computes in float64."""
+    return jnp.promote_types(compute_dtype, jnp.float32)
+
+
+def lstm_cell(gates: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Apply the LSTM nonlinearity to pre-activations ``gates [..., 4H]`` (order i, f, g, o).
+
+    Returns ``(h', c')`` with ``c' = σ(f)⊙c + σ(i)⊙tanh(g)`` and ``h' = σ(o)⊙tanh(c')``.
+    """
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    c_next = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h_next = jax.nn.sigmoid(o) * jnp.tanh(c_next)
+    return h_next, c_next
+
+
+class LSTMWeights(nnx.Module):
+    """The parameters of one LSTM layer in one direction: ``w_ih [in, 4H]``, ``w_hh [H, 4H]``, ``b_ih``, ``b_hh``."""
+
+    def __init__(self, input_size: int, hidden_size: int, config: ModelConfig, *, rngs: nnx.Rngs):
+        init = symmetric_uniform(config.init_scale)
+        dtype = jnp.dtype(config.param_dtype)
+        self.hidden_size = hidden_size
+        self.compute_dtype = jnp.dtype(config.compute_dtype)
+        self.w_ih = nnx.Param(init(rngs.params(), (input_size, 4 * hidden_size), dtype))
+        self.w_hh = nnx.Param(init(rngs.params(), (hidden_size, 4 * hidden_size), dtype))
+        self.b_ih = nnx.Param(init(rngs.params(), (4 * hidden_size,), dtype))
+        self.b_hh = nnx.Param(init(rngs.params(), (4 * hidden_size,), dtype))
+
+    def project_inputs(self, x: jax.Array, rows: slice = slice(None)) -> jax.Array:
+        """``x [..., in'] @ w_ih[rows] + b_ih + b_hh`` for every time step at once -> ``[..., 4H]``.
+
+        ``rows`` selects the part of the input the caller has now (the decoder projects its embeddings
+        before the scan and its attention context inside it).
+        """
+        w_ih = self.w_ih[...][rows].astype(self.compute_dtype)
+        bias = (self.b_ih[...] + self.b_hh[...]).astype(self.compute_dtype)
+        return x.astype(self.compute_dtype) @ w_ih + bias
+
+    def partial_input(self, x: jax.Array, rows: slice) -> jax.Array:
+        """``x @ w_ih[rows]`` without biases, for the part of the input known only inside the scan."""
+        return x.astype(self.compute_dtype) @ self.w_ih[...][rows].astype(self.compute_dtype)
+
+    def recurrent(self, h: jax.Array) -> jax.Array:
+        """``h [..., H] @ w_hh -> [..., 4H]``."""
+        return h @ self.w_hh[...].astype(self.compute_dtype)
+
+
+def reverse_padded(x: jax.Array, lengths: jax.Array) -> jax.Array:
+    """Reverse each sequence of ``x [B, T, ...]`` within its length; padded positions stay in place.
+
+    Applying it twice is the identity. This is how the backward direction starts at the last real token.
+    """
+    time = jnp.arange(x.shape[1])[None, :]
+    index = jnp.where(time < lengths[:, None], lengths[:, None] - 1 - time, time)
+    index = index.reshape(index.shape + (1,) * (x.ndim - 2))
+    return jnp.take_along_axis(x, index, axis=1)
+
+
+class EncoderLayer(nnx.Module):
+    """One encoder layer: a forward LSTM and, when bidirectional, a backward one, scanned together."""
+
+    def __init__(self, input_size: int, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.fwd = LSTMWeights(input_size, config.enc_hidden_size, config, rngs=rngs)
+        if config.bidirectional:
+            self.bwd = LSTMWeights(input_size, config.enc_hidden_size, config, rngs=rngs)
+        self.bidirectional = config.bidirectional
+
+    def directions(self) -> list[LSTMWeights]:
+        return [self.fwd, self.bwd] if self.bidirectional else [self.fwd]
+
+    def __call__(self, x: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Run the layer over ``x [B, S, in]`` with real lengths ``lengths [B]``.
+
+        Returns ``outputs [B, S, D·H]`` (zero at padded positions), and the final states
+        ``h_n, c_n [D, B, H]``: per direction, the state after its last real token.
+        All directions share one ``lax.scan``: their input projections are computed before it, and only
+        ``h @ w_hh`` runs per step.
+        """
+        directions = self.directions()
+        batch, src_len, _ = x.shape
+        hidden = directions[0].hidden_size
+        inputs = [x] + ([reverse_padded(x, lengths)] if self.bidirectional else [])
+        projected = jnp.stack([d.project_inputs(inp) for d, inp in zip(directions, inputs)])  # [D, B, S, 4H]
+        w_hh = jnp.stack([d.w_hh[...].astype(d.compute_dtype) for d in directions])  # [D, H, 4H]
+        valid = (jnp.arange(src_len)[:, None] < lengths[None, :])[:, None, :, None]  # [S, 1, B, 1]
+
+        def step(carry, inputs_t):
+            h, c = carry  # [D, B, H]
+            gates_x, valid_t = inputs_t
+            gates = gates_x + jnp.einsum("dbh,dhk->dbk", h, w_hh)
+            h_next, c_next = lstm_cell(gates, c)
+            h = jnp.where(valid_t, h_next, h)
+            c = jnp.where(valid_t, c_next, c)
+            return (h, c), jnp.where(valid_t, h_next, 0)
+
+        zeros = jnp.zeros((len(directions), batch, hidden), projected.dtype)
+        (h_n, c_n), outputs = jax.lax.scan(step, (zeros, zeros), (projected.transpose(2, 0, 1, 3), valid))
+        outputs = outputs.transpose(1, 2, 0, 3)  # [D, B, S, H]
+        per_direction = [outputs[0]] + ([reverse_padded(outputs[1], lengths)] if self.bidirectional else [])
+        return jnp.concatenate(per_direction, axis=-1), h_n, c_n
+
+
+class Attention(nnx.Module):
+    """Masked attention over the encoder memory with an ``additive``, ``dot`` or ``general`` score."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        init = symmetric_uniform(config.init_scale)
+        common = dict(param_dtype=jnp.dtype(config.param_dtype), dtype=jnp.dtype(config.compute_dtype),
+                      kernel_init=init, bias_init=init, rngs=rngs)
+        self.score = config.attention
+        self.compute_dtype = jnp.dtype(config.compute_dtype)
+        if self.score == "additive":
+            self.query_proj = nnx.Linear(config.dec_hidden_size, config.attention_size, use_bias=False, **common)
+            self.key_proj = nnx.Linear(config.memory_size, config.attention_size, use_bias=True, **common)
+            self.v = nnx.Linear(config.attention_size, 1, use_bias=False, **common)
+        elif self.score == "general":
+            self.key_proj = nnx.Linear(config.memory_size, config.dec_hidden_size, use_bias=False, **common)
+
+    def precompute_keys(self, memory: jax.Array) -> jax.Array:
+        """Per-sentence part of the score, computed once: ``memory [B, S, M] -> keys [B, S, K]``.
+
+        ``K`` is the attention size (additive), the decoder hidden size (general), or ``M`` (dot: the memory).
+        """
+        if self.score == "dot":
+            return memory.astype(self.compute_dtype)
+        return self.key_proj(memory)
+
+    def __call__(self, query: jax.Array, keys: jax.Array, memory: jax.Array, src_mask: jax.Array
+                 ) -> tuple[jax.Array, jax.Array]:
+        """``query [B, Q]`` attends over ``memory [B, S, M]`` where ``src_mask [B, S]`` is true.
+
+        Returns ``context [B, M]`` and ``weights [B, S]`` (the softmax runs in at least float32).
+        """
+        if self.score == "additive":
+            hidden = jnp.tanh(self.query_proj(query)[:, None, :] + keys)  # [B, S, A]
+            scores = self.v(hidden)[..., 0]
+        else:
+            scores = jnp.einsum("bk,bsk->bs", query.astype(keys.dtype), keys)
+        scores = scores.astype(softmax_dtype(self.compute_dtype))
+        scores = jnp.where(src_mask, scores, -jnp.inf)
+        weights = jax.nn.softmax(scores, axis=-1)
+        context = jnp.einsum("bs,bsm->bm", weights.astype(self.compute_dtype), memory.astype(self.compute_dtype))
+        return context, weights

@@ -1,0 +1,155 @@
+"""Parity of the whole model: teacher-forced logits and loss gradients over a grid of configurations, in
+float64 and float32, with weights converted in both directions; padding invariance; round trips."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from parity_support import (
+    check,
+    jax_model,
+    jax_params,
+    make_batch,
+    make_pair,
+    precision,
+    tiny_config,
+    torch_numpy_state_dict,
+)
+
+import torch_ref
+from seq2seq_jax.convert import from_torch_state_dict, to_torch_state_dict
+from seq2seq_jax.losses import sequence_loss
+
+LABEL_SMOOTHING = 0.1
+
+
+def _grid():
+    """Every (score, style, bridge) combination; directions, layer counts and tying vary across them so each
+    value of each axis is covered several times."""
+    cases = []
+    for index, (score, style, bridge) in enumerate(
+            itertools.product(("additive", "dot", "general"), ("bahdanau", "luong"), ("zero", "last", "dense"))):
+        layers = 1 + (index // 2) % 2
+        cases.append(dict(attention=score, decoder_style=style, bridge=bridge, bidirectional=index % 2 == 0,
+                          enc_layers=layers, dec_layers=1 + (index // 3) % 2, tie_output_embedding=index % 3 == 1))
+    return cases
+
+
+GRID = _grid()
+
+
+def _case_id(case):
+    return "-".join([case["attention"], case["decoder_style"], case["bridge"],
+                     "bi" if case["bidirectional"] else "uni", f"enc{case['enc_layers']}",
+                     f"dec{case['dec_layers']}", "tied" if case["tie_output_embedding"] else "untied"])
+
+
+def _jax_loss_and_grads(model_config, params, batch):
+    def mean_loss(params):
+        model = jax_model(model_config, params)
+        logits = model(jnp.asarray(batch.src), jnp.asarray(batch.src_len), jnp.asarray(batch.tgt_in))
+        loss_sum, tokens = sequence_loss(logits, jnp.asarray(batch.tgt_out), jnp.asarray(batch.tgt_len),
+                                         LABEL_SMOOTHING)
+        return loss_sum / tokens, logits
+
+    (loss, logits), grads = jax.jit(jax.value_and_grad(mean_loss, has_aux=True))(params)
+    return np.asarray(logits), float(loss), grads
+
+
+def _torch_loss_and_grads(reference, batch):
+    tensors = batch.torch()
+    reference.zero_grad()
+    logits = reference(tensors["src"], tensors["src_len"], tensors["tgt_in"])
+    loss_sum, tokens = torch_ref.sequence_loss(logits, tensors["tgt_out"], tensors["tgt_len"], LABEL_SMOOTHING)
+    loss = loss_sum / tokens
+    loss.backward()
+    grads = {name: p.grad.detach().numpy() for name, p in reference.named_parameters()}
+    return logits.detach().numpy(), loss.item(), grads
+
+
+# float64 on the whole grid; float32 on every third configuration (it checks rounding, not structure).
+GRID_CASES = [(case, "float64") for case in GRID] + [(case, "float32") for case in GRID[::3]]
+
+
+@pytest.mark.parametrize(("case", "dtype"), GRID_CASES,
+                         ids=[f"{_case_id(case)}-{dtype}" for case, dtype in GRID_CASES])
+def test_logits_and_gradients_match(case, dtype):
+    config = tiny_config(dtype, **case)
+    direction = "torch->flax" if GRID.index(case) % 2 else "flax->torch"
+    batch = make_batch(config, seed=GRID.index(case))
+    with precision(dtype):
+        reference, model = make_pair(config, direction, seed=GRID.index(case))
+        logits, loss, grads = _jax_loss_and_grads(config, jax_params(model), batch)
+        torch_grads = to_torch_state_dict(jax.tree.map(np.asarray, grads), config)
+    ref_logits, ref_loss, ref_grads = _torch_loss_and_grads(reference, batch)
+    check("logits", dtype, logits, ref_logits)
+    check("loss", dtype, loss, ref_loss)
+    assert set(ref_grads) <= set(torch_grads)
+    if dtype == "float64":
+        for name, ref_grad in ref_grads.items():
+            check("grads", dtype, torch_grads[name], ref_grad)
+    else:
+        names = sorted(ref_grads)
+        check("grads", dtype, np.concatenate([torch_grads[name].ravel() for name in names]),
+              np.concatenate([ref_grads[name].ravel() for name in names]))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+def test_loss_matches(dtype, label_smoothing):
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(4, 6, 13)).astype(dtype)
+    targets = rng.integers(0, 13, (4, 6))
+    lengths = np.array([6, 1, 3, 0])
+    with precision(dtype):
+        loss_sum, tokens = sequence_loss(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(lengths),
+                                         label_smoothing)
+    ref_sum, ref_tokens = torch_ref.sequence_loss(torch.from_numpy(logits), torch.from_numpy(targets),
+                                                  torch.from_numpy(lengths), label_smoothing)
+    assert float(tokens) == int(ref_tokens) == 10
+    check("loss", dtype, float(loss_sum), float(ref_sum))
+
+
+@pytest.mark.parametrize("case", [GRID[0], GRID[7], GRID[14]], ids=_case_id)
+def test_padding_changes_no_real_output(case):
+    config = tiny_config("float32", **case)
+    batch = make_batch(config)
+    longer = batch.padded(extra_src=3, extra_tgt=2)
+    reference, model = make_pair(config, "flax->torch")
+    with precision("float32"):
+        short = np.asarray(model(batch.src, batch.src_len, batch.tgt_in))
+        long = np.asarray(model(longer.src, longer.src_len, longer.tgt_in))
+    with torch.no_grad():
+        ref_short = reference(*[batch.torch()[k] for k in ("src", "src_len", "tgt_in")]).numpy()
+        ref_long = reference(*[longer.torch()[k] for k in ("src", "src_len", "tgt_in")]).numpy()
+    for row, length in enumerate(batch.tgt_len):
+        check("padding", "float32", long[row, :length], short[row, :length])
+        check("padding", "float32", ref_long[row, :length], ref_short[row, :length])
+
+
+@pytest.mark.parametrize("case", [GRID[1], GRID[4], GRID[17]], ids=_case_id)
+def test_round_trips(case):
+    config = tiny_config("float32", **case)
+    with precision("float32"):
+        _, model = make_pair(config, "flax->torch", seed=5)
+    params = jax.tree.map(np.asarray, jax_params(model))
+    back = from_torch_state_dict(to_torch_state_dict(params, config), config)
+    for (path, original), (_, restored) in zip(jax.tree_util.tree_leaves_with_path(params),
+                                                jax.tree_util.tree_leaves_with_path(back), strict=True):
+        assert original.dtype == restored.dtype and np.array_equal(original, restored), path
+
+    reference, _ = make_pair(config, "torch->flax", seed=6)
+    state_dict = torch_numpy_state_dict(reference)
+    again = torch_ref.Seq2Seq(config).eval()
+    again.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in to_torch_state_dict(
+        from_torch_state_dict(state_dict, config), config).items()}, strict=True)
+    batch = make_batch(config).torch()
+    with torch.no_grad():
+        first = reference(batch["src"], batch["src_len"], batch["tgt_in"])
+        second = again(batch["src"], batch["src_len"], batch["tgt_in"])
+    assert torch.equal(first, second)

@@ -1,0 +1,5 @@
+"""PyTorch reference of the seq2seq-jax model (no JAX import anywhere in this package)."""
+
+from torch_ref.model import Seq2Seq, sequence_loss
+
+__all__ = ["Seq2Seq", "sequence_loss"]
