@@ -1,0 +1,415 @@
+"""Parallel text -> validated pairs -> token ids -> length buckets -> padded numpy batches.
+
+Reading: lines are split on ``\\n`` only (a stray ``\\r`` or U+2028 inside a line never shifts the alignment
+of two files; the ``\\r`` of a CRLF ending is removed). Every problem is a ``DataError`` naming the file and
+the 1-based line, and nothing is dropped without being counted in a ``DataReport``.
+
+Batching: every batch has exactly ``batch_size`` rows (padding rows fill the last batch of a bucket) and its
+lengths rounded up to a multiple of ``bucket_width``, so an epoch produces a small, known set of shapes
+(``padded_shapes``), i.e. a small number of compiled programs. Numpy only; no JAX here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from seq2seq_jax.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
+
+ENCODING_ERRORS = ("strict", "replace")
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and, where there is one, the 1-based line."""
+
+
+class TextLines(list):
+    """The lines of a file (a ``list[str]``) that also remembers where they came from and which lines had
+    invalid UTF-8 replaced by U+FFFD (``replaced_line_numbers``, 1-based; empty unless ``"replace"``)."""
+
+    def __init__(self, lines: Sequence[str], path: Path, replaced_line_numbers: Sequence[int] = ()):
+        super().__init__(lines)
+        self.path = path
+        self.replaced_line_numbers = list(replaced_line_numbers)
+
+    @property
+    def replaced_lines(self) -> int:
+        return len(self.replaced_line_numbers)
+
+
+class ParallelPairs(list):
+    """``list[tuple[str, str]]`` of (source, target) that also counts the lines whose invalid UTF-8 was
+    replaced (``replaced_lines``), so that ``encode_pairs`` can report them."""
+
+    def __init__(self, pairs: Sequence[tuple[str, str]], replaced_lines: int = 0, origin: str = ""):
+        super().__init__(pairs)
+        self.replaced_lines = replaced_lines
+        self.origin = origin
+
+
+def _check_encoding_errors(encoding_errors: str) -> None:
+    if encoding_errors not in ENCODING_ERRORS:
+        raise ValueError(f"encoding_errors must be one of {ENCODING_ERRORS}, got {encoding_errors!r}")
+
+
+def _read_raw_lines(path: str | Path) -> list[bytes]:
+    """The lines of ``path`` as bytes: split on ``\\n`` only, no extra empty line after a final ``\\n``, one
+    trailing ``\\r`` (CRLF) removed per line, a UTF-8 byte order mark at the start removed."""
+    path = Path(path)
+    try:
+        content = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot read: {error.strerror}") from None
+    if content.startswith(UTF8_BOM):
+        content = content[len(UTF8_BOM):]
+    lines = content.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+
+
+def _decode_lines(path: Path, raw_lines: list[bytes], encoding_errors: str) -> TextLines:
+    lines = []
+    replaced = []
+    for line_number, raw in enumerate(raw_lines, start=1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            if encoding_errors == "strict":
+                raise DataError(f"{path}:{line_number}: invalid UTF-8 at byte {error.start + 1} of the line "
+                                f"({raw[error.start:error.end]!r}); fix the file or set "
+                                f"data.encoding_errors=replace") from None
+            lines.append(raw.decode("utf-8", errors="replace"))
+            replaced.append(line_number)
+    return TextLines(lines, path, replaced)
+
+
+def read_lines(path: str | Path, encoding_errors: str = "strict") -> TextLines:
+    """The lines of a UTF-8 text file (see the module docstring for what counts as a line).
+
+    Invalid UTF-8 raises ``DataError`` naming the file and line with ``"strict"``; with ``"replace"`` it
+    becomes U+FFFD and the line numbers are kept in ``replaced_line_numbers``.
+    """
+    _check_encoding_errors(encoding_errors)
+    return _decode_lines(Path(path), _read_raw_lines(path), encoding_errors)
+
+
+def read_parallel(src_path: str | Path, tgt_path: str | Path,
+                  encoding_errors: str = "strict") -> ParallelPairs:
+    """(source, target) pairs from two line-aligned files; different line counts are an error naming both
+    files and both counts, checked before anything is decoded."""
+    _check_encoding_errors(encoding_errors)
+    src_raw, tgt_raw = _read_raw_lines(src_path), _read_raw_lines(tgt_path)
+    if len(src_raw) != len(tgt_raw):
+        raise DataError(f"parallel files differ in line count: {src_path} has {len(src_raw)} lines, "
+                        f"{tgt_path} has {len(tgt_raw)} lines")
+    src_lines = _decode_lines(Path(src_path), src_raw, encoding_errors)
+    tgt_lines = _decode_lines(Path(tgt_path), tgt_raw, encoding_errors)
+    replaced = len(set(src_lines.replaced_line_numbers) | set(tgt_lines.replaced_line_numbers))
+    return ParallelPairs(list(zip(src_lines, tgt_lines, strict=True)), replaced, f"{src_path} + {tgt_path}")
+
+
+def read_tsv(path: str | Path, encoding_errors: str = "strict") -> ParallelPairs:
+    """(source, target) pairs from ``source<TAB>target`` lines; a line without exactly one tab is an error."""
+    lines = read_lines(path, encoding_errors)
+    pairs = []
+    for line_number, line in enumerate(lines, start=1):
+        tabs = line.count("\t")
+        if tabs != 1:
+            raise DataError(f"{path}:{line_number}: expected exactly one tab (source<TAB>target), "
+                            f"found {tabs}")
+        source, target = line.split("\t")
+        pairs.append((source, target))
+    return ParallelPairs(pairs, lines.replaced_lines, str(path))
+
+
+class Example(NamedTuple):
+    """One training pair as ids: ``src [src_len] int32`` ends with EOS; ``tgt [tgt_len - 1] int32`` has no
+    BOS/EOS (batching adds them)."""
+
+    src: np.ndarray
+    tgt: np.ndarray
+
+
+@dataclasses.dataclass
+class DataReport:
+    """What ``encode_pairs`` kept, dropped and changed; ``summary()`` is the line the caller prints.
+
+    ``kept_indices`` holds, for each kept example in order, its position in the input pairs.
+    """
+
+    name: str
+    total: int = 0
+    kept: int = 0
+    dropped_empty: int = 0
+    dropped_long: int = 0
+    cropped: int = 0
+    replaced_lines: int = 0
+    src_tokens: int = 0
+    tgt_tokens: int = 0
+    src_unk: int = 0
+    tgt_unk: int = 0
+    max_src_len: int = 0
+    max_tgt_len: int = 0
+    long_pair_policy: str = "drop"
+    kept_indices: list[int] = dataclasses.field(default_factory=list, repr=False)
+
+    def summary(self) -> str:
+        parts = [f"{self.name}: {self.total} pairs, {self.kept} kept",
+                 f"{self.dropped_empty} dropped (empty source or target)",
+                 f"{self.dropped_long} dropped (longer than max_src_len={self.max_src_len} "
+                 f"or max_tgt_len={self.max_tgt_len}, EOS included)",
+                 f"{self.cropped} cropped",
+                 f"{self.replaced_lines} lines with invalid UTF-8 replaced",
+                 f"unknown tokens: {self.src_unk}/{self.src_tokens} source, "
+                 f"{self.tgt_unk}/{self.tgt_tokens} target"]
+        return ", ".join(parts)
+
+
+def encode_pairs(pairs: Sequence[tuple[str, str]], src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer,
+                 data_config, name: str = "train",
+                 replaced_lines: int | None = None) -> tuple[list[Example], DataReport]:
+    """Token ids of ``pairs``: ``Example(src_ids + [EOS], tgt_ids)`` as int32 arrays.
+
+    Pairs with an empty source or target are dropped; pairs longer than ``max_src_len`` / ``max_tgt_len``
+    (counting the EOS on each side) are dropped or cropped per ``data_config.long_pair_policy``. Every such
+    decision is counted in the returned ``DataReport``; ``replaced_lines`` defaults to the count carried by
+    ``ParallelPairs``.
+    """
+    max_src, max_tgt = data_config.max_src_len, data_config.max_tgt_len
+    crop = data_config.long_pair_policy == "crop"
+    if replaced_lines is None:
+        replaced_lines = getattr(pairs, "replaced_lines", 0)
+    report = DataReport(name=name, total=len(pairs), replaced_lines=replaced_lines, max_src_len=max_src,
+                        max_tgt_len=max_tgt, long_pair_policy=data_config.long_pair_policy)
+    examples = []
+    for pair_index, (source, target) in enumerate(pairs):
+        src_ids, tgt_ids = src_tokenizer.encode(source), tgt_tokenizer.encode(target)
+        if not src_ids or not tgt_ids:
+            report.dropped_empty += 1
+            continue
+        too_long = len(src_ids) + 1 > max_src or len(tgt_ids) + 1 > max_tgt
+        if too_long:
+            if not crop or max_src < 2 or max_tgt < 2:
+                report.dropped_long += 1
+                continue
+            src_ids, tgt_ids = src_ids[: max_src - 1], tgt_ids[: max_tgt - 1]
+            report.cropped += 1
+        report.src_tokens += len(src_ids)
+        report.tgt_tokens += len(tgt_ids)
+        report.src_unk += src_ids.count(UNK_ID)
+        report.tgt_unk += tgt_ids.count(UNK_ID)
+        report.kept_indices.append(pair_index)
+        examples.append(Example(np.array(src_ids + [EOS_ID], dtype=np.int32),
+                                np.array(tgt_ids, dtype=np.int32)))
+    report.kept = len(examples)
+    return examples, report
+
+
+class Batch(NamedTuple):
+    """A padded batch. Padding rows (``index == -1``) have ``src = [EOS]``, ``src_len = 1`` and
+    ``tgt_len = 0``, so they add nothing to a loss masked by ``tgt_len``.
+
+    src      [batch, src_len_padded] int32   source ids, each row ending with EOS, then PAD
+    src_len  [batch] int32                   real source length (EOS included)
+    tgt_in   [batch, tgt_len_padded] int32   BOS y_1 .. y_n, then PAD
+    tgt_out  [batch, tgt_len_padded] int32   y_1 .. y_n EOS, then PAD
+    tgt_len  [batch] int32                   n + 1 (0 for padding rows)
+    index    [batch] int64                   position of the example in the list batched; -1 for padding rows
+    """
+
+    src: np.ndarray
+    src_len: np.ndarray
+    tgt_in: np.ndarray
+    tgt_out: np.ndarray
+    tgt_len: np.ndarray
+    index: np.ndarray
+
+
+def round_up(length: int | np.ndarray, multiple: int) -> int | np.ndarray:
+    """``length`` rounded up to a multiple of ``multiple`` (the padded size of a bucket)."""
+    return -(-length // multiple) * multiple
+
+
+def _lengths(examples: Sequence[Example]) -> tuple[np.ndarray, np.ndarray]:
+    """``src_len [n]`` (EOS included) and ``tgt_len [n]`` (n + 1: the decoder's steps) of every example."""
+    src_len = np.fromiter((len(example.src) for example in examples), dtype=np.int64, count=len(examples))
+    tgt_len = np.fromiter((len(example.tgt) + 1 for example in examples), dtype=np.int64, count=len(examples))
+    return src_len, tgt_len
+
+
+def _plan_batches(order: np.ndarray, src_len: np.ndarray, tgt_len: np.ndarray, batch_size: int,
+                  bucket_width: int) -> list[np.ndarray]:
+    """Cut ``order`` (example indices) into batches of at most ``batch_size`` indices.
+
+    Examples are grouped by padded source length and, inside a group, stably sorted by padded target length
+    before cutting, so that a batch never mixes source buckets. Because the sort keys are bucket sizes, the
+    padded shape of each batch does not depend on ``order``: every permutation gives the same shapes.
+    """
+    src_bucket = round_up(src_len[order], bucket_width)
+    tgt_bucket = round_up(tgt_len[order], bucket_width)
+    sorted_order = order[np.lexsort((tgt_bucket, src_bucket))]
+    sorted_src_bucket = np.sort(src_bucket, kind="stable")
+    batches = []
+    group_starts = np.flatnonzero(np.diff(sorted_src_bucket, prepend=-1))
+    group_ends = np.append(group_starts[1:], len(sorted_order))
+    for start, end in zip(group_starts, group_ends, strict=True):
+        batches.extend(sorted_order[begin: min(begin + batch_size, end)]
+                       for begin in range(start, end, batch_size))
+    return batches
+
+
+def _make_batch(examples: Sequence[Example], indices: np.ndarray, batch_size: int,
+                bucket_width: int) -> Batch:
+    """Pad ``examples[indices]`` into a ``Batch`` of ``batch_size`` rows, lengths rounded to the bucket."""
+    chosen = [examples[i] for i in indices]
+    src_width = round_up(max(len(example.src) for example in chosen), bucket_width)
+    tgt_width = round_up(max(len(example.tgt) + 1 for example in chosen), bucket_width)
+    src = np.full((batch_size, src_width), PAD_ID, dtype=np.int32)
+    src[:, 0] = EOS_ID
+    src_len = np.ones(batch_size, dtype=np.int32)
+    tgt_in = np.full((batch_size, tgt_width), PAD_ID, dtype=np.int32)
+    tgt_out = np.full((batch_size, tgt_width), PAD_ID, dtype=np.int32)
+    tgt_len = np.zeros(batch_size, dtype=np.int32)
+    index = np.full(batch_size, -1, dtype=np.int64)
+    for row, (example_index, example) in enumerate(zip(indices, chosen, strict=True)):
+        n_src, n_tgt = len(example.src), len(example.tgt)
+        src[row, :n_src] = example.src
+        src_len[row] = n_src
+        tgt_in[row, 0] = BOS_ID
+        tgt_in[row, 1: n_tgt + 1] = example.tgt
+        tgt_out[row, :n_tgt] = example.tgt
+        tgt_out[row, n_tgt] = EOS_ID
+        tgt_len[row] = n_tgt + 1
+        index[row] = example_index
+    return Batch(src, src_len, tgt_in, tgt_out, tgt_len, index)
+
+
+def _check_batching(batch_size: int, bucket_width: int) -> None:
+    if batch_size < 1 or bucket_width < 1:
+        raise ValueError(f"batch_size and bucket_width must be positive, got {batch_size} and {bucket_width}")
+
+
+def padded_shapes(examples: Sequence[Example], batch_size: int, bucket_width: int) -> set[tuple[int, int]]:
+    """The ``(src_len_padded, tgt_len_padded)`` shapes that every training epoch (``BatchIterator``) and
+    ``eval_batches`` produce for ``examples``; each batch is ``[batch_size, ...]`` of one of these."""
+    _check_batching(batch_size, bucket_width)
+    if not examples:
+        return set()
+    src_len, tgt_len = _lengths(examples)
+    batches = _plan_batches(np.arange(len(examples)), src_len, tgt_len, batch_size, bucket_width)
+    return {(int(round_up(src_len[b].max(), bucket_width)), int(round_up(tgt_len[b].max(), bucket_width)))
+            for b in batches}
+
+
+class BatchIterator:
+    """Endless training batches, epoch after epoch.
+
+    Each epoch: a permutation drawn from ``(seed, epoch)``, examples grouped into length buckets (by source
+    length first, then target length; see ``_plan_batches``), batches cut inside buckets, the batch order
+    shuffled. ``state()`` / ``restore(state)`` resume the exact sequence of batches.
+
+    ``epoch`` is the epoch the next batch comes from (0-based; it advances as soon as an epoch's last batch is
+    given) and ``position`` the number of that epoch's batches already given.
+    """
+
+    def __init__(self, examples: Sequence[Example], batch_size: int, bucket_width: int, seed: int):
+        _check_batching(batch_size, bucket_width)
+        if not examples:
+            raise DataError("no training examples to batch (every pair was empty or too long?)")
+        self.examples = examples
+        self.batch_size = batch_size
+        self.bucket_width = bucket_width
+        self.seed = seed
+        self._src_len, self._tgt_len = _lengths(examples)
+        self.epoch = 0
+        self.position = 0
+        self._plan = self._epoch_plan(0)
+
+    def _epoch_plan(self, epoch: int) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.seed, epoch])
+        batches = _plan_batches(rng.permutation(len(self.examples)), self._src_len, self._tgt_len,
+                                self.batch_size, self.bucket_width)
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self._plan)
+
+    def padded_shapes(self) -> set[tuple[int, int]]:
+        return padded_shapes(self.examples, self.batch_size, self.bucket_width)
+
+    def __iter__(self) -> BatchIterator:
+        return self
+
+    def __next__(self) -> Batch:
+        indices = self._plan[self.position]
+        self.position += 1
+        if self.position == len(self._plan):
+            self.epoch, self.position = self.epoch + 1, 0
+            self._plan = self._epoch_plan(self.epoch)
+        return _make_batch(self.examples, indices, self.batch_size, self.bucket_width)
+
+    def state(self) -> dict[str, int]:
+        """JSON-able position: ``epoch``, ``position``, and what must match on ``restore``."""
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
+                "num_examples": len(self.examples), "batch_size": self.batch_size,
+                "bucket_width": self.bucket_width}
+
+    def restore(self, state: dict[str, int]) -> None:
+        """Continue from ``state`` (of an iterator over the same examples and settings)."""
+        for key in ("seed", "num_examples", "batch_size", "bucket_width"):
+            if key in state and state[key] != self.state()[key]:
+                raise DataError(f"cannot restore the data iterator: saved {key}={state[key]} but this run "
+                                f"has {key}={self.state()[key]} (the training data or data settings changed)")
+        epoch, position = int(state["epoch"]), int(state["position"])
+        plan = self._epoch_plan(epoch)
+        if not 0 <= position < len(plan):
+            raise DataError(f"cannot restore the data iterator: position {position} is outside epoch {epoch} "
+                            f"of {len(plan)} batches")
+        self.epoch, self.position, self._plan = epoch, position, plan
+
+
+def eval_batches(examples: Sequence[Example], batch_size: int, bucket_width: int) -> Iterator[Batch]:
+    """One pass over ``examples``, each exactly once, grouped by length; ``Batch.index`` gives positions in
+    ``examples`` (-1 for padding rows). Shapes are those of ``padded_shapes``."""
+    _check_batching(batch_size, bucket_width)
+    if not examples:
+        return
+    src_len, tgt_len = _lengths(examples)
+    for indices in _plan_batches(np.arange(len(examples)), src_len, tgt_len, batch_size, bucket_width):
+        yield _make_batch(examples, indices, batch_size, bucket_width)
+
+
+def source_batches(src_id_lists: Sequence[Sequence[int]], batch_size: int,
+                   bucket_width: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Batches of sources to translate: ``(src [batch, src_len_padded] int32, src_len [batch] int32,
+    index [batch] int64)``.
+
+    ``src_id_lists`` are token ids without EOS (EOS is appended; an empty line becomes ``[EOS]``). Every input
+    appears exactly once, sorted by length; ``index`` is its position in ``src_id_lists`` (-1 for padding
+    rows, which are ``[EOS]`` of length 1), so the caller restores the input order.
+    """
+    _check_batching(batch_size, bucket_width)
+    lengths = np.fromiter((len(ids) + 1 for ids in src_id_lists), dtype=np.int64, count=len(src_id_lists))
+    order = np.argsort(lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        indices = order[start: start + batch_size]
+        width = int(round_up(lengths[indices].max(), bucket_width))
+        src = np.full((batch_size, width), PAD_ID, dtype=np.int32)
+        src[:, 0] = EOS_ID
+        src_len = np.ones(batch_size, dtype=np.int32)
+        index = np.full(batch_size, -1, dtype=np.int64)
+        for row, source_index in enumerate(indices):
+            ids = list(src_id_lists[source_index])
+            src[row, : len(ids) + 1] = ids + [EOS_ID]
+            src_len[row] = len(ids) + 1
+            index[row] = source_index
+        yield src, src_len, index
