@@ -170,9 +170,9 @@ class Attention(nnx.Module):
             hidden = jnp.tanh(self.query_proj(query)[:, None, :] + keys)  # [B, S, A]
             scores = self.v(hidden)[..., 0]
         else:
-            scores = jnp.einsum("bk,bsk->bs", query.astype(keys.dtype), keys)
+            scores = jnp.sum(query.astype(keys.dtype)[:, None, :] * keys, axis=-1)
         scores = scores.astype(softmax_dtype(self.compute_dtype))
         scores = jnp.where(src_mask, scores, -jnp.inf)
         weights = jax.nn.softmax(scores, axis=-1)
-        context = jnp.einsum("bs,bsm->bm", weights.astype(self.compute_dtype), memory.astype(self.compute_dtype))
+        context = jnp.sum(weights.astype(self.compute_dtype)[:, :, None] * memory.astype(self.compute_dtype), axis=1)
         return context, weights

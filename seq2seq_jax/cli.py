@@ -1,0 +1,260 @@
+"""The ``seq2seq`` command line: parses arguments and calls the library. No logic of its own.
+
+    seq2seq train     --workdir W [--train-src F --train-tgt F --valid-src F --valid-tgt F] [--task NAME]
+                      [--config FILE] [--set SECTION.KEY=VALUE ...]
+    seq2seq translate --workdir W [--beam-size K] [--input F] [--output F] ...
+    seq2seq evaluate  --workdir W --src F --ref F [--ref F ...] [--beam-size K] [--rouge] [--json]
+    seq2seq plot      --workdir W [--out F] [--attention "source sentence" --attention-out F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+from seq2seq_jax.config import ConfigError, DecodeConfig, ExperimentConfig
+
+
+def _add_decode_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("decoding (defaults: the workdir's decode config)")
+    group.add_argument("--beam-size", type=int)
+    group.add_argument("--length-penalty", type=float, help="alpha of ((5 + len) / 6) ** alpha")
+    group.add_argument("--n-best", type=int)
+    group.add_argument("--min-len", type=int)
+    group.add_argument("--max-len-a", type=float)
+    group.add_argument("--max-len-b", type=float)
+    group.add_argument("--no-repeat-ngram-size", type=int)
+    group.add_argument("--sample", action="store_true", default=None, help="sample instead of beam search")
+    group.add_argument("--temperature", type=float)
+    group.add_argument("--top-k", type=int)
+    group.add_argument("--top-p", type=float)
+    group.add_argument("--seed", type=int)
+    group.add_argument("--batch-size", type=int)
+    group.add_argument("--checkpoint", default="best", help="best, latest or a step number")
+
+
+def _decode_config(base: DecodeConfig, args: argparse.Namespace) -> DecodeConfig:
+    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(DecodeConfig)
+               if getattr(args, f.name, None) is not None}
+    if "beam_size" in changes and "n_best" not in changes:
+        changes["n_best"] = min(base.n_best, changes["beam_size"])
+    return dataclasses.replace(base, **changes)
+
+
+def _checkpoint_arg(value: str) -> str | int:
+    return int(value) if value.isdigit() else value
+
+
+def _read_input(path: str | None) -> list[str]:
+    from seq2seq_jax.data import read_lines
+
+    if path:
+        return list(read_lines(path))
+    text = sys.stdin.buffer.read()
+    try:
+        decoded = text.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = text[: error.start].count(b"\n") + 1
+        raise ValueError(f"<stdin>:{line}: invalid UTF-8") from None
+    if not decoded:
+        return []
+    lines = decoded.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def _load_translator(args: argparse.Namespace):
+    from seq2seq_jax.translate import Translator
+    from seq2seq_jax.workdir import load_trained
+
+    trained = load_trained(args.workdir, _checkpoint_arg(args.checkpoint))
+    decode_config = _decode_config(trained.config.decode, args)
+    translator = Translator(trained.graphdef, trained.params, trained.src_tokenizer, trained.tgt_tokenizer,
+                            decode_config, trained.config.data.bucket_width)
+    return trained, translator
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from seq2seq_jax.trainer import train
+    from seq2seq_jax.workdir import Workdir
+
+    run = Workdir(Path(args.workdir))
+    if run.exists():
+        if args.config:
+            raise ConfigError(f"{run.config_path} exists (resuming); --config is only for a new workdir. "
+                              "Change settings of a resumed run with --set.")
+        config = run.load_config()
+    else:
+        config = ExperimentConfig.load(args.config) if args.config else ExperimentConfig()
+    overrides = list(args.set or [])
+    for flag, key in (("train_src", "data.train_src"), ("train_tgt", "data.train_tgt"),
+                      ("valid_src", "data.valid_src"), ("valid_tgt", "data.valid_tgt"), ("task", "data.task")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    config = config.with_overrides(overrides)
+    if run.exists() and config.model != run.load_config().model:
+        raise ConfigError(f"{run.config_path}: model settings cannot change when resuming; use a new --workdir")
+    train(config, args.workdir)
+    return 0
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    trained, translator = _load_translator(args)
+    lines = _read_input(args.input)
+    results = translator.translate(lines, with_attention=bool(args.plot_attention))
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        for hypotheses in results:
+            if translator.config.n_best > 1:
+                out.write("\t".join(f"{h.text}\t{h.score:.6f}" for h in hypotheses) + "\n")
+            else:
+                out.write(hypotheses[0].text + "\n")
+    finally:
+        if args.output:
+            out.close()
+    if args.plot_attention:
+        from seq2seq_jax.plots import plot_attention
+
+        directory = Path(args.plot_attention)
+        directory.mkdir(parents=True, exist_ok=True)
+        for number, (line, hypotheses) in enumerate(zip(lines, results, strict=True), start=1):
+            best = hypotheses[0]
+            if best.attention is None:
+                continue
+            src_tokens = [trained.src_tokenizer.decode([i]) or "·" for i in trained.src_tokenizer.encode(line)]
+            tgt_tokens = [trained.tgt_tokenizer.decode([i]) or "·" for i in best.tokens]
+            plot_attention(best.attention[: len(tgt_tokens) + 1], src_tokens + ["</s>"], tgt_tokens + ["</s>"],
+                           directory / f"attention_{number:05d}.png")
+    print(f"translated {len(lines)} lines with {translator.compiled_programs} compiled search programs",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from seq2seq_jax import data as data_lib
+    from seq2seq_jax.metrics import corpus_bleu, corpus_chrf, exact_match, perplexity, rouge
+    from seq2seq_jax.train import make_eval_step
+
+    import jax
+
+    trained, translator = _load_translator(args)
+    sources = list(data_lib.read_lines(args.src))
+    references = [list(data_lib.read_lines(path)) for path in args.ref]
+    for path, refs in zip(args.ref, references, strict=True):
+        if len(refs) != len(sources):
+            raise ValueError(f"{args.src} has {len(sources)} lines but {path} has {len(refs)}")
+    hyps = translator.translate_best(sources)
+    per_example = [[refs[i] for refs in references] for i in range(len(sources))]
+    bleu, bleu_signature = corpus_bleu(hyps, per_example)
+    chrf, chrf_signature = corpus_chrf(hyps, per_example)
+    result = {"bleu": bleu, "bleu_signature": bleu_signature, "chrf": chrf, "chrf_signature": chrf_signature,
+              "exact_match": exact_match(hyps, references[0]), "sentences": len(sources),
+              "step": trained.step}
+    examples, report = data_lib.encode_pairs(list(zip(sources, references[0], strict=True)), trained.src_tokenizer,
+                                             trained.tgt_tokenizer, dataclasses.replace(
+                                                 trained.config.data, max_src_len=10**9, max_tgt_len=10**9),
+                                             name="evaluate")
+    if examples:
+        eval_step = jax.jit(make_eval_step(trained.graphdef))
+        loss_sum = tokens = 0.0
+        for batch in data_lib.eval_batches(examples, translator.config.batch_size, trained.config.data.bucket_width):
+            batch_sum, batch_tokens = eval_step(trained.params, {k: getattr(batch, k) for k in (
+                "src", "src_len", "tgt_in", "tgt_out", "tgt_len")})
+            loss_sum += float(batch_sum)
+            tokens += float(batch_tokens)
+        result["perplexity"] = perplexity(loss_sum, tokens)
+        result["perplexity_pairs"] = report.kept
+    if args.rouge:
+        result.update(rouge(hyps, per_example))
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(f"BLEU {bleu:.2f}  ({bleu_signature})")
+        print(f"chrF {chrf:.2f}  ({chrf_signature})")
+        if "perplexity" in result:
+            print(f"perplexity {result['perplexity']:.3f} over {result['perplexity_pairs']} non-empty pairs")
+        print(f"exact match {result['exact_match']:.2f}%")
+        if args.rouge:
+            print("ROUGE-1 {rouge1:.2f}  ROUGE-2 {rouge2:.2f}  ROUGE-L {rougeL:.2f}".format(**result))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from seq2seq_jax.plots import plot_training_curves, read_metrics_jsonl
+    from seq2seq_jax.workdir import Workdir
+
+    run = Workdir(Path(args.workdir))
+    out = Path(args.out or run.path / "training_curves.png")
+    plot_training_curves(read_metrics_jsonl(run.metrics_path), out)
+    print(f"wrote {out}")
+    if args.attention is not None:
+        from seq2seq_jax.plots import plot_attention
+
+        args.checkpoint = "best"
+        trained, translator = _load_translator(args)
+        best = translator.translate([args.attention], with_attention=True)[0][0]
+        src_tokens = [trained.src_tokenizer.decode([i]) or "·" for i in trained.src_tokenizer.encode(args.attention)]
+        tgt_tokens = [trained.tgt_tokenizer.decode([i]) or "·" for i in best.tokens]
+        attention_out = Path(args.attention_out or run.path / "attention.png")
+        plot_attention(best.attention[: len(tgt_tokens) + 1], src_tokens + ["</s>"], tgt_tokens + ["</s>"],
+                       attention_out)
+        print(f"wrote {attention_out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seq2seq", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log compilation and checkpoint details")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train or resume (built-in demo task when no data is given)")
+    train.add_argument("--workdir", required=True)
+    train.add_argument("--train-src")
+    train.add_argument("--train-tgt")
+    train.add_argument("--valid-src")
+    train.add_argument("--valid-tgt")
+    train.add_argument("--task", help="built-in generated task (dates, numbers, reverse)")
+    train.add_argument("--config", help="JSON file with model/data/train/decode sections")
+    train.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting")
+    train.set_defaults(handler=cmd_train)
+
+    translate = commands.add_parser("translate", help="translate stdin (or --input) line by line")
+    translate.add_argument("--workdir", required=True)
+    translate.add_argument("--input")
+    translate.add_argument("--output")
+    translate.add_argument("--plot-attention", metavar="DIR", help="write one attention heatmap PNG per line")
+    _add_decode_arguments(translate)
+    translate.set_defaults(handler=cmd_translate)
+
+    evaluate = commands.add_parser("evaluate", help="BLEU, chrF (sacrebleu), perplexity, ROUGE on request")
+    evaluate.add_argument("--workdir", required=True)
+    evaluate.add_argument("--src", required=True)
+    evaluate.add_argument("--ref", required=True, action="append", help="reference file (repeat for several)")
+    evaluate.add_argument("--rouge", action="store_true")
+    evaluate.add_argument("--json", action="store_true")
+    _add_decode_arguments(evaluate)
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    plot = commands.add_parser("plot", help="training curves PNG; attention heatmap for one sentence")
+    plot.add_argument("--workdir", required=True)
+    plot.add_argument("--out")
+    plot.add_argument("--attention", metavar="SENTENCE")
+    plot.add_argument("--attention-out")
+    plot.set_defaults(handler=cmd_plot)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return args.handler(args)
+    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"seq2seq {args.command}: error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,115 @@
+"""Text in, text out: tokenize, batch by length, search (beam, greedy or sampling), detokenize, restore input
+order. One output per input line, empty lines included.
+
+Every batch has ``batch_size`` rows and a source length rounded up to ``bucket_width``, and the output buffer
+is rounded up likewise, so one program is compiled per padded shape and decoding setting, never per
+sentence; ``Translator.compiled_programs`` counts them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from seq2seq_jax.config import DecodeConfig
+from seq2seq_jax.data import round_up, source_batches
+from seq2seq_jax.decode import beam_search, max_len_bound_for, sample
+from seq2seq_jax.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Hypothesis:
+    """One output: detokenized ``text``, its ``tokens`` (ids, EOS excluded), ``score`` and, when asked,
+    ``attention [len(tokens) + 1, src_len]`` (the last row is the EOS step)."""
+
+    text: str
+    tokens: list[int]
+    score: float
+    attention: np.ndarray | None = None
+
+
+class Translator:
+    """Decode text with a trained model: ``translate(lines) -> [[Hypothesis, ...n_best], ...]``."""
+
+    def __init__(self, graphdef: nnx.GraphDef, params, src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer,
+                 decode_config: DecodeConfig, bucket_width: int = 8):
+        self.graphdef = graphdef
+        self.params = params
+        self.src_tokenizer = src_tokenizer
+        self.tgt_tokenizer = tgt_tokenizer
+        self.config = decode_config
+        self.bucket_width = bucket_width
+        self._compiled: dict[tuple, object] = {}
+
+    @property
+    def compiled_programs(self) -> int:
+        return len(self._compiled)
+
+    def _search_fn(self, src_size: int, max_len_bound: int):
+        """One jitted search per (padded source length, output bound); the settings are fixed per Translator."""
+        key = (src_size, max_len_bound)
+        if key not in self._compiled:
+            config, graphdef = self.config, self.graphdef
+
+            def search(params, src, src_len, rng):
+                model = nnx.merge(graphdef, params)
+                state = model.init_decode_state(src, src_len)
+                common = dict(min_len=config.min_len, max_len_a=config.max_len_a, max_len_b=config.max_len_b,
+                              max_len_bound=max_len_bound, no_repeat_ngram_size=config.no_repeat_ngram_size)
+                if config.sample:
+                    tokens, lengths, scores, attention = sample(
+                        model.decode_step, state, src_len, rng, temperature=config.temperature, top_k=config.top_k,
+                        top_p=config.top_p, **common)
+                    expand = lambda x: None if x is None else x[:, None]
+                    return tokens[:, None], lengths[:, None], scores[:, None], expand(attention)
+                result = beam_search(model.decode_step, state, src_len, beam_size=config.beam_size,
+                                     length_penalty=config.length_penalty, n_best=config.n_best, **common)
+                return result.tokens, result.lengths, result.scores, result.attention
+
+            self._compiled[key] = jax.jit(search)
+            logger.info("compiling search for source length %d, output bound %d (%d programs)", src_size,
+                        max_len_bound, len(self._compiled))
+        return self._compiled[key]
+
+    def translate(self, lines: Sequence[str], with_attention: bool = False) -> list[list[Hypothesis]]:
+        """Translate ``lines`` (order kept, one entry per line, each a list of ``n_best`` hypotheses)."""
+        config = self.config
+        encoded = [self.src_tokenizer.encode(line) for line in lines]
+        results: list[list[Hypothesis] | None] = [None] * len(lines)
+        rng = jax.random.key(config.seed)
+        for batch_number, (src, src_len, index) in enumerate(
+                source_batches(encoded, config.batch_size, self.bucket_width)):
+            bound = round_up(max_len_bound_for([src.shape[1]], config.max_len_a, config.max_len_b), self.bucket_width)
+            search = self._search_fn(src.shape[1], int(bound))
+            tokens, lengths, scores, attention = jax.device_get(search(
+                self.params, jnp.asarray(src), jnp.asarray(src_len), jax.random.fold_in(rng, batch_number)))
+            for row, line_index in enumerate(index):
+                if line_index < 0:
+                    continue
+                hypotheses = []
+                for rank in range(tokens.shape[1]):
+                    length = int(lengths[row, rank])
+                    ids = [int(t) for t in tokens[row, rank, :length]]
+                    if ids and ids[-1] == 3:
+                        ids = ids[:-1]
+                    weights = None
+                    if with_attention and attention is not None:
+                        weights = np.asarray(attention[row, rank, :length, : int(src_len[row])])
+                    hypotheses.append(Hypothesis(self.tgt_tokenizer.decode(ids), ids, float(scores[row, rank]),
+                                                 weights))
+                results[int(line_index)] = hypotheses
+        missing = [i for i, r in enumerate(results) if r is None]
+        if missing:
+            raise RuntimeError(f"internal error: no output for input lines {missing[:10]}")
+        return results  # type: ignore[return-value]
+
+    def translate_best(self, lines: Sequence[str]) -> list[str]:
+        return [hypotheses[0].text for hypotheses in self.translate(lines)]
