@@ -19,7 +19,7 @@ from flax import nnx
 
 from seq2seq_jax.config import DecodeConfig
 from seq2seq_jax.data import round_up, source_batches
-from seq2seq_jax.decode import beam_search, max_len_bound_for, sample
+from seq2seq_jax.decode import beam_search, greedy_search, max_len_bound_for, sample
 from seq2seq_jax.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -70,8 +70,12 @@ class Translator:
                         top_p=config.top_p, **common)
                     expand = lambda x: None if x is None else x[:, None]
                     return tokens[:, None], lengths[:, None], scores[:, None], expand(attention)
-                result = beam_search(model.decode_step, state, src_len, beam_size=config.beam_size,
-                                     length_penalty=config.length_penalty, n_best=config.n_best, **common)
+                if config.beam_size == 1:  # greedy: the plain argmax loop, whatever the length penalty
+                    result = greedy_search(model.decode_step, state, src_len, length_penalty=config.length_penalty,
+                                           **common)
+                else:
+                    result = beam_search(model.decode_step, state, src_len, beam_size=config.beam_size,
+                                         length_penalty=config.length_penalty, n_best=config.n_best, **common)
                 return result.tokens, result.lengths, result.scores, result.attention
 
             self._compiled[key] = jax.jit(search)

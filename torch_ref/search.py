@@ -1,0 +1,259 @@
+"""Greedy and beam search in plain PyTorch (no JAX), over a model-agnostic ``decode_step``.
+
+    decode_step(state, tokens [N]) -> (logits [N, V], new_state)
+
+``state`` is a dict (nested dicts, lists and tuples allowed) of tensors with the hypotheses as leading
+axis; a key ``"attention"`` ``[N, S]`` in the returned state is recorded. Token ids: pad 0, bos 2, eos 3.
+
+This is the reference twin of ``seq2seq_jax/decode.py``: the same algorithm, rules 1-9 of that module's
+docstring, written as a Python loop over steps with per-sentence bookkeeping in Python lists, so that the
+parity tests compare two independent implementations. In short: K alive / K finished hypotheses per
+sentence, only beam 0 alive at the start; each step takes the top 2K of K*V summed log-probs (stable:
+lower flat index ``beam * V + token`` first on ties); candidates ranked < K finish if they are EOS or the
+sentence reached ``max_len_i = min(max(1, ceil(a * src_len + b)), max_len_bound)`` (then as-is), scored
+``sum / ((5 + n) / 6) ** length_penalty``; the finished set is the stable top K of old slots + those
+candidates; the best K non-EOS candidates stay alive; a sentence is done at ``max_len_i`` or when
+``best_alive_sum / lp(max_len_i)`` (``lp(n + 1)`` for a negative penalty) ``<= worst finished score``.
+Bans (``min_len``: EOS while ``n < min_len``; ``no_repeat_ngram_size``) set -inf without renormalising.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+
+PAD_ID = 0
+BOS_ID = 2
+EOS_ID = 3
+
+DecodeStep = Callable[[Any, torch.Tensor], tuple[torch.Tensor, Any]]
+
+
+class BeamResult(NamedTuple):
+    """tokens [B, n_best, L] long (pad after the length); lengths [B, n_best] long (EOS included);
+    scores [B, n_best] (length-normalised, best first); attention [B, n_best, L, S] or None."""
+
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+    scores: torch.Tensor
+    attention: torch.Tensor | None
+
+
+def max_len_for(src_len: int, max_len_a: float, max_len_b: float) -> int:
+    """``max(1, ceil(a * src_len + b))`` in Python float64 (the same as ``DecodeConfig.max_len``)."""
+    return max(1, math.ceil(max_len_a * int(src_len) + max_len_b))
+
+
+def length_penalty_factor(length: int, alpha: float) -> float:
+    """``lp(n) = ((5 + n) / 6) ** alpha``."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def banned_ngram_tokens(history: list[int], ngram_size: int) -> set[int]:
+    """Tokens that would complete an n-gram already present in ``history`` (the generated tokens)."""
+    if ngram_size <= 0 or len(history) < ngram_size:
+        return set()
+    prefix = history[len(history) - ngram_size + 1:]
+    return {history[start + ngram_size - 1] for start in range(len(history) - ngram_size + 1)
+            if history[start:start + ngram_size - 1] == prefix}
+
+
+def _map_state(fn: Callable[[torch.Tensor], torch.Tensor], state: Any) -> Any:
+    if isinstance(state, torch.Tensor):
+        return fn(state)
+    if isinstance(state, dict):
+        return {key: _map_state(fn, value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_map_state(fn, value) for value in state)
+    return state
+
+
+def _score_dtype(logits: torch.Tensor) -> torch.dtype:
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def _apply_bans(log_probs: torch.Tensor, histories: list[list[int]], generated: int, *, min_len: int,
+                no_repeat_ngram_size: int, eos_id: int) -> torch.Tensor:
+    """log_probs [N, V]; histories: the N hypotheses' generated tokens. Returns a banned copy."""
+    log_probs = log_probs.clone()
+    if generated < min_len:
+        log_probs[:, eos_id] = -math.inf
+    if no_repeat_ngram_size > 0:
+        for row, history in enumerate(histories):
+            for token in banned_ngram_tokens(history, no_repeat_ngram_size):
+                log_probs[row, token] = -math.inf
+    return log_probs
+
+
+@dataclass
+class _Hypothesis:
+    tokens: list[int] = field(default_factory=list)
+    attention: list[torch.Tensor] = field(default_factory=list)  # one [S] per token
+
+
+@dataclass
+class _Finished:
+    score: float
+    tokens: list[int]
+    attention: list[torch.Tensor]
+
+
+def _pack(per_sentence: list[list[_Finished]], n_best: int, buffer_len: int, dtype: torch.dtype,
+          attention_width: int | None) -> BeamResult:
+    batch = len(per_sentence)
+    tokens = torch.full((batch, n_best, buffer_len), PAD_ID, dtype=torch.long)
+    lengths = torch.zeros((batch, n_best), dtype=torch.long)
+    scores = torch.full((batch, n_best), -math.inf, dtype=dtype)
+    attention = None if attention_width is None else torch.zeros((batch, n_best, buffer_len, attention_width),
+                                                                  dtype=dtype)
+    for b, finished in enumerate(per_sentence):
+        for slot, hyp in enumerate(finished[:n_best]):
+            length = len(hyp.tokens)
+            tokens[b, slot, :length] = torch.tensor(hyp.tokens, dtype=torch.long)
+            lengths[b, slot] = length
+            scores[b, slot] = hyp.score
+            if attention is not None and length:
+                attention[b, slot, :length] = torch.stack(hyp.attention)
+    return BeamResult(tokens, lengths, scores, attention)
+
+
+@torch.no_grad()
+def beam_search(decode_step: DecodeStep, init_state: Any, src_len: torch.Tensor, *, beam_size: int,
+                length_penalty: float, n_best: int = 1, min_len: int = 0, max_len_a: float, max_len_b: float,
+                max_len_bound: int, no_repeat_ngram_size: int = 0, eos_id: int = EOS_ID,
+                bos_id: int = BOS_ID) -> BeamResult:
+    """Beam search (the algorithm of ``seq2seq_jax.decode``), a Python loop.
+
+    init_state: leaves ``[B, ...]``; src_len ``[B]``. Returns BeamResult (torch tensors) with tokens
+    ``[B, n_best, max_len_bound]``, lengths/scores ``[B, n_best]``, attention ``[B, n_best, L, S]`` or None.
+    """
+    if beam_size < 1 or not 1 <= n_best <= beam_size:
+        raise ValueError(f"need beam_size >= 1 and 1 <= n_best <= beam_size, got {beam_size}, {n_best}")
+    beams, buffer_len, alpha = beam_size, max_len_bound, length_penalty
+    src_lengths = [int(s) for s in torch.as_tensor(src_len).reshape(-1).tolist()]
+    batch = len(src_lengths)
+    max_lens = [min(max_len_for(s, max_len_a, max_len_b), buffer_len) for s in src_lengths]
+
+    state = _map_state(lambda leaf: leaf.repeat_interleave(beams, dim=0), init_state)
+    alive = [[_Hypothesis() for _ in range(beams)] for _ in range(batch)]
+    alive_sums: torch.Tensor | None = None  # [B, K], created with the first logits' dtype
+    finished: list[list[_Finished]] = [[_Finished(-math.inf, [], []) for _ in range(beams)] for _ in range(batch)]
+    done = [False] * batch
+    dtype, attention_width = torch.float32, None
+
+    for step in range(buffer_len):
+        if all(done):
+            break
+        generated = step + 1
+        last_tokens = torch.tensor([hyp.tokens[-1] if hyp.tokens else bos_id for sentence in alive for hyp in sentence],
+                                   dtype=torch.long)
+        logits, new_state = decode_step(state, last_tokens)
+        dtype = _score_dtype(logits)
+        if alive_sums is None:
+            alive_sums = torch.full((batch, beams), -math.inf, dtype=dtype)
+            alive_sums[:, 0] = 0.0
+        log_probs = torch.log_softmax(logits.to(dtype), dim=-1)
+        log_probs = _apply_bans(log_probs, [hyp.tokens for sentence in alive for hyp in sentence], generated,
+                                min_len=min_len, no_repeat_ngram_size=no_repeat_ngram_size, eos_id=eos_id)
+        vocab = log_probs.shape[1]
+        log_probs = log_probs.reshape(batch, beams, vocab)
+        step_attention = new_state.get("attention") if isinstance(new_state, dict) else None
+        if step_attention is not None:
+            attention_width = step_attention.shape[1]
+            step_attention = step_attention.to(dtype).reshape(batch, beams, attention_width)
+
+        source_rows = list(range(batch * beams))
+        new_alive_sums = alive_sums.clone()
+        for b in range(batch):
+            if done[b]:
+                continue
+            candidates = (alive_sums[b][:, None] + log_probs[b]).reshape(-1)
+            order = torch.sort(candidates, descending=True, stable=True).indices[:2 * beams].tolist()
+            cand_sums = candidates[order]
+            cands = []  # (sum tensor, source beam, token, new hypothesis)
+            for rank, flat in enumerate(order):
+                beam, token = divmod(flat, vocab)
+                source = alive[b][beam]
+                attention = source.attention + ([step_attention[b, beam]] if step_attention is not None else [])
+                cands.append((cand_sums[rank], beam, token, _Hypothesis(source.tokens + [token], attention)))
+
+            # Finishing: ranks < K that are EOS, or everything ranked < K at the length limit.
+            penalty = torch.tensor(length_penalty_factor(generated, alpha), dtype=dtype)
+            new_finished = []
+            for cand_sum, _beam, token, hyp in cands[:beams]:
+                if token == eos_id or generated >= max_lens[b]:
+                    new_finished.append(_Finished(float(cand_sum / penalty), hyp.tokens, hyp.attention))
+                else:
+                    new_finished.append(_Finished(-math.inf, hyp.tokens, hyp.attention))
+            pool = finished[b] + new_finished
+            finished[b] = sorted(pool, key=lambda hyp: -hyp.score)[:beams]  # stable: old slots first on ties
+
+            # The best K non-EOS candidates stay alive.
+            alive_keys = [-math.inf if token == eos_id else float(cand_sum) for cand_sum, _, token, _ in cands]
+            kept = sorted(range(2 * beams), key=lambda rank: -alive_keys[rank])[:beams]
+            alive[b] = [cands[rank][3] for rank in kept]
+            for k, rank in enumerate(kept):
+                new_alive_sums[b, k] = alive_keys[rank]
+                source_rows[b * beams + k] = b * beams + cands[rank][1]
+
+            # Done?
+            best_alive = new_alive_sums[b, 0]
+            bound_length = max_lens[b] if alpha >= 0 else generated + 1
+            bound = float(best_alive / torch.tensor(length_penalty_factor(bound_length, alpha), dtype=dtype))
+            done[b] = generated >= max_lens[b] or bound <= finished[b][-1].score
+
+        alive_sums = new_alive_sums
+        rows = torch.tensor(source_rows, dtype=torch.long)
+        state = _map_state(lambda leaf, rows=rows: leaf.index_select(0, rows), new_state)
+
+    return _pack(finished, n_best, buffer_len, dtype, attention_width)
+
+
+@torch.no_grad()
+def greedy_search(decode_step: DecodeStep, init_state: Any, src_len: torch.Tensor, *, length_penalty: float = 0.0,
+                  min_len: int = 0, max_len_a: float, max_len_b: float, max_len_bound: int,
+                  no_repeat_ngram_size: int = 0, eos_id: int = EOS_ID, bos_id: int = BOS_ID) -> BeamResult:
+    """The plain argmax loop (first index on ties) with the bans and limits of beam search; n_best = 1.
+
+    Equals ``beam_search(..., beam_size=1)`` when ``length_penalty == 0``.
+    """
+    src_lengths = [int(s) for s in torch.as_tensor(src_len).reshape(-1).tolist()]
+    batch = len(src_lengths)
+    max_lens = [min(max_len_for(s, max_len_a, max_len_b), max_len_bound) for s in src_lengths]
+    hyps = [_Hypothesis() for _ in range(batch)]
+    sums: list[torch.Tensor | None] = [None] * batch
+    done = [False] * batch
+    state, dtype, attention_width = init_state, torch.float32, None
+    for step in range(max_len_bound):
+        if all(done):
+            break
+        generated = step + 1
+        last_tokens = torch.tensor([hyp.tokens[-1] if hyp.tokens else bos_id for hyp in hyps], dtype=torch.long)
+        logits, state = decode_step(state, last_tokens)
+        dtype = _score_dtype(logits)
+        log_probs = torch.log_softmax(logits.to(dtype), dim=-1)
+        log_probs = _apply_bans(log_probs, [hyp.tokens for hyp in hyps], generated, min_len=min_len,
+                                no_repeat_ngram_size=no_repeat_ngram_size, eos_id=eos_id)
+        step_attention = state.get("attention") if isinstance(state, dict) else None
+        if step_attention is not None:
+            attention_width = step_attention.shape[1]
+        tokens = log_probs.argmax(dim=-1).tolist()
+        for b, token in enumerate(tokens):
+            if done[b]:
+                continue
+            token_log_prob = log_probs[b, token]
+            sums[b] = token_log_prob if sums[b] is None else sums[b] + token_log_prob
+            hyps[b].tokens.append(token)
+            if step_attention is not None:
+                hyps[b].attention.append(step_attention[b].to(dtype))
+            done[b] = token == eos_id or generated >= max_lens[b]
+    finished = []
+    for hyp, total in zip(hyps, sums, strict=True):
+        penalty = torch.tensor(length_penalty_factor(len(hyp.tokens), length_penalty), dtype=dtype)
+        finished.append([_Finished(float(total / penalty), hyp.tokens, hyp.attention)])
+    return _pack(finished, 1, max_len_bound, dtype, attention_width)
+
