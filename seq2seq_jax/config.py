@@ -64,7 +64,7 @@ class _JsonConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig(_JsonConfig):
-    """The encoder-attention-decoder of DESIGN.md.
+    """The encoder-attention-decoder of DESIGN.md (defaults: a small model, right for the built-in demo).
 
     Vocabulary sizes of 0 mean "not resolved yet" (they come from the tokenizer); a model can only be
     built from a config whose sizes are positive (see ``require_resolved``).
@@ -72,18 +72,18 @@ class ModelConfig(_JsonConfig):
 
     src_vocab_size: int = 0
     tgt_vocab_size: int = 0
-    src_embed_size: int = 64
-    tgt_embed_size: int = 64
+    src_embed_size: int = 32
+    tgt_embed_size: int = 32
     enc_layers: int = 1
-    enc_hidden_size: int = 128
+    enc_hidden_size: int = 64
     bidirectional: bool = True
     dec_layers: int = 1
     dec_hidden_size: int = 128
     attention: str = "additive"
-    attention_size: int = 128
+    attention_size: int = 64
     decoder_style: str = "bahdanau"
     bridge: str = "dense"
-    readout_size: int = 128
+    readout_size: int = 64
     tie_output_embedding: bool = False
     embed_dropout: float = 0.0
     rnn_dropout: float = 0.0
@@ -201,7 +201,7 @@ class TrainConfig(_JsonConfig):
     warmup_steps: int = 100
     max_grad_norm: float = 1.0
     label_smoothing: float = 0.0
-    max_steps: int = 2000
+    max_steps: int = 1000
     log_every: int = 50
     eval_every: int = 250
     save_every: int = 250

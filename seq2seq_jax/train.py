@@ -124,7 +124,7 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss_sum": loss_sum, "tokens": tokens, "grad_norm": optax.global_norm(grads),
-                   "finite": opt_state.last_finite.astype(jnp.int32)}
+                   "finite": (opt_state.last_finite & jnp.isfinite(loss_sum)).astype(jnp.int32)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
