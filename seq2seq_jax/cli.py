@@ -79,6 +79,17 @@ def _load_translator(args: argparse.Namespace):
     return trained, translator
 
 
+def _plot_hypothesis_attention(trained, source: str, hypothesis, path: Path) -> None:
+    """Heatmap of one hypothesis' attention, labelled with source and target tokens (and EOS rows/columns)."""
+    from seq2seq_jax.plots import plot_attention
+
+    src_tokens = [trained.src_tokenizer.decode([i]) or "·" for i in trained.src_tokenizer.encode(source)] + ["</s>"]
+    tgt_tokens = [trained.tgt_tokenizer.decode([i]) or "·" for i in hypothesis.tokens]
+    weights = hypothesis.attention
+    tgt_tokens += ["</s>"] * (weights.shape[0] - len(tgt_tokens))  # the EOS step, when the hypothesis has one
+    plot_attention(weights, src_tokens, tgt_tokens, path)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from seq2seq_jax.trainer import train
     from seq2seq_jax.workdir import Workdir
@@ -119,18 +130,10 @@ def cmd_translate(args: argparse.Namespace) -> int:
         if args.output:
             out.close()
     if args.plot_attention:
-        from seq2seq_jax.plots import plot_attention
-
         directory = Path(args.plot_attention)
         directory.mkdir(parents=True, exist_ok=True)
         for number, (line, hypotheses) in enumerate(zip(lines, results, strict=True), start=1):
-            best = hypotheses[0]
-            if best.attention is None:
-                continue
-            src_tokens = [trained.src_tokenizer.decode([i]) or "·" for i in trained.src_tokenizer.encode(line)]
-            tgt_tokens = [trained.tgt_tokenizer.decode([i]) or "·" for i in best.tokens]
-            plot_attention(best.attention[: len(tgt_tokens) + 1], src_tokens + ["</s>"], tgt_tokens + ["</s>"],
-                           directory / f"attention_{number:05d}.png")
+            _plot_hypothesis_attention(trained, line, hypotheses[0], directory / f"attention_{number:05d}.png")
     print(f"translated {len(lines)} lines with {translator.compiled_programs} compiled search programs",
           file=sys.stderr)
     return 0
@@ -194,17 +197,31 @@ def cmd_plot(args: argparse.Namespace) -> int:
     plot_training_curves(read_metrics_jsonl(run.metrics_path), out)
     print(f"wrote {out}")
     if args.attention is not None:
-        from seq2seq_jax.plots import plot_attention
-
         args.checkpoint = "best"
         trained, translator = _load_translator(args)
         best = translator.translate([args.attention], with_attention=True)[0][0]
-        src_tokens = [trained.src_tokenizer.decode([i]) or "·" for i in trained.src_tokenizer.encode(args.attention)]
-        tgt_tokens = [trained.tgt_tokenizer.decode([i]) or "·" for i in best.tokens]
         attention_out = Path(args.attention_out or run.path / "attention.png")
-        plot_attention(best.attention[: len(tgt_tokens) + 1], src_tokens + ["</s>"], tgt_tokens + ["</s>"],
-                       attention_out)
+        _plot_hypothesis_attention(trained, args.attention, best, attention_out)
         print(f"wrote {attention_out}")
+    return 0
+
+
+def cmd_export_torch(args: argparse.Namespace) -> int:
+    from seq2seq_jax.export import export_torch
+
+    out = export_torch(args.workdir, args.out, checkpoint=_checkpoint_arg(args.checkpoint), force=args.force)
+    meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    print(f"exported step {meta['step']} of {args.workdir} to {out} "
+          f"(load with torch_ref.load_pretrained, translate with python -m torch_ref.translate {out})")
+    return 0
+
+
+def cmd_import_torch(args: argparse.Namespace) -> int:
+    from seq2seq_jax.export import import_torch
+
+    step = import_torch(args.src, args.workdir, config=args.config)
+    print(f"imported {args.src} into {args.workdir} at step {step} "
+          f"(continue training with seq2seq train --workdir {args.workdir})")
     return 0
 
 
@@ -247,6 +264,20 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--attention", metavar="SENTENCE")
     plot.add_argument("--attention-out")
     plot.set_defaults(handler=cmd_plot)
+
+    export = commands.add_parser("export-torch", help="write an export directory for PyTorch (torch_ref)")
+    export.add_argument("--workdir", required=True)
+    export.add_argument("--out", required=True, metavar="DIR", help="export directory (must be new or empty)")
+    export.add_argument("--checkpoint", default="best", help="best, latest or a step number")
+    export.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
+    export.set_defaults(handler=cmd_export_torch)
+
+    import_ = commands.add_parser("import-torch", help="make a workdir from an export directory or a torch_ref "
+                                                       "state_dict (.safetensors / .pt)")
+    import_.add_argument("--src", required=True, help="export directory, or a .safetensors/.pt state_dict file")
+    import_.add_argument("--workdir", required=True, help="new (or empty) workdir")
+    import_.add_argument("--config", help="config JSON for a bare state_dict (default: config.json beside it)")
+    import_.set_defaults(handler=cmd_import_torch)
     return parser
 
 

@@ -322,8 +322,9 @@ class ExperimentConfig(_JsonConfig):
         Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
 
     def with_overrides(self, pairs: list[str]) -> ExperimentConfig:
-        """Apply ``section.key=value`` strings (the command line's ``--set``)."""
-        config = self
+        """Apply ``section.key=value`` strings (the command line's ``--set``); all changes to one section are
+        applied together, so fields that must change together (train_src and train_tgt) can."""
+        changes: dict[str, dict[str, Any]] = {}
         for pair in pairs:
             key, sep, raw = pair.partition("=")
             section_name, dot, field_name = key.partition(".")
@@ -331,10 +332,9 @@ class ExperimentConfig(_JsonConfig):
                 raise ConfigError(f"--set expects SECTION.KEY=VALUE, got {pair!r}")
             if section_name not in _SECTIONS:
                 raise ConfigError(f"--set {key}: unknown section {section_name!r}; sections are {sorted(_SECTIONS)}")
-            section = getattr(config, section_name)
-            hints = {f.name: f.type for f in dataclasses.fields(section)}
+            hints = {f.name: f.type for f in dataclasses.fields(_SECTIONS[section_name])}
             if field_name not in hints:
                 raise ConfigError(f"--set {key}: unknown field; {section_name} has {sorted(hints)}")
-            value = _parse_value(raw, str(hints[field_name]), key)
-            config = dataclasses.replace(config, **{section_name: dataclasses.replace(section, **{field_name: value})})
-        return config
+            changes.setdefault(section_name, {})[field_name] = _parse_value(raw, str(hints[field_name]), key)
+        return dataclasses.replace(self, **{name: dataclasses.replace(getattr(self, name), **fields)
+                                            for name, fields in changes.items()})

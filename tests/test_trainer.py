@@ -16,22 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from run_support import TINY, tiny_config
 
 from seq2seq_jax import trainer as trainer_lib
 from seq2seq_jax.checkpoint import Checkpointer
-from seq2seq_jax.config import ExperimentConfig
-
-TINY = [
-    "model.src_embed_size=8", "model.tgt_embed_size=8", "model.enc_hidden_size=8", "model.dec_hidden_size=16",
-    "model.attention_size=8", "model.readout_size=8", "model.embed_dropout=0.1", "model.readout_dropout=0.1",
-    "data.task_train_size=200", "data.task_valid_size=20", "data.batch_size=16", "data.bucket_width=16",
-    "train.log_every=1", "train.eval_every=1000", "train.save_every=4", "train.valid_sample_size=4",
-    "train.warmup_steps=2",
-]
-
-
-def tiny_config(*overrides: str) -> ExperimentConfig:
-    return ExperimentConfig().with_overrides(TINY + list(overrides))
 
 
 def step_losses(workdir: Path) -> dict[int, float]:

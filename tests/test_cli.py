@@ -1,0 +1,119 @@
+"""The command line as a user runs it: translate (one line out per line in, order kept, empty lines
+included, a bounded number of compiled programs), evaluate, plot, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+
+import pytest
+from run_support import tiny_config
+
+from seq2seq_jax import cli
+from seq2seq_jax.tasks import generate_task
+from seq2seq_jax.trainer import train
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "run"
+    train(tiny_config("train.max_steps=8", "train.eval_every=8"), path, log=lambda *_: None)
+    return path
+
+
+def run_cli(args, capsys, monkeypatch, stdin: str | None = None):
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin.encode("utf-8")), encoding="utf-8"))
+    code = cli.main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("beam_size", ["1", "3"])
+def test_translate_one_line_per_line_in_order(workdir, capsys, monkeypatch, beam_size):
+    lines = ["March 3, 2021", "", "14 July 1789", "  ", "1999-12-31", ""]
+    code, out, err = run_cli(["translate", "--workdir", str(workdir), "--beam-size", beam_size, "--batch-size", "2"],
+                             capsys, monkeypatch, stdin="\n".join(lines) + "\n")
+    assert code == 0, err
+    outputs = out.split("\n")
+    assert outputs[-1] == "" and len(outputs) - 1 == len(lines)
+    # Order is kept: translating the lines one by one gives the same outputs.
+    for line, expected in zip(lines, outputs, strict=False):
+        code, single, _ = run_cli(["translate", "--workdir", str(workdir), "--beam-size", beam_size], capsys,
+                                  monkeypatch, stdin=line + "\n")
+        assert single == expected + "\n"
+
+
+def test_translate_compiles_one_program_per_padded_shape(workdir, capsys, monkeypatch):
+    sources = [src for src, _ in generate_task("dates", 60, seed=5)]
+    code, out, err = run_cli(["translate", "--workdir", str(workdir), "--batch-size", "16"], capsys, monkeypatch,
+                             stdin="\n".join(sources) + "\n")
+    assert code == 0 and len(out.splitlines()) == 60
+    shapes = {(len(s) + 1 + 15) // 16 for s in sources}  # char tokenizer: one token per character, plus EOS
+    compiled = int(err.split("with ")[1].split(" compiled")[0])
+    assert 1 <= compiled <= len(shapes) < 60
+
+
+def test_n_best_and_sampling(workdir, capsys, monkeypatch):
+    code, out, err = run_cli(["translate", "--workdir", str(workdir), "--beam-size", "3", "--n-best", "2"], capsys,
+                             monkeypatch, stdin="May 1, 2000\n")
+    assert code == 0, err
+    fields = out.rstrip("\n").split("\t")
+    assert len(fields) == 4 and float(fields[1]) >= float(fields[3])
+    args = ["translate", "--workdir", str(workdir), "--sample", "--temperature", "1.5", "--seed", "3"]
+    first = run_cli(args, capsys, monkeypatch, stdin="May 1, 2000\nJune 2, 1999\n")[1]
+    second = run_cli(args, capsys, monkeypatch, stdin="May 1, 2000\nJune 2, 1999\n")[1]
+    assert first == second and len(first.splitlines()) == 2
+
+
+def test_evaluate_reports_bleu_chrf_perplexity(workdir, tmp_path, capsys, monkeypatch):
+    pairs = generate_task("dates", 12, seed=9)
+    (tmp_path / "src").write_text("\n".join(s for s, _ in pairs) + "\n")
+    (tmp_path / "ref").write_text("\n".join(t for _, t in pairs) + "\n")
+    code, out, err = run_cli(["evaluate", "--workdir", str(workdir), "--src", str(tmp_path / "src"), "--ref",
+                              str(tmp_path / "ref"), "--json", "--rouge"], capsys, monkeypatch)
+    assert code == 0, err
+    result = json.loads(out)
+    assert "nrefs:1" in result["bleu_signature"] and result["perplexity"] > 1.0
+    assert {"bleu", "chrf", "rouge1", "rouge2", "rougeL", "exact_match"} <= set(result)
+
+
+def test_evaluate_refuses_mismatched_counts(workdir, tmp_path, capsys, monkeypatch):
+    (tmp_path / "src").write_text("a\nb\nc\n")
+    (tmp_path / "ref").write_text("a\nb\n")
+    code, _, err = run_cli(["evaluate", "--workdir", str(workdir), "--src", str(tmp_path / "src"), "--ref",
+                            str(tmp_path / "ref")], capsys, monkeypatch)
+    assert code == 2 and "3 lines" in err and "has 2" in err
+
+
+def test_plot_writes_pngs(workdir, tmp_path, capsys, monkeypatch):
+    code, out, err = run_cli(["plot", "--workdir", str(workdir), "--out", str(tmp_path / "curves.png"),
+                              "--attention", "May 1, 2000", "--attention-out", str(tmp_path / "attention.png")],
+                             capsys, monkeypatch)
+    assert code == 0, err
+    for name in ("curves.png", "attention.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_refuses_mismatched_files(tmp_path, capsys, monkeypatch):
+    (tmp_path / "train.src").write_text("a\nb\nc\n")
+    (tmp_path / "train.tgt").write_text("a\nb\n")
+    code, _, err = run_cli(["train", "--workdir", str(tmp_path / "run"), "--train-src", str(tmp_path / "train.src"),
+                            "--train-tgt", str(tmp_path / "train.tgt")], capsys, monkeypatch)
+    assert code == 2
+    assert "train.src" in err and "train.tgt" in err and "3" in err and "2" in err
+
+
+def test_train_reports_invalid_utf8_with_file_and_line(tmp_path, capsys, monkeypatch):
+    (tmp_path / "train.src").write_bytes(b"ok\nbad \xff byte\n")
+    (tmp_path / "train.tgt").write_text("ok\nfine\n")
+    code, _, err = run_cli(["train", "--workdir", str(tmp_path / "run"), "--train-src", str(tmp_path / "train.src"),
+                            "--train-tgt", str(tmp_path / "train.tgt")], capsys, monkeypatch)
+    assert code == 2 and "train.src:2" in err
+
+
+def test_unknown_setting_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    code, _, err = run_cli(["train", "--workdir", str(tmp_path / "run"), "--set", "model.hiden=3"], capsys,
+                           monkeypatch)
+    assert code == 2 and "model.hiden" in err

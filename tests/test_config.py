@@ -1,0 +1,57 @@
+"""Configs: JSON round trip, invalid combinations rejected with the fields named, --set overrides."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from seq2seq_jax.config import ConfigError, DecodeConfig, ExperimentConfig, ModelConfig
+
+
+def test_json_round_trip(tmp_path):
+    config = ExperimentConfig().with_overrides(["model.attention=general", "model.enc_layers=2", "decode.beam_size=4",
+                                                "train.label_smoothing=0.1", "data.tokenizer=bpe"])
+    config.save(tmp_path / "config.json")
+    assert ExperimentConfig.load(tmp_path / "config.json") == config
+    assert ModelConfig.from_json(config.model.to_json()) == config.model
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    (dict(attention="dot", enc_hidden_size=16, dec_hidden_size=20), "dot"),
+    (dict(bridge="last", enc_layers=2, dec_layers=1), "enc_layers == dec_layers"),
+    (dict(bridge="last", enc_hidden_size=16, dec_hidden_size=20), "bridge 'last'"),
+    (dict(tie_output_embedding=True, readout_size=20, tgt_embed_size=16), "tie_output_embedding"),
+    (dict(attention="luong"), "model.attention"),
+    (dict(rnn_dropout=1.0), "rnn_dropout"),
+])
+def test_invalid_model_combinations(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig(**fields)
+
+
+def test_overrides_parse_types_and_apply_together():
+    config = ExperimentConfig().with_overrides(["model.bidirectional=false", "train.learning_rate=0.5",
+                                                "data.train_src=a.txt", "data.train_tgt=b.txt"])
+    assert config.model.bidirectional is False and config.train.learning_rate == 0.5
+    assert config.data.uses_files
+    for bad, message in [("model.enc_layers=two", "expected int"), ("model.nope=1", "unknown field"),
+                         ("modle.enc_layers=1", "unknown section"), ("enc_layers", "SECTION.KEY=VALUE")]:
+        with pytest.raises(ConfigError, match=message):
+            ExperimentConfig().with_overrides([bad])
+
+
+def test_bad_config_file_names_file_and_line(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{\n  "model": {\n    "enc_layers": 2,\n  }\n}\n')
+    with pytest.raises(ConfigError, match=r"config.json:4"):
+        ExperimentConfig.load(path)
+    path.write_text(json.dumps({"model": {"hidden": 3}}))
+    with pytest.raises(ConfigError, match="hidden"):
+        ExperimentConfig.load(path)
+
+
+def test_decode_max_len():
+    assert DecodeConfig(max_len_a=1.5, max_len_b=10).max_len(4) == 16
+    with pytest.raises(ConfigError, match="n_best"):
+        DecodeConfig(beam_size=2, n_best=3)
