@@ -1,0 +1,392 @@
+"""The export directory for PyTorch users, and importing one (or a bare ``torch_ref`` state_dict) back into a
+JAX workdir.
+
+Export directory layout (``format_version`` 1)::
+
+    DIR/config.json        {"format_version": 1, "model": ModelConfig dict, "experiment": ExperimentConfig dict}
+    DIR/model.safetensors  the torch_ref.Seq2Seq state_dict (safetensors, CPU tensors)
+    DIR/tokenizer/         src.* and tgt.* tokenizer files (seq2seq_jax.tokenizer; loadable without JAX)
+    DIR/meta.json          step, checkpoint, validation metrics of that checkpoint, library versions
+
+Tied output embedding: with ``model.tie_output_embedding`` PyTorch's state_dict lists the one shared tensor
+as both ``tgt_embed.weight`` and ``output.weight``; safetensors cannot store a tensor twice, so
+``model.safetensors`` holds ``tgt_embed.weight`` only and every loader (``torch_ref.load_pretrained``,
+``import_torch``) re-ties ``output.weight`` to it.
+
+bfloat16 models: ``safetensors.numpy`` has no bfloat16, so such a state_dict is written (and read back)
+through ``safetensors.torch``; every other dtype goes through ``safetensors.numpy``.
+
+Both directions write into a temporary sibling directory and rename it into place at the end, so a failure
+never leaves a half-written export or workdir that looks complete.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seq2seq_jax.config import ConfigError, ExperimentConfig, ModelConfig
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+META_FILE = "meta.json"
+TOKENIZER_DIR = "tokenizer"
+TIED_KEY = "output.weight"
+TIED_SOURCE_KEY = "tgt_embed.weight"
+_VERSIONED_PACKAGES = ("seq2seq-jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "torch",
+                       "safetensors", "sentencepiece")
+
+
+class ExportError(ValueError):
+    """An export or import that cannot be done; the message names the file or directory."""
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries an export depends on (without importing them)."""
+    versions = {"python": platform.python_version()}
+    for package in _VERSIONED_PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    if "seq2seq-jax" not in versions:
+        import seq2seq_jax
+
+        versions["seq2seq-jax"] = seq2seq_jax.__version__
+    return versions
+
+
+def _is_nonempty_dir(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
+
+
+def _temporary_sibling(target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+
+
+def _default_permissions(root: Path) -> None:
+    """``mkdtemp`` makes a private (0700) directory: give the tree the modes the umask gives new files."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for directory, _, files in os.walk(root):
+        os.chmod(directory, 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(directory, name), 0o666 & ~umask)
+
+
+def _move_into_place(temporary: Path, target: Path, replace: bool) -> None:
+    """Rename ``temporary`` to ``target``; an existing ``target`` must be empty unless ``replace``."""
+    _default_permissions(temporary)
+    old = None
+    if target.exists() or target.is_symlink():
+        if not target.is_dir():
+            raise ExportError(f"{target} exists and is not a directory")
+        if _is_nonempty_dir(target):
+            if not replace:
+                raise ExportError(f"{target} is not empty")
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+        else:
+            target.rmdir()
+    os.replace(temporary, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_json(path: Path, record: Mapping[str, Any]) -> None:
+    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ExportError(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ExportError(f"cannot read {path}: {error}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ExportError(f"{path}:{error.lineno}: invalid JSON: {error.msg}") from None
+
+
+def _is_bfloat16(array: np.ndarray) -> bool:
+    return array.dtype.name == "bfloat16"
+
+
+def save_state_dict(state_dict: Mapping[str, np.ndarray], path: str | Path, tied: bool) -> None:
+    """Write a numpy ``torch_ref`` state_dict as safetensors (``output.weight`` left out when ``tied``)."""
+    arrays = {key: np.ascontiguousarray(value) for key, value in state_dict.items()
+              if not (tied and key == TIED_KEY)}
+    metadata = {"format": "torch_ref"}  # one entry: safetensors orders several at random (non-reproducible bytes)
+    if any(_is_bfloat16(array) for array in arrays.values()):
+        import torch
+        from safetensors.torch import save_file as save_torch
+
+        tensors = {key: (torch.from_numpy(array.view(np.uint16)).view(torch.bfloat16) if _is_bfloat16(array)
+                         else torch.from_numpy(array)) for key, array in arrays.items()}
+        save_torch(tensors, str(path), metadata=metadata)
+    else:
+        from safetensors.numpy import save_file
+
+        save_file(arrays, str(path), metadata=metadata)
+
+
+def read_state_dict_file(path: str | Path) -> dict[str, np.ndarray]:
+    """A ``torch_ref`` state_dict as numpy arrays from ``.safetensors`` or a ``torch.save``-d ``.pt``/``.pth``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"state_dict file {path} is missing")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.numpy import load_file
+
+            return dict(load_file(str(path)))
+        except Exception as error:  # bfloat16 (no numpy dtype) or a corrupt file
+            numpy_error = error
+        try:
+            from safetensors.torch import load_file as load_torch
+
+            tensors = load_torch(str(path))
+        except Exception as error:
+            raise ExportError(f"{path}: cannot read safetensors file: {numpy_error or error}") from None
+        return {key: _torch_to_numpy(value) for key, value in tensors.items()}
+    if path.suffix in (".pt", ".pth", ".bin"):
+        import torch
+
+        try:
+            loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise ExportError(f"{path}: cannot read PyTorch file: {error}") from None
+        if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+            raise ExportError(f"{path}: expected a state_dict (a dict of tensors saved by "
+                              "torch.save(model.state_dict()))")
+        return {str(key): _torch_to_numpy(value) for key, value in loaded.items()}
+    raise ExportError(f"{path}: unknown state_dict file type {path.suffix!r}; use .safetensors or .pt")
+
+
+def _torch_to_numpy(tensor) -> np.ndarray:
+    import torch
+
+    tensor = tensor.detach().cpu().contiguous()
+    if tensor.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return tensor.view(torch.uint16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
+
+
+def retie(state_dict: dict[str, np.ndarray], config: ModelConfig, origin: str) -> dict[str, np.ndarray]:
+    """For a tied model, put ``output.weight`` back as ``tgt_embed.weight`` (checking it when present)."""
+    if not config.tie_output_embedding:
+        return state_dict
+    state_dict = dict(state_dict)
+    if TIED_SOURCE_KEY in state_dict:
+        if TIED_KEY in state_dict and not np.array_equal(state_dict[TIED_KEY], state_dict[TIED_SOURCE_KEY]):
+            raise ExportError(f"{origin}: {TIED_KEY} differs from {TIED_SOURCE_KEY}, but the config ties them")
+        state_dict[TIED_KEY] = state_dict[TIED_SOURCE_KEY]
+    return state_dict
+
+
+# ---------------------------------------------------------------------------------------------------- export
+
+
+def export_torch(workdir: str | Path, out_dir: str | Path, checkpoint: str | int = "best",
+                 force: bool = False) -> Path:
+    """Write the export directory ``out_dir`` from ``checkpoint`` (``"best"``, ``"latest"`` or a step) of
+    ``workdir``. A non-empty ``out_dir`` is refused unless ``force`` (then it is replaced). Returns ``out_dir``.
+    """
+    import jax
+
+    from seq2seq_jax.convert import to_torch_state_dict
+    from seq2seq_jax.tokenizer import tokenizer_files
+    from seq2seq_jax.workdir import Workdir, load_trained
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"{out_dir} exists and is not a directory")
+    if _is_nonempty_dir(out_dir) and not force:
+        raise ExportError(f"{out_dir} is not empty; choose a new --out directory or pass --force to replace it")
+    trained = load_trained(workdir, checkpoint)
+    config = trained.config
+    params = jax.tree.map(np.asarray, jax.device_get(trained.params))
+    state_dict = to_torch_state_dict(params, config.model)
+
+    temporary = _temporary_sibling(out_dir)
+    try:
+        _write_json(temporary / CONFIG_FILE, {"format_version": FORMAT_VERSION, "model": config.model.to_dict(),
+                                              "experiment": config.to_dict()})
+        save_state_dict(state_dict, temporary / MODEL_FILE, config.model.tie_output_embedding)
+        tokenizer_out = temporary / TOKENIZER_DIR
+        tokenizer_out.mkdir()
+        for path in tokenizer_files(Workdir(Path(workdir)).tokenizer_dir):
+            shutil.copy2(path, tokenizer_out / path.name)
+        _write_json(temporary / META_FILE, {
+            "format_version": FORMAT_VERSION,
+            "step": trained.step,
+            "checkpoint": str(checkpoint),
+            "metrics": dict(trained.metrics or {}),
+            "source_workdir": str(Path(workdir).absolute()),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "tied_output_embedding_stored_once": bool(config.model.tie_output_embedding),
+            "versions": library_versions(),
+        })
+        _move_into_place(temporary, out_dir, replace=force)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return out_dir
+
+
+# ---------------------------------------------------------------------------------------------------- import
+
+
+def read_export_config(path: str | Path) -> ExperimentConfig:
+    """The ExperimentConfig of an export ``config.json`` (``format_version`` 1) or of a plain workdir
+    ``config.json`` (an ExperimentConfig dict)."""
+    path = Path(path)
+    record = _read_json(path)
+    if not isinstance(record, dict):
+        raise ExportError(f"{path}: expected a JSON object")
+    try:
+        if "format_version" in record:
+            if record["format_version"] != FORMAT_VERSION:
+                raise ExportError(f"{path}: unsupported format_version {record['format_version']!r}; "
+                                  f"this version reads {FORMAT_VERSION}")
+            if not isinstance(record.get("model"), dict):
+                raise ExportError(f"{path}: has no 'model' object")
+            model = ModelConfig.from_dict(record["model"])
+            experiment = record.get("experiment")
+            config = ExperimentConfig.from_dict(experiment) if isinstance(experiment, dict) else ExperimentConfig()
+            if config.model != model:
+                config = ExperimentConfig(model=model, data=config.data, train=config.train, decode=config.decode)
+            return config
+        return ExperimentConfig.from_dict(record)
+    except (ConfigError, TypeError) as error:
+        raise ExportError(f"{path}: {error}") from None
+
+
+def _locate_source(src: Path, config_path: str | Path | None) -> tuple[Path, Path, Path, Path | None]:
+    """``(state_dict file, config file, tokenizer dir, meta file or None)`` for an export dir or a bare file."""
+    if src.is_dir():
+        state_file, base = src / MODEL_FILE, src
+        if not state_file.is_file():
+            candidates = sorted(p for p in src.iterdir() if p.suffix in (".pt", ".pth"))
+            if len(candidates) != 1:
+                raise ExportError(f"{src}: no {MODEL_FILE} (and not exactly one .pt state_dict file) in it")
+            state_file = candidates[0]
+    elif src.is_file():
+        state_file, base = src, src.parent
+    else:
+        raise ExportError(f"{src} does not exist")
+    config_file = Path(config_path) if config_path else base / CONFIG_FILE
+    if not config_file.is_file():
+        raise ExportError(f"{config_file} is missing: an import needs the model config "
+                          "(an export config.json or a workdir config.json; pass --config)")
+    tokenizer_dir = base / TOKENIZER_DIR
+    if not tokenizer_dir.is_dir() and config_path:
+        tokenizer_dir = Path(config_path).parent / TOKENIZER_DIR
+    if not tokenizer_dir.is_dir():
+        raise ExportError(f"{base / TOKENIZER_DIR} is missing: an import needs the tokenizer files "
+                          "(src.tokenizer.json, tgt.tokenizer.json, ...)")
+    meta_file = base / META_FILE
+    return state_file, config_file, tokenizer_dir, meta_file if meta_file.is_file() else None
+
+
+def import_torch(src: str | Path, workdir: str | Path, config: str | Path | None = None) -> int:
+    """Create the JAX workdir ``workdir`` from an export directory, or from a bare ``torch_ref`` state_dict
+    (``.safetensors`` or ``.pt`` saved by ``torch.save(model.state_dict())``) with a ``config.json`` (beside it
+    or given as ``config``) and a ``tokenizer/`` directory beside it.
+
+    The workdir gets ``config.json``, ``tokenizer/`` and one checkpoint at the exported step (0 without a
+    ``meta.json``) holding the converted parameters and a fresh optimizer state; its extra has ``config`` and
+    ``imported_from`` and no data-iterator state, so ``seq2seq train`` continues from that step with the data
+    starting afresh. A non-empty ``workdir`` is refused. Returns the step.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from seq2seq_jax.convert import flatten_params, from_torch_state_dict, unflatten_params
+    from seq2seq_jax.tokenizer import load_tokenizers, tokenizer_files
+    from seq2seq_jax.train import init_train_state, make_optimizer
+    from seq2seq_jax.workdir import Workdir, fresh_train_state
+
+    src, workdir = Path(src), Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise ExportError(f"{workdir} exists and is not a directory")
+    if (workdir / CONFIG_FILE).exists():
+        raise ExportError(f"{workdir / CONFIG_FILE} exists: {workdir} already holds a run; import into a new "
+                          "--workdir")
+    if _is_nonempty_dir(workdir):
+        raise ExportError(f"{workdir} is not empty; import into a new (or empty) --workdir")
+    state_file, config_file, tokenizer_dir, meta_file = _locate_source(src, config)
+    experiment = read_export_config(config_file)
+    model_config = experiment.model
+    try:
+        model_config.require_resolved()
+    except ConfigError as error:
+        raise ExportError(f"{config_file}: {error}") from None
+    src_tok, tgt_tok = load_tokenizers(tokenizer_dir)
+    if (src_tok.vocab_size, tgt_tok.vocab_size) != (model_config.src_vocab_size, model_config.tgt_vocab_size):
+        raise ExportError(f"{tokenizer_dir}: tokenizer vocabulary sizes ({src_tok.vocab_size}, "
+                          f"{tgt_tok.vocab_size}) differ from {config_file}'s model "
+                          f"({model_config.src_vocab_size}, {model_config.tgt_vocab_size})")
+    meta = _read_json(meta_file) if meta_file else {}
+    if not isinstance(meta, dict) or not isinstance(meta.get("step", 0), int) or meta.get("step", 0) < 0:
+        raise ExportError(f"{meta_file}: expected a JSON object with a non-negative integer 'step'")
+    step = int(meta.get("step", 0))
+    recorded = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
+    metrics = {str(k): float(v) for k, v in recorded.items() if isinstance(v, (int, float))}
+
+    state_dict = retie(read_state_dict_file(state_file), model_config, str(state_file))
+    try:
+        flat = flatten_params(from_torch_state_dict(state_dict, model_config))
+    except ValueError as error:
+        raise ExportError(f"{state_file}: {error}") from None
+    _, fresh = fresh_train_state(experiment)
+    fresh_flat = flatten_params(fresh.params)
+    params = unflatten_params({path: jnp.asarray(flat[path], dtype=fresh_flat[path].dtype) for path in fresh_flat})
+    if jax.tree.structure(params) != jax.tree.structure(fresh.params):
+        raise ExportError(f"{state_file}: internal error: converted parameters do not have the model's structure")
+    state = init_train_state(params, make_optimizer(experiment.train), experiment.train.seed)
+    state = state.replace(step=jnp.asarray(step, jnp.int32))
+
+    temporary = _temporary_sibling(workdir)
+    try:
+        run = Workdir(temporary)
+        run.tokenizer_dir.mkdir()
+        for path in tokenizer_files(tokenizer_dir):
+            shutil.copy2(path, run.tokenizer_dir / path.name)
+        extra: dict[str, Any] = {"config": experiment.to_dict(),
+                                 "imported_from": {"path": str(src.absolute()), "state_dict": str(state_file),
+                                                   "step": step, "metrics": metrics}}
+        best_metric = experiment.train.best_metric
+        if best_metric in metrics:
+            extra["best"] = {"value": metrics[best_metric], "step": step, "bad_evals": 0}
+        with run.checkpointer(experiment) as checkpoints:
+            checkpoints.save(step, state, extra=extra, metrics=metrics or None, force=True)
+        experiment.save(run.config_path)
+        _move_into_place(temporary, workdir, replace=False)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return step
+
+
+__all__ = ["ExportError", "export_torch", "import_torch", "read_export_config", "read_state_dict_file",
+           "save_state_dict", "retie", "library_versions", "FORMAT_VERSION"]

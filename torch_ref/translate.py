@@ -1,0 +1,170 @@
+"""Translate text with PyTorch alone, from an export directory (``seq2seq export-torch``)::
+
+    python -m torch_ref.translate DIR [--beam-size K] [--batch-size B] [--length-penalty A]
+                                      [--max-len-a A --max-len-b B] [--n-best N] [--input F] [--output F]
+
+Reads stdin (or ``--input``) and writes exactly one line per input line, in order, empty lines included (an
+empty line is the source ``[EOS]``). Decoding settings default to the exported experiment's ``decode``
+section. The output equals ``seq2seq translate`` on the workdir the export came from: the same tokenization
+(source ids + EOS), the same beam search (``torch_ref.search.beam_search``; greedy is beam 1), a final EOS
+stripped and ``tgt_tokenizer.decode(ids)``; with ``n_best > 1`` a line is ``text<TAB>score`` per hypothesis.
+Inputs are sorted by length into batches and put back in input order; the search is batch-invariant, so
+batching does not change the output. Sampling is not supported here (beam search is used).
+
+No JAX anywhere: this module imports torch, ``torch_ref`` and the JAX-free ``seq2seq_jax.config`` /
+``seq2seq_jax.tokenizer``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+from seq2seq_jax.config import ConfigError, DecodeConfig
+from seq2seq_jax.tokenizer import EOS_ID, PAD_ID, Tokenizer, TokenizerError
+from torch_ref.load import decode_config as read_decode_config
+from torch_ref.load import load_pretrained
+from torch_ref.model import Seq2Seq
+from torch_ref.search import beam_search, max_len_for
+
+
+class Hypothesis(NamedTuple):
+    """One output: detokenized ``text``, its ``tokens`` (EOS excluded) and its length-normalised ``score``."""
+
+    text: str
+    tokens: list[int]
+    score: float
+
+
+def source_batches(src_ids: Sequence[Sequence[int]], batch_size: int):
+    """``(src [b, S] long, src_len [b] long, indices)`` batches, sorted by length; EOS appended to every
+    source, padded with PAD to the batch's longest source."""
+    lengths = [len(ids) + 1 for ids in src_ids]
+    order = sorted(range(len(src_ids)), key=lambda i: lengths[i])
+    for start in range(0, len(order), batch_size):
+        indices = order[start:start + batch_size]
+        width = max(lengths[i] for i in indices)
+        src = torch.full((len(indices), width), PAD_ID, dtype=torch.long)
+        for row, index in enumerate(indices):
+            src[row, :lengths[index]] = torch.tensor(list(src_ids[index]) + [EOS_ID], dtype=torch.long)
+        yield src, torch.tensor([lengths[i] for i in indices], dtype=torch.long), indices
+
+
+@torch.no_grad()
+def translate(model: Seq2Seq, src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer, lines: Sequence[str],
+              config: DecodeConfig) -> list[list[Hypothesis]]:
+    """Translate ``lines`` (order kept, one entry per line, each a list of ``config.n_best`` hypotheses)."""
+    model.eval()
+    device = next(model.parameters()).device
+    encoded = [src_tokenizer.encode(line) for line in lines]
+    results: list[list[Hypothesis] | None] = [None] * len(lines)
+    for src, src_len, indices in source_batches(encoded, config.batch_size):
+        state = model.init_decode_state(src.to(device), src_len.to(device))
+        bound = max(max_len_for(int(n), config.max_len_a, config.max_len_b) for n in src_len)
+        result = beam_search(model.decode_step, state, src_len, beam_size=config.beam_size,
+                             length_penalty=config.length_penalty, n_best=config.n_best, min_len=config.min_len,
+                             max_len_a=config.max_len_a, max_len_b=config.max_len_b, max_len_bound=bound,
+                             no_repeat_ngram_size=config.no_repeat_ngram_size)
+        for row, index in enumerate(indices):
+            hypotheses = []
+            for rank in range(result.tokens.shape[1]):
+                length = int(result.lengths[row, rank])
+                ids = [int(t) for t in result.tokens[row, rank, :length]]
+                if ids and ids[-1] == EOS_ID:
+                    ids = ids[:-1]
+                hypotheses.append(Hypothesis(tgt_tokenizer.decode(ids), ids, float(result.scores[row, rank])))
+            results[index] = hypotheses
+    missing = [i for i, r in enumerate(results) if r is None]
+    if missing:
+        raise RuntimeError(f"internal error: no output for input lines {missing[:10]}")
+    return results  # type: ignore[return-value]
+
+
+def split_lines(data: bytes, name: str = "<stdin>") -> list[str]:
+    """UTF-8 text -> lines, as ``seq2seq translate`` reads them: split on ``\\n`` only, no extra empty line
+    after a final newline, one trailing ``\\r`` removed; invalid UTF-8 is an error naming the line."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ValueError(f"{name}:{line}: invalid UTF-8") from None
+    if not text:
+        return []
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def format_line(hypotheses: Sequence[Hypothesis], n_best: int) -> str:
+    if n_best > 1:
+        return "\t".join(f"{h.text}\t{h.score:.6f}" for h in hypotheses)
+    return hypotheses[0].text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m torch_ref.translate",
+                                     description="Translate stdin line by line with PyTorch alone, from an export "
+                                                 "directory (seq2seq export-torch).")
+    parser.add_argument("directory", metavar="DIR", help="export directory")
+    parser.add_argument("--beam-size", type=int, help="beam size (1 = greedy)")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--length-penalty", type=float, help="alpha of ((5 + len) / 6) ** alpha")
+    parser.add_argument("--max-len-a", type=float)
+    parser.add_argument("--max-len-b", type=float)
+    parser.add_argument("--n-best", type=int)
+    parser.add_argument("--min-len", type=int)
+    parser.add_argument("--no-repeat-ngram-size", type=int)
+    parser.add_argument("--input", help="read this file instead of stdin")
+    parser.add_argument("--output", help="write this file instead of stdout")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    return parser
+
+
+def decode_settings(base: DecodeConfig, args: argparse.Namespace) -> DecodeConfig:
+    """The export's decode config with the command line's overrides (as ``seq2seq translate`` applies them)."""
+    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(DecodeConfig)
+               if getattr(args, f.name, None) is not None}
+    if "beam_size" in changes and "n_best" not in changes:
+        changes["n_best"] = min(base.n_best, changes["beam_size"])
+    return dataclasses.replace(base, **changes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        config = decode_settings(read_decode_config(args.directory), args)
+        if config.sample:
+            print("torch_ref.translate: sampling is not supported; using beam search "
+                  f"(beam size {config.beam_size})", file=sys.stderr)
+        model, src_tokenizer, tgt_tokenizer = load_pretrained(args.directory)
+        if args.input:
+            with open(args.input, "rb") as handle:
+                lines = split_lines(handle.read(), args.input)
+        else:
+            lines = split_lines(sys.stdin.buffer.read())
+        results = translate(model, src_tokenizer, tgt_tokenizer, lines, config)
+    except (ConfigError, TokenizerError, ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"torch_ref.translate: error: {error}", file=sys.stderr)
+        return 2
+    text = "".join(format_line(hypotheses, config.n_best) + "\n" for hypotheses in results)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    else:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(text.encode("utf-8"))
+        sys.stdout.buffer.flush()
+    print(f"translated {len(lines)} lines", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
