@@ -101,6 +101,22 @@ def read_lines(path: str | Path, encoding_errors: str = "strict") -> TextLines:
     return _decode_lines(Path(path), _read_raw_lines(path), encoding_errors)
 
 
+def split_lines(data: bytes, name: str = "<stdin>") -> list[str]:
+    """UTF-8 text -> lines, as ``seq2seq translate`` reads them: split on ``\\n`` only, no extra empty line
+    after a final newline, one trailing ``\\r`` removed; invalid UTF-8 is an error naming the line."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ValueError(f"{name}:{line}: invalid UTF-8") from None
+    if not text:
+        return []
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 def read_parallel(src_path: str | Path, tgt_path: str | Path,
                   encoding_errors: str = "strict") -> ParallelPairs:
     """(source, target) pairs from two line-aligned files; different line counts are an error naming both

@@ -26,6 +26,7 @@ from typing import NamedTuple
 import torch
 
 from seq2seq_jax.config import ConfigError, DecodeConfig
+from seq2seq_jax.data import split_lines
 from seq2seq_jax.tokenizer import EOS_ID, PAD_ID, Tokenizer, TokenizerError
 from torch_ref.load import decode_config as read_decode_config
 from torch_ref.load import load_pretrained
@@ -83,22 +84,6 @@ def translate(model: Seq2Seq, src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer
     if missing:
         raise RuntimeError(f"internal error: no output for input lines {missing[:10]}")
     return results  # type: ignore[return-value]
-
-
-def split_lines(data: bytes, name: str = "<stdin>") -> list[str]:
-    """UTF-8 text -> lines, as ``seq2seq translate`` reads them: split on ``\\n`` only, no extra empty line
-    after a final newline, one trailing ``\\r`` removed; invalid UTF-8 is an error naming the line."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise ValueError(f"{name}:{line}: invalid UTF-8") from None
-    if not text:
-        return []
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
 def format_line(hypotheses: Sequence[Hypothesis], n_best: int) -> str:
