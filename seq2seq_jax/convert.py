@@ -4,7 +4,9 @@ No torch import here: a state_dict is a ``dict[str, numpy array]`` (``{k: v.nump
 sd.items()}`` on the PyTorch side). Flax parameters are the nested pure dict of
 ``nnx.state(model, nnx.Param).to_pure_dict()`` (list indices as ints). Both directions are strict: a
 missing key, an unexpected key, a wrong shape or a wrong dtype raises ``ValueError`` naming every
-offending key. The name and shape table is documented in ``docs/model.md``.
+offending key. The name and shape table is documented in ``docs/model.md``. The output never shares memory
+with the input: ``tensor.numpy()`` aliases a live PyTorch tensor, and JAX may read a host array after an
+in-place PyTorch update (asynchronous dispatch), so a view would be a race.
 """
 
 from __future__ import annotations
@@ -152,7 +154,7 @@ def to_torch_state_dict(params: Mapping[Any, Any], config: ModelConfig) -> dict[
     state_dict = {}
     for m in mappings:
         array = flat[m.flax_path]
-        state_dict[m.torch_key] = np.ascontiguousarray(array.T if m.transpose else array)
+        state_dict[m.torch_key] = np.array(array.T if m.transpose else array, order="C", copy=True)
     if config.tie_output_embedding:
         state_dict["output.weight"] = state_dict["tgt_embed.weight"]
     return state_dict
@@ -171,6 +173,6 @@ def from_torch_state_dict(state_dict: Mapping[str, np.ndarray], config: ModelCon
     _check_against(arrays, expected, _param_dtype(config), "PyTorch state_dict")
     if config.tie_output_embedding and not np.array_equal(arrays["output.weight"], arrays["tgt_embed.weight"]):
         raise ValueError("PyTorch state_dict: output.weight differs from tgt_embed.weight, but the config ties them")
-    flat = {m.flax_path: np.ascontiguousarray(arrays[m.torch_key].T if m.transpose else arrays[m.torch_key])
+    flat = {m.flax_path: np.array(arrays[m.torch_key].T if m.transpose else arrays[m.torch_key], order="C", copy=True)
             for m in mappings}
     return unflatten_params(flat)
