@@ -25,10 +25,8 @@ from __future__ import annotations
 import datetime
 import importlib.metadata
 import json
-import os
 import platform
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from seq2seq_jax.config import ConfigError, ExperimentConfig, ModelConfig
+from seq2seq_jax.staging import is_nonempty_dir, staged_directory
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -68,44 +67,6 @@ def library_versions() -> dict[str, str]:
 
         versions["seq2seq-jax"] = seq2seq_jax.__version__
     return versions
-
-
-def _is_nonempty_dir(path: Path) -> bool:
-    return path.is_dir() and any(path.iterdir())
-
-
-def _temporary_sibling(target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-
-
-def _default_permissions(root: Path) -> None:
-    """``mkdtemp`` makes a private (0700) directory: give the tree the modes the umask gives new files."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for directory, _, files in os.walk(root):
-        os.chmod(directory, 0o777 & ~umask)
-        for name in files:
-            os.chmod(os.path.join(directory, name), 0o666 & ~umask)
-
-
-def _move_into_place(temporary: Path, target: Path, replace: bool) -> None:
-    """Rename ``temporary`` to ``target``; an existing ``target`` must be empty unless ``replace``."""
-    _default_permissions(temporary)
-    old = None
-    if target.exists() or target.is_symlink():
-        if not target.is_dir():
-            raise ExportError(f"{target} exists and is not a directory")
-        if _is_nonempty_dir(target):
-            if not replace:
-                raise ExportError(f"{target} is not empty")
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-        else:
-            target.rmdir()
-    os.replace(temporary, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_json(path: Path, record: Mapping[str, Any]) -> None:
@@ -220,15 +181,14 @@ def export_torch(workdir: str | Path, out_dir: str | Path, checkpoint: str | int
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"{out_dir} exists and is not a directory")
-    if _is_nonempty_dir(out_dir) and not force:
+    if is_nonempty_dir(out_dir) and not force:
         raise ExportError(f"{out_dir} is not empty; choose a new --out directory or pass --force to replace it")
     trained = load_trained(workdir, checkpoint)
     config = trained.config
     params = jax.tree.map(np.asarray, jax.device_get(trained.params))
     state_dict = to_torch_state_dict(params, config.model)
 
-    temporary = _temporary_sibling(out_dir)
-    try:
+    with staged_directory(out_dir, replace=force) as temporary:
         _write_json(temporary / CONFIG_FILE, {"format_version": FORMAT_VERSION, "model": config.model.to_dict(),
                                               "experiment": config.to_dict()})
         save_state_dict(state_dict, temporary / MODEL_FILE, config.model.tie_output_embedding)
@@ -246,10 +206,6 @@ def export_torch(workdir: str | Path, out_dir: str | Path, checkpoint: str | int
             "tied_output_embedding_stored_once": bool(config.model.tie_output_embedding),
             "versions": library_versions(),
         })
-        _move_into_place(temporary, out_dir, replace=force)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -332,7 +288,7 @@ def import_torch(src: str | Path, workdir: str | Path, config: str | Path | None
     if (workdir / CONFIG_FILE).exists():
         raise ExportError(f"{workdir / CONFIG_FILE} exists: {workdir} already holds a run; import into a new "
                           "--workdir")
-    if _is_nonempty_dir(workdir):
+    if is_nonempty_dir(workdir):
         raise ExportError(f"{workdir} is not empty; import into a new (or empty) --workdir")
     state_file, config_file, tokenizer_dir, meta_file = _locate_source(src, config)
     experiment = read_export_config(config_file)
@@ -366,8 +322,7 @@ def import_torch(src: str | Path, workdir: str | Path, config: str | Path | None
     state = init_train_state(params, make_optimizer(experiment.train), experiment.train.seed)
     state = state.replace(step=jnp.asarray(step, jnp.int32))
 
-    temporary = _temporary_sibling(workdir)
-    try:
+    with staged_directory(workdir) as temporary:
         run = Workdir(temporary)
         run.tokenizer_dir.mkdir()
         for path in tokenizer_files(tokenizer_dir):
@@ -381,10 +336,6 @@ def import_torch(src: str | Path, workdir: str | Path, config: str | Path | None
         with run.checkpointer(experiment) as checkpoints:
             checkpoints.save(step, state, extra=extra, metrics=metrics or None, force=True)
         experiment.save(run.config_path)
-        _move_into_place(temporary, workdir, replace=False)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     return step
 
 

@@ -1,0 +1,71 @@
+"""Directories that appear whole or not at all: written in a hidden temporary sibling, then renamed into place.
+
+An interrupted export, import or checkpoint average leaves at most a ``.NAME.tmp-*`` directory beside the
+target, never a half-written target that a later command would take for a good one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+class StagingError(ValueError):
+    """The target cannot take the staged directory (it is a file, or a non-empty directory not to replace)."""
+
+
+def is_nonempty_dir(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
+
+
+@contextlib.contextmanager
+def staged_directory(target: str | Path, replace: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary directory beside ``target``; on success rename it to ``target``.
+
+    An existing ``target`` must be an empty directory unless ``replace`` (then the old one is removed after
+    the rename). On any exception the temporary directory is removed and ``target`` is left as it was.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield temporary
+        _move_into_place(temporary, target, replace)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
+def _move_into_place(temporary: Path, target: Path, replace: bool) -> None:
+    _default_permissions(temporary)
+    old = None
+    if target.exists() or target.is_symlink():
+        if not target.is_dir():
+            raise StagingError(f"{target} exists and is not a directory")
+        if is_nonempty_dir(target):
+            if not replace:
+                raise StagingError(f"{target} is not empty")
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+        else:
+            target.rmdir()
+    os.replace(temporary, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _default_permissions(root: Path) -> None:
+    """``mkdtemp`` makes a private (0700) directory: give the tree the modes the umask gives new files."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for directory, _, files in os.walk(root):
+        os.chmod(directory, 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(directory, name), 0o666 & ~umask)
+
+
+__all__ = ["StagingError", "staged_directory", "is_nonempty_dir"]
