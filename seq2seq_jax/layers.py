@@ -108,31 +108,43 @@ class EncoderLayer(nnx.Module):
 
         Returns ``outputs [B, S, D·H]`` (zero at padded positions), and the final states
         ``h_n, c_n [D, B, H]``: per direction, the state after its last real token.
-        All directions share one ``lax.scan``: their input projections are computed before it, and only
-        ``h @ w_hh`` runs per step.
+        """
+        outputs, h_n, c_n = self.time_major(x.transpose(1, 0, 2), lengths)
+        return outputs.transpose(1, 0, 2), h_n, c_n
+
+    def time_major(self, x: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """``__call__`` on time-major ``x [S, B, in]`` -> ``outputs [S, B, D·H]``, ``h_n, c_n [D, B, H]``.
+
+        All directions share one ``lax.scan``; their input projections are computed before it (one
+        matmul each over all steps), and only ``h @ w_hh`` runs per step. The backward direction reads
+        the sequence flipped in time: its state stays zero over the (now leading) padding and starts at
+        the last real token, what ``pack_padded_sequence`` does, without any per-length gather.
         """
         directions = self.directions()
-        batch, src_len, _ = x.shape
-        hidden = directions[0].hidden_size
-        inputs = [x] + ([reverse_padded(x, lengths)] if self.bidirectional else [])
-        projected = jnp.stack([d.project_inputs(inp) for d, inp in zip(directions, inputs)])  # [D, B, S, 4H]
-        w_hh = jnp.stack([d.w_hh[...].astype(d.compute_dtype) for d in directions])  # [D, H, 4H]
-        valid = (jnp.arange(src_len)[:, None] < lengths[None, :])[:, None, :, None]  # [S, 1, B, 1]
+        src_len = x.shape[0]
+        valid = jnp.arange(src_len)[:, None] < lengths[None, :]  # [S, B]
+        inputs = [x] + ([jnp.flip(x, 0)] if self.bidirectional else [])
+        masks = [valid] + ([jnp.flip(valid, 0)] if self.bidirectional else [])
+        projected = tuple(d.project_inputs(inp) for d, inp in zip(directions, inputs, strict=True))  # D x [S, B, 4H]
+        masks = tuple(m[:, :, None] for m in masks)  # D x [S, B, 1]
+        kernels = tuple(d.w_hh[...].astype(d.compute_dtype) for d in directions)
 
         def step(carry, inputs_t):
-            h, c = carry  # [D, B, H]
             gates_x, valid_t = inputs_t
-            gates = gates_x + jnp.einsum("dbh,dhk->dbk", h, w_hh)
-            h_next, c_next = lstm_cell(gates, c)
-            h = jnp.where(valid_t, h_next, h)
-            c = jnp.where(valid_t, c_next, c)
-            return (h, c), jnp.where(valid_t, h_next, 0)
+            new_carry, outputs = [], []
+            for (h, c), g_x, m, w_hh in zip(carry, gates_x, valid_t, kernels, strict=True):
+                h_next, c_next = lstm_cell(g_x + h @ w_hh, c)
+                new_carry.append((jnp.where(m, h_next, h), jnp.where(m, c_next, c)))
+                outputs.append(jnp.where(m, h_next, 0))
+            return tuple(new_carry), tuple(outputs)
 
-        zeros = jnp.zeros((len(directions), batch, hidden), projected.dtype)
-        (h_n, c_n), outputs = jax.lax.scan(step, (zeros, zeros), (projected.transpose(2, 0, 1, 3), valid))
-        outputs = outputs.transpose(1, 2, 0, 3)  # [D, B, S, H]
-        per_direction = [outputs[0]] + ([reverse_padded(outputs[1], lengths)] if self.bidirectional else [])
-        return jnp.concatenate(per_direction, axis=-1), h_n, c_n
+        batch, hidden = x.shape[1], directions[0].hidden_size
+        zeros = jnp.zeros((batch, hidden), projected[0].dtype)
+        finals, outputs = jax.lax.scan(step, tuple((zeros, zeros) for _ in directions), (projected, masks))
+        outputs = [outputs[0]] + ([jnp.flip(outputs[1], 0)] if self.bidirectional else [])
+        h_n = jnp.stack([h for h, _ in finals])
+        c_n = jnp.stack([c for _, c in finals])
+        return jnp.concatenate(outputs, axis=-1), h_n, c_n
 
 
 class Attention(nnx.Module):

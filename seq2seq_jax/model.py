@@ -28,10 +28,10 @@ class OutputLayer(nnx.Module):
         self.tied = config.tie_output_embedding
         self.compute_dtype = jnp.dtype(config.compute_dtype)
 
-    def __call__(self, readout: jax.Array, tgt_embedding: jax.Array) -> jax.Array:
+    def __call__(self, readout: jax.Array, tgt_embedding: jax.Array, matmul=jnp.matmul) -> jax.Array:
         """``readout [..., R] -> logits [..., V]``; ``tgt_embedding [V, E]`` is used when tied."""
         kernel = tgt_embedding.T if self.tied else self.kernel[...]
-        return readout @ kernel.astype(self.compute_dtype) + self.bias[...].astype(self.compute_dtype)
+        return matmul(readout, kernel.astype(self.compute_dtype)) + self.bias[...].astype(self.compute_dtype)
 
 
 class Encoder(nnx.Module):
@@ -44,11 +44,16 @@ class Encoder(nnx.Module):
 
     def __call__(self, x: jax.Array, src_len: jax.Array, dropout_rng: jax.Array | None = None):
         """``x [B, S, E_src]`` -> ``memory [B, S, M]``, ``h_n, c_n [L_enc, D, B, H_enc]``."""
+        memory, h_n, c_n = self.time_major(x.transpose(1, 0, 2), src_len, dropout_rng)
+        return memory.transpose(1, 0, 2), h_n, c_n
+
+    def time_major(self, x: jax.Array, src_len: jax.Array, dropout_rng: jax.Array | None = None):
+        """``__call__`` on time-major ``x [S, B, E_src]`` -> ``memory [S, B, M]`` and the final states."""
         finals_h, finals_c = [], []
         for index, layer in enumerate(self.layers):
             if index > 0 and dropout_rng is not None:
-                x = dropout(x, self.rnn_dropout, jax.random.fold_in(dropout_rng, index))
-            x, h_n, c_n = layer(x, src_len)
+                x = _dropout_time_major(x, self.rnn_dropout, jax.random.fold_in(dropout_rng, index))
+            x, h_n, c_n = layer.time_major(x, src_len)
             finals_h.append(h_n)
             finals_c.append(c_n)
         return x, jnp.stack(finals_h), jnp.stack(finals_c)
@@ -95,10 +100,15 @@ class Seq2Seq(nnx.Module):
     # ----------------------------------------------------------------------------------------- encoder
     def encode(self, src: jax.Array, src_len: jax.Array, dropout_rng: jax.Array | None = None):
         """``src [B, S]``, ``src_len [B]`` -> ``memory [B, S, M]`` and decoder initial ``h0, c0 [L, B, H]``."""
+        memory, h0, c0 = self._encode_time_major(src, src_len, dropout_rng)
+        return memory.transpose(1, 0, 2), h0, c0
+
+    def _encode_time_major(self, src: jax.Array, src_len: jax.Array, dropout_rng: jax.Array | None):
+        """``encode`` with the memory time-major, ``[S, B, M]`` (the encoder scans over time)."""
         config = self.config
         rng_embed, rng_encoder = _split(dropout_rng, 2)
-        x = dropout(self.src_embed(src), config.embed_dropout, rng_embed)
-        memory, h_n, c_n = self.encoder(x, src_len, rng_encoder)  # h_n: [L_enc, D, B, H_enc]
+        x = _dropout_time_major(self.src_embed(src.T), config.embed_dropout, rng_embed)  # [S, B, E_src]
+        memory, h_n, c_n = self.encoder.time_major(x, src_len, rng_encoder)  # h_n: [L_enc, D, B, H_enc]
         batch = src.shape[0]
         shape = (config.dec_layers, batch, config.dec_hidden_size)
         if config.bridge == "zero":
@@ -115,44 +125,68 @@ class Seq2Seq(nnx.Module):
         return memory, h0, c0
 
     # ----------------------------------------------------------------------------------------- decoder
-    def _recurrent_step(self, h, c, feed, gates_x0, keys, memory, src_mask, rng):
+    def _loop_kernels(self, embedding_rows: bool = False) -> list[tuple[jax.Array, jax.Array | None]]:
+        """Per decoder layer, what the time loop multiplies: ``(kernel, bias)``.
+
+        ``kernel = [w_ih[rows]; w_hh]`` ``[in_l + H, 4H]`` multiplies ``[input_l; h_l]`` in one matmul and
+        ``bias = b_ih + b_hh``. For layer 0 without ``embedding_rows`` (teacher forcing) ``rows`` are only the
+        context (Bahdanau) or ``r_{t-1}`` (Luong) rows: the embedding rows and both biases were applied to all
+        steps before the loop (``bias`` is None). Built once per call, outside any loop over time, so that the
+        loop neither slices nor concatenates parameters.
+        """
+        kernels = []
+        for index, layer in enumerate(self.decoder.layers):
+            if index == 0 and not embedding_rows:
+                kernel = jnp.concatenate([layer.w_ih[...][self.config.tgt_embed_size:], layer.w_hh[...]], axis=0)
+                kernels.append((kernel.astype(layer.compute_dtype), None))
+                continue
+            kernel = jnp.concatenate([layer.w_ih[...], layer.w_hh[...]], axis=0).astype(layer.compute_dtype)
+            kernels.append((kernel, (layer.b_ih[...] + layer.b_hh[...]).astype(layer.compute_dtype)))
+        return kernels
+
+    def _recurrent_step(self, h, c, feed, gates_x0, attend, kernels, rng, embedded=None, matmul=jnp.matmul):
         """One decoder time step before the output layer.
 
-        ``h, c [L, B, H]``; ``feed [B, R]`` (Luong's ``r_{t-1}``); ``gates_x0 [B, 4H]`` is layer 0's input
-        projection of the embedding with both biases. Returns the new ``h, c``, the top output ``s [B, H]``,
-        the context ``[B, M]``, the attention weights ``[B, S]`` and, for Luong, the readout ``r [B, R]``.
+        ``h, c``: tuples of ``L`` arrays ``[B, H]``; ``feed [B, R]`` (Luong's ``r_{t-1}``);
+        ``attend(query) -> (context, weights)``; ``kernels`` from ``_loop_kernels``. Layer 0's input projection
+        of the embedding is either given, with both biases, as ``gates_x0 [B, 4H]`` (teacher forcing) or
+        computed here from ``embedded [B, E]`` (``_loop_kernels(embedding_rows=True)``, decoding).
+        ``matmul`` multiplies by the kernels (``_skinny_matmul`` when decoding).
+        Returns the new ``h, c`` (tuples), the top output ``s [B, H]``, the context ``[B, M]``, the attention
+        weights ``[B, S]`` and, for Luong, the readout ``r [B, R]``.
         """
         config = self.config
-        layers = self.decoder.layers
-        feed_rows = slice(config.tgt_embed_size, None)
         if config.decoder_style == "bahdanau":
-            context, weights = self.attention(h[-1], keys, memory, src_mask)
-            gates = gates_x0 + layers[0].partial_input(context, feed_rows)
+            context, weights = attend(h[-1])
+            layer_input = context
         else:
-            gates = gates_x0 + layers[0].partial_input(feed, feed_rows)
+            layer_input = feed
         new_h, new_c = [], []
-        layer_input = None
-        for index, layer in enumerate(layers):
-            if index > 0:
-                if rng is not None:
-                    layer_input = dropout(layer_input, config.rnn_dropout, jax.random.fold_in(rng, index))
-                gates = layer.project_inputs(layer_input)
-            h_l, c_l = lstm_cell(gates + layer.recurrent(h[index]), c[index])
+        for index, (kernel, bias) in enumerate(kernels):
+            parts = [layer_input.astype(kernel.dtype), h[index]]
+            if index == 0 and embedded is not None:
+                parts.insert(0, embedded.astype(kernel.dtype))
+            if index > 0 and rng is not None:
+                parts[0] = dropout(parts[0], config.rnn_dropout, jax.random.fold_in(rng, index))
+            gates = matmul(jnp.concatenate(parts, axis=-1), kernel)
+            gates = gates + (gates_x0 if bias is None else bias)
+            h_l, c_l = lstm_cell(gates, c[index])
             new_h.append(h_l)
             new_c.append(c_l)
             layer_input = h_l
         top = new_h[-1]
         readout = None
         if config.decoder_style == "luong":
-            context, weights = self.attention(top, keys, memory, src_mask)
-            readout = jnp.tanh(self.readout(jnp.concatenate([context, top], axis=-1)))
+            context, weights = attend(top)
+            readout = jnp.tanh(_linear(self.readout, jnp.concatenate([context, top], axis=-1), matmul))
             if rng is not None:
                 readout = dropout(readout, config.readout_dropout, jax.random.fold_in(rng, 0))
-        return jnp.stack(new_h), jnp.stack(new_c), top, context, weights, readout
+        return tuple(new_h), tuple(new_c), top, context, weights, readout
 
-    def _bahdanau_readout(self, top, context, embedded, rng):
+    def _bahdanau_readout(self, top, context, embedded, rng, matmul=jnp.matmul):
         """``r = tanh(W_r [s; c; emb] + b_r)`` on any leading shape ``[..., R]``."""
-        readout = jnp.tanh(self.readout(jnp.concatenate([top, context, embedded.astype(top.dtype)], axis=-1)))
+        readout = jnp.concatenate([top, context, embedded.astype(top.dtype)], axis=-1)
+        readout = jnp.tanh(_linear(self.readout, readout, matmul))
         return dropout(readout, self.config.readout_dropout, rng)
 
     def init_decode_state(self, src: jax.Array, src_len: jax.Array) -> dict[str, jax.Array]:
@@ -172,14 +206,20 @@ class Seq2Seq(nnx.Module):
     def decode_step(self, state: dict[str, jax.Array], tokens: jax.Array) -> tuple[jax.Array, dict]:
         """Inference step: ``tokens [B]`` (the previous output) -> ``logits [B, V]`` and the next state."""
         embedded = self.tgt_embed(tokens)
-        gates_x0 = self.decoder.layers[0].project_inputs(embedded, slice(0, self.config.tgt_embed_size))
+        layers = range(self.config.dec_layers)
+        h = tuple(state["h"][:, index] for index in layers)
+        c = tuple(state["c"][:, index] for index in layers)
+
+        def attend(query):
+            return self.attention(query, state["keys"], state["memory"], state["src_mask"])
+
         h, c, top, context, weights, readout = self._recurrent_step(
-            state["h"].transpose(1, 0, 2), state["c"].transpose(1, 0, 2), state["feed"], gates_x0,
-            state["keys"], state["memory"], state["src_mask"], None)
+            h, c, state["feed"], None, attend, self._loop_kernels(embedding_rows=True), None, embedded,
+            matmul=_skinny_matmul)
         if readout is None:
-            readout = self._bahdanau_readout(top, context, embedded, None)
-        logits = self.output(readout, self.tgt_embed.embedding[...])
-        new_state = dict(state, h=h.transpose(1, 0, 2), c=c.transpose(1, 0, 2), feed=readout,
+            readout = self._bahdanau_readout(top, context, embedded, None, matmul=_skinny_matmul)
+        logits = self.output(readout, self.tgt_embed.embedding[...], matmul=_skinny_matmul)
+        new_state = dict(state, h=jnp.stack(h, axis=1), c=jnp.stack(c, axis=1), feed=readout,
                          attention=weights.astype(state["attention"].dtype))
         return logits, new_state
 
@@ -188,42 +228,86 @@ class Seq2Seq(nnx.Module):
         """Teacher forcing: ``src [B, S]``, ``src_len [B]``, ``tgt_in [B, T]`` -> ``logits [B, T, V]``
         (and ``attention [B, T, S]`` when asked).
 
-        The embedding's input projection runs before the time scan and the readout (Bahdanau) and the
-        vocabulary projection after it, each as one matmul over all steps.
+        The time loop runs time-major (no transposes inside it) and holds only what depends on the previous
+        step: attention, one ``[input; h] @ [w_ih; w_hh]`` matmul per layer, the LSTM cell. The embedding's
+        input projection runs before it, the readout (Bahdanau) and the vocabulary projection after it, each
+        as one matmul over all steps. The attention is rematerialised in the backward pass rather than stored
+        (its ``tanh`` activations would be ``[T, B, S, A]``).
         """
         config = self.config
         rng_encode, rng_embed, rng_steps, rng_readout = _split(dropout_rng, 4)
-        memory, h0, c0 = self.encode(src, src_len, rng_encode)
+        memory, h0, c0 = self._encode_time_major(src, src_len, rng_encode)
+        memory = memory.transpose(1, 0, 2)  # [B, S, M]: attention reads it per sentence
         keys = self.attention.precompute_keys(memory)
         src_mask = jnp.arange(src.shape[1])[None, :] < src_len[:, None]
-        embedded = dropout(self.tgt_embed(tgt_in), config.embed_dropout, rng_embed)  # [B, T, E]
-        gates_x0 = self.decoder.layers[0].project_inputs(embedded, slice(0, config.tgt_embed_size))
+        embedded = _dropout_time_major(self.tgt_embed(tgt_in.T), config.embed_dropout, rng_embed)  # [T, B, E]
+        gates_x0 = self.decoder.layers[0].project_inputs(embedded, slice(0, config.tgt_embed_size))  # [T, B, 4H]
         steps = tgt_in.shape[1]
         step_rngs = None if rng_steps is None else jax.random.split(rng_steps, steps)
         feed0 = jnp.zeros((src.shape[0], config.readout_size), memory.dtype)
+        kernels = self._loop_kernels()
+        attend = jax.checkpoint(lambda query: self.attention(query, keys, memory, src_mask))
 
         def step(carry, inputs_t):
             h, c, feed = carry
             gates_t, rng_t = inputs_t
-            h, c, top, context, weights, readout = self._recurrent_step(
-                h, c, feed, gates_t, keys, memory, src_mask, rng_t)
+            h, c, top, context, weights, readout = self._recurrent_step(h, c, feed, gates_t, attend, kernels, rng_t)
             if readout is None:
                 return (h, c, feed), (top, context, weights)
             return (h, c, readout), (readout, weights)
 
-        _, outputs = jax.lax.scan(step, (h0, c0, feed0), (gates_x0.transpose(1, 0, 2), step_rngs))
+        carry = (tuple(h0), tuple(c0), feed0)
+        _, outputs = jax.lax.scan(step, carry, (gates_x0, step_rngs))
         if config.decoder_style == "bahdanau":
-            tops, contexts, weights = (o.transpose(1, 0, 2) for o in outputs)
-            readout = self._bahdanau_readout(tops, contexts, embedded, rng_readout)
+            tops, contexts, weights = outputs  # [T, B, ...]
+            readout = self._bahdanau_readout(tops, contexts, embedded, None).transpose(1, 0, 2)
+            readout = dropout(readout, config.readout_dropout, rng_readout)
         else:
-            readout, weights = (o.transpose(1, 0, 2) for o in outputs)
+            readout, weights = outputs
+            readout = readout.transpose(1, 0, 2)
         logits = self.output(readout, self.tgt_embed.embedding[...])
-        return (logits, weights) if return_attention else logits
+        return (logits, weights.transpose(1, 0, 2)) if return_attention else logits
+
+
+# Up to this many rows, ``_skinny_matmul`` multiplies by a materialised transposed kernel (see there).
+SKINNY_ROWS = 32
+
+
+def _skinny_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``x [N, K] @ kernel [K, M]``, for decoding.
+
+    With a few rows (``1 < N <= SKINNY_ROWS``: the beam of one sentence) it contracts ``x`` with the
+    transposed kernel ``[M, K]``, materialised once: the optimization barrier keeps XLA from folding the
+    transpose back into the dot, and being loop-invariant it is hoisted out of the search loop. XLA:CPU's
+    GEMM for a handful of rows re-packs the whole kernel on every call; the transposed form runs about twice
+    as fast for the decoder's LSTM kernel (measurements in docs/benchmarks.md). One row (greedy search of one
+    sentence) is a matrix-vector product that XLA already does well, and many rows a real GEMM: plain matmul.
+    """
+    if not 1 < x.shape[0] <= SKINNY_ROWS:
+        return x @ kernel
+    kernel_t = jax.lax.optimization_barrier(kernel.T)
+    return jax.lax.dot_general(x, kernel_t, (((x.ndim - 1,), (1,)), ((), ())))
+
+
+def _linear(layer: nnx.Linear, x: jax.Array, matmul=jnp.matmul) -> jax.Array:
+    """``layer(x)`` (an ``nnx.Linear`` with ``dtype`` set) with the product done by ``matmul``."""
+    dtype = layer.dtype
+    y = matmul(x.astype(dtype), layer.kernel[...].astype(dtype))
+    return y if layer.bias is None else y + layer.bias[...].astype(dtype)
 
 
 def _concat_directions(states: jax.Array) -> jax.Array:
     """``[L, D, B, H] -> [L, B, D·H]``: concatenate the directions' final states per layer."""
     return jnp.concatenate(list(states.transpose(1, 0, 2, 3)), axis=-1)
+
+
+def _dropout_time_major(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+    """``dropout`` of a time-major ``x [T, B, ...]`` that draws the mask of the batch-major ``[B, T, ...]``
+    tensor (the same random draw whichever layout the computation uses)."""
+    if rng is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, (x.shape[1], x.shape[0]) + x.shape[2:]).swapaxes(0, 1)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
 def _split(rng: jax.Array | None, count: int) -> list[jax.Array | None]:
