@@ -94,9 +94,15 @@ def find_nonfinite_leaf(state: Any) -> str | None:
 
 
 def _as_restore_target(leaf: Any) -> Any:
-    """A concrete ``jax.Array`` becomes its ``ShapeDtypeStruct`` (sharding kept); other leaves pass as is."""
+    """A concrete ``jax.Array`` becomes its ``ShapeDtypeStruct`` (sharding kept); a ``ShapeDtypeStruct``
+    without a sharding gets this process's first device (orbax would otherwise reuse the saved sharding, which
+    fails on another topology: a checkpoint written on 8 devices, read by ``translate`` on 1); other leaves
+    pass as is."""
     if isinstance(leaf, jax.Array):
         return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
+    if isinstance(leaf, jax.ShapeDtypeStruct) and leaf.sharding is None:
+        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                    sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
     return leaf
 
 

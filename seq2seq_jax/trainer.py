@@ -4,6 +4,12 @@ checkpoints, SIGTERM, and metrics to JSONL, TensorBoard and a progress bar.
 Resuming is exact: the checkpoint holds parameters, optimizer state, step, the base RNG key and the data
 iterator's position, and dropout draws ``fold_in(rng, step)``; on CPU the per-step losses after a restore
 are bit-identical to those of an uninterrupted run.
+
+The same loop runs on one device, many, or many hosts (``seq2seq_jax.parallel``): the state is placed on a
+``(data, model)`` mesh, each global batch is split along ``data`` (every process builds the same batch plan
+and hands over only its own rows), and the steps are jitted with those shardings. Process 0 alone writes
+``config.json``, the tokenizers, metrics and the progress bar; every process takes part in checkpointing
+(orbax writes collectively) and decides to stop (SIGTERM, early stopping, the NaN guard) together.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 from tqdm import tqdm
 
 from seq2seq_jax import data as data_lib
+from seq2seq_jax import parallel
 from seq2seq_jax.config import ExperimentConfig
 from seq2seq_jax.metrics import corpus_bleu, exact_match, perplexity
 from seq2seq_jax.tasks import task_splits
@@ -99,12 +107,16 @@ class _SigtermFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def prepare_run(config: ExperimentConfig, run: Workdir, log=print):
+def prepare_run(config: ExperimentConfig, run: Workdir, log=print, write: bool = True):
     """Resolve the config against the workdir: tokenizers (built once, then reused), vocabulary sizes,
-    and ``config.json``. Returns ``(config, src_tokenizer, tgt_tokenizer, train_pairs, valid_pairs)``."""
-    run.path.mkdir(parents=True, exist_ok=True)
+    and ``config.json``. Returns ``(config, src_tokenizer, tgt_tokenizer, train_pairs, valid_pairs)``.
+
+    ``write=False`` (the other processes of a multi-host run, after process 0 has prepared the workdir)
+    only reads: the tokenizers must exist, and ``config.json`` is not written."""
+    if write:
+        run.path.mkdir(parents=True, exist_ok=True)
     train_pairs, valid_pairs = load_pairs(config)
-    if (run.tokenizer_dir / "src.tokenizer.json").is_file():
+    if (run.tokenizer_dir / "src.tokenizer.json").is_file() or not write:
         src_tok, tgt_tok = load_tokenizers(run.tokenizer_dir)
     else:
         src_tok, tgt_tok = build_tokenizers(config.data, [s for s, _ in train_pairs], [t for _, t in train_pairs],
@@ -116,16 +128,35 @@ def prepare_run(config: ExperimentConfig, run: Workdir, log=print):
         if saved.model != config.model:
             raise ValueError(f"{run.config_path}: the model in this workdir differs from the requested one; "
                              "use a new --workdir (or leave model settings unchanged to resume)")
-    config.save(run.config_path)
+    if write:
+        config.save(run.config_path)
     log(f"vocabulary: source {src_tok.vocab_size} ({src_tok.kind}), target {tgt_tok.vocab_size} ({tgt_tok.kind})")
     return config, src_tok, tgt_tok, train_pairs, valid_pairs
 
 
-def train(config: ExperimentConfig, workdir: str | Path, log=print) -> dict[str, float]:
-    """Train (or resume) in ``workdir``; returns the last validation metrics (empty without validation)."""
-    run = Workdir(Path(workdir))
-    config, src_tok, tgt_tok, train_pairs, valid_pairs = prepare_run(config, run, log)
+def _quiet(*_args, **_kwargs) -> None:
+    pass
+
+
+def train(config: ExperimentConfig, workdir: str | Path, log=print, mesh: Mesh | None = None) -> dict[str, float]:
+    """Train (or resume) in ``workdir``; returns the last validation metrics (empty without validation).
+
+    ``mesh``: the ``(data, model)`` device mesh (``parallel.make_mesh``); default, every device on the
+    ``data`` axis. ``data.batch_size`` is the global batch and must be divisible by the ``data`` axis. In a
+    multi-host run (``parallel.initialize_distributed`` called first) every process calls ``train`` with
+    the same arguments and a workdir on a filesystem they share; ``log`` is called on process 0 only.
+    """
+    mesh = parallel.make_mesh() if mesh is None else mesh
+    main_process = parallel.is_main_process()
+    log = log if main_process else _quiet
     train_cfg, data_cfg = config.train, config.data
+    parallel.check_batch_size(data_cfg.batch_size, mesh)
+    run = Workdir(Path(workdir))
+    if main_process:
+        config, src_tok, tgt_tok, train_pairs, valid_pairs = prepare_run(config, run, log)
+    parallel.sync_processes("seq2seq_jax: workdir prepared")  # process 0 has written tokenizers and config
+    if not main_process:
+        config, src_tok, tgt_tok, train_pairs, valid_pairs = prepare_run(config, run, log, write=False)
     train_examples, report = data_lib.encode_pairs(train_pairs, src_tok, tgt_tok, data_cfg, name="train")
     log(report.summary())
     valid_examples, valid_report = (data_lib.encode_pairs(valid_pairs, src_tok, tgt_tok, data_cfg, name="valid")
@@ -138,36 +169,56 @@ def train(config: ExperimentConfig, workdir: str | Path, log=print) -> dict[str,
     shapes = iterator.padded_shapes()
     log(f"batches: {iterator.batches_per_epoch} per epoch of {data_cfg.batch_size} rows; "
         f"{len(shapes)} padded shapes, so at most {len(shapes)} compiled train programs")
+    log(f"{parallel.describe(mesh)}; {data_cfg.batch_size // parallel.data_size(mesh)} rows per device; "
+        f"compute {config.model.compute_dtype}, parameters {config.model.param_dtype}")
 
-    graphdef, state = fresh_train_state(config)
+    graphdef, host_state = fresh_train_state(config)
+    state_shardings = parallel.state_shardings(host_state, mesh)
+    param_shardings = state_shardings.params
+    batch_sharding = parallel.batch_sharding(mesh)
     optimizer = make_optimizer(train_cfg)
     checkpoints = run.checkpointer(config)
     best = {"value": None, "step": None, "bad_evals": 0}
     if checkpoints.latest_step() is not None:
-        step, state, extra = checkpoints.restore(None, target=state)
+        step, state, extra = checkpoints.restore(None, target=parallel.abstract_like(host_state, state_shardings))
         if "data_state" in extra:  # absent in a checkpoint made by import-torch: the data starts afresh
             iterator.restore(extra["data_state"])
         best = extra.get("best", best)
         log(f"resumed from step {step} in {run.path}")
-    train_step = jax.jit(make_train_step(graphdef, optimizer, train_cfg.label_smoothing), donate_argnums=0)
-    eval_step = jax.jit(make_eval_step(graphdef))
-    translator = Translator(graphdef, state.params, src_tok, tgt_tok, config.decode, data_cfg.bucket_width)
-    metrics_log = MetricsLog(run)
+    else:
+        state = parallel.place(host_state, state_shardings)
+    del host_state
+    train_step = parallel.jit_train_step(make_train_step(graphdef, optimizer, train_cfg.label_smoothing), mesh,
+                                         state_shardings)
+    eval_step = parallel.jit_eval_step(make_eval_step(graphdef), mesh, param_shardings)
+    translator = Translator(graphdef, None, src_tok, tgt_tok, config.decode, data_cfg.bucket_width)
+    metrics_log = MetricsLog(run) if main_process else None
+
+    def write_metrics(record: dict[str, Any]) -> None:
+        if metrics_log is not None:
+            metrics_log.write(record)
+
+    def close_logs() -> None:
+        if metrics_log is not None:
+            metrics_log.close()
 
     def validate(step: int) -> dict[str, float]:
         loss_sum = tokens = 0.0
         for batch in data_lib.eval_batches(valid_examples, data_cfg.batch_size, data_cfg.bucket_width):
-            batch_sum, batch_tokens = eval_step(state.params, _batch_arrays(batch))
+            batch_sum, batch_tokens = eval_step(state.params, parallel.shard_batch(_batch_arrays(batch),
+                                                                                  batch_sharding))
             loss_sum += float(batch_sum)
             tokens += float(batch_tokens)
         sample = kept_valid_pairs[: train_cfg.valid_sample_size]
-        translator.params = state.params
+        # Every process decodes the whole sample on one of its own devices (the same numbers everywhere, so
+        # that early stopping and the best checkpoint are decided alike); one device needs no copy.
+        translator.params = state.params if mesh.size == 1 else parallel.local_copy(state.params)
         hyps = translator.translate_best([src for src, _ in sample])
         refs = [tgt for _, tgt in sample]
         bleu, _ = corpus_bleu(hyps, refs)
         result = {"valid_loss": loss_sum / max(tokens, 1.0), "valid_ppl": perplexity(loss_sum, tokens),
                   "valid_bleu": bleu, "valid_exact_match": exact_match(hyps, refs)}
-        for (src, ref), hyp in list(zip(sample, hyps))[:3]:
+        for (src, ref), hyp in list(zip(sample, hyps, strict=True))[:3]:
             log(f"  src: {src}\n  ref: {ref}\n  hyp: {hyp}")
         return result
 
@@ -182,15 +233,15 @@ def train(config: ExperimentConfig, workdir: str | Path, log=print) -> dict[str,
     consecutive_nonfinite = 0
     stop_reason = "max_steps"
     progress = tqdm(total=train_cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
-                    file=sys.stderr, disable=None)
+                    file=sys.stderr, disable=None if main_process else True)
     with _SigtermFlag() as sigterm:
         while step < train_cfg.max_steps:
-            if sigterm.raised:
+            if parallel.any_process(sigterm.raised):  # every process stops at the same step
                 stop_reason = "SIGTERM"
                 break
             batch = next(iterator)
             seen_shapes.add(batch.src.shape[1:] + batch.tgt_in.shape[1:])
-            state, metrics = train_step(state, _batch_arrays(batch))
+            state, metrics = train_step(state, parallel.shard_batch(_batch_arrays(batch), batch_sharding))
             step += 1
             metrics = jax.device_get(metrics)
             if not int(metrics["finite"]):
@@ -200,7 +251,7 @@ def train(config: ExperimentConfig, workdir: str | Path, log=print) -> dict[str,
                 if consecutive_nonfinite >= train_cfg.max_nonfinite_steps:
                     checkpoints.wait_until_finished()
                     checkpoints.close()
-                    metrics_log.close()
+                    close_logs()
                     raise TrainingAborted(
                         f"{consecutive_nonfinite} non-finite steps in a row (train.max_nonfinite_steps="
                         f"{train_cfg.max_nonfinite_steps}); stopped at step {step} without saving it. Lower "
@@ -219,14 +270,14 @@ def train(config: ExperimentConfig, workdir: str | Path, log=print) -> dict[str,
                           "grad_norm": window["grad_norm"] / max(window["steps"], 1),
                           "tokens_per_s": window["tokens"] / max(elapsed, 1e-9),
                           "compiled_train_programs": len(seen_shapes)}
-                metrics_log.write(record)
+                write_metrics(record)
                 progress.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
                 window = {"loss_sum": 0.0, "tokens": 0.0, "grad_norm": 0.0, "steps": 0,
                           "start": time.perf_counter()}
             evaluate_now = valid_examples and (step % train_cfg.eval_every == 0 or step == train_cfg.max_steps)
             if evaluate_now:
                 last_metrics = validate(step)
-                metrics_log.write({"step": step, **last_metrics})
+                write_metrics({"step": step, **last_metrics})
                 value = last_metrics[train_cfg.best_metric]
                 improved = best["value"] is None or (
                     value < best["value"] if train_cfg.best_mode == "min" else value > best["value"])
@@ -234,8 +285,9 @@ def train(config: ExperimentConfig, workdir: str | Path, log=print) -> dict[str,
                     best.update(value=value, step=step, bad_evals=0)
                 else:
                     best["bad_evals"] += 1
-                progress.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in last_metrics.items())
-                               + (" (best)" if improved else ""))
+                if main_process:
+                    progress.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in last_metrics.items())
+                                   + (" (best)" if improved else ""))
                 save(step, last_metrics)
                 if train_cfg.patience and best["bad_evals"] >= train_cfg.patience:
                     stop_reason = f"early stopping: no improvement in {train_cfg.patience} validations"
@@ -247,7 +299,7 @@ def train(config: ExperimentConfig, workdir: str | Path, log=print) -> dict[str,
         save(step, None)
     checkpoints.wait_until_finished()
     checkpoints.close()
-    metrics_log.close()
+    close_logs()
     log(f"stopped at step {step} ({stop_reason}); compiled train programs: {len(seen_shapes)}; "
         f"search programs: {translator.compiled_programs}; best {train_cfg.best_metric}: {best['value']} "
         f"at step {best['step']}")
