@@ -5,6 +5,7 @@
     seq2seq translate --workdir W [--beam-size K] [--input F] [--output F] ...
     seq2seq evaluate  --workdir W --src F --ref F [--ref F ...] [--beam-size K] [--rouge] [--json]
     seq2seq plot      --workdir W [--out F] [--attention "source sentence" --attention-out F]
+    seq2seq average   --workdir W --out W2 [--last N | --steps S1,S2,...]
 """
 
 from __future__ import annotations
@@ -50,22 +51,9 @@ def _checkpoint_arg(value: str) -> str | int:
 
 
 def _read_input(path: str | None) -> list[str]:
-    from seq2seq_jax.data import read_lines
+    from seq2seq_jax.data import read_lines, split_lines
 
-    if path:
-        return list(read_lines(path))
-    text = sys.stdin.buffer.read()
-    try:
-        decoded = text.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = text[: error.start].count(b"\n") + 1
-        raise ValueError(f"<stdin>:{line}: invalid UTF-8") from None
-    if not decoded:
-        return []
-    lines = decoded.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
+    return list(read_lines(path)) if path else split_lines(sys.stdin.buffer.read())
 
 
 def _load_translator(args: argparse.Namespace):
@@ -91,6 +79,12 @@ def _plot_hypothesis_attention(trained, source: str, hypothesis, path: Path) -> 
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from seq2seq_jax import parallel
+
+    # Before anything else touches a device: every process of a multi-host run joins here.
+    parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
+    mesh = parallel.make_mesh(args.model_parallel)
+
     from seq2seq_jax.trainer import train
     from seq2seq_jax.workdir import Workdir
 
@@ -111,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = config.with_overrides(overrides)
     if run.exists() and config.model != run.load_config().model:
         raise ConfigError(f"{run.config_path}: model settings cannot change when resuming; use a new --workdir")
-    train(config, args.workdir)
+    train(config, args.workdir, mesh=mesh)
     return 0
 
 
@@ -225,6 +219,34 @@ def cmd_import_torch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_average(args: argparse.Namespace) -> int:
+    from seq2seq_jax.averaging import average_checkpoints
+
+    steps = None if args.steps is None else [int(step) for step in args.steps.split(",") if step.strip()]
+    chosen = average_checkpoints(args.workdir, args.out, last=None if steps else args.last, steps=steps)
+    print(f"averaged the parameters of steps {', '.join(map(str, chosen))} of {args.workdir} into {args.out} "
+          f"(translate, evaluate or export it like any workdir)")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import runpy
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+    if not script.is_file():
+        raise FileNotFoundError(f"{script} not found: `seq2seq bench` runs scripts/benchmark.py of a source checkout")
+    argv = []
+    for name in ("out", "repeats", "threads", "sentences_per_round"):
+        if getattr(args, name) is not None:
+            argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    for part in args.skip or []:
+        argv += ["--skip", part]
+    for name in ("profile", "omp_passive", "quick"):
+        if getattr(args, name):
+            argv.append(f"--{name.replace('_', '-')}")
+    return runpy.run_path(str(script), run_name="seq2seq_bench")["main"](argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seq2seq", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log compilation and checkpoint details")
@@ -239,6 +261,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--task", help="built-in generated task (dates, numbers, reverse)")
     train.add_argument("--config", help="JSON file with model/data/train/decode sections")
     train.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting")
+    devices = train.add_argument_group(
+        "devices and hosts (default: one process, every local device on the data axis)")
+    devices.add_argument("--model-parallel", type=int, default=1, metavar="M",
+                         help="size of the mesh's model axis, which shards the embeddings and the output "
+                              "projection over the vocabulary (must divide the device count)")
+    devices.add_argument("--coordinator", metavar="HOST:PORT",
+                         help="multi-host: address of process 0 (jax.distributed.initialize)")
+    devices.add_argument("--num-processes", type=int, metavar="N", help="multi-host: number of processes")
+    devices.add_argument("--process-id", type=int, metavar="I", help="multi-host: this process, 0..N-1")
+    devices.add_argument("--distributed", action="store_true",
+                         help="multi-host with whatever jax.distributed.initialize detects from the cluster "
+                              "(Cloud TPU pods, SLURM, Open MPI, Kubernetes); flags given beside it take precedence")
     train.set_defaults(handler=cmd_train)
 
     translate = commands.add_parser("translate", help="translate stdin (or --input) line by line")
@@ -278,6 +312,25 @@ def build_parser() -> argparse.ArgumentParser:
     import_.add_argument("--workdir", required=True, help="new (or empty) workdir")
     import_.add_argument("--config", help="config JSON for a bare state_dict (default: config.json beside it)")
     import_.set_defaults(handler=cmd_import_torch)
+    average = commands.add_parser("average", help="average the parameters of the last N checkpoints into a new "
+                                  "workdir")
+    average.add_argument("--workdir", required=True)
+    average.add_argument("--out", required=True, metavar="W", help="new (or empty) workdir for the average")
+    average.add_argument("--last", type=int, default=5, metavar="N", help="the N newest checkpoints (default 5)")
+    average.add_argument("--steps", metavar="S1,S2,...", help="exactly these steps instead of --last")
+    average.set_defaults(handler=cmd_average)
+
+    bench = commands.add_parser("bench", help="JAX vs torch_ref CPU benchmark (runs scripts/benchmark.py)")
+    bench.add_argument("--out", help="directory for results.json / results.md (default: benchmarks/)")
+    bench.add_argument("--repeats", type=int, help="interleaved rounds per measurement (>= 5)")
+    bench.add_argument("--threads", type=int, help="cores for each framework (default: all)")
+    bench.add_argument("--sentences-per-round", type=int, help="single-sentence decodes per round")
+    bench.add_argument("--skip", action="append", choices=["train", "small", "decode", "epoch"],
+                       help="leave a part out (repeatable)")
+    bench.add_argument("--profile", action="store_true", help="also profile the JAX main-config train step")
+    bench.add_argument("--omp-passive", action="store_true", help="OMP_WAIT_POLICY=PASSIVE for torch (loaded machine)")
+    bench.add_argument("--quick", action="store_true", help="tiny models (a smoke test, not a measurement)")
+    bench.set_defaults(handler=cmd_bench)
     return parser
 
 
