@@ -1,0 +1,258 @@
+"""Run a recipe end to end: train, average checkpoints, tune decoding on the validation set, score once.
+
+    python scripts/recipes/run.py NAME [--data DIR] [--workdir DIR] [--results DIR]
+
+NAME is one of ``RECIPES`` (``multi30k-de-en``, ``multi30k-en-de``, ``dialogsum``); its settings are the
+config file beside this script. ``--data`` is the folder holding ``multi30k/`` and ``dialogsum/`` (default
+``../shared/data``, relative to the repository). The steps:
+
+1. ``seq2seq train`` on the training split, validating (greedy BLEU) on the validation split; an existing
+   workdir is resumed, not restarted.
+2. ``seq2seq average`` of the last ``train.keep_checkpoints`` checkpoints; the best checkpoint and the average
+   are both scored on validation (beam 5) and the better one is kept.
+3. The decoding settings of the recipe (length penalty α; for summaries also no-repeat n-gram size and
+   minimum length) are searched on the validation set only, one after the other.
+4. Translation recipes score ``test_2016_flickr`` once, with the chosen model and settings (sacrebleu
+   defaults: BLEU and chrF on detokenized, cased text). The summarization recipe reports validation ROUGE
+   (rouge-score, stemming, F-measure), the set its targets are stated on, beside the Lead-3 and Longest-3
+   extractive baselines.
+5. ``RESULTS/NAME.json`` (scores, signatures, chosen settings, training time, tokens/s, versions) and
+   ``RESULTS/NAME_curves.png`` (training curves) are written; default ``RESULTS`` is ``docs/results``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPE_DIR = Path(__file__).resolve().parent
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    config: str                       # file beside this script
+    train: tuple[str, str]            # (source, target), relative to --data
+    valid: tuple[str, str]
+    test: tuple[str, str] | None      # scored once at the end; None: report validation (summarization)
+    metric: str                       # "bleu" or "rouge"
+    search: dict[str, tuple]          # decode settings searched on validation, one after the other
+    decode_bucket_width: int          # source padding granularity when decoding: one program per width
+    beam_size: int = 5
+    published: dict[str, float] = dataclasses.field(default_factory=dict)
+    extractive_baselines: bool = False
+
+
+RECIPES = {
+    "multi30k-de-en": Recipe(
+        config="multi30k_de_en.json",
+        train=("multi30k/train.de", "multi30k/train.en"), valid=("multi30k/val.de", "multi30k/val.en"),
+        test=("multi30k/test_2016_flickr.de", "multi30k/test_2016_flickr.en"), metric="bleu",
+        search={"length_penalty": (0.0, 0.5, 1.0, 1.5)}, decode_bucket_width=32,
+        published={"attention GRU, greedy": 28.3, "Transformer": 36.5}),
+    "multi30k-en-de": Recipe(
+        config="multi30k_en_de.json",
+        train=("multi30k/train.en", "multi30k/train.de"), valid=("multi30k/val.en", "multi30k/val.de"),
+        test=("multi30k/test_2016_flickr.en", "multi30k/test_2016_flickr.de"), metric="bleu",
+        search={"length_penalty": (0.0, 0.5, 1.0, 1.5)}, decode_bucket_width=32),
+    "dialogsum": Recipe(
+        config="dialogsum.json",
+        train=("dialogsum/train.src", "dialogsum/train.tgt"), valid=("dialogsum/valid.src", "dialogsum/valid.tgt"),
+        test=None, metric="rouge",
+        search={"no_repeat_ngram_size": (0, 3), "length_penalty": (0.0, 1.0), "min_len": (0, 15)},
+        decode_bucket_width=200, extractive_baselines=True),
+}
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.datetime.now().strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def score(metric: str, hyps: list[str], refs: list[str]) -> dict:
+    from seq2seq_jax.metrics import corpus_bleu, corpus_chrf, rouge
+
+    if metric == "rouge":
+        result = rouge(hyps, refs)
+        result["score"] = result["rouge1"] + result["rouge2"] + result["rougeL"]
+        return result
+    bleu, bleu_signature = corpus_bleu(hyps, refs)
+    chrf, chrf_signature = corpus_chrf(hyps, refs)
+    return {"bleu": bleu, "bleu_signature": bleu_signature, "chrf": chrf, "chrf_signature": chrf_signature,
+            "score": bleu}
+
+
+def decode_and_score(workdir: Path, decode: dict, sources: list[str], refs: list[str], metric: str,
+                     bucket_width: int) -> tuple:
+    """``(scores, hypotheses, seconds)`` of the best checkpoint of ``workdir`` with ``decode`` settings."""
+    from seq2seq_jax.translate import Translator
+    from seq2seq_jax.workdir import load_trained
+
+    trained = load_trained(workdir)
+    config = dataclasses.replace(trained.config.decode, **decode)
+    translator = Translator(trained.graphdef, trained.params, trained.src_tokenizer, trained.tgt_tokenizer,
+                            config, bucket_width)
+    start = time.perf_counter()
+    hyps = translator.translate_best(sources)
+    return score(metric, hyps, refs), hyps, time.perf_counter() - start
+
+
+def read_pair(data: Path, pair: tuple[str, str]) -> tuple[list[str], list[str]]:
+    from seq2seq_jax.data import read_lines
+
+    return list(read_lines(data / pair[0])), list(read_lines(data / pair[1]))
+
+
+def training_summary(workdir: Path) -> dict:
+    from seq2seq_jax.plots import read_metrics_jsonl
+
+    records = read_metrics_jsonl(workdir / "metrics.jsonl")
+    rates = [r["tokens_per_s"] for r in records if "tokens_per_s" in r][1:]  # the first window holds compilation
+    valid = [r for r in records if "valid_bleu" in r]
+    return {"steps": max((r["step"] for r in records), default=0),
+            "tokens_per_s_median": statistics.median(rates) if rates else None,
+            "valid_bleu_greedy_by_step": {r["step"]: round(r["valid_bleu"], 2) for r in valid}}
+
+
+def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str] = ()) -> dict:
+    from seq2seq_jax import cli
+    from seq2seq_jax.averaging import average_checkpoints
+    from seq2seq_jax.config import ExperimentConfig
+    from seq2seq_jax.plots import plot_training_curves, read_metrics_jsonl
+
+    recipe = RECIPES[name]
+    config_file = RECIPE_DIR / recipe.config
+    for relative in recipe.train + recipe.valid + (recipe.test or ()):
+        if not (data / relative).is_file():
+            raise FileNotFoundError(f"{data / relative} not found: pass --data, the folder holding "
+                                    f"{relative.split('/')[0]}/")
+    settings = ExperimentConfig.load(config_file).with_overrides(list(overrides))
+    report: dict = {"recipe": name, "config": settings.to_dict(),
+                    "command": " ".join(["python scripts/recipes/run.py", name, *(f"--set {o}" for o in overrides)]),
+                    "data": str(data)}
+
+    # 1. train (resumes an existing workdir)
+    argv = ["train", "--workdir", str(workdir), "--train-src", str(data / recipe.train[0]),
+            "--train-tgt", str(data / recipe.train[1]), "--valid-src", str(data / recipe.valid[0]),
+            "--valid-tgt", str(data / recipe.valid[1])]
+    resumed = (workdir / "config.json").is_file()
+    if not resumed:
+        argv += ["--config", str(config_file)]
+    for override in overrides:
+        argv += ["--set", override]
+    log(f"{name}: training in {workdir}" + (" (resuming)" if resumed else ""))
+    start = time.perf_counter()
+    if cli.main(argv) != 0:
+        raise RuntimeError(f"{name}: training failed")
+    timing_file = workdir / "recipe_training_seconds.json"  # summed over resumed runs
+    previous = json.loads(timing_file.read_text()) if timing_file.is_file() else []
+    timing_file.write_text(json.dumps(previous + [round(time.perf_counter() - start, 1)]) + "\n")
+    runs = json.loads(timing_file.read_text())
+    report["training"] = {"seconds": round(sum(runs), 1), "invocations_seconds": runs, **training_summary(workdir)}
+    log(f"{name}: trained in {report['training']['seconds']:.0f} s")
+
+    # 2. best checkpoint or the average of the last ones, chosen on validation
+    valid_src, valid_ref = read_pair(data, recipe.valid)
+    config = ExperimentConfig.load(workdir / "config.json")
+    averaged = workdir.with_name(workdir.name + ".avg")
+    if not (averaged / "config.json").is_file():
+        average_checkpoints(workdir, averaged, last=config.train.keep_checkpoints)
+    base_decode = {"beam_size": recipe.beam_size, "n_best": 1}
+    candidates = {}
+    for label, candidate in (("best checkpoint", workdir), (f"average of last {config.train.keep_checkpoints}",
+                                                              averaged)):
+        scores, _, seconds = decode_and_score(candidate, base_decode, valid_src, valid_ref, recipe.metric,
+                                              recipe.decode_bucket_width)
+        candidates[label] = {"workdir": str(candidate), "valid": scores, "seconds": round(seconds, 1)}
+        log(f"{name}: {label}: valid {recipe.metric} {scores['score']:.2f} ({seconds:.0f} s)")
+    chosen_label = max(candidates, key=lambda label: candidates[label]["valid"]["score"])
+    chosen = Path(candidates[chosen_label]["workdir"])
+    report["model_selection"] = {"candidates": candidates, "chosen": chosen_label}
+
+    # 3. decoding settings, searched on validation only: one setting at a time, the others at their best so far
+    current = dict(base_decode, **{key: values[0] for key, values in recipe.search.items()})
+    tried: dict[str, dict] = {}
+
+    def valid_score(decode: dict) -> float:
+        key = json.dumps(decode, sort_keys=True)
+        if key not in tried:
+            scores, _, seconds = decode_and_score(chosen, decode, valid_src, valid_ref, recipe.metric,
+                                                  recipe.decode_bucket_width)
+            tried[key] = {"decode": decode, "valid": scores, "seconds": round(seconds, 1)}
+            log(f"{name}: {decode}: valid {recipe.metric} {scores['score']:.2f} ({seconds:.0f} s)")
+        return tried[key]["valid"]["score"]
+
+    for setting, values in recipe.search.items():
+        current = max((dict(current, **{setting: value}) for value in values), key=valid_score)
+    best = tried[json.dumps(current, sort_keys=True)]
+    report["decode_search"] = {"order": list(recipe.search), "tried": list(tried.values()), "chosen": current}
+
+    # 4. the final score: test once, or validation for the summarization recipe
+    if recipe.test is not None:
+        test_src, test_ref = read_pair(data, recipe.test)
+        scores, hyps, seconds = decode_and_score(chosen, best["decode"], test_src, test_ref, recipe.metric,
+                                                 recipe.decode_bucket_width)
+        report["test"] = {"set": recipe.test[1], **scores, "sentences": len(hyps), "seconds": round(seconds, 1)}
+        (results / f"{name}.test.hyp").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+        log(f"{name}: test BLEU {scores['bleu']:.2f} chrF {scores['chrf']:.2f}")
+    else:
+        report["valid"] = best["valid"]
+    if recipe.extractive_baselines:
+        from seq2seq_jax.extractive import lead, longest
+
+        report["baselines"] = {"Lead-3": score("rouge", [lead(s, 3) for s in valid_src], valid_ref),
+                               "Longest-3": score("rouge", [longest(s, 3) for s in valid_src], valid_ref)}
+    report["published"] = recipe.published
+    report["translate_command"] = ("seq2seq translate --workdir " + str(chosen) + "".join(
+        f" --{key.replace('_', '-')} {value}" for key, value in best["decode"].items()))
+
+    # 5. results
+    report["environment"] = environment()
+    plot_training_curves(read_metrics_jsonl(workdir / "metrics.jsonl"), results / f"{name}_curves.png")
+    (results / f"{name}.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    log(f"{name}: wrote {results / (name + '.json')} and {results / (name + '_curves.png')}")
+    return report
+
+
+def environment() -> dict:
+    import importlib.metadata
+    import os
+    import subprocess
+
+    versions = {}
+    for package in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "sentencepiece", "sacrebleu", "rouge-score"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": platform.processor() or platform.machine(), "cpus_usable": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(), "versions": versions,
+            "commit": commit.stdout.strip() or None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("name", choices=sorted(RECIPES))
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="folder holding the corpora")
+    parser.add_argument("--workdir", help="training workdir (default: runs/NAME)")
+    parser.add_argument("--results", default=str(REPO / "docs" / "results"), help="where results are written")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a setting of the recipe's config (a quick trial; results then differ)")
+    args = parser.parse_args(argv)
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    workdir = Path(args.workdir or REPO / "runs" / args.name)
+    run(args.name, Path(args.data), workdir, results, args.set)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
