@@ -216,8 +216,53 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
     report["environment"] = environment()
     plot_training_curves(read_metrics_jsonl(workdir / "metrics.jsonl"), results / f"{name}_curves.png")
     (results / f"{name}.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    log(f"{name}: wrote {results / (name + '.json')} and {results / (name + '_curves.png')}")
+    summary_file = write_summary(results)
+    log(f"{name}: wrote {results / (name + '.json')}, {results / (name + '_curves.png')} and {summary_file}")
     return report
+
+
+TARGETS = {"multi30k-de-en": {"bleu": 38.0}, "multi30k-en-de": {"bleu": 35.0},
+           "dialogsum": {"rouge1": 38.0, "rouge2": 12.0, "rougeL": 31.0}}
+
+
+def write_summary(results: Path) -> Path:
+    """``RESULTS/README.md``: every recipe's results file in ``results`` as tables (regenerated each run)."""
+    lines = ["# Recipe results", "",
+             "Written by `scripts/recipes/run.py` from the `*.json` files beside this file (one per recipe); "
+             "every number is measured by the run that wrote it.", ""]
+    for path in sorted(results.glob("*.json")):
+        report = json.loads(path.read_text(encoding="utf-8"))
+        name, env, training = report["recipe"], report["environment"], report["training"]
+        config = report["config"]
+        lines += [f"## {name}", "", f"`{report['command']}` (commit {env['commit']}, {env['date']}, "
+                  f"{env['cpus_usable']} CPU core(s) usable, jax {env['versions']['jax']})", ""]
+        lines += [f"Training: {training['steps']} steps of {config['data']['batch_size']} sentences in "
+                  f"{training['seconds'] / 60:.1f} min, median {training['tokens_per_s_median']:.0f} target "
+                  f"tokens/s; model selection: {report['model_selection']['chosen']}; decoding chosen on "
+                  f"validation: `{json.dumps(report['decode_search']['chosen'], sort_keys=True)}`.", ""]
+        targets = TARGETS.get(name, {})
+        if "test" in report:
+            test = report["test"]
+            lines += ["| system | BLEU | chrF |", "|---|---|---|",
+                      f"| this recipe, measured ({test['set']}) | {test['bleu']:.1f} | {test['chrf']:.1f} |"]
+            lines += [f"| target | {targets['bleu']:.1f} | |"] if "bleu" in targets else []
+            lines += [f"| published: {system} | {value:.1f} | |" for system, value in report["published"].items()]
+            lines += ["", f"BLEU signature: `{test['bleu_signature']}`; chrF: `{test['chrf_signature']}`.", ""]
+        if "valid" in report:
+            valid = report["valid"]
+            lines += ["| system (validation set) | ROUGE-1 | ROUGE-2 | ROUGE-L |", "|---|---|---|---|",
+                      f"| this recipe, measured | {valid['rouge1']:.1f} | {valid['rouge2']:.1f} | "
+                      f"{valid['rougeL']:.1f} |"]
+            lines += [f"| {system} | {b['rouge1']:.1f} | {b['rouge2']:.1f} | {b['rougeL']:.1f} |"
+                      for system, b in report.get("baselines", {}).items()]
+            if targets:
+                lines += [f"| target | {targets['rouge1']:.1f} | {targets['rouge2']:.1f} | {targets['rougeL']:.1f} |"]
+            lines += ["", "ROUGE: rouge-score, stemming, F-measure, x100; the decoding settings were chosen on this "
+                      "same set (the recipe has no separate test split).", ""]
+        lines += [f"![training curves]({name}_curves.png)", ""]
+    out = results / "README.md"
+    out.write_text("\n".join(lines), encoding="utf-8")
+    return out
 
 
 def environment() -> dict:
