@@ -2,8 +2,8 @@
 order. One output per input line, empty lines included.
 
 Every batch has ``batch_size`` rows and a source length rounded up to ``bucket_width``, and the output buffer
-is rounded up likewise, so one program is compiled per padded shape and decoding setting, never per
-sentence; ``Translator.compiled_programs`` counts them.
+is sized for that padded length (rounded up to 8), so one program is compiled per padded shape and decoding
+setting, never per sentence; ``Translator.compiled_programs`` counts them.
 """
 
 from __future__ import annotations
@@ -91,7 +91,8 @@ class Translator:
         rng = jax.random.key(config.seed)
         for batch_number, (src, src_len, index) in enumerate(
                 source_batches(encoded, config.batch_size, self.bucket_width)):
-            bound = round_up(max_len_bound_for([src.shape[1]], config.max_len_a, config.max_len_b), self.bucket_width)
+            # A function of the padded source length, so still one program per padded shape.
+            bound = round_up(max_len_bound_for([src.shape[1]], config.max_len_a, config.max_len_b), 8)
             search = self._search_fn(src.shape[1], int(bound))
             tokens, lengths, scores, attention = jax.device_get(search(
                 self.params, jnp.asarray(src), jnp.asarray(src_len), jax.random.fold_in(rng, batch_number)))

@@ -69,3 +69,97 @@ def test_summary_tables_show_measured_scores_beside_targets_and_baselines(tmp_pa
     assert "| this recipe, measured | 33.3 | 10.0 | 27.0 |" in text
     assert "| Lead-3 | 28.4 | 7.8 | 21.5 |" in text and "| target | 38.0 | 12.0 | 31.0 |" in text
     assert "3000 steps of 64 sentences in 75.0 min, median 583 target tokens/s" in text
+
+
+class _FakeCheckpointer:
+    def __init__(self, step):
+        self.step = step
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return None
+
+    def latest_step(self):
+        return self.step
+
+
+def _fake_run(monkeypatch, tmp_path, name, reached=None):
+    """Run ``RUNNER.run`` with training, averaging and decoding replaced by fakes (nothing compiles).
+
+    Decoding "scores" are a known function of (model, settings), so the choices the runner makes can be checked.
+    Returns ``(report, decoded)`` with ``decoded`` the list of (model dir name, settings) actually decoded.
+    """
+    from seq2seq_jax import averaging, cli
+    from seq2seq_jax import workdir as workdir_lib
+
+    recipe = RUNNER.RECIPES[name]
+    data = tmp_path / "data"
+    lines = {"train": ["#Person1#: seen a. #Person2#: b.", "#Person1#: c. #Person2#: d."],
+             "valid": ["#Person1#:  seen a. #Person2#: b.", "#Person1#: new e. #Person2#: f."],
+             "test": ["x y", "z"]}
+    for split in ("train", "valid", "test"):
+        for side, path in enumerate(getattr(recipe, split) or ()):
+            (data / path).parent.mkdir(parents=True, exist_ok=True)
+            (data / path).write_text("".join((line if side == 0 else f"ref {i}") + "\n"
+                                             for i, line in enumerate(lines[split])))
+    config = ExperimentConfig.load(RECIPE_DIR / recipe.config)
+    workdir = tmp_path / "run"
+
+    def fake_main(argv):
+        workdir.mkdir()
+        config.save(workdir / "config.json")
+        (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (
+            {"step": 100, "train_loss": 5.0, "tokens_per_s": 100.0},
+            {"step": 200, "train_loss": 4.0, "tokens_per_s": 300.0},
+            {"step": 200, "valid_loss": 4.5, "valid_bleu": 10.0})))
+        return 0
+
+    decoded = []
+
+    def fake_decode(model, decode, sources, refs, metric, bucket_width):
+        decoded.append((model.name, dict(decode)))
+        value = 10.0 * decode.get("length_penalty", 0.0) + (1.0 if model.name.endswith(".avg") else 0.0)
+        value += {0: 0.0, 5: 0.5}.get(decode.get("no_repeat_ngram_size", 0), 0.0)
+        value -= decode.get("min_len", 0) / 10
+        scores = ({"rouge1": value, "rouge2": value, "rougeL": value, "score": value} if metric == "rouge" else
+                  {"bleu": value, "chrf": value, "bleu_signature": "s", "chrf_signature": "c", "score": value})
+        return scores, list(refs), 0.1
+
+    monkeypatch.setattr(cli, "main", fake_main)
+    monkeypatch.setattr(averaging, "average_checkpoints", lambda *args, **kwargs: [])
+    monkeypatch.setattr(workdir_lib.Workdir, "checkpointer",
+                        lambda self, cfg: _FakeCheckpointer(config.train.max_steps if reached is None else reached))
+    monkeypatch.setattr(RUNNER, "decode_and_score", fake_decode)
+    results = tmp_path / "results"
+    results.mkdir()
+    return RUNNER.run(name, data, workdir, results), decoded, results
+
+
+def test_runner_selects_on_validation_and_scores_test_once(monkeypatch, tmp_path):
+    report, decoded, results = _fake_run(monkeypatch, tmp_path, "multi30k-de-en")
+    assert report["model_selection"]["chosen"].startswith("average")
+    assert report["decode_search"]["chosen"]["length_penalty"] == 1.5  # the largest value scores best here
+    assert report["test"]["bleu"] == pytest.approx(16.0)  # 10 * 1.5 + 1 (average), from the test decode
+    # Every (model, settings) decoded once on validation: 2 candidates + 3 more penalties (penalty 0 is the
+    # candidate's own decode); then the test set once.
+    assert len(decoded) == 6 and len({json.dumps(d, sort_keys=True) for d in decoded[:-1]}) == 5
+    assert json.loads((results / "multi30k-de-en.json").read_text())["training"]["steps"] == 200
+    assert (results / "multi30k-de-en_curves.png").is_file() and (results / "README.md").is_file()
+    assert (results / "multi30k-de-en.test.hyp").read_text() == "ref 0\nref 1\n"
+
+
+def test_runner_summarization_reports_unseen_subset_and_baselines(monkeypatch, tmp_path):
+    report, _, _ = _fake_run(monkeypatch, tmp_path, "dialogsum")
+    assert report["decode_search"]["chosen"] == {"beam_size": 5, "n_best": 1, "no_repeat_ngram_size": 5,
+                                                 "length_penalty": 1.0, "min_len": 0}
+    assert report["valid"]["rouge1"] == pytest.approx(11.5)
+    assert report["valid_unseen"]["examples"] == 1  # the first valid dialogue is a train dialogue (whitespace aside)
+    assert set(report["baselines"]) == {"Lead-3", "Longest-3"}
+    assert "test" not in report
+
+
+def test_runner_refuses_a_run_stopped_early(monkeypatch, tmp_path):
+    with pytest.raises(RuntimeError, match="stopped at step 150"):
+        _fake_run(monkeypatch, tmp_path, "multi30k-de-en", reached=150)

@@ -16,8 +16,11 @@ config file beside this script. ``--data`` is the folder holding ``multi30k/`` a
    defaults: BLEU and chrF on detokenized, cased text). The summarization recipe reports validation ROUGE
    (rouge-score, stemming, F-measure), the set its targets are stated on, beside the Lead-3 and Longest-3
    extractive baselines.
-5. ``RESULTS/NAME.json`` (scores, signatures, chosen settings, training time, tokens/s, versions) and
-   ``RESULTS/NAME_curves.png`` (training curves) are written; default ``RESULTS`` is ``docs/results``.
+5. ``RESULTS/NAME.json`` (scores, signatures, chosen settings, training time, tokens/s, versions),
+   ``RESULTS/NAME_curves.png`` (training curves), the final hypotheses (``NAME.test.hyp`` or
+   ``NAME.valid.hyp``) and ``RESULTS/README.md`` (tables of every recipe's results) are written; default
+   ``RESULTS`` is ``docs/results``. A run stopped before ``train.max_steps`` (SIGTERM) stops here with an
+   error; the same command resumes it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import dataclasses
 import datetime
 import json
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -66,7 +70,9 @@ RECIPES = {
         config="dialogsum.json",
         train=("dialogsum/train.src", "dialogsum/train.tgt"), valid=("dialogsum/valid.src", "dialogsum/valid.tgt"),
         test=None, metric="rouge",
-        search={"no_repeat_ngram_size": (0, 3), "length_penalty": (0.0, 1.0), "min_len": (0, 15)},
+        # n-grams are of subword pieces: a speaker tag alone is 4 (``▁ # Person 2#``), so 3 would forbid a
+        # second mention of any speaker.
+        search={"no_repeat_ngram_size": (0, 5), "length_penalty": (0.0, 1.0), "min_len": (0, 15)},
         decode_bucket_width=200, extractive_baselines=True),
 }
 
@@ -125,6 +131,7 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
     from seq2seq_jax.averaging import average_checkpoints
     from seq2seq_jax.config import ExperimentConfig
     from seq2seq_jax.plots import plot_training_curves, read_metrics_jsonl
+    from seq2seq_jax.workdir import Workdir
 
     recipe = RECIPES[name]
     config_file = RECIPE_DIR / recipe.config
@@ -132,12 +139,10 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
         if not (data / relative).is_file():
             raise FileNotFoundError(f"{data / relative} not found: pass --data, the folder holding "
                                     f"{relative.split('/')[0]}/")
-    settings = ExperimentConfig.load(config_file).with_overrides(list(overrides))
-    report: dict = {"recipe": name, "config": settings.to_dict(),
-                    "command": " ".join(["python scripts/recipes/run.py", name, *(f"--set {o}" for o in overrides)]),
-                    "data": str(data)}
+    command = " ".join(["python scripts/recipes/run.py", name, *(f"--set {o}" for o in overrides)])
+    report: dict = {"recipe": name, "command": command, "data": str(data)}
 
-    # 1. train (resumes an existing workdir)
+    # 1. train (resumes an existing workdir); only a run that reached train.max_steps goes on
     argv = ["train", "--workdir", str(workdir), "--train-src", str(data / recipe.train[0]),
             "--train-tgt", str(data / recipe.train[1]), "--valid-src", str(data / recipe.valid[0]),
             "--valid-tgt", str(data / recipe.valid[1])]
@@ -150,59 +155,72 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
     start = time.perf_counter()
     if cli.main(argv) != 0:
         raise RuntimeError(f"{name}: training failed")
-    timing_file = workdir / "recipe_training_seconds.json"  # summed over resumed runs
+    config = ExperimentConfig.load(workdir / "config.json")
+    report["config"] = config.to_dict()
+    with Workdir(workdir).checkpointer(config) as checkpoints:
+        reached = checkpoints.latest_step()
+    if reached != config.train.max_steps:  # SIGTERM (or early stopping): not the recipe's model
+        raise RuntimeError(f"{name}: training stopped at step {reached} of {config.train.max_steps}; run the "
+                           "same command again to resume")
+    timing_file = workdir / "recipe_training_seconds.json"  # one entry per invocation (resumed runs add up)
     previous = json.loads(timing_file.read_text()) if timing_file.is_file() else []
-    timing_file.write_text(json.dumps(previous + [round(time.perf_counter() - start, 1)]) + "\n")
-    runs = json.loads(timing_file.read_text())
+    runs = previous + [round(time.perf_counter() - start, 1)]
+    timing_file.write_text(json.dumps(runs) + "\n")
     report["training"] = {"seconds": round(sum(runs), 1), "invocations_seconds": runs, **training_summary(workdir)}
     log(f"{name}: trained in {report['training']['seconds']:.0f} s")
 
     # 2. best checkpoint or the average of the last ones, chosen on validation
     valid_src, valid_ref = read_pair(data, recipe.valid)
-    config = ExperimentConfig.load(workdir / "config.json")
     averaged = workdir.with_name(workdir.name + ".avg")
-    if not (averaged / "config.json").is_file():
-        average_checkpoints(workdir, averaged, last=config.train.keep_checkpoints)
+    shutil.rmtree(averaged, ignore_errors=True)  # always from the checkpoints the run has now
+    average_checkpoints(workdir, averaged, last=config.train.keep_checkpoints)
+    tried: dict[str, dict] = {}  # (model, resolved decode settings) -> scores on validation
+
+    def valid_result(model: Path, decode: dict) -> dict:
+        resolved = dataclasses.replace(config.decode, **decode).to_dict()
+        key = json.dumps([str(model), resolved], sort_keys=True)
+        if key not in tried:
+            scores, hyps, seconds = decode_and_score(model, decode, valid_src, valid_ref, recipe.metric,
+                                                     recipe.decode_bucket_width)
+            tried[key] = {"model": str(model), "decode": decode, "valid": scores, "seconds": round(seconds, 1),
+                          "hyps": hyps}
+            log(f"{name}: {model.name} {decode}: valid {recipe.metric} {scores['score']:.2f} ({seconds:.0f} s)")
+        return tried[key]
+
     base_decode = {"beam_size": recipe.beam_size, "n_best": 1}
-    candidates = {}
-    for label, candidate in (("best checkpoint", workdir), (f"average of last {config.train.keep_checkpoints}",
-                                                              averaged)):
-        scores, _, seconds = decode_and_score(candidate, base_decode, valid_src, valid_ref, recipe.metric,
-                                              recipe.decode_bucket_width)
-        candidates[label] = {"workdir": str(candidate), "valid": scores, "seconds": round(seconds, 1)}
-        log(f"{name}: {label}: valid {recipe.metric} {scores['score']:.2f} ({seconds:.0f} s)")
-    chosen_label = max(candidates, key=lambda label: candidates[label]["valid"]["score"])
-    chosen = Path(candidates[chosen_label]["workdir"])
-    report["model_selection"] = {"candidates": candidates, "chosen": chosen_label}
+    candidates = {"best checkpoint": workdir, f"average of last {config.train.keep_checkpoints}": averaged}
+    chosen_label = max(candidates, key=lambda label: valid_result(candidates[label], base_decode)["valid"]["score"])
+    chosen = candidates[chosen_label]
+    report["model_selection"] = {"chosen": chosen_label, "candidates": {
+        label: {key: value for key, value in valid_result(model, base_decode).items() if key != "hyps"}
+        for label, model in candidates.items()}}
 
     # 3. decoding settings, searched on validation only: one setting at a time, the others at their best so far
     current = dict(base_decode, **{key: values[0] for key, values in recipe.search.items()})
-    tried: dict[str, dict] = {}
-
-    def valid_score(decode: dict) -> float:
-        key = json.dumps(decode, sort_keys=True)
-        if key not in tried:
-            scores, _, seconds = decode_and_score(chosen, decode, valid_src, valid_ref, recipe.metric,
-                                                  recipe.decode_bucket_width)
-            tried[key] = {"decode": decode, "valid": scores, "seconds": round(seconds, 1)}
-            log(f"{name}: {decode}: valid {recipe.metric} {scores['score']:.2f} ({seconds:.0f} s)")
-        return tried[key]["valid"]["score"]
-
     for setting, values in recipe.search.items():
-        current = max((dict(current, **{setting: value}) for value in values), key=valid_score)
-    best = tried[json.dumps(current, sort_keys=True)]
-    report["decode_search"] = {"order": list(recipe.search), "tried": list(tried.values()), "chosen": current}
+        current = max((dict(current, **{setting: value}) for value in values),
+                      key=lambda decode: valid_result(chosen, decode)["valid"]["score"])
+    best = valid_result(chosen, current)
+    report["decode_search"] = {"order": list(recipe.search), "chosen": current, "tried": [
+        {key: value for key, value in entry.items() if key != "hyps"} for entry in tried.values()
+        if entry["model"] == str(chosen)]}
 
     # 4. the final score: test once, or validation for the summarization recipe
     if recipe.test is not None:
         test_src, test_ref = read_pair(data, recipe.test)
-        scores, hyps, seconds = decode_and_score(chosen, best["decode"], test_src, test_ref, recipe.metric,
+        scores, hyps, seconds = decode_and_score(chosen, current, test_src, test_ref, recipe.metric,
                                                  recipe.decode_bucket_width)
         report["test"] = {"set": recipe.test[1], **scores, "sentences": len(hyps), "seconds": round(seconds, 1)}
         (results / f"{name}.test.hyp").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
         log(f"{name}: test BLEU {scores['bleu']:.2f} chrF {scores['chrf']:.2f}")
     else:
         report["valid"] = best["valid"]
+        # The same numbers without the validation dialogues that also occur (up to whitespace) in train.
+        train_sources = {" ".join(line.split()) for line in read_pair(data, recipe.train)[0]}
+        unseen = [i for i, line in enumerate(valid_src) if " ".join(line.split()) not in train_sources]
+        report["valid_unseen"] = {"examples": len(unseen), **score(
+            recipe.metric, [best["hyps"][i] for i in unseen], [valid_ref[i] for i in unseen])}
+        (results / f"{name}.valid.hyp").write_text("".join(h + "\n" for h in best["hyps"]), encoding="utf-8")
     if recipe.extractive_baselines:
         from seq2seq_jax.extractive import lead, longest
 
@@ -210,7 +228,7 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
                                "Longest-3": score("rouge", [longest(s, 3) for s in valid_src], valid_ref)}
     report["published"] = recipe.published
     report["translate_command"] = ("seq2seq translate --workdir " + str(chosen) + "".join(
-        f" --{key.replace('_', '-')} {value}" for key, value in best["decode"].items()))
+        f" --{key.replace('_', '-')} {value}" for key, value in current.items()))
 
     # 5. results
     report["environment"] = environment()
@@ -232,12 +250,14 @@ def write_summary(results: Path) -> Path:
              "every number is measured by the run that wrote it.", ""]
     for path in sorted(results.glob("*.json")):
         report = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(report, dict) or "recipe" not in report:
+            continue
         name, env, training = report["recipe"], report["environment"], report["training"]
         config = report["config"]
         lines += [f"## {name}", "", f"`{report['command']}` (commit {env['commit']}, {env['date']}, "
                   f"{env['cpus_usable']} CPU core(s) usable, jax {env['versions']['jax']})", ""]
         lines += [f"Training: {training['steps']} steps of {config['data']['batch_size']} sentences in "
-                  f"{training['seconds'] / 60:.1f} min, median {training['tokens_per_s_median']:.0f} target "
+                  f"{training['seconds'] / 60:.1f} min, median {training['tokens_per_s_median'] or 0:.0f} target "
                   f"tokens/s; model selection: {report['model_selection']['chosen']}; decoding chosen on "
                   f"validation: `{json.dumps(report['decode_search']['chosen'], sort_keys=True)}`.", ""]
         targets = TARGETS.get(name, {})
@@ -253,6 +273,10 @@ def write_summary(results: Path) -> Path:
             lines += ["| system (validation set) | ROUGE-1 | ROUGE-2 | ROUGE-L |", "|---|---|---|---|",
                       f"| this recipe, measured | {valid['rouge1']:.1f} | {valid['rouge2']:.1f} | "
                       f"{valid['rougeL']:.1f} |"]
+            if "valid_unseen" in report:
+                unseen = report["valid_unseen"]
+                lines += [f"| this recipe, the {unseen['examples']} dialogues not in train | {unseen['rouge1']:.1f} | "
+                          f"{unseen['rouge2']:.1f} | {unseen['rougeL']:.1f} |"]
             lines += [f"| {system} | {b['rouge1']:.1f} | {b['rouge2']:.1f} | {b['rougeL']:.1f} |"
                       for system, b in report.get("baselines", {}).items()]
             if targets:
