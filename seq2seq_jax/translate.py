@@ -53,34 +53,46 @@ class Translator:
     def compiled_programs(self) -> int:
         return len(self._compiled)
 
-    def _search_fn(self, src_size: int, max_len_bound: int):
-        """One jitted search per (padded source length, output bound); the settings are fixed per Translator."""
-        key = (src_size, max_len_bound)
+    def _search_fn(self, src_size: int, max_len_bound: int, with_attention: bool):
+        """One jitted search per (padded source length, output bound, attention kept or not); the settings are
+        fixed per Translator. Without attention the search carries no ``[B, K, L, S]`` attention buffers (for
+        long sources they cost more than the model)."""
+        key = (src_size, max_len_bound, with_attention)
         if key not in self._compiled:
             config, graphdef = self.config, self.graphdef
 
             def search(params, src, src_len, rng):
                 model = nnx.merge(graphdef, params)
                 state = model.init_decode_state(src, src_len)
+                decode_step = model.decode_step
+                if not with_attention:
+                    attention_dtype = state["attention"].dtype
+                    state = {name: value for name, value in state.items() if name != "attention"}
+
+                    def decode_step(state, tokens):  # the model's step, its attention weights left out
+                        placeholder = jnp.zeros((tokens.shape[0], src.shape[1]), attention_dtype)
+                        logits, new_state = model.decode_step({**state, "attention": placeholder}, tokens)
+                        return logits, {name: value for name, value in new_state.items() if name != "attention"}
+
                 common = dict(min_len=config.min_len, max_len_a=config.max_len_a, max_len_b=config.max_len_b,
                               max_len_bound=max_len_bound, no_repeat_ngram_size=config.no_repeat_ngram_size)
                 if config.sample:
                     tokens, lengths, scores, attention = sample(
-                        model.decode_step, state, src_len, rng, temperature=config.temperature, top_k=config.top_k,
+                        decode_step, state, src_len, rng, temperature=config.temperature, top_k=config.top_k,
                         top_p=config.top_p, **common)
                     expand = lambda x: None if x is None else x[:, None]
                     return tokens[:, None], lengths[:, None], scores[:, None], expand(attention)
                 if config.beam_size == 1:  # greedy: the plain argmax loop, whatever the length penalty
-                    result = greedy_search(model.decode_step, state, src_len, length_penalty=config.length_penalty,
+                    result = greedy_search(decode_step, state, src_len, length_penalty=config.length_penalty,
                                            **common)
                 else:
-                    result = beam_search(model.decode_step, state, src_len, beam_size=config.beam_size,
+                    result = beam_search(decode_step, state, src_len, beam_size=config.beam_size,
                                          length_penalty=config.length_penalty, n_best=config.n_best, **common)
                 return result.tokens, result.lengths, result.scores, result.attention
 
             self._compiled[key] = jax.jit(search)
-            logger.info("compiling search for source length %d, output bound %d (%d programs)", src_size,
-                        max_len_bound, len(self._compiled))
+            logger.info("compiling search for source length %d, output bound %d%s (%d programs)", src_size,
+                        max_len_bound, " with attention" if with_attention else "", len(self._compiled))
         return self._compiled[key]
 
     def translate(self, lines: Sequence[str], with_attention: bool = False) -> list[list[Hypothesis]]:
@@ -93,7 +105,7 @@ class Translator:
                 source_batches(encoded, config.batch_size, self.bucket_width)):
             # A function of the padded source length, so still one program per padded shape.
             bound = round_up(max_len_bound_for([src.shape[1]], config.max_len_a, config.max_len_b), 8)
-            search = self._search_fn(src.shape[1], int(bound))
+            search = self._search_fn(src.shape[1], int(bound), with_attention)
             tokens, lengths, scores, attention = jax.device_get(search(
                 self.params, jnp.asarray(src), jnp.asarray(src_len), jax.random.fold_in(rng, batch_number)))
             for row, line_index in enumerate(index):
