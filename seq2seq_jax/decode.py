@@ -37,7 +37,7 @@ Beam search, pinned (the flax examples/wmt / tensor2tensor design, with fairseq'
    Nothing else is banned (pad and bos can be generated; a trained model gives them ~0 probability).
 5. Candidates: ``alive_sum[:, :, None] + log_probs`` flattened to ``[B, K*V]`` (flat index
    ``beam * V + token``); the top 2K are taken by value, **ties broken by lower flat index first**
-   (``lax.top_k`` / a stable descending sort). Every later ranking is likewise stable: equal keys keep
+   (``lax.top_k`` / a stable descending sort; ``_top_k`` computes it without sorting). Every later ranking is likewise stable: equal keys keep
    their current order.
 6. Finishing: a candidate of rank ``r < K`` (0-based, in the top-2K order) is *finishable* if its token
    is EOS or ``n == max_len_i`` (then it is finished as-is, without EOS, at length ``n = max_len_i``).
@@ -228,6 +228,37 @@ def _ban_tokens(log_probs: jax.Array, history: jax.Array, step: jax.Array, *, mi
     return log_probs
 
 
+# ``_top_k`` splits a row into chunks of this many entries.
+TOP_K_CHUNK = 64
+
+
+def _top_k(values: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """``lax.top_k(values, k)`` -- the ``k`` largest per row, ties to the lower index -- without sorting the row.
+
+    values ``[N, W]`` -> ``(top values [N, k], indices [N, k] int32)``, equal to ``lax.top_k``'s. XLA:CPU
+    lowers ``lax.top_k`` to a stable sort of the whole row; for beam 5 over 8,000 tokens (``W`` = 40,000)
+    that sort was half of a beam-search step (docs/benchmarks.md). Here the row is cut into chunks of
+    ``TOP_K_CHUNK`` entries (the last padded with -inf); one pass takes every chunk's maximum; only the ``k``
+    chunks with the largest maxima (ties: lower chunk) are sorted, in index order. That is exact: an entry
+    of the top ``k`` lies in one of those chunks, since every chunk ranked above its own holds an entry
+    (its maximum) that ranks above it -- larger, or equal and at a lower index.
+    """
+    rows, width = values.shape
+    chunk = min(TOP_K_CHUNK, width)
+    num_chunks = -(-width // chunk)
+    if num_chunks <= k:
+        values_k, indices = jax.lax.top_k(values, k)
+        return values_k, indices.astype(jnp.int32)
+    padded = jnp.pad(values, ((0, 0), (0, num_chunks * chunk - width)), constant_values=-jnp.inf)
+    chunks = padded.reshape(rows, num_chunks, chunk)
+    _, best_chunks = jax.lax.top_k(jnp.max(chunks, axis=-1), k)  # [N, k]
+    best_chunks = jnp.sort(best_chunks, axis=-1)  # index order, so that ties stay lower-index first
+    candidates = jnp.take_along_axis(chunks, best_chunks[:, :, None], axis=1).reshape(rows, k * chunk)
+    values_k, position = jax.lax.top_k(candidates, k)
+    indices = jnp.take_along_axis(best_chunks, position // chunk, axis=1) * chunk + position % chunk
+    return values_k, indices.astype(jnp.int32)
+
+
 def _gather_rows(tree: Any, rows: jax.Array) -> Any:
     """Reorder every leaf of a ``[N, ...]`` pytree along axis 0 by ``rows [N]``."""
     return jax.tree_util.tree_map(lambda leaf: jnp.take(leaf, rows, axis=0), tree)
@@ -327,7 +358,7 @@ def beam_search(decode_step: DecodeStep, init_state: Any, src_len: jax.Array, *,
 
         # Rule 5: top 2K of K*V.
         candidates = (carry.alive_sums[:, :, None] + log_probs.reshape(batch, beams, vocab)).reshape(batch, -1)
-        cand_sums, cand_flat = jax.lax.top_k(candidates, 2 * beams)  # [B, 2K]
+        cand_sums, cand_flat = _top_k(candidates, 2 * beams)  # [B, 2K]
         cand_beams, cand_tokens = cand_flat // vocab, cand_flat % vocab
         cand_seqs = _take_beams(carry.alive_tokens, cand_beams)  # [B, 2K, L]
         cand_seqs = jnp.where(positions == t, cand_tokens[:, :, None], cand_seqs)

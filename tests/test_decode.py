@@ -21,6 +21,7 @@ from seq2seq_jax.config import DecodeConfig
 from seq2seq_jax.decode import (
     BOS_ID,
     EOS_ID,
+    _top_k,
     beam_search,
     greedy_search,
     max_len_bound_for,
@@ -452,3 +453,20 @@ def test_a_decode_step_that_breaks_the_state_contract_is_reported():
     flat_logits = lambda state, tokens: (jnp.zeros((5,)), state)
     with pytest.raises(ValueError, match=r"logits \[4, V\]"):
         beam_search(flat_logits, {"h": jnp.zeros((2, 3))}, src_len, **options)
+
+
+@pytest.mark.parametrize("width, k", [(40_000, 10), (1000, 10), (130, 4), (64 * 3, 6), (50, 10)])
+def test_top_k_without_sort_equals_lax_top_k(width, k):
+    """``_top_k`` (chunk maxima, then a small sort) returns exactly ``lax.top_k``'s values and indices,
+    ties to the lower index included: values drawn from a few levels, and rows that are mostly or all -inf."""
+    rng = np.random.default_rng(width + k)
+    values = rng.integers(0, 5, (6, width)).astype(np.float32) - 10.0
+    values[1] = -np.inf
+    values[2, rng.permutation(width)[: width - k // 2]] = -np.inf  # fewer than k finite entries
+    values[3] = rng.normal(size=width)
+    values[4, :] = -3.0  # all tied
+    values[5, -1] = 7.0  # the maximum in the last, padded chunk
+    expected_values, expected_indices = jax.lax.top_k(jnp.asarray(values), k)
+    got_values, got_indices = jax.jit(_top_k, static_argnums=1)(jnp.asarray(values), k)
+    np.testing.assert_array_equal(np.asarray(got_indices), np.asarray(expected_indices))
+    np.testing.assert_array_equal(np.asarray(got_values), np.asarray(expected_values))
