@@ -23,7 +23,7 @@ Measured:
    same rounds as the training steps.
 3. Decoding (main config, random weights, ``DecodeConfig`` defaults: max_len = ceil(1.5 * src_len + 10),
    length penalty 0): beam-5 latency of single sentences (batch 1) and beam-5 throughput of a batch of 64
-   sentences (sentences/s); greedy likewise. JAX: ``model.init_decode_state`` + ``seq2seq_jax.decode``
+   sentences (sentences/s); greedy likewise. JAX: ``model.search_state`` + ``seq2seq_jax.decode``
    ``beam_search`` / ``greedy_search`` in one ``jax.jit`` (what ``Translator`` compiles); torch:
    ``torch_ref.search``. Sources are padded to 32 on both sides. The outputs of both are compared
    (a random model's near-uniform distributions make rare float32 near-ties possible).
@@ -390,7 +390,7 @@ def decode_sources(vocab: int, count: int, seed: int, width: int):
 
 
 class JaxSearch:
-    """``init_decode_state`` + beam/greedy search in one jit, as ``seq2seq_jax.translate.Translator`` compiles."""
+    """``search_state`` + beam/greedy search in one jit, as ``seq2seq_jax.translate.Translator`` compiles."""
 
     def __init__(self, graphdef, params, beam_size: int, decode_config, bound: int):
         import jax
@@ -404,12 +404,12 @@ class JaxSearch:
 
         def search(params, src, src_len):
             model = nnx.merge(graphdef, params)
-            state = model.init_decode_state(src, src_len)
+            state, decode_step = model.search_state(src, src_len, with_attention=False)
             if beam_size == 1:
-                result = greedy_search(model.decode_step, state, src_len,
+                result = greedy_search(decode_step, state, src_len,
                                        length_penalty=decode_config.length_penalty, **common)
             else:
-                result = beam_search(model.decode_step, state, src_len, beam_size=beam_size,
+                result = beam_search(decode_step, state, src_len, beam_size=beam_size,
                                      length_penalty=decode_config.length_penalty, n_best=1, **common)
             return result.tokens, result.lengths, result.scores, result.attention
 

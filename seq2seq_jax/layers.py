@@ -176,15 +176,20 @@ class Attention(nnx.Module):
                  ) -> tuple[jax.Array, jax.Array]:
         """``query [B, Q]`` attends over ``memory [B, S, M]`` where ``src_mask [B, S]`` is true.
 
-        Returns ``context [B, M]`` and ``weights [B, S]`` (the softmax runs in at least float32).
+        ``query`` may also be ``[B, G, Q]``: ``G`` queries per sentence (the hypotheses of a beam) over the
+        sentence's one copy of ``keys``, ``memory`` and ``src_mask``.
+        Returns ``context [B, M]`` and ``weights [B, S]`` (``[B, G, M]`` and ``[B, G, S]`` for grouped queries;
+        the softmax runs in at least float32).
         """
+        per_sentence = (lambda x: x[:, None]) if query.ndim == 3 else (lambda x: x)
+        keys, memory, src_mask = per_sentence(keys), per_sentence(memory), per_sentence(src_mask)
         if self.score == "additive":
-            hidden = jnp.tanh(self.query_proj(query)[:, None, :] + keys)  # [B, S, A]
+            hidden = jnp.tanh(self.query_proj(query)[..., None, :] + keys)  # [B, (G,) S, A]
             scores = self.v(hidden)[..., 0]
         else:
-            scores = jnp.sum(query.astype(keys.dtype)[:, None, :] * keys, axis=-1)
+            scores = jnp.sum(query.astype(keys.dtype)[..., None, :] * keys, axis=-1)
         scores = scores.astype(softmax_dtype(self.compute_dtype))
         scores = jnp.where(src_mask, scores, -jnp.inf)
         weights = jax.nn.softmax(scores, axis=-1)
-        context = jnp.sum(weights.astype(self.compute_dtype)[:, :, None] * memory.astype(self.compute_dtype), axis=1)
+        context = jnp.sum(weights.astype(self.compute_dtype)[..., None] * memory.astype(self.compute_dtype), axis=-2)
         return context, weights

@@ -204,14 +204,27 @@ class Seq2Seq(nnx.Module):
         }
 
     def decode_step(self, state: dict[str, jax.Array], tokens: jax.Array) -> tuple[jax.Array, dict]:
-        """Inference step: ``tokens [B]`` (the previous output) -> ``logits [B, V]`` and the next state."""
+        """Inference step: ``tokens [N]`` (the previous output) -> ``logits [N, V]`` and the next state.
+
+        ``h, c [N, L, H]`` and ``feed [N, R]`` have a row per hypothesis. ``memory``, ``keys`` and
+        ``src_mask`` have a row per sentence, ``[B, ...]`` with ``N = B·G``: rows ``b·G .. b·G + G - 1`` are
+        sentence ``b``'s hypotheses (``G = 1`` in teacher-forced use). ``attention [N, S]``, the step's
+        weights, is written only when the state holds it.
+        """
         embedded = self.tgt_embed(tokens)
         layers = range(self.config.dec_layers)
         h = tuple(state["h"][:, index] for index in layers)
         c = tuple(state["c"][:, index] for index in layers)
+        rows, sentences = tokens.shape[0], state["memory"].shape[0]
+        if rows % sentences:
+            raise ValueError(f"decode_step: {rows} hypotheses do not divide among {sentences} sentences")
 
-        def attend(query):
-            return self.attention(query, state["keys"], state["memory"], state["src_mask"])
+        def attend(query):  # [N, H] -> context [N, M], weights [N, S]
+            if rows == sentences:
+                return self.attention(query, state["keys"], state["memory"], state["src_mask"])
+            grouped = query.reshape(sentences, rows // sentences, query.shape[-1])
+            context, weights = self.attention(grouped, state["keys"], state["memory"], state["src_mask"])
+            return context.reshape(rows, -1), weights.reshape(rows, -1)
 
         h, c, top, context, weights, readout = self._recurrent_step(
             h, c, state["feed"], None, attend, self._loop_kernels(embedding_rows=True), None, embedded,
@@ -219,9 +232,31 @@ class Seq2Seq(nnx.Module):
         if readout is None:
             readout = self._bahdanau_readout(top, context, embedded, None, matmul=_skinny_matmul)
         logits = self.output(readout, self.tgt_embed.embedding[...], matmul=_skinny_matmul)
-        new_state = dict(state, h=jnp.stack(h, axis=1), c=jnp.stack(c, axis=1), feed=readout,
-                         attention=weights.astype(state["attention"].dtype))
+        new_state = dict(state, h=jnp.stack(h, axis=1), c=jnp.stack(c, axis=1), feed=readout)
+        if "attention" in state:
+            new_state["attention"] = weights.astype(state["attention"].dtype)
         return logits, new_state
+
+    def search_state(self, src: jax.Array, src_len: jax.Array, with_attention: bool = True):
+        """Encode once and split the decode state for ``seq2seq_jax.decode``: ``(state, step)``.
+
+        ``state`` holds what each hypothesis carries and search copies per beam and reorders every step:
+        ``h, c [B, L, H]``, ``feed [B, R]`` and, when ``with_attention``, ``attention [B, S]``.
+        ``step(state, tokens)`` is ``decode_step`` closed over the sentence-level ``memory``, ``keys`` and
+        ``src_mask`` (``[B, ...]``, one copy per sentence however many hypotheses); it returns the
+        per-hypothesis state only. For a 400-token source the memory and keys of a beam were most of the
+        bytes a step moved.
+        """
+        full = self.init_decode_state(src, src_len)
+        sentence = {name: full[name] for name in SENTENCE_STATE}
+        state = {name: value for name, value in full.items()
+                 if name not in SENTENCE_STATE and (with_attention or name != "attention")}
+
+        def step(state: dict[str, jax.Array], tokens: jax.Array) -> tuple[jax.Array, dict]:
+            logits, new_state = self.decode_step({**state, **sentence}, tokens)
+            return logits, {name: new_state[name] for name in state}
+
+        return state, step
 
     def __call__(self, src: jax.Array, src_len: jax.Array, tgt_in: jax.Array,
                  dropout_rng: jax.Array | None = None, return_attention: bool = False):
@@ -268,6 +303,9 @@ class Seq2Seq(nnx.Module):
         logits = self.output(readout, self.tgt_embed.embedding[...])
         return (logits, weights.transpose(1, 0, 2)) if return_attention else logits
 
+
+# What ``decode_step`` reads per sentence and never changes (``search_state`` keeps it out of the beam).
+SENTENCE_STATE = ("memory", "keys", "src_mask")
 
 # Up to this many rows, ``_skinny_matmul`` multiplies by a materialised transposed kernel (see there).
 SKINNY_ROWS = 32

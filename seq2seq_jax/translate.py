@@ -56,24 +56,15 @@ class Translator:
     def _search_fn(self, src_size: int, max_len_bound: int, with_attention: bool):
         """One jitted search per (padded source length, output bound, attention kept or not); the settings are
         fixed per Translator. Without attention the search carries no ``[B, K, L, S]`` attention buffers (for
-        long sources they cost more than the model)."""
+        long sources they cost more than the model); the encoder memory is never copied per beam
+        (``Seq2Seq.search_state``)."""
         key = (src_size, max_len_bound, with_attention)
         if key not in self._compiled:
             config, graphdef = self.config, self.graphdef
 
             def search(params, src, src_len, rng):
                 model = nnx.merge(graphdef, params)
-                state = model.init_decode_state(src, src_len)
-                decode_step = model.decode_step
-                if not with_attention:
-                    attention_dtype = state["attention"].dtype
-                    state = {name: value for name, value in state.items() if name != "attention"}
-
-                    def decode_step(state, tokens):  # the model's step, its attention weights left out
-                        placeholder = jnp.zeros((tokens.shape[0], src.shape[1]), attention_dtype)
-                        logits, new_state = model.decode_step({**state, "attention": placeholder}, tokens)
-                        return logits, {name: value for name, value in new_state.items() if name != "attention"}
-
+                state, decode_step = model.search_state(src, src_len, with_attention=with_attention)
                 common = dict(min_len=config.min_len, max_len_a=config.max_len_a, max_len_b=config.max_len_b,
                               max_len_bound=max_len_bound, no_repeat_ngram_size=config.no_repeat_ngram_size)
                 if config.sample:

@@ -1,5 +1,5 @@
-"""Beam search on the real model with converted weights: seq2seq_jax (one lax.while_loop over
-``Seq2Seq.decode_step``) against torch_ref (a Python loop over ``torch_ref.Seq2Seq.decode_step``).
+"""Beam search on the real model with converted weights: seq2seq_jax (one lax.while_loop over the step of
+``Seq2Seq.search_state``, the encoder memory kept once per sentence) against torch_ref (a Python loop over ``torch_ref.Seq2Seq.decode_step``).
 
 float64: identical n-best token ids and lengths, scores within 1e-9; float32: identical ids, scores within 1e-4.
 Also: greedy equals a plain argmax loop over the model, and decoding a sentence alone or inside a padded
@@ -47,11 +47,12 @@ def _jax_search(dtype, src, src_len, **settings):
     _, _, model = _models(dtype)
     bound = max_len_bound_for(src_len, settings["max_len_a"], settings["max_len_b"])
     with precision(dtype):
-        state = model.init_decode_state(jnp.asarray(src), jnp.asarray(src_len))
+        # What Translator runs: memory, keys and mask once per sentence, only h, c, feed, attention per beam.
+        state, decode_step = model.search_state(jnp.asarray(src), jnp.asarray(src_len))
         if settings.get("greedy"):
             settings = {k: v for k, v in settings.items() if k not in ("greedy", "beam_size", "n_best")}
-            return greedy_search(model.decode_step, state, jnp.asarray(src_len), max_len_bound=bound, **settings)
-        return beam_search(model.decode_step, state, jnp.asarray(src_len), max_len_bound=bound, **settings)
+            return greedy_search(decode_step, state, jnp.asarray(src_len), max_len_bound=bound, **settings)
+        return beam_search(decode_step, state, jnp.asarray(src_len), max_len_bound=bound, **settings)
 
 
 # K in {1, 4, 5} x alpha in {0, 0.6, 1.0}; min_len cycles through 0 (off), 2 and 3.
@@ -78,6 +79,7 @@ def test_beam_nbest_matches_torch_float64(settings):
     np.testing.assert_array_equal(result.tokens, expected.tokens.numpy())
     finite = np.isfinite(expected.scores.numpy())
     np.testing.assert_allclose(result.scores[finite], expected.scores.numpy()[finite], rtol=1e-9, atol=0)
+    np.testing.assert_allclose(result.attention, expected.attention.numpy(), rtol=0, atol=1e-12)
 
 
 def test_length_constraints_are_hit():
