@@ -135,7 +135,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from seq2seq_jax import data as data_lib
-    from seq2seq_jax.metrics import corpus_bleu, corpus_chrf, exact_match, perplexity, rouge
+    from seq2seq_jax.metrics import exact_match, perplexity, rouge, translation_scores
     from seq2seq_jax.train import make_eval_step
 
     import jax
@@ -148,11 +148,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.src} has {len(sources)} lines but {path} has {len(refs)}")
     hyps = translator.translate_best(sources)
     per_example = [[refs[i] for refs in references] for i in range(len(sources))]
-    bleu, bleu_signature = corpus_bleu(hyps, per_example)
-    chrf, chrf_signature = corpus_chrf(hyps, per_example)
-    result = {"bleu": bleu, "bleu_signature": bleu_signature, "chrf": chrf, "chrf_signature": chrf_signature,
-              "exact_match": exact_match(hyps, references[0]), "sentences": len(sources),
-              "step": trained.step}
+    result = {**translation_scores(hyps, per_example), "exact_match": exact_match(hyps, references[0]),
+              "sentences": len(sources), "step": trained.step}
     examples, report = data_lib.encode_pairs(list(zip(sources, references[0], strict=True)), trained.src_tokenizer,
                                              trained.tgt_tokenizer, dataclasses.replace(
                                                  trained.config.data, max_src_len=10**9, max_tgt_len=10**9),
@@ -172,8 +169,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
-        print(f"BLEU {bleu:.2f}  ({bleu_signature})")
-        print(f"chrF {chrf:.2f}  ({chrf_signature})")
+        print("BLEU {bleu:.2f}  ({bleu_signature})".format(**result))
+        print("chrF {chrf:.2f}  ({chrf_signature})".format(**result))
         if "perplexity" in result:
             print(f"perplexity {result['perplexity']:.3f} over {result['perplexity_pairs']} non-empty pairs")
         print(f"exact match {result['exact_match']:.2f}%")

@@ -93,6 +93,13 @@ def corpus_chrf(hyps: Sequence[str], refs: Sequence[str] | Sequence[Sequence[str
     return float(score), str(chrf.get_signature())
 
 
+def translation_scores(hyps: Sequence[str], refs: Sequence[str] | Sequence[Sequence[str]]) -> dict[str, Any]:
+    """``{"bleu", "bleu_signature", "chrf", "chrf_signature"}``: sacrebleu's defaults, as reported everywhere."""
+    bleu, bleu_signature = corpus_bleu(hyps, refs)
+    chrf, chrf_signature = corpus_chrf(hyps, refs)
+    return {"bleu": bleu, "bleu_signature": bleu_signature, "chrf": chrf, "chrf_signature": chrf_signature}
+
+
 def rouge(hyps: Sequence[str], refs_lists: Sequence[str] | Sequence[Sequence[str]], use_stemmer: bool = True,
           tokenizer: Any = None) -> dict[str, float]:
     """ROUGE-1, ROUGE-2 and ROUGE-L F-measures (x100), averaged over examples.

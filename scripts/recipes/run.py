@@ -82,16 +82,15 @@ def log(message: str) -> None:
 
 
 def score(metric: str, hyps: list[str], refs: list[str]) -> dict:
-    from seq2seq_jax.metrics import corpus_bleu, corpus_chrf, rouge
+    from seq2seq_jax.metrics import rouge, translation_scores
 
     if metric == "rouge":
         result = rouge(hyps, refs)
         result["score"] = result["rouge1"] + result["rouge2"] + result["rougeL"]
         return result
-    bleu, bleu_signature = corpus_bleu(hyps, refs)
-    chrf, chrf_signature = corpus_chrf(hyps, refs)
-    return {"bleu": bleu, "bleu_signature": bleu_signature, "chrf": chrf, "chrf_signature": chrf_signature,
-            "score": bleu}
+    result = translation_scores(hyps, refs)
+    result["score"] = result["bleu"]
+    return result
 
 
 def decode_and_score(workdir: Path, decode: dict, sources: list[str], refs: list[str], metric: str,
