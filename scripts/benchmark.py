@@ -152,6 +152,21 @@ def median(values):
     return statistics.median(values) if values else float("nan")
 
 
+def interleaved(jax_fn, torch_fn, inputs, on_round=None) -> dict:
+    """Time ``jax_fn(x)`` then ``torch_fn(x)`` for each ``x`` of ``inputs`` (A B A B ...: a change of load hits
+    both sides alike). ``on_round(index, samples)`` runs after each pair. Returns ``{"jax_s", "torch_s": [seconds],
+    "jax_out", "torch_out": [outputs]}``."""
+    samples = {"jax_s": [], "torch_s": [], "jax_out": [], "torch_out": []}
+    for index, x in enumerate(inputs):
+        for side, fn in (("jax", jax_fn), ("torch", torch_fn)):
+            start = now()
+            samples[f"{side}_out"].append(fn(x))
+            samples[f"{side}_s"].append(now() - start)
+        if on_round is not None:
+            on_round(index, samples)
+    return samples
+
+
 class Peak:
     """float32 matmul GFLOP/s of JAX and torch on ``PEAK_SIZE``^3, sampled between the benchmark's rounds."""
 
@@ -292,19 +307,15 @@ def bench_training(name, model_config, batch_size, args, peak, log) -> tuple[dic
     log(f"[{name}] JAX trace+compile {compile_info['trace_compile_s']:.1f}s; first-step loss JAX "
         f"{compile_info['first_loss']:.6f} torch {torch_first_loss:.6f}")
 
-    samples = {"jax_s": [], "torch_s": [], "tokens": []}
-    for round_index in range(args.repeats):
-        batch = batches[(round_index + 1) % len(batches)]
-        peak.sample()
-        start = now()
-        jax_trainer.step(batch)
-        samples["jax_s"].append(now() - start)
-        start = now()
-        torch_trainer.step(batch)
-        samples["torch_s"].append(now() - start)
-        samples["tokens"].append(int(batch["tgt_len"].sum()))
-        log(f"[{name}] round {round_index + 1}/{args.repeats}: JAX {samples['jax_s'][-1]:.3f}s "
-            f"torch {samples['torch_s'][-1]:.3f}s")
+    def progress(index, timed):
+        peak.sample()  # the matmul peak is measured in the same rounds, between them
+        log(f"[{name}] round {index + 1}/{args.repeats}: JAX {timed['jax_s'][-1]:.3f}s "
+            f"torch {timed['torch_s'][-1]:.3f}s")
+
+    rounds = [batches[(index + 1) % len(batches)] for index in range(args.repeats)]
+    timed = interleaved(jax_trainer.step, torch_trainer.step, rounds, progress)
+    samples = {"jax_s": timed["jax_s"], "torch_s": timed["torch_s"],
+               "tokens": [int(batch["tgt_len"].sum()) for batch in rounds]}
 
     jax_tps = [n / s for n, s in zip(samples["tokens"], samples["jax_s"], strict=True)]
     torch_tps = [n / s for n, s in zip(samples["tokens"], samples["torch_s"], strict=True)]
@@ -490,32 +501,24 @@ def bench_decoding(model_config, numpy_params, graphdef, args, log, on_part=None
         compile_single = jax_search.compile(src[:1], src_len[:1])
         jax_search(src[:1], src_len[:1])
         torch_search(src[:1], src_len[:1])
-        jax_lat, torch_lat, agree = [], [], []
-        for index in range(1, len(src)):
-            one_src, one_len = src[index: index + 1], src_len[index: index + 1]
-            start = now()
-            jax_out = jax_search(one_src, one_len)
-            jax_lat.append(now() - start)
-            start = now()
-            torch_out = torch_search(one_src, one_len)
-            torch_lat.append(now() - start)
-            agree.append(jax_out == torch_out)
+        singles_timed = interleaved(lambda i: jax_search(src[i: i + 1], src_len[i: i + 1]),
+                                    lambda i: torch_search(src[i: i + 1], src_len[i: i + 1]), range(1, len(src)))
+        jax_lat, torch_lat = singles_timed["jax_s"], singles_timed["torch_s"]
+        agree = [a == b for a, b in zip(singles_timed["jax_out"], singles_timed["torch_out"], strict=True)]
         log(f"[{label} x1] latency JAX {median(jax_lat) * 1e3:.1f} ms, torch {median(torch_lat) * 1e3:.1f} ms")
         # batch 64: throughput
         batch_src, batch_len = decode_sources(model_config.src_vocab_size, batch_rows, seed=4, width=width)
         compile_batch = jax_search.compile(batch_src, batch_len)
-        jax_batch, torch_batch = [], []
-        batch_agree = None
-        for round_index in range(args.repeats):
-            start = now()
-            jax_out = jax_search(batch_src, batch_len)
-            jax_batch.append(now() - start)
-            start = now()
-            torch_out = torch_search(batch_src, batch_len)
-            torch_batch.append(now() - start)
-            batch_agree = sum(a == b for a, b in zip(jax_out, torch_out, strict=True)) / batch_rows
-            log(f"[{label} x64] round {round_index + 1}/{args.repeats}: JAX {jax_batch[-1]:.2f}s "
-                f"torch {torch_batch[-1]:.2f}s")
+
+        def progress(index, timed):
+            log(f"[{label} x64] round {index + 1}/{args.repeats}: JAX {timed['jax_s'][-1]:.2f}s "
+                f"torch {timed['torch_s'][-1]:.2f}s")
+
+        batch_timed = interleaved(lambda _: jax_search(batch_src, batch_len),
+                                  lambda _: torch_search(batch_src, batch_len), range(args.repeats), progress)
+        jax_batch, torch_batch = batch_timed["jax_s"], batch_timed["torch_s"]
+        batch_agree = sum(a == b for a, b in zip(batch_timed["jax_out"][-1], batch_timed["torch_out"][-1],
+                                                 strict=True)) / batch_rows
         jax_sps, torch_sps = batch_rows / median(jax_batch), batch_rows / median(torch_batch)
         results[label] = {
             "single": {"jax_latency_s": median(jax_lat), "torch_latency_s": median(torch_lat),
