@@ -520,6 +520,10 @@ def bench_decoding(model_config, numpy_params, graphdef, args, log, on_part=None
         batch_agree = sum(a == b for a, b in zip(batch_timed["jax_out"][-1], batch_timed["torch_out"][-1],
                                                  strict=True)) / batch_rows
         jax_sps, torch_sps = batch_rows / median(jax_batch), batch_rows / median(torch_batch)
+        if args.profile and beam == 5:
+            results.setdefault("profiles", {})["beam-5 search, batch 64"] = profile_ops(
+                lambda: jax_search(batch_src, batch_len), jax_search.compiled[batch_src.shape].as_text(), log,
+                "beam-5 batch-64", calls=1)
         results[label] = {
             "single": {"jax_latency_s": median(jax_lat), "torch_latency_s": median(torch_lat),
                        "latency_ratio": median(torch_lat) / median(jax_lat), "sentences": len(jax_lat),
@@ -541,12 +545,13 @@ def bench_decoding(model_config, numpy_params, graphdef, args, log, on_part=None
 # --------------------------------------------------------------------------------------------------------
 
 
-def profile_train_step(trainer: JaxTrainer, batch, log, steps: int = 2, top: int = 15) -> dict:
-    """Trace ``steps`` train steps with ``jax.profiler``; aggregate thunk time per HLO op and per category.
+def profile_ops(run, hlo_text: str, log, label: str, calls: int = 2, top: int = 15) -> dict:
+    """Trace ``calls`` calls of ``run()`` (a compiled JAX program whose HLO is ``hlo_text``) with
+    ``jax.profiler``; aggregate thunk time per HLO op and per category.
 
-    Categories: forward / backward (op metadata under ``transpose(jvp(...))``), inside / outside the time
-    loops (``/while/``), matmul (YNNPACK / Eigen dot) / other. XLA's CPU runtime overlaps independent ops
-    and the OS may preempt any of them, so the sum can differ from the wall time.
+    Categories: forward / backward (op metadata under ``transpose(jvp(...))``), inside / outside loops
+    (``/while/``), matmul (YNNPACK / Eigen dot) / other. XLA's CPU runtime overlaps independent ops and the OS
+    may preempt any of them, so the sum can differ from the wall time.
     """
     import collections
     import glob
@@ -556,7 +561,7 @@ def profile_train_step(trainer: JaxTrainer, batch, log, steps: int = 2, top: int
 
     import jax
 
-    text = trainer.compiled.as_text()
+    text = hlo_text
     meta = {}
     for line in text.splitlines():
         match = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (.*)", line)
@@ -566,9 +571,9 @@ def profile_train_step(trainer: JaxTrainer, batch, log, steps: int = 2, top: int
     with tempfile.TemporaryDirectory() as directory:
         jax.profiler.start_trace(directory, create_perfetto_trace=True)
         start = now()
-        for _ in range(steps):
-            trainer.step(batch)
-        wall = (now() - start) / steps
+        for _ in range(calls):
+            run()
+        wall = (now() - start) / calls
         jax.profiler.stop_trace()
         path = glob.glob(f"{directory}/**/perfetto_trace.json.gz", recursive=True)[0]
         with gzip.open(path) as handle:
@@ -581,7 +586,7 @@ def profile_train_step(trainer: JaxTrainer, batch, log, steps: int = 2, top: int
         name = args_.get("hlo_op")
         if not name or event.get("ph") != "X" or name.startswith("while"):
             continue
-        seconds = event["dur"] / 1e6 / steps
+        seconds = event["dur"] / 1e6 / calls
         per_op[name] += seconds
         op_name = meta.get(name, ("", ""))[0]
         key = ("backward" if "transpose(" in op_name else "forward",
@@ -591,8 +596,8 @@ def profile_train_step(trainer: JaxTrainer, batch, log, steps: int = 2, top: int
     ops = [{"op": name, "seconds": seconds, "hlo": meta.get(name, ("", ""))[1],
             "where": meta.get(name, ("", ""))[0][-70:]}
            for name, seconds in sorted(per_op.items(), key=lambda item: -item[1])[:top]]
-    log(f"[profile] wall {wall:.3f}s per step; op time {sum(per_op.values()):.3f}s")
-    return {"wall_s_per_step": wall, "op_seconds_total": sum(per_op.values()),
+    log(f"[profile {label}] wall {wall:.3f}s per call; op time {sum(per_op.values()):.3f}s")
+    return {"wall_s_per_call": wall, "op_seconds_total": sum(per_op.values()),
             "categories": dict(sorted(categories.items())), "top_ops": ops}
 
 
@@ -722,12 +727,12 @@ def markdown(report: dict) -> str:
             f"{label} x1 {d[label]['single']['identical_outputs']:.0%}, "
             f"x64 {d[label]['batch64']['identical_outputs']:.0%}" for label in ("beam5", "greedy") if label in d) + ".")
         lines.append("")
-    if "profile" in results:
-        p = results["profile"]
-        lines += [f"JAX main-config train step profile ({p['wall_s_per_step']:.2f} s/step wall; "
-                  f"{p['op_seconds_total']:.2f} s of op time):", "", "| category | s/step |", "|---|---|"]
+    profiles = {**results.get("profiles", {}), **results.get("decode", {}).get("profiles", {})}
+    for label, p in profiles.items():
+        lines += [f"JAX profile, {label} ({p['wall_s_per_call']:.2f} s wall per call; "
+                  f"{p['op_seconds_total']:.2f} s of op time):", "", "| category | s/call |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in p["categories"].items()]
-        lines += ["", "| op | s/step | where |", "|---|---|---|"]
+        lines += ["", "| op | s/call | where |", "|---|---|---|"]
         lines += [f"| `{o['op']}` `{o['hlo'][:60]}` | {o['seconds']:.3f} | `{o['where']}` |" for o in p["top_ops"]]
         lines.append("")
     return "\n".join(lines)
@@ -742,7 +747,8 @@ def parse_args(argv=None):
                         help="single-sentence decodes per round (latency)")
     parser.add_argument("--skip", action="append", default=[], choices=["train", "small", "decode", "epoch"],
                         help="leave a part out (repeatable)")
-    parser.add_argument("--profile", action="store_true", help="also profile the JAX main-config train step")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile the JAX main-config train step and the beam-5 batch-64 search")
     parser.add_argument("--omp-passive", action="store_true",
                         help="OMP_WAIT_POLICY=PASSIVE for torch (a shared, loaded machine; see docs/benchmarks.md)")
     parser.add_argument("--quick", action="store_true", help="tiny models (a smoke test, not a measurement)")
@@ -813,7 +819,8 @@ def _run(args) -> int:
             if name == "main":
                 main_trainer = trainer
                 if args.profile:
-                    results["profile"] = profile_train_step(trainer, batches[0], log)
+                    results.setdefault("profiles", {})["main-config train step"] = profile_ops(
+                        lambda: trainer.step(batches[0]), trainer.compiled.as_text(), log, "train step")
         results["peak"] = peak.gflops()
         for name in ("main", "small"):
             if f"train_{name}" in results:

@@ -254,9 +254,32 @@ def _top_k(values: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     _, best_chunks = jax.lax.top_k(jnp.max(chunks, axis=-1), k)  # [N, k]
     best_chunks = jnp.sort(best_chunks, axis=-1)  # index order, so that ties stay lower-index first
     candidates = jnp.take_along_axis(chunks, best_chunks[:, :, None], axis=1).reshape(rows, k * chunk)
-    values_k, position = jax.lax.top_k(candidates, k)
+    values_k, position = _top_k_by_argmax(candidates, k)
     indices = jnp.take_along_axis(best_chunks, position // chunk, axis=1) * chunk + position % chunk
     return values_k, indices.astype(jnp.int32)
+
+
+def _top_k_by_argmax(values: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """``lax.top_k`` of a short row by ``k`` passes of ``argmax`` (first maximum), each masking its pick.
+
+    Inside the search loop XLA:CPU sorts for ``lax.top_k`` (outside loops it may call its TopK kernel);
+    ``k`` passes over ``k * TOP_K_CHUNK`` entries cost less. Once only -inf remains, the pick is the lowest
+    index not taken yet, where a stable sort would put it.
+    """
+    neg_inf = jnp.array(-jnp.inf, values.dtype)
+    positions = jnp.arange(values.shape[1])
+    taken = jnp.zeros(values.shape, bool)
+    picked_values, picked = [], []
+    for _ in range(k):
+        masked = jnp.where(taken, neg_inf, values)
+        index = jnp.argmax(masked, axis=1)
+        best = jnp.max(masked, axis=1)
+        index = jnp.where(best == neg_inf, jnp.argmin(taken, axis=1), index)
+        hit = positions[None, :] == index[:, None]
+        picked_values.append(jnp.max(jnp.where(hit, values, neg_inf), axis=1))
+        picked.append(index)
+        taken = taken | hit
+    return jnp.stack(picked_values, axis=1), jnp.stack(picked, axis=1).astype(jnp.int32)
 
 
 def _gather_rows(tree: Any, rows: jax.Array) -> Any:
