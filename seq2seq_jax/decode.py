@@ -37,8 +37,8 @@ Beam search, pinned (the flax examples/wmt / tensor2tensor design, with fairseq'
    Nothing else is banned (pad and bos can be generated; a trained model gives them ~0 probability).
 5. Candidates: ``alive_sum[:, :, None] + log_probs`` flattened to ``[B, K*V]`` (flat index
    ``beam * V + token``); the top 2K are taken by value, **ties broken by lower flat index first**
-   (``lax.top_k`` / a stable descending sort; ``_top_k`` computes it without sorting). Every later ranking is likewise stable: equal keys keep
-   their current order.
+   (``lax.top_k`` / a stable descending sort; ``_top_k`` computes exactly that without sorting). Every later
+   ranking is likewise stable: equal keys keep their current order.
 6. Finishing: a candidate of rank ``r < K`` (0-based, in the top-2K order) is *finishable* if its token
    is EOS or ``n == max_len_i`` (then it is finished as-is, without EOS, at length ``n = max_len_i``).
    Finishable candidates get score ``sum / lp(n)``, the others -inf. The new finished set is the top K
@@ -239,7 +239,7 @@ def _top_k(values: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     lowers ``lax.top_k`` to a stable sort of the whole row; for beam 5 over 8,000 tokens (``W`` = 40,000)
     that sort was half of a beam-search step (docs/benchmarks.md). Here the row is cut into chunks of
     ``TOP_K_CHUNK`` entries (the last padded with -inf); one pass takes every chunk's maximum; only the ``k``
-    chunks with the largest maxima (ties: lower chunk) are sorted, in index order. That is exact: an entry
+    chunks with the largest maxima (ties: lower chunk) are searched, in index order. That is exact: an entry
     of the top ``k`` lies in one of those chunks, since every chunk ranked above its own holds an entry
     (its maximum) that ranks above it -- larger, or equal and at a lower index.
     """
