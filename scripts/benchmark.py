@@ -521,7 +521,10 @@ def bench_decoding(model_config, numpy_params, graphdef, args, log, on_part=None
                                                  strict=True)) / batch_rows
         jax_sps, torch_sps = batch_rows / median(jax_batch), batch_rows / median(torch_batch)
         if args.profile and beam == 5:
-            results.setdefault("profiles", {})["beam-5 search, batch 64"] = profile_ops(
+            results.setdefault("profiles", {})["beam-5 search, one sentence"] = profile_ops(
+                lambda: jax_search(src[1:2], src_len[1:2]), jax_search.compiled[src[:1].shape].as_text(), log,
+                "beam-5 batch-1", calls=3)
+            results["profiles"]["beam-5 search, batch 64"] = profile_ops(
                 lambda: jax_search(batch_src, batch_len), jax_search.compiled[batch_src.shape].as_text(), log,
                 "beam-5 batch-64", calls=1)
         results[label] = {
