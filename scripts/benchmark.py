@@ -413,9 +413,9 @@ class JaxSearch:
                       max_len_b=decode_config.max_len_b, max_len_bound=bound,
                       no_repeat_ngram_size=decode_config.no_repeat_ngram_size)
 
-        def search(params, src, src_len):
+        def search(params, kernels_t, src, src_len):
             model = nnx.merge(graphdef, params)
-            state, decode_step = model.search_state(src, src_len, with_attention=False)
+            state, decode_step = model.search_state(src, src_len, with_attention=False, kernels_t=kernels_t)
             if beam_size == 1:
                 result = greedy_search(decode_step, state, src_len,
                                        length_penalty=decode_config.length_penalty, **common)
@@ -425,19 +425,21 @@ class JaxSearch:
             return result.tokens, result.lengths, result.scores, result.attention
 
         self.params = params
+        # built once per model, as Translator does
+        self.kernels_t = jax.jit(lambda params: nnx.merge(graphdef, params).decode_kernels())(params)
         self.fn = jax.jit(search)
         self.compiled = {}
 
     def compile(self, src, src_len) -> float:
         """Compile ahead of time for this input shape; returns the seconds it took."""
         start = now()
-        self.compiled[src.shape] = self.fn.lower(self.params, src, src_len).compile()
+        self.compiled[src.shape] = self.fn.lower(self.params, self.kernels_t, src, src_len).compile()
         return now() - start
 
     def __call__(self, src, src_len):
         import jax
 
-        tokens, lengths, _, _ = jax.device_get(self.compiled[src.shape](self.params, src, src_len))
+        tokens, lengths, _, _ = jax.device_get(self.compiled[src.shape](self.params, self.kernels_t, src, src_len))
         return [list(tokens[row, 0, : lengths[row, 0]]) for row in range(tokens.shape[0])]
 
 

@@ -28,10 +28,10 @@ class OutputLayer(nnx.Module):
         self.tied = config.tie_output_embedding
         self.compute_dtype = jnp.dtype(config.compute_dtype)
 
-    def __call__(self, readout: jax.Array, tgt_embedding: jax.Array, matmul=jnp.matmul) -> jax.Array:
+    def __call__(self, readout: jax.Array, tgt_embedding: jax.Array) -> jax.Array:
         """``readout [..., R] -> logits [..., V]``; ``tgt_embedding [V, E]`` is used when tied."""
         kernel = tgt_embedding.T if self.tied else self.kernel[...]
-        return matmul(readout, kernel.astype(self.compute_dtype)) + self.bias[...].astype(self.compute_dtype)
+        return jnp.matmul(readout, kernel.astype(self.compute_dtype)) + self.bias[...].astype(self.compute_dtype)
 
 
 class Encoder(nnx.Module):
@@ -151,7 +151,7 @@ class Seq2Seq(nnx.Module):
         ``attend(query) -> (context, weights)``; ``kernels`` from ``_loop_kernels``. Layer 0's input projection
         of the embedding is either given, with both biases, as ``gates_x0 [B, 4H]`` (teacher forcing) or
         computed here from ``embedded [B, E]`` (``_loop_kernels(embedding_rows=True)``, decoding).
-        ``matmul`` multiplies by the kernels (``_skinny_matmul`` when decoding).
+        ``matmul`` multiplies by the kernels (``_skinny_matmul`` or ``_matmul_transposed`` when decoding).
         Returns the new ``h, c`` (tuples), the top output ``s [B, H]``, the context ``[B, M]``, the attention
         weights ``[B, S]`` and, for Luong, the readout ``r [B, R]``.
         """
@@ -178,15 +178,15 @@ class Seq2Seq(nnx.Module):
         readout = None
         if config.decoder_style == "luong":
             context, weights = attend(top)
-            readout = jnp.tanh(_linear(self.readout, jnp.concatenate([context, top], axis=-1), matmul))
+            readout = jnp.tanh(_linear(self.readout, jnp.concatenate([context, top], axis=-1)))
             if rng is not None:
                 readout = dropout(readout, config.readout_dropout, jax.random.fold_in(rng, 0))
         return tuple(new_h), tuple(new_c), top, context, weights, readout
 
-    def _bahdanau_readout(self, top, context, embedded, rng, matmul=jnp.matmul):
+    def _bahdanau_readout(self, top, context, embedded, rng):
         """``r = tanh(W_r [s; c; emb] + b_r)`` on any leading shape ``[..., R]``."""
         readout = jnp.concatenate([top, context, embedded.astype(top.dtype)], axis=-1)
-        readout = jnp.tanh(_linear(self.readout, readout, matmul))
+        readout = jnp.tanh(_linear(self.readout, readout))
         return dropout(readout, self.config.readout_dropout, rng)
 
     def init_decode_state(self, src: jax.Array, src_len: jax.Array) -> dict[str, jax.Array]:
@@ -203,13 +203,25 @@ class Seq2Seq(nnx.Module):
             "attention": jnp.zeros((batch, src_size), jnp.float32 if memory.dtype != jnp.float64 else memory.dtype),
         }
 
-    def decode_step(self, state: dict[str, jax.Array], tokens: jax.Array) -> tuple[jax.Array, dict]:
+    def decode_kernels(self) -> list[tuple[jax.Array, jax.Array]]:
+        """Per decoder layer ``(kernel^T [4H, in + H], bias)``: the loop kernels of ``decode_step`` transposed.
+
+        With a few hypothesis rows (``1 < N <= SKINNY_ROWS``, a beam of one sentence) XLA:CPU multiplies by
+        the transposed kernel about twice as fast (``_skinny_matmul``). Built once per model -- ``Translator``
+        does -- and handed to ``search_state``, no search call transposes them again: that transpose was 30 ms of
+        a 324 ms single-sentence beam-5 decode (docs/benchmarks.md).
+        """
+        return [(kernel.T, bias) for kernel, bias in self._loop_kernels(embedding_rows=True)]
+
+    def decode_step(self, state: dict[str, jax.Array], tokens: jax.Array,
+                    kernels_t: list[tuple[jax.Array, jax.Array]] | None = None) -> tuple[jax.Array, dict]:
         """Inference step: ``tokens [N]`` (the previous output) -> ``logits [N, V]`` and the next state.
 
         ``h, c [N, L, H]`` and ``feed [N, R]`` have a row per hypothesis. ``memory``, ``keys`` and
         ``src_mask`` have a row per sentence, ``[B, ...]`` with ``N = B·G``: rows ``b·G .. b·G + G - 1`` are
         sentence ``b``'s hypotheses (``G = 1`` in teacher-forced use). ``attention [N, S]``, the step's
-        weights, is written only when the state holds it.
+        weights, is written only when the state holds it. ``kernels_t``: ``decode_kernels()``, used for a few
+        rows (without them the kernels are transposed here).
         """
         embedded = self.tgt_embed(tokens)
         layers = range(self.config.dec_layers)
@@ -226,18 +238,22 @@ class Seq2Seq(nnx.Module):
             context, weights = self.attention(grouped, state["keys"], state["memory"], state["src_mask"])
             return context.reshape(rows, -1), weights.reshape(rows, -1)
 
+        if kernels_t is not None and 1 < rows <= SKINNY_ROWS:
+            kernels, matmul = kernels_t, _matmul_transposed
+        else:
+            kernels, matmul = self._loop_kernels(embedding_rows=True), _skinny_matmul
         h, c, top, context, weights, readout = self._recurrent_step(
-            h, c, state["feed"], None, attend, self._loop_kernels(embedding_rows=True), None, embedded,
-            matmul=_skinny_matmul)
+            h, c, state["feed"], None, attend, kernels, None, embedded, matmul=matmul)
         if readout is None:
-            readout = self._bahdanau_readout(top, context, embedded, None, matmul=_skinny_matmul)
-        logits = self.output(readout, self.tgt_embed.embedding[...], matmul=_skinny_matmul)
+            readout = self._bahdanau_readout(top, context, embedded, None)
+        logits = self.output(readout, self.tgt_embed.embedding[...])
         new_state = dict(state, h=jnp.stack(h, axis=1), c=jnp.stack(c, axis=1), feed=readout)
         if "attention" in state:
             new_state["attention"] = weights.astype(state["attention"].dtype)
         return logits, new_state
 
-    def search_state(self, src: jax.Array, src_len: jax.Array, with_attention: bool = True):
+    def search_state(self, src: jax.Array, src_len: jax.Array, with_attention: bool = True,
+                     kernels_t: list[tuple[jax.Array, jax.Array]] | None = None):
         """Encode once and split the decode state for ``seq2seq_jax.decode``: ``(state, step)``.
 
         ``state`` holds what each hypothesis carries and search copies per beam and reorders every step:
@@ -245,7 +261,7 @@ class Seq2Seq(nnx.Module):
         ``step(state, tokens)`` is ``decode_step`` closed over the sentence-level ``memory``, ``keys`` and
         ``src_mask`` (``[B, ...]``, one copy per sentence however many hypotheses); it returns the
         per-hypothesis state only. For a 400-token source the memory and keys of a beam were most of the
-        bytes a step moved.
+        bytes a step moved. ``kernels_t``: ``decode_kernels()``, computed once outside the search.
         """
         full = self.init_decode_state(src, src_len)
         sentence = {name: full[name] for name in SENTENCE_STATE}
@@ -253,7 +269,7 @@ class Seq2Seq(nnx.Module):
                  if name not in SENTENCE_STATE and (with_attention or name != "attention")}
 
         def step(state: dict[str, jax.Array], tokens: jax.Array) -> tuple[jax.Array, dict]:
-            logits, new_state = self.decode_step({**state, **sentence}, tokens)
+            logits, new_state = self.decode_step({**state, **sentence}, tokens, kernels_t)
             return logits, {name: new_state[name] for name in state}
 
         return state, step
@@ -327,10 +343,15 @@ def _skinny_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return jax.lax.dot_general(x, kernel_t, (((x.ndim - 1,), (1,)), ((), ())))
 
 
-def _linear(layer: nnx.Linear, x: jax.Array, matmul=jnp.matmul) -> jax.Array:
-    """``layer(x)`` (an ``nnx.Linear`` with ``dtype`` set) with the product done by ``matmul``."""
+def _matmul_transposed(x: jax.Array, kernel_t: jax.Array) -> jax.Array:
+    """``x [N, K] @ kernel_t.T`` for a kernel given transposed, ``kernel_t [M, K]`` (``Seq2Seq.decode_kernels``)."""
+    return jax.lax.dot_general(x, kernel_t, (((x.ndim - 1,), (1,)), ((), ())))
+
+
+def _linear(layer: nnx.Linear, x: jax.Array) -> jax.Array:
+    """``layer(x)`` for an ``nnx.Linear`` with ``dtype`` set, as one ``jnp.matmul`` on any leading shape."""
     dtype = layer.dtype
-    y = matmul(x.astype(dtype), layer.kernel[...].astype(dtype))
+    y = jnp.matmul(x.astype(dtype), layer.kernel[...].astype(dtype))
     return y if layer.bias is None else y + layer.bias[...].astype(dtype)
 
 

@@ -48,6 +48,7 @@ class Translator:
         self.config = decode_config
         self.bucket_width = bucket_width
         self._compiled: dict[tuple, object] = {}
+        self._kernels_t = None
 
     @property
     def compiled_programs(self) -> int:
@@ -62,9 +63,10 @@ class Translator:
         if key not in self._compiled:
             config, graphdef = self.config, self.graphdef
 
-            def search(params, src, src_len, rng):
+            def search(params, kernels_t, src, src_len, rng):
                 model = nnx.merge(graphdef, params)
-                state, decode_step = model.search_state(src, src_len, with_attention=with_attention)
+                state, decode_step = model.search_state(src, src_len, with_attention=with_attention,
+                                                        kernels_t=kernels_t)
                 common = dict(min_len=config.min_len, max_len_a=config.max_len_a, max_len_b=config.max_len_b,
                               max_len_bound=max_len_bound, no_repeat_ngram_size=config.no_repeat_ngram_size)
                 if config.sample:
@@ -86,6 +88,13 @@ class Translator:
                         max_len_bound, " with attention" if with_attention else "", len(self._compiled))
         return self._compiled[key]
 
+    def _decode_kernels(self):
+        """``Seq2Seq.decode_kernels()`` of these parameters, built once rather than in every search call."""
+        if self._kernels_t is None:
+            graphdef = self.graphdef
+            self._kernels_t = jax.jit(lambda params: nnx.merge(graphdef, params).decode_kernels())(self.params)
+        return self._kernels_t
+
     def translate(self, lines: Sequence[str], with_attention: bool = False) -> list[list[Hypothesis]]:
         """Translate ``lines`` (order kept, one entry per line, each a list of ``n_best`` hypotheses)."""
         config = self.config
@@ -98,7 +107,7 @@ class Translator:
             bound = round_up(max_len_bound_for([src.shape[1]], config.max_len_a, config.max_len_b), 8)
             search = self._search_fn(src.shape[1], int(bound), with_attention)
             tokens, lengths, scores, attention = jax.device_get(search(
-                self.params, jnp.asarray(src), jnp.asarray(src_len), jax.random.fold_in(rng, batch_number)))
+                self.params, self._decode_kernels(), jnp.asarray(src), jnp.asarray(src_len), jax.random.fold_in(rng, batch_number)))
             for row, line_index in enumerate(index):
                 if line_index < 0:
                     continue
