@@ -353,9 +353,10 @@ def _skinny_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 def _matmul_transposed(x: jax.Array, kernel_t: jax.Array) -> jax.Array:
     """``x [N, K] @ kernel_t.T`` for a kernel given transposed, ``kernel_t [M, K]`` (``Seq2Seq.decode_kernels``),
-    computed as ``(kernel_t · x^T)^T``: for a few rows XLA:CPU runs that product as a GEMM over the ``M`` long
-    side, 2-3x faster than ``x · kernel`` (``[5, 1792] x [1792, 2048]``: 0.9 vs 3.6 ms; ``[5, 512] x
-    [512, 8000]``: 1.7 vs 2.9 ms, 2 threads)."""
+    computed as ``(kernel_t · x^T)^T``. In a microbenchmark (2 threads) XLA:CPU runs that form 2-3x faster than
+    ``x · kernel`` for a few rows (``[5, 1792] x [1792, 2048]``: 0.9 vs 3.6 ms; ``[5, 512] x [512, 8000]``:
+    1.7 vs 2.9 ms); inside the search XLA may fold the transposes differently (the profile in
+    docs/benchmarks.md is what counts)."""
     return jax.lax.dot_general(kernel_t, x, (((1,), (1,)), ((), ()))).T
 
 
