@@ -157,7 +157,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if examples:
         eval_step = jax.jit(make_eval_step(trained.graphdef))
         loss_sum = tokens = 0.0
-        for batch in data_lib.eval_batches(examples, translator.config.batch_size, trained.config.data.bucket_width):
+        for batch in data_lib.eval_batches(examples, translator.config.batch_size, trained.config.data.bucket_widths):
             batch_sum, batch_tokens = eval_step(trained.params, {k: getattr(batch, k) for k in (
                 "src", "src_len", "tgt_in", "tgt_out", "tgt_len")})
             loss_sum += float(batch_sum)

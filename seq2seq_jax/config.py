@@ -141,7 +141,12 @@ class ModelConfig(_JsonConfig):
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig(_JsonConfig):
-    """Where the parallel text comes from and how it becomes batches."""
+    """Where the parallel text comes from and how it becomes batches.
+
+    ``user_symbols``: strings a sentencepiece tokenizer keeps as single pieces, with or without the word
+    boundary before them (speaker tags such as ``#Person1#``). ``tgt_bucket_width``: the padding multiple of
+    target lengths when it should differ from the source's ``bucket_width`` (0: the same).
+    """
 
     task: str = "dates"
     task_train_size: int = 20000
@@ -159,12 +164,14 @@ class DataConfig(_JsonConfig):
     max_vocab_size: int = 50000
     joint_vocab: bool = False
     character_coverage: float = 1.0
+    user_symbols: tuple[str, ...] = ()
     max_src_len: int = 100
     max_tgt_len: int = 100
     long_pair_policy: str = "drop"
     encoding_errors: str = "strict"
     batch_size: int = 64
     bucket_width: int = 8
+    tgt_bucket_width: int = 0
     seed: int = 0
 
     def __post_init__(self):
@@ -177,6 +184,14 @@ class DataConfig(_JsonConfig):
         for name in ("batch_size", "bucket_width", "max_src_len", "max_tgt_len", "vocab_size", "min_freq",
                      "max_vocab_size"):
             _check(getattr(self, name) > 0, f"data.{name} must be positive, got {getattr(self, name)}")
+        _check(self.tgt_bucket_width >= 0,
+               f"data.tgt_bucket_width must be positive (or 0: bucket_width), got {self.tgt_bucket_width}")
+        if self.user_symbols:
+            _check(self.tokenizer in ("unigram", "bpe"),
+                   f"data.user_symbols needs a sentencepiece tokenizer (unigram or bpe), not {self.tokenizer!r}")
+            for symbol in self.user_symbols:
+                _check(bool(symbol) and not any(ch.isspace() for ch in symbol),
+                       f"data.user_symbols must be non-empty and without whitespace, got {symbol!r}")
         _check(bool(self.train_src) == bool(self.train_tgt),
                "data.train_src and data.train_tgt must be given together")
         _check(bool(self.valid_src) == bool(self.valid_tgt),
@@ -185,6 +200,11 @@ class DataConfig(_JsonConfig):
     @property
     def uses_files(self) -> bool:
         return bool(self.train_src or self.train_tsv)
+
+    @property
+    def bucket_widths(self) -> tuple[int, int]:
+        """``(source, target)`` padding multiples of training and validation batches."""
+        return self.bucket_width, self.tgt_bucket_width or self.bucket_width
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,6 +298,8 @@ def _parse_value(raw: str, annotation: str, key: str) -> Any:
         if lowered in ("0", "false", "no", "off"):
             return False
         raise ConfigError(f"--set {key}={raw}: expected a boolean (true/false)")
+    if annotation.startswith("tuple[str"):
+        return tuple(item for item in raw.split(",") if item)
     try:
         if annotation == "int":
             return int(raw)

@@ -5,8 +5,9 @@ of two files; the ``\\r`` of a CRLF ending is removed). Every problem is a ``Dat
 the 1-based line, and nothing is dropped without being counted in a ``DataReport``.
 
 Batching: every batch has exactly ``batch_size`` rows (padding rows fill the last batch of a bucket) and its
-lengths rounded up to a multiple of ``bucket_width``, so an epoch produces a small, known set of shapes
-(``padded_shapes``), i.e. a small number of compiled programs. Numpy only; no JAX here.
+lengths rounded up to a multiple of ``bucket_width`` (one for both sides, or ``(source, target)``), so an
+epoch produces a small, known set of shapes (``padded_shapes``), i.e. a small number of compiled programs.
+Numpy only; no JAX here.
 """
 
 from __future__ import annotations
@@ -261,16 +262,25 @@ def _lengths(examples: Sequence[Example]) -> tuple[np.ndarray, np.ndarray]:
     return src_len, tgt_len
 
 
+BucketWidth = int | tuple[int, int]  # one width for both sides, or (source, target)
+
+
+def _widths(bucket_width: BucketWidth) -> tuple[int, int]:
+    """``(source, target)`` padding multiples of ``bucket_width``."""
+    return (bucket_width, bucket_width) if isinstance(bucket_width, int) else tuple(bucket_width)
+
+
 def _plan_batches(order: np.ndarray, src_len: np.ndarray, tgt_len: np.ndarray, batch_size: int,
-                  bucket_width: int) -> list[np.ndarray]:
+                  bucket_width: BucketWidth) -> list[np.ndarray]:
     """Cut ``order`` (example indices) into batches of at most ``batch_size`` indices.
 
     Examples are grouped by padded source length and, inside a group, stably sorted by padded target length
     before cutting, so that a batch never mixes source buckets. Because the sort keys are bucket sizes, the
     padded shape of each batch does not depend on ``order``: every permutation gives the same shapes.
     """
-    src_bucket = round_up(src_len[order], bucket_width)
-    tgt_bucket = round_up(tgt_len[order], bucket_width)
+    src_width, tgt_width = _widths(bucket_width)
+    src_bucket = round_up(src_len[order], src_width)
+    tgt_bucket = round_up(tgt_len[order], tgt_width)
     sorted_order = order[np.lexsort((tgt_bucket, src_bucket))]
     sorted_src_bucket = np.sort(src_bucket, kind="stable")
     batches = []
@@ -283,11 +293,12 @@ def _plan_batches(order: np.ndarray, src_len: np.ndarray, tgt_len: np.ndarray, b
 
 
 def _make_batch(examples: Sequence[Example], indices: np.ndarray, batch_size: int,
-                bucket_width: int) -> Batch:
+                bucket_width: BucketWidth) -> Batch:
     """Pad ``examples[indices]`` into a ``Batch`` of ``batch_size`` rows, lengths rounded to the bucket."""
     chosen = [examples[i] for i in indices]
-    src_width = round_up(max(len(example.src) for example in chosen), bucket_width)
-    tgt_width = round_up(max(len(example.tgt) + 1 for example in chosen), bucket_width)
+    src_multiple, tgt_multiple = _widths(bucket_width)
+    src_width = round_up(max(len(example.src) for example in chosen), src_multiple)
+    tgt_width = round_up(max(len(example.tgt) + 1 for example in chosen), tgt_multiple)
     src = np.full((batch_size, src_width), PAD_ID, dtype=np.int32)
     src[:, 0] = EOS_ID
     src_len = np.ones(batch_size, dtype=np.int32)
@@ -308,12 +319,13 @@ def _make_batch(examples: Sequence[Example], indices: np.ndarray, batch_size: in
     return Batch(src, src_len, tgt_in, tgt_out, tgt_len, index)
 
 
-def _check_batching(batch_size: int, bucket_width: int) -> None:
-    if batch_size < 1 or bucket_width < 1:
+def _check_batching(batch_size: int, bucket_width: BucketWidth) -> None:
+    if batch_size < 1 or min(_widths(bucket_width)) < 1:
         raise ValueError(f"batch_size and bucket_width must be positive, got {batch_size} and {bucket_width}")
 
 
-def padded_shapes(examples: Sequence[Example], batch_size: int, bucket_width: int) -> set[tuple[int, int]]:
+def padded_shapes(examples: Sequence[Example], batch_size: int,
+                  bucket_width: BucketWidth) -> set[tuple[int, int]]:
     """The ``(src_len_padded, tgt_len_padded)`` shapes that every training epoch (``BatchIterator``) and
     ``eval_batches`` produce for ``examples``; each batch is ``[batch_size, ...]`` of one of these."""
     _check_batching(batch_size, bucket_width)
@@ -321,7 +333,8 @@ def padded_shapes(examples: Sequence[Example], batch_size: int, bucket_width: in
         return set()
     src_len, tgt_len = _lengths(examples)
     batches = _plan_batches(np.arange(len(examples)), src_len, tgt_len, batch_size, bucket_width)
-    return {(int(round_up(src_len[b].max(), bucket_width)), int(round_up(tgt_len[b].max(), bucket_width)))
+    src_width, tgt_width = _widths(bucket_width)
+    return {(int(round_up(src_len[b].max(), src_width)), int(round_up(tgt_len[b].max(), tgt_width)))
             for b in batches}
 
 
@@ -336,13 +349,13 @@ class BatchIterator:
     given) and ``position`` the number of that epoch's batches already given.
     """
 
-    def __init__(self, examples: Sequence[Example], batch_size: int, bucket_width: int, seed: int):
+    def __init__(self, examples: Sequence[Example], batch_size: int, bucket_width: BucketWidth, seed: int):
         _check_batching(batch_size, bucket_width)
         if not examples:
             raise DataError("no training examples to batch (every pair was empty or too long?)")
         self.examples = examples
         self.batch_size = batch_size
-        self.bucket_width = bucket_width
+        self.bucket_width = _widths(bucket_width)
         self.seed = seed
         self._src_len, self._tgt_len = _lengths(examples)
         self.epoch = 0
@@ -377,12 +390,15 @@ class BatchIterator:
         """JSON-able position: ``epoch``, ``position``, and what must match on ``restore``."""
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
                 "num_examples": len(self.examples), "batch_size": self.batch_size,
-                "bucket_width": self.bucket_width}
+                "bucket_width": list(self.bucket_width)}
 
     def restore(self, state: dict[str, int]) -> None:
         """Continue from ``state`` (of an iterator over the same examples and settings)."""
+        saved_state = dict(state)
+        if "bucket_width" in saved_state:  # an int in runs saved before targets could have their own width
+            saved_state["bucket_width"] = list(_widths(saved_state["bucket_width"]))
         for key in ("seed", "num_examples", "batch_size", "bucket_width"):
-            if key in state and state[key] != self.state()[key]:
+            if key in state and saved_state[key] != self.state()[key]:
                 raise DataError(f"cannot restore the data iterator: saved {key}={state[key]} but this run "
                                 f"has {key}={self.state()[key]} (the training data or data settings changed)")
         epoch, position = int(state["epoch"]), int(state["position"])
@@ -393,7 +409,7 @@ class BatchIterator:
         self.epoch, self.position, self._plan = epoch, position, plan
 
 
-def eval_batches(examples: Sequence[Example], batch_size: int, bucket_width: int) -> Iterator[Batch]:
+def eval_batches(examples: Sequence[Example], batch_size: int, bucket_width: BucketWidth) -> Iterator[Batch]:
     """One pass over ``examples``, each exactly once, grouped by length; ``Batch.index`` gives positions in
     ``examples`` (-1 for padding rows). Shapes are those of ``padded_shapes``."""
     _check_batching(batch_size, bucket_width)

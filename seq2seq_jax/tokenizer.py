@@ -38,6 +38,7 @@ KINDS = ("char", "word", "unigram", "bpe")
 SENTENCEPIECE_KINDS = ("unigram", "bpe")
 FORMAT_VERSION = 1
 SENTENCEPIECE_SEED = 1234
+WORD_BOUNDARY = "\u2581"  # sentencepiece's "▁": the space before a piece
 SIDE_NAMES = ("src", "tgt")
 
 
@@ -184,18 +185,21 @@ class SentencePieceTokenizer(Tokenizer):
                                  f"pad/unk/bos/eos; this toolkit needs {list(expected)}")
 
     @classmethod
-    def train(cls, kind: str, lines: Sequence[str], vocab_size: int,
-              character_coverage: float) -> SentencePieceTokenizer:
+    def train(cls, kind: str, lines: Sequence[str], vocab_size: int, character_coverage: float,
+              user_symbols: Sequence[str] = ()) -> SentencePieceTokenizer:
         """Train on ``lines`` deterministically (one thread, fixed seed): the same text gives the same model.
 
         ``vocab_size`` is an upper bound (``hard_vocab_limit=False``): a small corpus may give fewer pieces.
-        It must leave room for the 4 specials, the 256 byte pieces and every character kept.
+        It must leave room for the 4 specials, the 256 byte pieces and every character kept. Each of
+        ``user_symbols`` becomes two pieces, the symbol alone and after a word boundary (``▁#Person1#``), so
+        that a symbol after a space is one piece, not two.
         """
         nonempty = [line for line in lines if line]
         if not nonempty:
             raise TokenizerError(f"cannot train a {kind} tokenizer: the training text is empty")
         longest_bytes = max(len(line.encode("utf-8")) for line in nonempty)
         model = io.BytesIO()
+        symbols = [form for symbol in user_symbols for form in (symbol, WORD_BOUNDARY + symbol)]
         sentencepiece.set_random_generator_seed(SENTENCEPIECE_SEED)
         try:
             sentencepiece.SentencePieceTrainer.train(
@@ -203,7 +207,8 @@ class SentencePieceTokenizer(Tokenizer):
                 character_coverage=character_coverage, byte_fallback=True, hard_vocab_limit=False,
                 pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
                 normalization_rule_name="identity", remove_extra_whitespaces=False,
-                max_sentence_length=max(4192, longest_bytes + 1), num_threads=1, minloglevel=2)
+                max_sentence_length=max(4192, longest_bytes + 1), num_threads=1, minloglevel=2,
+                **({"user_defined_symbols": symbols} if symbols else {}))
         except RuntimeError as error:
             raise TokenizerError(f"sentencepiece {kind} training failed (data.vocab_size={vocab_size}, "
                                  f"data.character_coverage={character_coverage}): {error}") from None
@@ -239,7 +244,7 @@ def train_tokenizer(data_config, lines: Sequence[str]) -> Tokenizer:
         return VocabularyTokenizer.train(kind, lines, data_config.min_freq, data_config.max_vocab_size)
     if kind in SENTENCEPIECE_KINDS:
         return SentencePieceTokenizer.train(kind, lines, data_config.vocab_size,
-                                            data_config.character_coverage)
+                                            data_config.character_coverage, data_config.user_symbols)
     raise TokenizerError(f"unknown tokenizer kind {kind!r}; kinds are {KINDS}")
 
 

@@ -165,7 +165,7 @@ def train(config: ExperimentConfig, workdir: str | Path, log=print, mesh: Mesh |
         log(valid_report.summary())
     kept_valid_pairs = [valid_pairs[i] for i in valid_report.kept_indices] if valid_report else []
 
-    iterator = data_lib.BatchIterator(train_examples, data_cfg.batch_size, data_cfg.bucket_width, data_cfg.seed)
+    iterator = data_lib.BatchIterator(train_examples, data_cfg.batch_size, data_cfg.bucket_widths, data_cfg.seed)
     shapes = iterator.padded_shapes()
     log(f"batches: {iterator.batches_per_epoch} per epoch of {data_cfg.batch_size} rows; "
         f"{len(shapes)} padded shapes, so at most {len(shapes)} compiled train programs")
@@ -204,7 +204,7 @@ def train(config: ExperimentConfig, workdir: str | Path, log=print, mesh: Mesh |
 
     def validate(step: int) -> dict[str, float]:
         loss_sum = tokens = 0.0
-        for batch in data_lib.eval_batches(valid_examples, data_cfg.batch_size, data_cfg.bucket_width):
+        for batch in data_lib.eval_batches(valid_examples, data_cfg.batch_size, data_cfg.bucket_widths):
             batch_sum, batch_tokens = eval_step(state.params, parallel.shard_batch(_batch_arrays(batch),
                                                                                   batch_sharding))
             loss_sum += float(batch_sum)

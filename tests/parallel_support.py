@@ -47,7 +47,7 @@ def experiment():
                                 tgt_vocab_size=data_lib.round_up(tgt_tok.vocab_size, VOCAB_MULTIPLE))
     config = dataclasses.replace(config, model=model)
     examples, _ = data_lib.encode_pairs(train_pairs, src_tok, tgt_tok, config.data)
-    iterator = data_lib.BatchIterator(examples, config.data.batch_size, config.data.bucket_width, config.data.seed)
+    iterator = data_lib.BatchIterator(examples, config.data.batch_size, config.data.bucket_widths, config.data.seed)
     batches = []
     while len(batches) < STEPS:
         batch = next(iterator)

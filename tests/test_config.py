@@ -32,9 +32,11 @@ def test_invalid_model_combinations(fields, message):
 
 def test_overrides_parse_types_and_apply_together():
     config = ExperimentConfig().with_overrides(["model.bidirectional=false", "train.learning_rate=0.5",
-                                                "data.train_src=a.txt", "data.train_tgt=b.txt"])
+                                                "data.train_src=a.txt", "data.train_tgt=b.txt",
+                                                "data.tokenizer=unigram", "data.user_symbols=#A#,#B#"])
     assert config.model.bidirectional is False and config.train.learning_rate == 0.5
-    assert config.data.uses_files
+    assert config.data.uses_files and config.data.user_symbols == ("#A#", "#B#")
+    assert ExperimentConfig.from_json(config.to_json()) == config
     for bad, message in [("model.enc_layers=two", "expected int"), ("model.nope=1", "unknown field"),
                          ("modle.enc_layers=1", "unknown section"), ("enc_layers", "SECTION.KEY=VALUE")]:
         with pytest.raises(ConfigError, match=message):

@@ -196,6 +196,32 @@ def test_restore_continues_exactly(taken):
     assert_batches_equal(batch_list(resumed, 12), expected)
 
 
+def test_targets_can_have_their_own_bucket_width():
+    examples = make_examples(103)
+    widths = DataConfig(bucket_width=8, tgt_bucket_width=2).bucket_widths
+    assert widths == (8, 2) and DataConfig(bucket_width=8).bucket_widths == (8, 8)
+    shapes = padded_shapes(examples, 8, widths)
+    assert all(src % 8 == 0 and tgt % 2 == 0 for src, tgt in shapes)
+    assert any(tgt % 8 for _, tgt in shapes)  # would be a multiple of 8 with one width
+    iterator = BatchIterator(examples, 8, widths, seed=0)
+    assert iterator.padded_shapes() == shapes
+    for batch in batch_list(iterator, iterator.batches_per_epoch):
+        assert (batch.src.shape[1], batch.tgt_in.shape[1]) in shapes
+        assert batch.tgt_in.shape[1] - 2 < batch.tgt_len.max() <= batch.tgt_in.shape[1]
+    batches = list(eval_batches(examples, 8, widths))
+    assert {(b.src.shape[1], b.tgt_in.shape[1]) for b in batches} == shapes
+    assert padded_shapes(examples, 8, (4, 4)) == padded_shapes(examples, 8, 4)
+
+
+def test_restore_accepts_a_state_saved_with_one_width():
+    examples = make_examples(50)
+    state = BatchIterator(examples, 8, 4, seed=1).state()
+    state["bucket_width"] = 4  # how runs saved it before targets had their own width
+    BatchIterator(examples, 8, 4, seed=1).restore(state)
+    with pytest.raises(DataError, match="bucket_width=4 .* bucket_width=\\[4, 2\\]"):
+        BatchIterator(examples, 8, (4, 2), seed=1).restore(state)
+
+
 def test_restore_rejects_different_data():
     state = BatchIterator(make_examples(50), 8, 4, seed=1).state()
     with pytest.raises(DataError, match="num_examples=50 .* num_examples=49"):

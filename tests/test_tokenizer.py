@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from seq2seq_jax.config import DataConfig
+from seq2seq_jax.config import ConfigError, DataConfig
 from seq2seq_jax.tasks import generate_task
 from seq2seq_jax.tokenizer import (
     BOS_ID,
@@ -94,6 +94,26 @@ def test_sentencepiece_round_trip_with_byte_fallback(sentencepiece_tokenizers, k
 def test_sentencepiece_training_is_deterministic(sentencepiece_tokenizers, kind):
     again = SentencePieceTokenizer.train(kind, DATE_SOURCES, SPM_VOCAB, 1.0)
     assert again.model_proto == sentencepiece_tokenizers[kind].model_proto
+
+
+@pytest.mark.parametrize("kind", ["unigram", "bpe"])
+def test_user_symbols_are_single_pieces_with_or_without_a_space(kind):
+    lines = [f"#Person{i % 2 + 1}#: {source} #Person{(i + 1) % 2 + 1}#'s" for i, source in enumerate(DATE_SOURCES)]
+    tokenizer = SentencePieceTokenizer.train(kind, lines, SPM_VOCAB, 1.0, user_symbols=("#Person1#", "#Person2#"))
+    plain = SentencePieceTokenizer.train(kind, lines, SPM_VOCAB, 1.0)
+    text = "#Person1#: hi #Person2#'s day,#Person1#"
+    pieces = [tokenizer._processor.id_to_piece(i) for i in tokenizer.encode(text)]
+    assert pieces[0] == "\u2581#Person1#" and "\u2581#Person2#" in pieces and pieces[-1] == "#Person1#"
+    assert len(tokenizer.encode(text)) < len(plain.encode(text))
+    for line in lines[:20] + [text, "#Person1##Person2#", " #Person2# "]:
+        assert tokenizer.decode(tokenizer.encode(line)) == line
+
+
+def test_user_symbols_need_sentencepiece_and_no_spaces():
+    with pytest.raises(ConfigError, match="needs a sentencepiece tokenizer"):
+        DataConfig(tokenizer="word", user_symbols=("#Person1#",))
+    with pytest.raises(ConfigError, match="without whitespace"):
+        DataConfig(tokenizer="unigram", user_symbols=("a b",))
 
 
 def test_sentencepiece_vocab_too_small_is_a_clear_error():

@@ -70,10 +70,10 @@ RECIPES = {
         config="dialogsum.json",
         train=("dialogsum/train.src", "dialogsum/train.tgt"), valid=("dialogsum/valid.src", "dialogsum/valid.tgt"),
         test=None, metric="rouge",
-        # n-grams and lengths are of subword pieces: a speaker tag alone is 4 (``▁ # Person 2#``), so 3 would
-        # forbid a second mention of any speaker; a reference summary has ~30 pieces. Last, beam 5 against
-        # greedy with the settings found: an undertrained model's beam finds short generic summaries.
-        search={"no_repeat_ngram_size": (0, 5), "length_penalty": (0.0, 1.0), "min_len": (0, 15, 30),
+        # n-grams and lengths are of subword pieces (a speaker tag is one, ``▁#Person2#``: data.user_symbols);
+        # a reference summary has ~29 pieces. Last, beam 5 against greedy with the settings found: an
+        # undertrained model's beam finds short generic summaries.
+        search={"no_repeat_ngram_size": (0, 3, 4), "length_penalty": (0.0, 1.0), "min_len": (0, 15, 25),
                 "beam_size": (5, 1)},
         decode_bucket_width=200, extractive_baselines=True),
 }
