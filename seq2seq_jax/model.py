@@ -31,7 +31,15 @@ class OutputLayer(nnx.Module):
     def __call__(self, readout: jax.Array, tgt_embedding: jax.Array) -> jax.Array:
         """``readout [..., R] -> logits [..., V]``; ``tgt_embedding [V, E]`` is used when tied."""
         kernel = tgt_embedding.T if self.tied else self.kernel[...]
-        return jnp.matmul(readout, kernel.astype(self.compute_dtype)) + self.bias[...].astype(self.compute_dtype)
+        return self._add_bias(jnp.matmul(readout, kernel.astype(self.compute_dtype)))
+
+    def from_transposed(self, readout: jax.Array, kernel_t: jax.Array) -> jax.Array:
+        """``readout [N, R] -> logits [N, V]`` for a few rows, with ``W_o^T [V, R]`` given
+        (``Seq2Seq.decode_kernels``; see ``_matmul_transposed``)."""
+        return self._add_bias(_matmul_transposed(readout.astype(self.compute_dtype), kernel_t))
+
+    def _add_bias(self, logits: jax.Array) -> jax.Array:
+        return logits + self.bias[...].astype(self.compute_dtype)
 
 
 class Encoder(nnx.Module):
@@ -151,7 +159,7 @@ class Seq2Seq(nnx.Module):
         ``attend(query) -> (context, weights)``; ``kernels`` from ``_loop_kernels``. Layer 0's input projection
         of the embedding is either given, with both biases, as ``gates_x0 [B, 4H]`` (teacher forcing) or
         computed here from ``embedded [B, E]`` (``_loop_kernels(embedding_rows=True)``, decoding).
-        ``matmul`` multiplies by the kernels (``_skinny_matmul`` or ``_matmul_transposed`` when decoding).
+        ``matmul`` multiplies by the kernels (``_matmul_transposed`` for transposed decode kernels).
         Returns the new ``h, c`` (tuples), the top output ``s [B, H]``, the context ``[B, M]``, the attention
         weights ``[B, S]`` and, for Luong, the readout ``r [B, R]``.
         """
@@ -224,7 +232,7 @@ class Seq2Seq(nnx.Module):
         ``src_mask`` have a row per sentence, ``[B, ...]`` with ``N = B·G``: rows ``b·G .. b·G + G - 1`` are
         sentence ``b``'s hypotheses (``G = 1`` in teacher-forced use). ``attention [N, S]``, the step's
         weights, is written only when the state holds it. ``kernels_t``: ``decode_kernels()``, used for a few
-        rows (without them the kernels are transposed here).
+        rows (``1 < N <= SKINNY_ROWS``); without them they are transposed here, in every call.
         """
         embedded = self.tgt_embed(tokens)
         layers = range(self.config.dec_layers)
@@ -241,18 +249,20 @@ class Seq2Seq(nnx.Module):
             context, weights = self.attention(grouped, state["keys"], state["memory"], state["src_mask"])
             return context.reshape(rows, -1), weights.reshape(rows, -1)
 
-        few_rows = kernels_t is not None and 1 < rows <= SKINNY_ROWS
+        few_rows = 1 < rows <= SKINNY_ROWS
+        if few_rows and kernels_t is None:
+            # The barrier keeps XLA from folding the transposes back into the products.
+            kernels_t = jax.lax.optimization_barrier(self.decode_kernels())
         if few_rows:
             kernels, matmul = kernels_t["loop"], _matmul_transposed
         else:
-            kernels, matmul = self._loop_kernels(embedding_rows=True), _skinny_matmul
+            kernels, matmul = self._loop_kernels(embedding_rows=True), jnp.matmul
         h, c, top, context, weights, readout = self._recurrent_step(
             h, c, state["feed"], None, attend, kernels, None, embedded, matmul=matmul)
         if readout is None:
             readout = self._bahdanau_readout(top, context, embedded, None)
         if few_rows:
-            logits = (_matmul_transposed(readout.astype(self.compute_dtype), kernels_t["output"])
-                      + self.output.bias[...].astype(self.compute_dtype))
+            logits = self.output.from_transposed(readout, kernels_t["output"])
         else:
             logits = self.output(readout, self.tgt_embed.embedding[...])
         new_state = dict(state, h=jnp.stack(h, axis=1), c=jnp.stack(c, axis=1), feed=readout)
@@ -331,24 +341,10 @@ class Seq2Seq(nnx.Module):
 # What ``decode_step`` reads per sentence and never changes (``search_state`` keeps it out of the beam).
 SENTENCE_STATE = ("memory", "keys", "src_mask")
 
-# Up to this many rows, ``_skinny_matmul`` multiplies by a materialised transposed kernel (see there).
+# With more than one and up to this many rows (the beam of one sentence), ``decode_step`` multiplies by the
+# transposed kernels of ``decode_kernels`` (``_matmul_transposed``). One row (greedy search of one sentence) is
+# a matrix-vector product that XLA already does well, and many rows a real GEMM: plain matmul.
 SKINNY_ROWS = 32
-
-
-def _skinny_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """``x [N, K] @ kernel [K, M]``, for decoding.
-
-    With a few rows (``1 < N <= SKINNY_ROWS``: the beam of one sentence) it contracts ``x`` with the
-    transposed kernel ``[M, K]``, materialised once: the optimization barrier keeps XLA from folding the
-    transpose back into the dot, and being loop-invariant it is hoisted out of the search loop. XLA:CPU's
-    GEMM for a handful of rows re-packs the whole kernel on every call; the transposed form runs about twice
-    as fast for the decoder's LSTM kernel (measurements in docs/benchmarks.md). One row (greedy search of one
-    sentence) is a matrix-vector product that XLA already does well, and many rows a real GEMM: plain matmul.
-    """
-    if not 1 < x.shape[0] <= SKINNY_ROWS:
-        return x @ kernel
-    kernel_t = jax.lax.optimization_barrier(kernel.T)
-    return jax.lax.dot_general(x, kernel_t, (((x.ndim - 1,), (1,)), ((), ())))
 
 
 def _matmul_transposed(x: jax.Array, kernel_t: jax.Array) -> jax.Array:
