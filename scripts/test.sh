@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build a fresh virtual environment from this checkout's own files and run the test suite in it.
+# Build a fresh virtual environment from this checkout's own files, lint (ruff) and run the test suite in it.
 # Usage: bash scripts/test.sh [pytest arguments]      (VENV=path to choose where the environment goes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,4 +11,5 @@ python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q "torch==2.13.0"
 "$VENV/bin/python" -m pip install -q -e ".[test]"
 "$VENV/bin/python" -m pip list 2>/dev/null | grep -iE "^(jax|jaxlib|flax|optax|orbax-checkpoint|torch|numpy) "
+"$VENV/bin/ruff" check seq2seq_jax torch_ref tests scripts
 exec "$VENV/bin/python" -m pytest "$@"

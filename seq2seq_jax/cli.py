@@ -134,11 +134,11 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    import jax
+
     from seq2seq_jax import data as data_lib
     from seq2seq_jax.metrics import exact_match, perplexity, rouge, translation_scores
     from seq2seq_jax.train import make_eval_step
-
-    import jax
 
     trained, translator = _load_translator(args)
     sources = list(data_lib.read_lines(args.src))

@@ -107,7 +107,8 @@ class Translator:
             bound = round_up(max_len_bound_for([src.shape[1]], config.max_len_a, config.max_len_b), 8)
             search = self._search_fn(src.shape[1], int(bound), with_attention)
             tokens, lengths, scores, attention = jax.device_get(search(
-                self.params, self._decode_kernels(), jnp.asarray(src), jnp.asarray(src_len), jax.random.fold_in(rng, batch_number)))
+                self.params, self._decode_kernels(), jnp.asarray(src), jnp.asarray(src_len),
+                jax.random.fold_in(rng, batch_number)))
             for row, line_index in enumerate(index):
                 if line_index < 0:
                     continue

@@ -131,7 +131,7 @@ def make_batch(config: ModelConfig, src_lens=(5, 2, 4, 1), tgt_lens=(3, 4, 1, 2)
     src = np.zeros((batch, src_size), np.int32)
     tgt_in = np.zeros((batch, tgt_size), np.int32)
     tgt_out = np.zeros((batch, tgt_size), np.int32)
-    for row, (s, t) in enumerate(zip(src_lens, tgt_lens)):
+    for row, (s, t) in enumerate(zip(src_lens, tgt_lens, strict=True)):
         src[row, : s - 1] = rng.integers(4, config.src_vocab_size, s - 1)
         src[row, s - 1] = 3
         words = rng.integers(4, config.tgt_vocab_size, t - 1)

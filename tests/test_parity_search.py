@@ -1,5 +1,6 @@
 """Beam search on the real model with converted weights: seq2seq_jax (one lax.while_loop over the step of
-``Seq2Seq.search_state``, the encoder memory kept once per sentence) against torch_ref (a Python loop over ``torch_ref.Seq2Seq.decode_step``).
+``Seq2Seq.search_state``, the encoder memory kept once per sentence) against torch_ref (a Python loop over
+``torch_ref.Seq2Seq.decode_step``).
 
 float64: identical n-best token ids and lengths, scores within 1e-9; float32: identical ids, scores within 1e-4.
 Also: greedy equals a plain argmax loop over the model, and decoding a sentence alone or inside a padded
