@@ -121,7 +121,7 @@ def _fake_run(monkeypatch, tmp_path, name, reached=None):
     def fake_decode(model, decode, sources, refs, metric, bucket_width):
         decoded.append((model.name, dict(decode)))
         value = 10.0 * decode.get("length_penalty", 0.0) + (1.0 if model.name.endswith(".avg") else 0.0)
-        value += {0: 0.0, 5: 0.5}.get(decode.get("no_repeat_ngram_size", 0), 0.0)
+        value += decode.get("no_repeat_ngram_size", 0) / 8  # the largest size in the grid (4) adds 0.5
         value -= decode.get("min_len", 0) / 10
         scores = ({"rouge1": value, "rouge2": value, "rougeL": value, "score": value} if metric == "rouge" else
                   {"bleu": value, "chrf": value, "bleu_signature": "s", "chrf_signature": "c", "score": value})
@@ -152,7 +152,7 @@ def test_runner_selects_on_validation_and_scores_test_once(monkeypatch, tmp_path
 
 def test_runner_summarization_reports_unseen_subset_and_baselines(monkeypatch, tmp_path):
     report, _, _ = _fake_run(monkeypatch, tmp_path, "dialogsum")
-    assert report["decode_search"]["chosen"] == {"beam_size": 5, "n_best": 1, "no_repeat_ngram_size": 5,
+    assert report["decode_search"]["chosen"] == {"beam_size": 5, "n_best": 1, "no_repeat_ngram_size": 4,
                                                  "length_penalty": 1.0, "min_len": 0}
     assert report["valid"]["rouge1"] == pytest.approx(11.5)
     assert report["valid_unseen"]["examples"] == 1  # the first valid dialogue is a train dialogue (whitespace aside)
