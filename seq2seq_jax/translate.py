@@ -48,6 +48,15 @@ class Translator:
         self.config = decode_config
         self.bucket_width = bucket_width
         self._compiled: dict[tuple, object] = {}
+
+    @property
+    def params(self):
+        return self._params
+
+    @params.setter
+    def params(self, params) -> None:
+        """New parameters (the trainer sets them before each validation) also drop their decode kernels."""
+        self._params = params
         self._kernels_t = None
 
     @property

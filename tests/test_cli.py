@@ -3,16 +3,20 @@ included, a bounded number of compiled programs), evaluate, plot, and clear erro
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import sys
 
+import jax
 import pytest
 from run_support import tiny_config
 
 from seq2seq_jax import cli
 from seq2seq_jax.tasks import generate_task
 from seq2seq_jax.trainer import train
+from seq2seq_jax.translate import Translator
+from seq2seq_jax.workdir import load_trained
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +121,22 @@ def test_unknown_setting_is_a_clear_error(tmp_path, capsys, monkeypatch):
     code, _, err = run_cli(["train", "--workdir", str(tmp_path / "run"), "--set", "model.hiden=3"], capsys,
                            monkeypatch)
     assert code == 2 and "model.hiden" in err
+
+
+def test_translator_decodes_with_the_parameters_it_was_last_given(workdir):
+    """The trainer hands one Translator new parameters before each validation: a beam of a few rows (which
+    multiplies by transposed kernels built once per parameters) must decode with the new ones."""
+    trained = load_trained(workdir)
+    decode = dataclasses.replace(trained.config.decode, beam_size=3, n_best=1, batch_size=2)  # 6 rows
+    lines = [source for source, _ in generate_task("dates", 4, seed=11)]
+    changed = jax.tree.map(lambda leaf: leaf * 1.5, trained.params)
+
+    def scores(translator):
+        return [hyps[0].score for hyps in translator.translate(lines)]
+
+    reused = Translator(trained.graphdef, trained.params, trained.src_tokenizer, trained.tgt_tokenizer, decode)
+    before = scores(reused)
+    reused.params = changed
+    fresh = Translator(trained.graphdef, changed, trained.src_tokenizer, trained.tgt_tokenizer, decode)
+    assert scores(reused) == pytest.approx(scores(fresh), abs=1e-6)
+    assert scores(fresh) != pytest.approx(before, abs=1e-3)
