@@ -85,6 +85,7 @@ class ModelConfig(_JsonConfig):
     bridge: str = "dense"
     readout_size: int = 64
     tie_output_embedding: bool = False
+    copy_attention: bool = False
     embed_dropout: float = 0.0
     rnn_dropout: float = 0.0
     readout_dropout: float = 0.0
@@ -122,6 +123,10 @@ class ModelConfig(_JsonConfig):
             _check(self.readout_size == self.tgt_embed_size,
                    f"tie_output_embedding needs readout_size == tgt_embed_size, got {self.readout_size} "
                    f"and {self.tgt_embed_size}")
+        if self.copy_attention and self.src_vocab_size and self.tgt_vocab_size:
+            _check(self.src_vocab_size == self.tgt_vocab_size,
+                   f"copy_attention copies source ids into the target vocabulary, so both must be one (joint) "
+                   f"vocabulary; got src_vocab_size={self.src_vocab_size}, tgt_vocab_size={self.tgt_vocab_size}")
 
     @property
     def num_directions(self) -> int:
@@ -316,6 +321,11 @@ class ExperimentConfig(_JsonConfig):
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
+
+    def __post_init__(self):
+        _check(not self.model.copy_attention or self.data.joint_vocab,
+               "model.copy_attention needs data.joint_vocab: copying puts a source token's id into the target "
+               "distribution, so source and target must share one vocabulary")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ExperimentConfig:

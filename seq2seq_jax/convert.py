@@ -88,6 +88,8 @@ def name_map(config: ModelConfig) -> list[ParamMapping]:
     if not c.tie_output_embedding:
         mappings.append(ParamMapping("output.kernel", "output.weight", (c.readout_size, c.tgt_vocab_size), True))
     mappings.append(ParamMapping("output.bias", "output.bias", (c.tgt_vocab_size,), False))
+    if c.copy_attention:
+        mappings += _linear("copy_gate", "copy_gate", c.readout_size, 1, bias=True)
     return mappings
 
 

@@ -193,3 +193,31 @@ class Attention(nnx.Module):
         weights = jax.nn.softmax(scores, axis=-1)
         context = jnp.sum(weights.astype(self.compute_dtype)[..., None] * memory.astype(self.compute_dtype), axis=-2)
         return context, weights
+
+
+def copy_log_probs(logits: jax.Array, gate_logit: jax.Array, weights: jax.Array, src: jax.Array) -> jax.Array:
+    """The copy mechanism's output distribution (docs/model.md, "Copy attention"), in log space.
+
+    ``p(v) = p_gen · softmax(logits)_v + (1 - p_gen) · Σ_{j: src_j = v} α_j`` with ``p_gen = σ(gate_logit)``:
+    the attention weights ``α`` put probability on the vocabulary ids of the source tokens they read (one joint
+    vocabulary). ``logits [B, T, V]``, ``gate_logit [B, T, 1]``, ``weights [B, T, S]`` and ``src [B, S]``
+    (ids) -> ``log p [B, T, V]``, in at least float32.
+
+    Only the (at most ``S``) source ids get a copy term, so the dense part is ``log p_gen + log_softmax``
+    and the mixture is computed per source position, ``[B, T, S]``, then written over those ids: the copy
+    mass of position ``j`` is ``Σ_k α_k [src_k = src_j]`` (a ``[S, S]`` same-id product per sentence), and
+    the two terms are joined by ``logaddexp`` so that nothing underflows to ``log 0``. Padded positions
+    (``α = 0``) have a copy term of ``-inf`` and a zero gradient through it.
+    """
+    dtype = softmax_dtype(logits.dtype)
+    weights = weights.astype(dtype)
+    same_id = (src[:, :, None] == src[:, None, :]).astype(dtype)  # [B, S, S]
+    copy_mass = jnp.einsum("bts,bsr->btr", weights, same_id)  # [B, T, S]
+    reached = copy_mass > 0
+    log_copy = jnp.where(reached, jnp.log(jnp.where(reached, copy_mass, 1.0)), -jnp.inf)
+    gate = gate_logit.astype(dtype)
+    generated = jax.nn.log_sigmoid(gate) + jax.nn.log_softmax(logits.astype(dtype), axis=-1)  # [B, T, V]
+    ids = jnp.broadcast_to(src[:, None, :], weights.shape)
+    at_source = jnp.logaddexp(jnp.take_along_axis(generated, ids, axis=-1), jax.nn.log_sigmoid(-gate) + log_copy)
+    batch, steps = jnp.arange(ids.shape[0])[:, None, None], jnp.arange(ids.shape[1])[None, :, None]
+    return generated.at[batch, steps, ids].set(at_source)

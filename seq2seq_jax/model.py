@@ -13,7 +13,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from seq2seq_jax.config import ModelConfig
-from seq2seq_jax.layers import Attention, EncoderLayer, LSTMWeights, dropout, lstm_cell, symmetric_uniform
+from seq2seq_jax.layers import (
+    Attention,
+    EncoderLayer,
+    LSTMWeights,
+    copy_log_probs,
+    dropout,
+    lstm_cell,
+    symmetric_uniform,
+)
 
 
 class OutputLayer(nnx.Module):
@@ -104,6 +112,8 @@ class Seq2Seq(nnx.Module):
         self.readout = nnx.Linear(readout_in, config.readout_size,
                                   use_bias=config.decoder_style == "bahdanau", **linear)
         self.output = OutputLayer(config, rngs=rngs)
+        if config.copy_attention:
+            self.copy_gate = nnx.Linear(config.readout_size, 1, **linear)
 
     # ----------------------------------------------------------------------------------------- encoder
     def encode(self, src: jax.Array, src_len: jax.Array, dropout_rng: jax.Array | None = None):
@@ -197,11 +207,25 @@ class Seq2Seq(nnx.Module):
         readout = jnp.tanh(_linear(self.readout, readout))
         return dropout(readout, self.config.readout_dropout, rng)
 
+    def _copy(self, logits: jax.Array, readout: jax.Array, weights: jax.Array, src: jax.Array) -> jax.Array:
+        """With ``copy_attention``: the output ``log p [..., V]`` of ``copy_log_probs`` from ``logits [..., V]``,
+        the readout ``[..., R]`` (the gate's input), the attention ``weights [..., S]`` (``...`` is ``B, T`` or
+        one step's ``N``) and the source ids ``src [B or N, S]``; otherwise ``logits`` unchanged."""
+        if not self.config.copy_attention:
+            return logits
+        if logits.ndim == 2:  # one decoder step: [N, ...] as [N, 1, ...]
+            return copy_log_probs(logits[:, None], _linear(self.copy_gate, readout)[:, None], weights[:, None],
+                                  src)[:, 0]
+        return copy_log_probs(logits, _linear(self.copy_gate, readout), weights, src)
+
     def init_decode_state(self, src: jax.Array, src_len: jax.Array) -> dict[str, jax.Array]:
-        """Encode and build the decoder state of ``docs/model.md`` (every leaf batch-leading)."""
+        """Encode and build the decoder state of ``docs/model.md`` (every leaf batch-leading); with
+        ``copy_attention`` it also holds the source ids ``src [B, S]``."""
         memory, h0, c0 = self.encode(src, src_len)
         batch, src_size = src.shape
+        copy_state = {"src": src} if self.config.copy_attention else {}
         return {
+            **copy_state,
             "memory": memory,
             "keys": self.attention.precompute_keys(memory),
             "src_mask": jnp.arange(src_size)[None, :] < src_len[:, None],
@@ -227,9 +251,11 @@ class Seq2Seq(nnx.Module):
     def decode_step(self, state: dict[str, jax.Array], tokens: jax.Array,
                     kernels_t: dict | None = None) -> tuple[jax.Array, dict]:
         """Inference step: ``tokens [N]`` (the previous output) -> ``logits [N, V]`` and the next state.
+        With ``copy_attention`` the "logits" are the log-probabilities of the copy mechanism (normalised, so a
+        ``log_softmax`` of them changes nothing).
 
-        ``h, c [N, L, H]`` and ``feed [N, R]`` have a row per hypothesis. ``memory``, ``keys`` and
-        ``src_mask`` have a row per sentence, ``[B, ...]`` with ``N = B·G``: rows ``b·G .. b·G + G - 1`` are
+        ``h, c [N, L, H]`` and ``feed [N, R]`` have a row per hypothesis. ``memory``, ``keys``, ``src_mask``
+        (and ``src``) have a row per sentence, ``[B, ...]`` with ``N = B·G``: rows ``b·G .. b·G + G - 1`` are
         sentence ``b``'s hypotheses (``G = 1`` in teacher-forced use). ``attention [N, S]``, the step's
         weights, is written only when the state holds it. ``kernels_t``: ``decode_kernels()``, used for a few
         rows (``1 < N <= SKINNY_ROWS``); without them they are transposed here, in every call.
@@ -265,6 +291,8 @@ class Seq2Seq(nnx.Module):
             logits = self.output.from_transposed(readout, kernels_t["output"])
         else:
             logits = self.output(readout, self.tgt_embed.embedding[...])
+        if self.config.copy_attention:
+            logits = self._copy(logits, readout, weights, jnp.repeat(state["src"], rows // sentences, axis=0))
         new_state = dict(state, h=jnp.stack(h, axis=1), c=jnp.stack(c, axis=1), feed=readout)
         if "attention" in state:
             new_state["attention"] = weights.astype(state["attention"].dtype)
@@ -276,13 +304,13 @@ class Seq2Seq(nnx.Module):
 
         ``state`` holds what each hypothesis carries and search copies per beam and reorders every step:
         ``h, c [B, L, H]``, ``feed [B, R]`` and, when ``with_attention``, ``attention [B, S]``.
-        ``step(state, tokens)`` is ``decode_step`` closed over the sentence-level ``memory``, ``keys`` and
-        ``src_mask`` (``[B, ...]``, one copy per sentence however many hypotheses); it returns the
-        per-hypothesis state only. For a 400-token source the memory and keys of a beam were most of the
-        bytes a step moved. ``kernels_t``: ``decode_kernels()``, computed once outside the search.
+        ``step(state, tokens)`` is ``decode_step`` closed over the sentence-level ``memory``, ``keys``,
+        ``src_mask`` (and ``src`` for copy attention; ``[B, ...]``, one copy per sentence however many
+        hypotheses); it returns the per-hypothesis state only. For a 400-token source the memory and keys of a
+        beam were most of the bytes a step moved. ``kernels_t``: ``decode_kernels()``, computed once outside the search.
         """
         full = self.init_decode_state(src, src_len)
-        sentence = {name: full[name] for name in SENTENCE_STATE}
+        sentence = {name: full[name] for name in SENTENCE_STATE if name in full}
         state = {name: value for name, value in full.items()
                  if name not in SENTENCE_STATE and (with_attention or name != "attention")}
 
@@ -295,7 +323,8 @@ class Seq2Seq(nnx.Module):
     def __call__(self, src: jax.Array, src_len: jax.Array, tgt_in: jax.Array,
                  dropout_rng: jax.Array | None = None, return_attention: bool = False):
         """Teacher forcing: ``src [B, S]``, ``src_len [B]``, ``tgt_in [B, T]`` -> ``logits [B, T, V]``
-        (and ``attention [B, T, S]`` when asked).
+        (and ``attention [B, T, S]`` when asked). With ``copy_attention`` the "logits" are the copy
+        mechanism's log-probabilities.
 
         The time loop runs time-major (no transposes inside it) and holds only what depends on the previous
         step: attention, one ``[input; h] @ [w_ih; w_hh]`` matmul per layer, the LSTM cell. The embedding's
@@ -335,11 +364,13 @@ class Seq2Seq(nnx.Module):
             readout, weights = outputs
             readout = readout.transpose(1, 0, 2)
         logits = self.output(readout, self.tgt_embed.embedding[...])
-        return (logits, weights.transpose(1, 0, 2)) if return_attention else logits
+        weights = weights.transpose(1, 0, 2)  # [B, T, S]
+        logits = self._copy(logits, readout, weights, src)
+        return (logits, weights) if return_attention else logits
 
 
 # What ``decode_step`` reads per sentence and never changes (``search_state`` keeps it out of the beam).
-SENTENCE_STATE = ("memory", "keys", "src_mask")
+SENTENCE_STATE = ("memory", "keys", "src_mask", "src")
 
 # With more than one and up to this many rows (the beam of one sentence), ``decode_step`` multiplies by the
 # transposed kernels of ``decode_kernels`` (``_matmul_transposed``). One row (greedy search of one sentence) is

@@ -24,10 +24,18 @@ def test_json_round_trip(tmp_path):
     (dict(tie_output_embedding=True, readout_size=20, tgt_embed_size=16), "tie_output_embedding"),
     (dict(attention="luong"), "model.attention"),
     (dict(rnn_dropout=1.0), "rnn_dropout"),
+    (dict(copy_attention=True, src_vocab_size=40, tgt_vocab_size=41), "joint"),
 ])
 def test_invalid_model_combinations(fields, message):
     with pytest.raises(ConfigError, match=message):
         ModelConfig(**fields)
+
+
+def test_copy_attention_needs_a_joint_vocabulary():
+    with pytest.raises(ConfigError, match="data.joint_vocab"):
+        ExperimentConfig().with_overrides(["model.copy_attention=true"])
+    config = ExperimentConfig().with_overrides(["model.copy_attention=true", "data.joint_vocab=true"])
+    assert config.model.copy_attention and ModelConfig(copy_attention=True, src_vocab_size=40, tgt_vocab_size=40)
 
 
 def test_overrides_parse_types_and_apply_together():

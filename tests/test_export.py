@@ -36,6 +36,10 @@ CONFIG = ExperimentConfig(
     train=TrainConfig(max_steps=30, eval_every=15, save_every=15, log_every=15, valid_sample_size=20,
                       learning_rate=1e-2, warmup_steps=5),
 )
+# The same model with copy attention (which needs one joint vocabulary): export, import and PyTorch translation
+# must carry the copy gate and compute the same mixture.
+COPY_CONFIG = dataclasses.replace(CONFIG, model=dataclasses.replace(CONFIG.model, copy_attention=True),
+                                  data=dataclasses.replace(CONFIG.data, joint_vocab=True))
 INPUTS = [src for src, _ in generate_task("dates", 200, seed=777)] + ["", "x", ""]
 BLOCK_JAX = """
 import runpy, sys
@@ -55,16 +59,24 @@ runpy.run_module("torch_ref.translate", run_name="__main__", alter_sys=True)
 """
 
 
+def _train_and_export(config: ExperimentConfig, root: Path) -> tuple[Path, Path]:
+    from seq2seq_jax.trainer import train
+
+    workdir = root / "run"
+    train(config, workdir, log=lambda *args: None)
+    return workdir, export_torch(workdir, root / "export")
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """``(workdir, export_dir)`` of the tiny demo model, exported from its best checkpoint."""
-    from seq2seq_jax.trainer import train
+    return _train_and_export(CONFIG, tmp_path_factory.mktemp("export"))
 
-    root = tmp_path_factory.mktemp("export")
-    workdir = root / "run"
-    train(CONFIG, workdir, log=lambda *args: None)
-    export_dir = export_torch(workdir, root / "export")
-    return workdir, export_dir
+
+@pytest.fixture(scope="module")
+def trained_copy(tmp_path_factory):
+    """``(workdir, export_dir)`` of the tiny demo model with copy attention."""
+    return _train_and_export(COPY_CONFIG, tmp_path_factory.mktemp("export_copy"))
 
 
 def _tensors(directory: Path) -> dict[str, np.ndarray]:
@@ -179,8 +191,11 @@ def test_load_pretrained_errors_name_the_file_and_keys(trained, tmp_path, how):
     assert str(directory) in str(error.value)
 
 
-def test_export_import_export_gives_identical_tensors(trained, tmp_path):
-    _, export_dir = trained
+@pytest.mark.parametrize("model_kind", ["trained", "trained_copy"])
+def test_export_import_export_gives_identical_tensors(request, model_kind, tmp_path):
+    _, export_dir = request.getfixturevalue(model_kind)
+    if model_kind == "trained_copy":
+        assert {"copy_gate.weight", "copy_gate.bias"} <= set(_tensors(export_dir))
     imported = tmp_path / "imported"
     assert cli.main(["import-torch", "--src", str(export_dir), "--workdir", str(imported)]) == 0
     assert ExperimentConfig.load(imported / "config.json") == ExperimentConfig.from_dict(
@@ -257,9 +272,10 @@ def _jax_translations(workdir: Path, decode: DecodeConfig):
     return translator.translate(INPUTS)
 
 
+@pytest.mark.parametrize("model_kind", ["trained", "trained_copy"])
 @pytest.mark.parametrize("beam_size", [1, 5])
-def test_torch_translate_matches_jax(trained, beam_size):
-    workdir, export_dir = trained
+def test_torch_translate_matches_jax(request, model_kind, beam_size):
+    workdir, export_dir = request.getfixturevalue(model_kind)
     decode = dataclasses.replace(ExperimentConfig.load(workdir / "config.json").decode, beam_size=beam_size,
                                  n_best=beam_size, batch_size=64)
     jax_results = _jax_translations(workdir, decode)

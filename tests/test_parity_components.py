@@ -1,5 +1,6 @@
 """Parity per component, smallest first: LSTM layer, bidirectional encoder on variable lengths, each attention
-score, one decoder step of each style. float64 (x64 against torch.double), weights converted both ways."""
+score, decoder steps of each style (with and without copy attention), the copy distribution. float64 (x64
+against torch.double), weights converted both ways."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import pytest
 import torch
 from parity_support import check, make_batch, make_pair, precision, tiny_config
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from seq2seq_jax.layers import copy_log_probs
+from torch_ref.model import copy_log_probs as torch_copy_log_probs
 
 DTYPE = "float64"
 
@@ -77,11 +81,13 @@ def test_attention_score(score):
     assert np.all(np.asarray(weights)[~mask] == 0.0)
 
 
-@pytest.mark.parametrize("style", ["bahdanau", "luong"])
-@pytest.mark.parametrize("layers", [1, 2])
-def test_decoder_steps(style, layers):
+@pytest.mark.parametrize(("style", "layers", "copy"), [("bahdanau", 1, False), ("bahdanau", 2, False),
+                                                     ("luong", 1, False), ("luong", 2, False),
+                                                     ("bahdanau", 1, True), ("luong", 2, True)])
+def test_decoder_steps(style, layers, copy):
     """Three inference steps of ``decode_step``: logits and every state entry agree after each step."""
-    config = tiny_config(DTYPE, decoder_style=style, dec_layers=layers, enc_layers=layers)
+    copy_fields = dict(copy_attention=True, src_vocab_size=13) if copy else {}
+    config = tiny_config(DTYPE, decoder_style=style, dec_layers=layers, enc_layers=layers, **copy_fields)
     reference, model = make_pair(config, "torch->flax" if style == "luong" else "flax->torch")
     batch = make_batch(config)
     tensors = batch.torch()
@@ -98,3 +104,38 @@ def test_decoder_steps(style, layers):
             for name in ("h", "c", "feed", "attention", "memory", "keys"):
                 check("outputs", DTYPE, state[name], ref_state[name].numpy())
             assert np.array_equal(np.asarray(state["src_mask"]), ref_state["src_mask"].numpy())
+            if copy:
+                assert np.allclose(np.exp(np.asarray(logits)).sum(-1), 1.0)  # log-probabilities, normalised
+
+
+def _one_step_copy(logits, gate, weights, src):
+    """``copy_log_probs`` (``[B, T, ...]``) on one step's rows ``[N, ...]``."""
+    logits, gate, weights, src = map(jnp.asarray, (logits, gate, weights, src))
+    return copy_log_probs(logits[:, None], gate[:, None], weights[:, None], src)[:, 0]
+
+
+def test_copy_log_probs_matches_torch_and_moves_attention_onto_source_ids():
+    """``copy_log_probs`` of both frameworks on rows with repeated source ids and padding (zero weights); a
+    closed gate gives the softmax, an open gate the attention summed per source id."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 9))
+    src = np.array([[4, 5, 4, 3, 0], [6, 3, 0, 0, 0], [7, 8, 8, 8, 3]])
+    weights = rng.random(src.shape) * (np.arange(5) < np.array([[4], [2], [5]]))
+    weights /= weights.sum(-1, keepdims=True)
+    gate = rng.normal(size=(3, 1))
+    with precision(DTYPE):
+        log_probs = np.asarray(_one_step_copy(logits, gate, weights, src))
+    reference = torch_copy_log_probs(*map(torch.from_numpy, (logits, gate, weights, src))).numpy()
+    check("outputs", DTYPE, log_probs, reference)
+    copied = np.zeros_like(logits)
+    for row in range(3):
+        np.add.at(copied[row], src[row], weights[row])
+    softmax = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    p_gen = 1 / (1 + np.exp(-gate))
+    np.testing.assert_allclose(np.exp(log_probs), p_gen * softmax + (1 - p_gen) * copied, rtol=1e-12)
+    assert copied[0, 4] == weights[0, 0] + weights[0, 2] and copied[0, 0] == 0.0
+    with precision(DTYPE):
+        closed = _one_step_copy(logits, np.full((3, 1), 60.0), weights, src)
+        opened = _one_step_copy(logits, np.full((3, 1), -60.0), weights, src)
+    np.testing.assert_allclose(np.exp(np.asarray(closed)), softmax, rtol=1e-12)
+    np.testing.assert_allclose(np.exp(np.asarray(opened)), copied, atol=1e-20)

@@ -40,13 +40,23 @@ def _grid():
     return cases
 
 
-GRID = _grid()
+# Copy attention (one joint vocabulary, so equal vocabulary sizes) in both decoder styles, tied and untied.
+COPY_CASES = [
+    dict(attention="additive", decoder_style="bahdanau", bridge="dense", bidirectional=True, enc_layers=1,
+         dec_layers=1, tie_output_embedding=False),
+    dict(attention="general", decoder_style="luong", bridge="zero", bidirectional=False, enc_layers=2,
+         dec_layers=2, tie_output_embedding=True),
+    dict(attention="dot", decoder_style="bahdanau", bridge="last", bidirectional=True, enc_layers=1,
+         dec_layers=1, tie_output_embedding=True),
+]
+GRID = _grid() + [dict(case, copy_attention=True, src_vocab_size=13) for case in COPY_CASES]
 
 
 def _case_id(case):
     return "-".join([case["attention"], case["decoder_style"], case["bridge"],
                      "bi" if case["bidirectional"] else "uni", f"enc{case['enc_layers']}",
-                     f"dec{case['dec_layers']}", "tied" if case["tie_output_embedding"] else "untied"])
+                     f"dec{case['dec_layers']}", "tied" if case["tie_output_embedding"] else "untied"]
+                    + (["copy"] if case.get("copy_attention") else []))
 
 
 def _jax_loss_and_grads(model_config, params, batch):
@@ -115,7 +125,7 @@ def test_loss_matches(dtype, label_smoothing):
     check("loss", dtype, float(loss_sum), float(ref_sum))
 
 
-@pytest.mark.parametrize("case", [GRID[0], GRID[7], GRID[14]], ids=_case_id)
+@pytest.mark.parametrize("case", [GRID[0], GRID[7], GRID[14], GRID[18]], ids=_case_id)
 def test_padding_changes_no_real_output(case):
     config = tiny_config("float32", **case)
     batch = make_batch(config)
@@ -132,7 +142,7 @@ def test_padding_changes_no_real_output(case):
         check("padding", "float32", ref_long[row, :length], ref_short[row, :length])
 
 
-@pytest.mark.parametrize("case", [GRID[1], GRID[4], GRID[17]], ids=_case_id)
+@pytest.mark.parametrize("case", [GRID[1], GRID[4], GRID[17], GRID[19]], ids=_case_id)
 def test_round_trips(case):
     config = tiny_config("float32", **case)
     with precision("float32"):

@@ -27,9 +27,13 @@ EOS = 3
 SRC_LENS = (5, 2, 4, 1, 3)
 
 
-def _model_pair(dtype: str):
-    """A Luong/general model whose EOS is likely enough that hypotheses end both by EOS and by length."""
-    config = tiny_config(dtype, decoder_style="luong", attention="general", enc_layers=2, dec_layers=2)
+def _model_pair(dtype: str, copy: bool = False):
+    """A Luong/general model whose EOS is likely enough that hypotheses end both by EOS and by length; with
+    ``copy``, a Bahdanau model with copy attention (the search then ranks mixture log-probabilities)."""
+    if copy:
+        config = tiny_config(dtype, copy_attention=True, src_vocab_size=13)
+    else:
+        config = tiny_config(dtype, decoder_style="luong", attention="general", enc_layers=2, dec_layers=2)
     reference, _ = make_pair(config, "torch->flax", seed=7)
     with torch.no_grad():
         reference.output.bias[EOS] += 2.0
@@ -40,12 +44,12 @@ def _model_pair(dtype: str):
 
 
 @functools.cache
-def _models(dtype: str):
-    return _model_pair(dtype)
+def _models(dtype: str, copy: bool = False):
+    return _model_pair(dtype, copy)
 
 
-def _jax_search(dtype, src, src_len, **settings):
-    _, _, model = _models(dtype)
+def _jax_search(dtype, src, src_len, copy=False, **settings):
+    _, _, model = _models(dtype, copy)
     bound = max_len_bound_for(src_len, settings["max_len_a"], settings["max_len_b"])
     with precision(dtype):
         # What Translator runs: memory, keys and mask once per sentence, only h, c, feed, attention per beam.
@@ -67,11 +71,14 @@ def _settings_id(settings):
     return f"K{settings['beam_size']}-a{settings['length_penalty']}-min{settings['min_len']}"
 
 
-@pytest.mark.parametrize("settings", SETTINGS, ids=_settings_id)
-def test_beam_nbest_matches_torch_float64(settings):
-    config, reference, _ = _models("float64")
+@pytest.mark.parametrize(("settings", "copy"), [(settings, False) for settings in SETTINGS]
+                         + [(SETTINGS[index], True) for index in (1, 4, 8)],
+                         ids=[_settings_id(settings) for settings in SETTINGS]
+                         + [f"{_settings_id(SETTINGS[index])}-copy" for index in (1, 4, 8)])
+def test_beam_nbest_matches_torch_float64(settings, copy):
+    config, reference, _ = _models("float64", copy)
     batch = make_batch(config, src_lens=SRC_LENS, tgt_lens=(1,) * len(SRC_LENS), seed=1)
-    result = jax.device_get(_jax_search("float64", batch.src, batch.src_len, **settings))
+    result = jax.device_get(_jax_search("float64", batch.src, batch.src_len, copy, **settings))
     tensors = batch.torch()
     with torch.no_grad():
         state = reference.init_decode_state(tensors["src"], tensors["src_len"])

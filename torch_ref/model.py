@@ -171,6 +171,8 @@ class Seq2Seq(nn.Module):
         self.readout = nn.Linear(readout_in, config.readout_size, bias=not luong)
         self.readout_dropout = nn.Dropout(config.readout_dropout)
         self.output = nn.Linear(config.readout_size, config.tgt_vocab_size)
+        if config.copy_attention:
+            self.copy_gate = nn.Linear(config.readout_size, 1)  # p_gen = sigmoid(copy_gate(r_t))
 
         self.to(dtype)
         if config.tie_output_embedding:
@@ -242,13 +244,15 @@ class Seq2Seq(nn.Module):
         """Encode and build the decoder state (see docs/model.md, "Decoder state").
 
         Returns a dict whose every value is batch-leading: ``memory [B, S, M]``, ``keys [B, S, K]``,
-        ``src_mask [B, S]`` (bool), ``h``/``c [B, L_dec, H_dec]``, ``feed [B, R]`` (zeros) and
-        ``attention [B, S]`` (zeros).
+        ``src_mask [B, S]`` (bool), ``h``/``c [B, L_dec, H_dec]``, ``feed [B, R]`` (zeros),
+        ``attention [B, S]`` (zeros) and, with ``copy_attention``, the source ids ``src [B, S]``.
         """
         memory, (h_n, c_n) = self.encode(src, src_len)
         h0, c0 = self.bridge(h_n, c_n)
         batch, max_src_len, _ = memory.shape
+        copy_state = {"src": src} if self.config.copy_attention else {}
         return {
+            **copy_state,
             "memory": memory,
             "keys": self.attention.keys(memory),
             "src_mask": lengths_to_mask(src_len.to(memory.device), max_src_len),
@@ -260,6 +264,7 @@ class Seq2Seq(nn.Module):
 
     def decode_step(self, state: DecodeState, tokens: torch.Tensor) -> tuple[torch.Tensor, DecodeState]:
         """One decoder step: previous tokens ``[batch]`` -> ``logits [batch, V_tgt]`` and the new state.
+        With ``copy_attention`` the "logits" are the copy mechanism's log-probabilities (``copy_log_probs``).
 
         ``new_state['attention']`` holds this step's weights ``[batch, S]``; ``new_state['feed']`` is this
         step's (dropped) readout ``r_t``, the next step's input feeding for Luong.
@@ -284,6 +289,8 @@ class Seq2Seq(nn.Module):
 
         readout = self.readout_dropout(torch.tanh(self.readout(readout_input)))  # r_t, [batch, R]
         logits = self.output(readout)
+        if self.config.copy_attention:
+            logits = copy_log_probs(logits, self.copy_gate(readout), weights, state["src"])
         new_state = {
             **state,
             "h": h.transpose(0, 1),
@@ -320,6 +327,26 @@ class Seq2Seq(nn.Module):
         if return_attention:
             return logits, torch.stack(step_attention, dim=1)
         return logits
+
+
+def copy_log_probs(
+    logits: torch.Tensor, gate_logit: torch.Tensor, weights: torch.Tensor, src: torch.Tensor
+) -> torch.Tensor:
+    """``log(p_gen · softmax(logits) + (1 - p_gen) · Σ_{j: src_j = v} α_j)`` with ``p_gen = σ(gate_logit)``
+    (docs/model.md, "Copy attention").
+
+    ``logits [batch, V]``, ``gate_logit [batch, 1]``, ``weights [batch, S]``, ``src [batch, S]`` ids ->
+    ``[batch, V]`` in float32 (float64 for a float64 model), as a ``logaddexp`` of the two terms; ids no
+    attention reaches have copy term ``-inf``.
+    """
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    copy = weights.new_zeros(logits.shape, dtype=dtype).scatter_add(-1, src, weights.to(dtype))
+    reached = copy > 0
+    log_copy = torch.where(reached, torch.where(reached, copy, torch.ones_like(copy)).log(),
+                           torch.full_like(copy, float("-inf")))
+    gate = gate_logit.to(dtype)
+    return torch.logaddexp(F.logsigmoid(gate) + torch.log_softmax(logits.to(dtype), dim=-1),
+                           F.logsigmoid(-gate) + log_copy)
 
 
 def sequence_loss(
