@@ -53,7 +53,7 @@ def four_devices(tmp_path_factory) -> tuple[dict, Path]:
     return run_support(4, "steps", str(out)), out
 
 
-@pytest.mark.parametrize("mesh", ["data4", "data2_model2"])
+@pytest.mark.parametrize("mesh", ["data4", "data2_model2", "data2_model2_copy"])
 def test_sharded_step_equals_single_device_step(four_devices, mesh):
     result = four_devices[0][mesh]
     first, every = result["first_step"], result["all_steps"]
