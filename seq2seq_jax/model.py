@@ -208,14 +208,9 @@ class Seq2Seq(nnx.Module):
         return dropout(readout, self.config.readout_dropout, rng)
 
     def _copy(self, logits: jax.Array, readout: jax.Array, weights: jax.Array, src: jax.Array) -> jax.Array:
-        """With ``copy_attention``: the output ``log p [..., V]`` of ``copy_log_probs`` from ``logits [..., V]``,
-        the readout ``[..., R]`` (the gate's input), the attention ``weights [..., S]`` (``...`` is ``B, T`` or
-        one step's ``N``) and the source ids ``src [B or N, S]``; otherwise ``logits`` unchanged."""
-        if not self.config.copy_attention:
-            return logits
-        if logits.ndim == 2:  # one decoder step: [N, ...] as [N, 1, ...]
-            return copy_log_probs(logits[:, None], _linear(self.copy_gate, readout)[:, None], weights[:, None],
-                                  src)[:, 0]
+        """Copy attention's output ``log p [B, T, V]`` (``copy_log_probs``) from ``logits [B, T, V]``, the readout
+        ``[B, T, R]`` (the gate's input), the attention ``weights [B, T, S]`` and the source ids ``src [B, S]``.
+        ``T`` is the target length in teacher forcing and a sentence's hypotheses in ``decode_step``."""
         return copy_log_probs(logits, _linear(self.copy_gate, readout), weights, src)
 
     def init_decode_state(self, src: jax.Array, src_len: jax.Array) -> dict[str, jax.Array]:
@@ -291,8 +286,10 @@ class Seq2Seq(nnx.Module):
             logits = self.output.from_transposed(readout, kernels_t["output"])
         else:
             logits = self.output(readout, self.tgt_embed.embedding[...])
-        if self.config.copy_attention:
-            logits = self._copy(logits, readout, weights, jnp.repeat(state["src"], rows // sentences, axis=0))
+        if self.config.copy_attention:  # the hypotheses of a sentence share its one row of source ids
+            grouped = (sentences, rows // sentences, -1)
+            logits = self._copy(logits.reshape(grouped), readout.reshape(grouped), weights.reshape(grouped),
+                                state["src"]).reshape(rows, -1)
         new_state = dict(state, h=jnp.stack(h, axis=1), c=jnp.stack(c, axis=1), feed=readout)
         if "attention" in state:
             new_state["attention"] = weights.astype(state["attention"].dtype)
@@ -365,7 +362,8 @@ class Seq2Seq(nnx.Module):
             readout = readout.transpose(1, 0, 2)
         logits = self.output(readout, self.tgt_embed.embedding[...])
         weights = weights.transpose(1, 0, 2)  # [B, T, S]
-        logits = self._copy(logits, readout, weights, src)
+        if config.copy_attention:
+            logits = self._copy(logits, readout, weights, src)
         return (logits, weights) if return_attention else logits
 
 
