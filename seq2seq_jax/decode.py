@@ -268,17 +268,19 @@ def _top_k_by_argmax(values: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     """
     neg_inf = jnp.array(-jnp.inf, values.dtype)
     positions = jnp.arange(values.shape[1])
-    taken = jnp.zeros(values.shape, bool)
+    taken = None  # [N, W] bool once a pass has picked; None before, so no reduction runs over a constant
     picked_values, picked = [], []
     for _ in range(k):
-        masked = jnp.where(taken, neg_inf, values)
-        index = jnp.argmax(masked, axis=1)
-        best = jnp.max(masked, axis=1)
-        index = jnp.where(best == neg_inf, jnp.argmin(taken, axis=1), index)
+        if taken is None:
+            index = jnp.argmax(values, axis=1)  # the first maximum: index 0 when all are -inf
+        else:
+            masked = jnp.where(taken, neg_inf, values)
+            index = jnp.argmax(masked, axis=1)
+            index = jnp.where(jnp.max(masked, axis=1) == neg_inf, jnp.argmin(taken, axis=1), index)
         hit = positions[None, :] == index[:, None]
         picked_values.append(jnp.max(jnp.where(hit, values, neg_inf), axis=1))
         picked.append(index)
-        taken = taken | hit
+        taken = hit if taken is None else taken | hit
     return jnp.stack(picked_values, axis=1), jnp.stack(picked, axis=1).astype(jnp.int32)
 
 
