@@ -64,7 +64,7 @@ class _JsonConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig(_JsonConfig):
-    """The encoder-attention-decoder of DESIGN.md (defaults: a small model, right for the built-in demo).
+    """The encoder-attention-decoder of docs/model.md (defaults: a small model, right for the built-in demo).
 
     Vocabulary sizes of 0 mean "not resolved yet" (they come from the tokenizer); a model can only be
     built from a config whose sizes are positive (see ``require_resolved``).

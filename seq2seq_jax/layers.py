@@ -71,24 +71,6 @@ class LSTMWeights(nnx.Module):
         bias = (self.b_ih[...] + self.b_hh[...]).astype(self.compute_dtype)
         return x.astype(self.compute_dtype) @ w_ih + bias
 
-    def partial_input(self, x: jax.Array, rows: slice) -> jax.Array:
-        """``x @ w_ih[rows]`` without biases, for the part of the input known only inside the scan."""
-        return x.astype(self.compute_dtype) @ self.w_ih[...][rows].astype(self.compute_dtype)
-
-    def recurrent(self, h: jax.Array) -> jax.Array:
-        """``h [..., H] @ w_hh -> [..., 4H]``."""
-        return h @ self.w_hh[...].astype(self.compute_dtype)
-
-
-def reverse_padded(x: jax.Array, lengths: jax.Array) -> jax.Array:
-    """Reverse each sequence of ``x [B, T, ...]`` within its length; padded positions stay in place.
-
-    Applying it twice is the identity. This is how the backward direction starts at the last real token.
-    """
-    time = jnp.arange(x.shape[1])[None, :]
-    index = jnp.where(time < lengths[:, None], lengths[:, None] - 1 - time, time)
-    index = index.reshape(index.shape + (1,) * (x.ndim - 2))
-    return jnp.take_along_axis(x, index, axis=1)
 
 
 class EncoderLayer(nnx.Module):

@@ -58,13 +58,8 @@ class Encoder(nnx.Module):
         self.layers = nnx.List([EncoderLayer(size, config, rngs=rngs) for size in sizes])
         self.rnn_dropout = config.rnn_dropout
 
-    def __call__(self, x: jax.Array, src_len: jax.Array, dropout_rng: jax.Array | None = None):
-        """``x [B, S, E_src]`` -> ``memory [B, S, M]``, ``h_n, c_n [L_enc, D, B, H_enc]``."""
-        memory, h_n, c_n = self.time_major(x.transpose(1, 0, 2), src_len, dropout_rng)
-        return memory.transpose(1, 0, 2), h_n, c_n
-
     def time_major(self, x: jax.Array, src_len: jax.Array, dropout_rng: jax.Array | None = None):
-        """``__call__`` on time-major ``x [S, B, E_src]`` -> ``memory [S, B, M]`` and the final states."""
+        """Time-major ``x [S, B, E_src]`` -> ``memory [S, B, M]``, ``h_n, c_n [L_enc, D, B, H_enc]``."""
         finals_h, finals_c = [], []
         for index, layer in enumerate(self.layers):
             if index > 0 and dropout_rng is not None:

@@ -98,11 +98,6 @@ def init_train_state(params: dict, optimizer: optax.GradientTransformation, seed
                       rng=jax.random.key_data(jax.random.key(seed)))
 
 
-def nonfinite_count(opt_state) -> jax.Array:
-    """Consecutive non-finite steps recorded by ``optax.apply_if_finite``."""
-    return opt_state.notfinite_count
-
-
 def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, label_smoothing: float):
     """Return the pure ``train_step(state, batch) -> (state, metrics)``.
 
