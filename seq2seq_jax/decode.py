@@ -235,13 +235,13 @@ TOP_K_CHUNK = 64
 def _top_k(values: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     """``lax.top_k(values, k)`` -- the ``k`` largest per row, ties to the lower index -- without sorting the row.
 
-    values ``[N, W]`` -> ``(top values [N, k], indices [N, k] int32)``, equal to ``lax.top_k``'s. XLA:CPU
-    lowers ``lax.top_k`` to a stable sort of the whole row; for beam 5 over 8,000 tokens (``W`` = 40,000)
-    that sort was half of a beam-search step (docs/benchmarks.md). Here the row is cut into chunks of
-    ``TOP_K_CHUNK`` entries (the last padded with -inf); one pass takes every chunk's maximum; only the ``k``
-    chunks with the largest maxima (ties: lower chunk) are searched, in index order. That is exact: an entry
-    of the top ``k`` lies in one of those chunks, since every chunk ranked above its own holds an entry
-    (its maximum) that ranks above it -- larger, or equal and at a lower index.
+    values ``[N, W]`` -> ``(top values [N, k], indices [N, k] int32)``, equal to ``lax.top_k``'s. Inside a
+    loop XLA:CPU lowers ``lax.top_k`` to a stable sort of the whole row (``W = K·V``), a large part of a
+    beam-search step (docs/benchmarks.md). Here the row is cut into chunks of ``TOP_K_CHUNK`` entries (the
+    last padded with -inf); one pass takes every chunk's maximum; only the ``k`` chunks with the largest
+    maxima (ties: lower chunk) are searched, in index order. That is exact: an entry of the top ``k`` lies
+    in one of those chunks, since every chunk ranked above its own holds an entry (its maximum) that ranks
+    above it -- larger, or equal and at a lower index.
     """
     rows, width = values.shape
     chunk = min(TOP_K_CHUNK, width)

@@ -230,9 +230,8 @@ class Seq2Seq(nnx.Module):
         bias)] per decoder layer, "output": W_o^T [V, R]}``.
 
         With a few hypothesis rows (``1 < N <= SKINNY_ROWS``, a beam of one sentence) XLA:CPU computes
-        ``kernel^T · x^T`` two to three times faster than ``x · kernel`` (``_matmul_transposed``). Built once per
-        model -- ``Translator`` does -- and handed to ``search_state``, so that no search call transposes them
-        again (docs/benchmarks.md).
+        ``kernel^T · x^T`` faster than ``x · kernel`` (``_matmul_transposed``). Built once per model --
+        ``Translator`` does -- and handed to ``search_state``, so that no search call transposes them again.
         """
         output_t = self.tgt_embed.embedding[...] if self.output.tied else self.output.kernel[...].T
         return {"loop": [(kernel.T, bias) for kernel, bias in self._loop_kernels(embedding_rows=True)],
@@ -298,8 +297,8 @@ class Seq2Seq(nnx.Module):
         ``h, c [B, L, H]``, ``feed [B, R]`` and, when ``with_attention``, ``attention [B, S]``.
         ``step(state, tokens)`` is ``decode_step`` closed over the sentence-level ``memory``, ``keys``,
         ``src_mask`` (and ``src`` for copy attention; ``[B, ...]``, one copy per sentence however many
-        hypotheses); it returns the per-hypothesis state only. For a 400-token source the memory and keys of a
-        beam were most of the bytes a step moved. ``kernels_t``: ``decode_kernels()``, computed once outside the search.
+        hypotheses); it returns the per-hypothesis state only, so that search never copies or reorders the
+        ``[B, S, ...]`` encoder tensors per beam. ``kernels_t``: ``decode_kernels()``, computed once outside the search.
         """
         full = self.init_decode_state(src, src_len)
         sentence = {name: full[name] for name in SENTENCE_STATE if name in full}
@@ -373,10 +372,8 @@ SKINNY_ROWS = 32
 
 def _matmul_transposed(x: jax.Array, kernel_t: jax.Array) -> jax.Array:
     """``x [N, K] @ kernel_t.T`` for a kernel given transposed, ``kernel_t [M, K]`` (``Seq2Seq.decode_kernels``),
-    computed as ``(kernel_t · x^T)^T``. In a microbenchmark (2 threads) XLA:CPU runs that form 2-3x faster than
-    ``x · kernel`` for a few rows (``[5, 1792] x [1792, 2048]``: 0.9 vs 3.6 ms; ``[5, 512] x [512, 8000]``:
-    1.7 vs 2.9 ms); inside the search XLA may fold the transposes differently (the profile in
-    docs/benchmarks.md is what counts)."""
+    computed as ``(kernel_t · x^T)^T``: for a few rows XLA:CPU runs that product over the kernel's long side,
+    faster than ``x · kernel`` (docs/benchmarks.md, "Few-row products")."""
     return jax.lax.dot_general(kernel_t, x, (((1,), (1,)), ((), ()))).T
 
 

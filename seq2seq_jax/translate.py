@@ -19,7 +19,7 @@ from flax import nnx
 
 from seq2seq_jax.config import DecodeConfig
 from seq2seq_jax.data import round_up, source_batches
-from seq2seq_jax.decode import beam_search, greedy_search, max_len_bound_for, sample
+from seq2seq_jax.decode import EOS_ID, beam_search, greedy_search, max_len_bound_for, sample
 from seq2seq_jax.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class Translator:
                 for rank in range(tokens.shape[1]):
                     length = int(lengths[row, rank])
                     ids = [int(t) for t in tokens[row, rank, :length]]
-                    if ids and ids[-1] == 3:
+                    if ids and ids[-1] == EOS_ID:
                         ids = ids[:-1]
                     weights = None
                     if with_attention and attention is not None:
