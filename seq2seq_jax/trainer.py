@@ -14,13 +14,14 @@ and hands over only its own rows), and the steps are jitted with those shardings
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -32,7 +33,7 @@ from seq2seq_jax import parallel
 from seq2seq_jax.config import ExperimentConfig
 from seq2seq_jax.metrics import corpus_bleu, exact_match, perplexity
 from seq2seq_jax.tasks import task_splits
-from seq2seq_jax.tokenizer import build_tokenizers, load_tokenizers
+from seq2seq_jax.tokenizer import Tokenizer, build_tokenizers, load_tokenizers
 from seq2seq_jax.train import make_eval_step, make_optimizer, make_train_step
 from seq2seq_jax.translate import Translator
 from seq2seq_jax.workdir import Workdir, fresh_train_state
@@ -65,15 +66,18 @@ def _batch_arrays(batch: data_lib.Batch) -> dict[str, np.ndarray]:
 
 
 class MetricsLog:
-    """Append-only JSONL plus TensorBoard scalars (one writer per run)."""
+    """Append-only JSONL plus TensorBoard scalars (one writer per run); ``run=None`` writes nothing (the
+    processes other than process 0)."""
 
-    def __init__(self, run: Workdir):
+    def __init__(self, run: Workdir | None):
         from tensorboardX import SummaryWriter
 
-        self.path = run.metrics_path
-        self.writer = SummaryWriter(str(run.tensorboard_dir))
+        self.path = None if run is None else run.metrics_path
+        self.writer = None if run is None else SummaryWriter(str(run.tensorboard_dir))
 
     def write(self, record: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
         for key, value in record.items():
@@ -82,7 +86,8 @@ class MetricsLog:
         self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 class _SigtermFlag:
@@ -138,20 +143,185 @@ def _quiet(*_args, **_kwargs) -> None:
     pass
 
 
-def train(config: ExperimentConfig, workdir: str | Path, log=print, mesh: Mesh | None = None) -> dict[str, float]:
-    """Train (or resume) in ``workdir``; returns the last validation metrics (empty without validation).
+def _due(step: int, every: int, last_step: int) -> bool:
+    """Whether an action that runs every ``every`` steps, and at the last step, runs at ``step``."""
+    return step % every == 0 or step == last_step
 
-    ``mesh``: the ``(data, model)`` device mesh (``parallel.make_mesh``); default, every device on the
-    ``data`` axis. ``data.batch_size`` is the global batch and must be divisible by the ``data`` axis. In a
-    multi-host run (``parallel.initialize_distributed`` called first) every process calls ``train`` with
-    the same arguments and a workdir on a filesystem they share; ``log`` is called on process 0 only.
+
+@dataclasses.dataclass
+class MetricsWindow:
+    """The training metrics summed since the last log record, and the time it started."""
+
+    loss_sum: float = 0.0
+    tokens: float = 0.0
+    grad_norm: float = 0.0
+    steps: int = 0
+    start: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def add(self, metrics: dict[str, Any]) -> None:
+        """Add one finite step's ``train_step`` metrics (fetched to the host)."""
+        self.loss_sum += float(metrics["loss_sum"])
+        self.tokens += float(metrics["tokens"])
+        self.grad_norm += float(metrics["grad_norm"])
+        self.steps += 1
+
+    def record(self, step: int) -> dict[str, Any]:
+        """The log record of the window: loss and perplexity per token, mean gradient norm, tokens/s."""
+        elapsed = time.perf_counter() - self.start
+        return {"step": step, "train_loss": self.loss_sum / max(self.tokens, 1.0),
+                "train_ppl": perplexity(self.loss_sum, self.tokens),
+                "grad_norm": self.grad_norm / max(self.steps, 1), "tokens_per_s": self.tokens / max(elapsed, 1e-9)}
+
+
+@dataclasses.dataclass
+class EarlyStopping:
+    """The best validation value so far, its step, and the validations since it last improved.
+
+    ``patience`` validations in a row without improvement stop training (0: never). ``state()`` is what a
+    checkpoint keeps as ``extra["best"]`` (``{"value", "step", "bad_evals"}``), ``restore`` reads it back.
     """
-    mesh = parallel.make_mesh() if mesh is None else mesh
-    main_process = parallel.is_main_process()
-    log = log if main_process else _quiet
-    train_cfg, data_cfg = config.train, config.data
-    parallel.check_batch_size(data_cfg.batch_size, mesh)
-    run = Workdir(Path(workdir))
+
+    mode: str  # "min" or "max": the direction of improvement
+    patience: int
+    value: float | None = None
+    step: int | None = None
+    bad_evals: int = 0
+
+    def update(self, value: float, step: int) -> bool:
+        """Record a validation; returns whether it is the best so far."""
+        improved = self.value is None or (value < self.value if self.mode == "min" else value > self.value)
+        if improved:
+            self.value, self.step, self.bad_evals = value, step, 0
+        else:
+            self.bad_evals += 1
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        return bool(self.patience) and self.bad_evals >= self.patience
+
+    def state(self) -> dict[str, Any]:
+        return {"value": self.value, "step": self.step, "bad_evals": self.bad_evals}
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        self.value, self.step, self.bad_evals = saved["value"], saved["step"], saved["bad_evals"]
+
+
+class NonFiniteGuard:
+    """Skips steps whose loss or gradient is not finite (``train_step`` leaves the state unchanged) and
+    aborts training after ``limit`` of them in a row."""
+
+    def __init__(self, limit: int, log):
+        self.limit = limit
+        self.log = log
+        self.in_a_row = 0
+
+    def accept(self, metrics: dict[str, Any], step: int) -> bool:
+        """Whether ``step`` was finite; raises TrainingAborted at the limit of non-finite steps."""
+        if int(metrics["finite"]):
+            self.in_a_row = 0
+            return True
+        self.in_a_row += 1
+        self.log(f"step {step}: non-finite loss or gradient, update skipped "
+                 f"({self.in_a_row} in a row, limit {self.limit})")
+        if self.in_a_row >= self.limit:
+            raise TrainingAborted(
+                f"{self.in_a_row} non-finite steps in a row (train.max_nonfinite_steps={self.limit}); stopped at "
+                f"step {step} without saving it. Lower train.learning_rate or check the data; the last good "
+                "checkpoint is kept.")
+        return False
+
+
+class Validation:
+    """Validation loss and perplexity over the whole validation set; BLEU and exact match of the greedy (or
+    configured) decoding of its first ``train.valid_sample_size`` pairs, three of them logged."""
+
+    def __init__(self, eval_step, examples, pairs: list[tuple[str, str]], translator: Translator,
+                 config: ExperimentConfig, mesh: Mesh, log):
+        self.eval_step, self.examples, self.translator = eval_step, examples, translator
+        self.mesh, self.log = mesh, log
+        self.sample = pairs[: config.train.valid_sample_size]
+        self.batch_size, self.bucket_widths = config.data.batch_size, config.data.bucket_widths
+        self.batch_sharding = parallel.batch_sharding(mesh)
+
+    def __call__(self, params) -> dict[str, float]:
+        loss_sum = tokens = 0.0
+        for batch in data_lib.eval_batches(self.examples, self.batch_size, self.bucket_widths):
+            batch_sum, batch_tokens = self.eval_step(params, parallel.shard_batch(_batch_arrays(batch),
+                                                                                  self.batch_sharding))
+            loss_sum += float(batch_sum)
+            tokens += float(batch_tokens)
+        # Every process decodes the whole sample on one of its own devices (the same numbers everywhere, so
+        # that early stopping and the best checkpoint are decided alike); one device needs no copy.
+        self.translator.params = params if self.mesh.size == 1 else parallel.local_copy(params)
+        hyps = self.translator.translate_best([src for src, _ in self.sample])
+        refs = [tgt for _, tgt in self.sample]
+        bleu, _ = corpus_bleu(hyps, refs)
+        result = {"valid_loss": loss_sum / max(tokens, 1.0), "valid_ppl": perplexity(loss_sum, tokens),
+                  "valid_bleu": bleu, "valid_exact_match": exact_match(hyps, refs)}
+        for (src, ref), hyp in list(zip(self.sample, hyps, strict=True))[:3]:
+            self.log(f"  src: {src}\n  ref: {ref}\n  hyp: {hyp}")
+        return result
+
+
+class TrainingCheckpoints:
+    """The workdir's checkpoints, each with what resuming needs beside the train state: the data iterator's
+    position, the early-stopping record and the config (``extra``)."""
+
+    def __init__(self, checkpointer, iterator: data_lib.BatchIterator, early_stopping: EarlyStopping,
+                 config: ExperimentConfig):
+        self.checkpointer, self.iterator, self.early_stopping, self.config = (checkpointer, iterator,
+                                                                              early_stopping, config)
+
+    def restore(self, target) -> tuple[int, Any] | None:
+        """``(step, state)`` of the latest checkpoint, the iterator and early stopping set back; None if none."""
+        if self.checkpointer.latest_step() is None:
+            return None
+        step, state, extra = self.checkpointer.restore(None, target=target)
+        if "data_state" in extra:  # absent in a checkpoint made by import-torch: the data starts afresh
+            self.iterator.restore(extra["data_state"])
+        if "best" in extra:
+            self.early_stopping.restore(extra["best"])
+        return step, state
+
+    def save(self, step: int, state, metrics: dict[str, float] | None = None) -> None:
+        extra = {"data_state": self.iterator.state(), "best": self.early_stopping.state(),
+                 "config": self.config.to_dict()}
+        self.checkpointer.save(step, state, extra=extra, metrics=metrics, force=True)
+
+    def latest_step(self) -> int | None:
+        return self.checkpointer.latest_step()
+
+    def close(self) -> None:
+        self.checkpointer.wait_until_finished()
+        self.checkpointer.close()
+
+
+class TrainingData(NamedTuple):
+    """What ``_prepare_data`` reads and encodes for a run."""
+
+    config: ExperimentConfig          # with the vocabulary sizes of the tokenizers
+    src_tokenizer: Tokenizer
+    tgt_tokenizer: Tokenizer
+    iterator: data_lib.BatchIterator  # the training batches
+    valid_examples: list              # encoded validation pairs
+    valid_pairs: list[tuple[str, str]]  # the text of those that were kept
+
+
+@contextlib.contextmanager
+def _closed_on_abort(checkpoints: TrainingCheckpoints, metrics_log: MetricsLog):
+    """Finish pending checkpoints and close the metrics log when training aborts (TrainingAborted)."""
+    try:
+        yield
+    except TrainingAborted:
+        checkpoints.close()
+        metrics_log.close()
+        raise
+
+
+def _prepare_data(config: ExperimentConfig, run: Workdir, main_process: bool, log) -> TrainingData:
+    """Tokenizers, config and encoded data, prepared by process 0 first (it writes the workdir)."""
+    data_cfg = config.data
     if main_process:
         config, src_tok, tgt_tok, train_pairs, valid_pairs = prepare_run(config, run, log)
     parallel.sync_processes("seq2seq_jax: workdir prepared")  # process 0 has written tokenizers and config
@@ -164,144 +334,100 @@ def train(config: ExperimentConfig, workdir: str | Path, log=print, mesh: Mesh |
     if valid_report is not None:
         log(valid_report.summary())
     kept_valid_pairs = [valid_pairs[i] for i in valid_report.kept_indices] if valid_report else []
-
     iterator = data_lib.BatchIterator(train_examples, data_cfg.batch_size, data_cfg.bucket_widths, data_cfg.seed)
     shapes = iterator.padded_shapes()
     log(f"batches: {iterator.batches_per_epoch} per epoch of {data_cfg.batch_size} rows; "
         f"{len(shapes)} padded shapes, so at most {len(shapes)} compiled train programs")
-    log(f"{parallel.describe(mesh)}; {data_cfg.batch_size // parallel.data_size(mesh)} rows per device; "
+    return TrainingData(config, src_tok, tgt_tok, iterator, valid_examples, kept_valid_pairs)
+
+
+def _initial_state(config: ExperimentConfig, run: Workdir, mesh: Mesh, checkpoints: TrainingCheckpoints, log):
+    """``(graphdef, train state on the mesh, its shardings)``: the latest checkpoint's state, else a fresh one."""
+    graphdef, host_state = fresh_train_state(config)
+    shardings = parallel.state_shardings(host_state, mesh)
+    restored = checkpoints.restore(parallel.abstract_like(host_state, shardings))
+    if restored is None:
+        return graphdef, parallel.place(host_state, shardings), shardings
+    log(f"resumed from step {restored[0]} in {run.path}")
+    return graphdef, restored[1], shardings
+
+
+def train(config: ExperimentConfig, workdir: str | Path, log=print, mesh: Mesh | None = None) -> dict[str, float]:
+    """Train (or resume) in ``workdir``; returns the last validation metrics (empty without validation).
+
+    ``mesh``: the ``(data, model)`` device mesh (``parallel.make_mesh``); default, every device on the
+    ``data`` axis. ``data.batch_size`` is the global batch and must be divisible by the ``data`` axis. In a
+    multi-host run (``parallel.initialize_distributed`` called first) every process calls ``train`` with
+    the same arguments and a workdir on a filesystem they share; ``log`` is called on process 0 only.
+    """
+    mesh = parallel.make_mesh() if mesh is None else mesh
+    main_process = parallel.is_main_process()
+    log = log if main_process else _quiet
+    parallel.check_batch_size(config.data.batch_size, mesh)
+    run = Workdir(Path(workdir))
+    data = _prepare_data(config, run, main_process, log)
+    config, train_cfg = data.config, data.config.train
+    log(f"{parallel.describe(mesh)}; {config.data.batch_size // parallel.data_size(mesh)} rows per device; "
         f"compute {config.model.compute_dtype}, parameters {config.model.param_dtype}")
 
-    graphdef, host_state = fresh_train_state(config)
-    state_shardings = parallel.state_shardings(host_state, mesh)
-    param_shardings = state_shardings.params
+    early_stopping = EarlyStopping(train_cfg.best_mode, train_cfg.patience)
+    checkpoints = TrainingCheckpoints(run.checkpointer(config), data.iterator, early_stopping, config)
+    graphdef, state, state_shardings = _initial_state(config, run, mesh, checkpoints, log)
     batch_sharding = parallel.batch_sharding(mesh)
-    optimizer = make_optimizer(train_cfg)
-    checkpoints = run.checkpointer(config)
-    best = {"value": None, "step": None, "bad_evals": 0}
-    if checkpoints.latest_step() is not None:
-        step, state, extra = checkpoints.restore(None, target=parallel.abstract_like(host_state, state_shardings))
-        if "data_state" in extra:  # absent in a checkpoint made by import-torch: the data starts afresh
-            iterator.restore(extra["data_state"])
-        best = extra.get("best", best)
-        log(f"resumed from step {step} in {run.path}")
-    else:
-        state = parallel.place(host_state, state_shardings)
-    del host_state
-    train_step = parallel.jit_train_step(make_train_step(graphdef, optimizer, train_cfg.label_smoothing), mesh,
-                                         state_shardings)
-    eval_step = parallel.jit_eval_step(make_eval_step(graphdef), mesh, param_shardings)
-    translator = Translator(graphdef, None, src_tok, tgt_tok, config.decode, data_cfg.bucket_width)
-    metrics_log = MetricsLog(run) if main_process else None
-
-    def write_metrics(record: dict[str, Any]) -> None:
-        if metrics_log is not None:
-            metrics_log.write(record)
-
-    def close_logs() -> None:
-        if metrics_log is not None:
-            metrics_log.close()
-
-    def validate(step: int) -> dict[str, float]:
-        loss_sum = tokens = 0.0
-        for batch in data_lib.eval_batches(valid_examples, data_cfg.batch_size, data_cfg.bucket_widths):
-            batch_sum, batch_tokens = eval_step(state.params, parallel.shard_batch(_batch_arrays(batch),
-                                                                                  batch_sharding))
-            loss_sum += float(batch_sum)
-            tokens += float(batch_tokens)
-        sample = kept_valid_pairs[: train_cfg.valid_sample_size]
-        # Every process decodes the whole sample on one of its own devices (the same numbers everywhere, so
-        # that early stopping and the best checkpoint are decided alike); one device needs no copy.
-        translator.params = state.params if mesh.size == 1 else parallel.local_copy(state.params)
-        hyps = translator.translate_best([src for src, _ in sample])
-        refs = [tgt for _, tgt in sample]
-        bleu, _ = corpus_bleu(hyps, refs)
-        result = {"valid_loss": loss_sum / max(tokens, 1.0), "valid_ppl": perplexity(loss_sum, tokens),
-                  "valid_bleu": bleu, "valid_exact_match": exact_match(hyps, refs)}
-        for (src, ref), hyp in list(zip(sample, hyps, strict=True))[:3]:
-            log(f"  src: {src}\n  ref: {ref}\n  hyp: {hyp}")
-        return result
-
-    def save(step: int, metrics: dict[str, float] | None) -> None:
-        extra = {"data_state": iterator.state(), "best": best, "config": config.to_dict()}
-        checkpoints.save(step, state, extra=extra, metrics=metrics, force=True)
+    train_step = make_train_step(graphdef, make_optimizer(train_cfg), train_cfg.label_smoothing)
+    train_step = parallel.jit_train_step(train_step, mesh, state_shardings)
+    translator = Translator(graphdef, None, data.src_tokenizer, data.tgt_tokenizer, config.decode,
+                            config.data.bucket_width)
+    validate = Validation(parallel.jit_eval_step(make_eval_step(graphdef), mesh, state_shardings.params),
+                          data.valid_examples, data.valid_pairs, translator, config, mesh, log)
+    metrics_log = MetricsLog(run if main_process else None)
+    guard = NonFiniteGuard(train_cfg.max_nonfinite_steps, log)
 
     step = int(state.step)
     last_metrics: dict[str, float] = {}
-    window = {"loss_sum": 0.0, "tokens": 0.0, "grad_norm": 0.0, "steps": 0, "start": time.perf_counter()}
+    window = MetricsWindow()
     seen_shapes: set[tuple[int, int]] = set()
-    consecutive_nonfinite = 0
     stop_reason = "max_steps"
     progress = tqdm(total=train_cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
                     file=sys.stderr, disable=None if main_process else True)
-    with _SigtermFlag() as sigterm:
+    with _SigtermFlag() as sigterm, _closed_on_abort(checkpoints, metrics_log):
         while step < train_cfg.max_steps:
             if parallel.any_process(sigterm.raised):  # every process stops at the same step
                 stop_reason = "SIGTERM"
                 break
-            batch = next(iterator)
+            batch = next(data.iterator)
             seen_shapes.add(batch.src.shape[1:] + batch.tgt_in.shape[1:])
             state, metrics = train_step(state, parallel.shard_batch(_batch_arrays(batch), batch_sharding))
             step += 1
             metrics = jax.device_get(metrics)
-            if not int(metrics["finite"]):
-                consecutive_nonfinite += 1
-                log(f"step {step}: non-finite loss or gradient, update skipped "
-                    f"({consecutive_nonfinite} in a row, limit {train_cfg.max_nonfinite_steps})")
-                if consecutive_nonfinite >= train_cfg.max_nonfinite_steps:
-                    checkpoints.wait_until_finished()
-                    checkpoints.close()
-                    close_logs()
-                    raise TrainingAborted(
-                        f"{consecutive_nonfinite} non-finite steps in a row (train.max_nonfinite_steps="
-                        f"{train_cfg.max_nonfinite_steps}); stopped at step {step} without saving it. Lower "
-                        "train.learning_rate or check the data; the last good checkpoint is kept.")
+            if not guard.accept(metrics, step):
                 continue
-            consecutive_nonfinite = 0
-            window["loss_sum"] += float(metrics["loss_sum"])
-            window["tokens"] += float(metrics["tokens"])
-            window["grad_norm"] += float(metrics["grad_norm"])
-            window["steps"] += 1
+            window.add(metrics)
             progress.update(1)
-            if step % train_cfg.log_every == 0 or step == train_cfg.max_steps:
-                elapsed = time.perf_counter() - window["start"]
-                record = {"step": step, "train_loss": window["loss_sum"] / max(window["tokens"], 1.0),
-                          "train_ppl": perplexity(window["loss_sum"], window["tokens"]),
-                          "grad_norm": window["grad_norm"] / max(window["steps"], 1),
-                          "tokens_per_s": window["tokens"] / max(elapsed, 1e-9),
-                          "compiled_train_programs": len(seen_shapes)}
-                write_metrics(record)
+            if _due(step, train_cfg.log_every, train_cfg.max_steps):
+                record = {**window.record(step), "compiled_train_programs": len(seen_shapes)}
+                metrics_log.write(record)
                 progress.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-                window = {"loss_sum": 0.0, "tokens": 0.0, "grad_norm": 0.0, "steps": 0,
-                          "start": time.perf_counter()}
-            evaluate_now = valid_examples and (step % train_cfg.eval_every == 0 or step == train_cfg.max_steps)
-            if evaluate_now:
-                last_metrics = validate(step)
-                write_metrics({"step": step, **last_metrics})
-                value = last_metrics[train_cfg.best_metric]
-                improved = best["value"] is None or (
-                    value < best["value"] if train_cfg.best_mode == "min" else value > best["value"])
-                if improved:
-                    best.update(value=value, step=step, bad_evals=0)
-                else:
-                    best["bad_evals"] += 1
+                window = MetricsWindow()
+            if data.valid_examples and _due(step, train_cfg.eval_every, train_cfg.max_steps):
+                last_metrics = validate(state.params)
+                metrics_log.write({"step": step, **last_metrics})
+                improved = early_stopping.update(last_metrics[train_cfg.best_metric], step)
                 if main_process:
                     progress.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in last_metrics.items())
                                    + (" (best)" if improved else ""))
-                save(step, last_metrics)
-                if train_cfg.patience and best["bad_evals"] >= train_cfg.patience:
+                checkpoints.save(step, state, last_metrics)
+                if early_stopping.should_stop:
                     stop_reason = f"early stopping: no improvement in {train_cfg.patience} validations"
                     break
             elif step % train_cfg.save_every == 0:
-                save(step, None)
+                checkpoints.save(step, state)
     progress.close()
     if checkpoints.latest_step() != step:
-        save(step, None)
-    checkpoints.wait_until_finished()
+        checkpoints.save(step, state)
     checkpoints.close()
-    close_logs()
+    metrics_log.close()
     log(f"stopped at step {step} ({stop_reason}); compiled train programs: {len(seen_shapes)}; "
-        f"search programs: {translator.compiled_programs}; best {train_cfg.best_metric}: {best['value']} "
-        f"at step {best['step']}")
+        f"search programs: {translator.compiled_programs}; best {train_cfg.best_metric}: {early_stopping.value} "
+        f"at step {early_stopping.step}")
     return last_metrics
-
