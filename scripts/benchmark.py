@@ -1,7 +1,6 @@
 """Side-by-side CPU benchmark: ``seq2seq_jax`` against ``torch_ref``, on this machine, in one run.
 
     python scripts/benchmark.py [--out benchmarks] [--repeats 5] [--threads N] [--profile] [--quick]
-    seq2seq bench [the same options]
 
 Both sides get the same configuration, the same initial weights (converted with ``seq2seq_jax.convert``), the
 same batches and the same number of threads (the process is pinned to ``--threads`` cores, default all, which
@@ -206,10 +205,6 @@ class Peak:
                 "samples": self.samples}
 
 
-def host_batch(batch) -> dict:
-    return {key: getattr(batch, key) for key in ("src", "src_len", "tgt_in", "tgt_out", "tgt_len")}
-
-
 # --------------------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------------------
@@ -295,7 +290,7 @@ def bench_training(name, model_config, batch_size, args, peak, log) -> tuple[dic
     train_config = TrainConfig(schedule="constant", warmup_steps=0, learning_rate=1e-3, max_grad_norm=1.0)
     examples = synthetic_examples(batch_size * 8, model_config.tgt_vocab_size, seed=1)
     iterator = BatchIterator(examples, batch_size, bucket_width=16, seed=0)
-    batches = [host_batch(next(iterator)) for _ in range(iterator.batches_per_epoch)]
+    batches = [next(iterator).arrays() for _ in range(iterator.batches_per_epoch)]
     shapes = {(b["src"].shape, b["tgt_in"].shape) for b in batches}
     assert len(shapes) == 1, shapes
     src_shape, tgt_shape = shapes.pop()
@@ -371,7 +366,7 @@ def bench_compiled_programs(model_config, batch_size, log) -> dict:
     epoch = iterator.epoch
     steps = 0
     while iterator.epoch == epoch:
-        batch = {k: jnp.asarray(v) for k, v in host_batch(next(iterator)).items()}
+        batch = {k: jnp.asarray(v) for k, v in next(iterator).arrays().items()}
         state, metrics = step(state, batch)
         jax.block_until_ready(metrics)
         steps += 1

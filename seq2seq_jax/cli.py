@@ -226,24 +226,6 @@ def cmd_average(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    import runpy
-
-    script = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
-    if not script.is_file():
-        raise FileNotFoundError(f"{script} not found: `seq2seq bench` runs scripts/benchmark.py of a source checkout")
-    argv = []
-    for name in ("out", "repeats", "threads", "sentences_per_round"):
-        if getattr(args, name) is not None:
-            argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    for part in args.skip or []:
-        argv += ["--skip", part]
-    for name in ("profile", "omp_passive", "quick"):
-        if getattr(args, name):
-            argv.append(f"--{name.replace('_', '-')}")
-    return runpy.run_path(str(script), run_name="seq2seq_bench")["main"](argv)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seq2seq", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log compilation and checkpoint details")
@@ -316,18 +298,6 @@ def build_parser() -> argparse.ArgumentParser:
     average.add_argument("--last", type=int, default=5, metavar="N", help="the N newest checkpoints (default 5)")
     average.add_argument("--steps", metavar="S1,S2,...", help="exactly these steps instead of --last")
     average.set_defaults(handler=cmd_average)
-
-    bench = commands.add_parser("bench", help="JAX vs torch_ref CPU benchmark (runs scripts/benchmark.py)")
-    bench.add_argument("--out", help="directory for results.json / results.md (default: benchmarks/)")
-    bench.add_argument("--repeats", type=int, help="interleaved rounds per measurement (>= 5)")
-    bench.add_argument("--threads", type=int, help="cores for each framework (default: all)")
-    bench.add_argument("--sentences-per-round", type=int, help="single-sentence decodes per round")
-    bench.add_argument("--skip", action="append", choices=["train", "small", "decode", "epoch"],
-                       help="leave a part out (repeatable)")
-    bench.add_argument("--profile", action="store_true", help="also profile the JAX main-config train step")
-    bench.add_argument("--omp-passive", action="store_true", help="OMP_WAIT_POLICY=PASSIVE for torch (loaded machine)")
-    bench.add_argument("--quick", action="store_true", help="tiny models (a smoke test, not a measurement)")
-    bench.set_defaults(handler=cmd_bench)
     return parser
 
 

@@ -353,6 +353,11 @@ class ExperimentConfig(_JsonConfig):
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
 
+    def with_vocab_sizes(self, src_vocab_size: int, tgt_vocab_size: int) -> ExperimentConfig:
+        """This config with the model's vocabulary sizes set (from the tokenizers, which the config leaves at 0)."""
+        model = dataclasses.replace(self.model, src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size)
+        return dataclasses.replace(self, model=model)
+
     def with_overrides(self, pairs: list[str]) -> ExperimentConfig:
         """Apply ``section.key=value`` strings (the command line's ``--set``); all changes to one section are
         applied together, so fields that must change together (train_src and train_tgt) can."""

@@ -249,6 +249,10 @@ class Batch(NamedTuple):
     tgt_len: np.ndarray
     index: np.ndarray
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The model's inputs and targets by name (``index`` left out): what the train and eval steps take."""
+        return {name: getattr(self, name) for name in ("src", "src_len", "tgt_in", "tgt_out", "tgt_len")}
+
 
 def round_up(length: int | np.ndarray, multiple: int) -> int | np.ndarray:
     """``length`` rounded up to a multiple of ``multiple`` (the padded size of a bucket)."""

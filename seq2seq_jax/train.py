@@ -75,6 +75,15 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     return optax.apply_if_finite(inner, max_consecutive_errors=config.max_nonfinite_steps + 1)
 
 
+def model_graphdef(config: ModelConfig) -> nnx.GraphDef:
+    """The graph definition of ``Seq2Seq(config)``, nothing computed: ``nnx.merge`` it with a parameter dict."""
+    return _abstract_model(config)[0]
+
+
+def _abstract_model(config: ModelConfig):
+    return nnx.split(nnx.eval_shape(lambda: Seq2Seq(config, rngs=nnx.Rngs(0))), nnx.Param)
+
+
 def init_model(config: ModelConfig, seed: int) -> tuple[nnx.GraphDef, dict]:
     """The model's graph definition and freshly initialised parameters (a pure nested dict).
 
@@ -83,7 +92,7 @@ def init_model(config: ModelConfig, seed: int) -> tuple[nnx.GraphDef, dict]:
     model on every backend, and nothing has to be compiled (a jitted threefry initialisation of this
     model costs seconds of XLA compile time on CPU).
     """
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Seq2Seq(config, rngs=nnx.Rngs(0))), nnx.Param)
+    graphdef, abstract = _abstract_model(config)
     rng = np.random.default_rng(seed)
     scale = config.init_scale
 

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
-import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
@@ -59,10 +58,6 @@ def load_pairs(config: ExperimentConfig):
     else:
         valid = []
     return train, valid
-
-
-def _batch_arrays(batch: data_lib.Batch) -> dict[str, np.ndarray]:
-    return {name: getattr(batch, name) for name in ("src", "src_len", "tgt_in", "tgt_out", "tgt_len")}
 
 
 class MetricsLog:
@@ -126,8 +121,7 @@ def prepare_run(config: ExperimentConfig, run: Workdir, log=print, write: bool =
     else:
         src_tok, tgt_tok = build_tokenizers(config.data, [s for s, _ in train_pairs], [t for _, t in train_pairs],
                                             run.tokenizer_dir)
-    model = dataclasses.replace(config.model, src_vocab_size=src_tok.vocab_size, tgt_vocab_size=tgt_tok.vocab_size)
-    config = dataclasses.replace(config, model=model)
+    config = config.with_vocab_sizes(src_tok.vocab_size, tgt_tok.vocab_size)
     if run.exists():
         saved = run.load_config()
         if saved.model != config.model:
@@ -247,7 +241,7 @@ class Validation:
     def __call__(self, params) -> dict[str, float]:
         loss_sum = tokens = 0.0
         for batch in data_lib.eval_batches(self.examples, self.batch_size, self.bucket_widths):
-            batch_sum, batch_tokens = self.eval_step(params, parallel.shard_batch(_batch_arrays(batch),
+            batch_sum, batch_tokens = self.eval_step(params, parallel.shard_batch(batch.arrays(),
                                                                                   self.batch_sharding))
             loss_sum += float(batch_sum)
             tokens += float(batch_tokens)
@@ -397,7 +391,7 @@ def train(config: ExperimentConfig, workdir: str | Path, log=print, mesh: Mesh |
                 break
             batch = next(data.iterator)
             seen_shapes.add(batch.src.shape[1:] + batch.tgt_in.shape[1:])
-            state, metrics = train_step(state, parallel.shard_batch(_batch_arrays(batch), batch_sharding))
+            state, metrics = train_step(state, parallel.shard_batch(batch.arrays(), batch_sharding))
             step += 1
             metrics = jax.device_get(metrics)
             if not guard.accept(metrics, step):

@@ -11,7 +11,6 @@ Each prints one JSON line (the last line of stdout) with what it measured.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import tempfile
@@ -45,15 +44,14 @@ def experiment(*overrides: str):
     train_pairs, _ = task_splits(config.data.task, config.data.task_train_size, 1, config.data.task_seed)
     src_tok, tgt_tok = build_tokenizers(config.data, [s for s, _ in train_pairs], [t for _, t in train_pairs],
                                         tempfile.mkdtemp())
-    model = dataclasses.replace(config.model, src_vocab_size=data_lib.round_up(src_tok.vocab_size, VOCAB_MULTIPLE),
-                                tgt_vocab_size=data_lib.round_up(tgt_tok.vocab_size, VOCAB_MULTIPLE))
-    config = dataclasses.replace(config, model=model)
+    config = config.with_vocab_sizes(data_lib.round_up(src_tok.vocab_size, VOCAB_MULTIPLE),
+                                     data_lib.round_up(tgt_tok.vocab_size, VOCAB_MULTIPLE))
     examples, _ = data_lib.encode_pairs(train_pairs, src_tok, tgt_tok, config.data)
     iterator = data_lib.BatchIterator(examples, config.data.batch_size, config.data.bucket_widths, config.data.seed)
     batches = []
     while len(batches) < STEPS:
         batch = next(iterator)
-        arrays = {name: getattr(batch, name) for name in ("src", "src_len", "tgt_in", "tgt_out", "tgt_len")}
+        arrays = batch.arrays()
         if not batches or all(arrays[k].shape == batches[0][k].shape for k in arrays):
             batches.append(arrays)
     return config, batches

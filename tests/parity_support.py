@@ -8,7 +8,6 @@ float32 runs with matmul precision "highest".
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 
 import jax
 import numpy as np
@@ -16,12 +15,12 @@ import torch
 from flax import nnx
 
 import torch_ref
+from seq2seq_jax import data as data_lib
 from seq2seq_jax.config import ModelConfig
 from seq2seq_jax.convert import from_torch_state_dict, to_torch_state_dict
 from seq2seq_jax.model import Seq2Seq
-from seq2seq_jax.train import init_model
+from seq2seq_jax.train import init_model, model_graphdef
 
-TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Tolerances on ||Δ|| / ||reference|| (see README, "Parity"). float64 gradients are compared parameter by
 # parameter; float32 gradients as one vector over all parameters, since a parameter whose gradient is tiny
 # through cancellation (an attention projection with near-uniform weights) carries float32 rounding of the
@@ -72,8 +71,7 @@ def torch_numpy_state_dict(module: torch.nn.Module) -> dict[str, np.ndarray]:
 
 def jax_model(config: ModelConfig, params) -> Seq2Seq:
     """A JAX model carrying ``params`` (nested pure dict)."""
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: Seq2Seq(config, rngs=nnx.Rngs(0))), nnx.Param)
-    return nnx.merge(graphdef, params)
+    return nnx.merge(model_graphdef(config), params)
 
 
 def jax_params(model: Seq2Seq) -> dict:
@@ -104,24 +102,19 @@ def make_pair(config: ModelConfig, direction: str, seed: int = 0):
     return pair_from_torch(config, seed) if direction == "torch->flax" else pair_from_jax(config, seed)
 
 
-@dataclasses.dataclass
-class Batch:
-    """A padded batch of mixed lengths: ``src [B, S]``, ``src_len [B]``, ``tgt_in``/``tgt_out [B, T]``."""
+class Batch(data_lib.Batch):
+    """``seq2seq_jax.data.Batch`` with its arrays as torch tensors and a way to pad it further."""
 
-    src: np.ndarray
-    src_len: np.ndarray
-    tgt_in: np.ndarray
-    tgt_out: np.ndarray
-    tgt_len: np.ndarray
+    __slots__ = ()
 
-    def torch(self):
-        return {k: torch.from_numpy(v.astype(np.int64)) for k, v in dataclasses.asdict(self).items()}
+    def torch(self) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(v.astype(np.int64)) for k, v in self.arrays().items()}
 
     def padded(self, extra_src: int, extra_tgt: int) -> Batch:
         """The same sentences with more padding on both sides."""
-        return Batch(np.pad(self.src, ((0, 0), (0, extra_src))), self.src_len,
-                     np.pad(self.tgt_in, ((0, 0), (0, extra_tgt))), np.pad(self.tgt_out, ((0, 0), (0, extra_tgt))),
-                     self.tgt_len)
+        return self._replace(src=np.pad(self.src, ((0, 0), (0, extra_src))),
+                             tgt_in=np.pad(self.tgt_in, ((0, 0), (0, extra_tgt))),
+                             tgt_out=np.pad(self.tgt_out, ((0, 0), (0, extra_tgt))))
 
 
 def make_batch(config: ModelConfig, src_lens=(5, 2, 4, 1), tgt_lens=(3, 4, 1, 2), seed: int = 0) -> Batch:
@@ -137,7 +130,7 @@ def make_batch(config: ModelConfig, src_lens=(5, 2, 4, 1), tgt_lens=(3, 4, 1, 2)
         words = rng.integers(4, config.tgt_vocab_size, t - 1)
         tgt_in[row, :t] = np.concatenate([[2], words])
         tgt_out[row, :t] = np.concatenate([words, [3]])
-    return Batch(src, np.array(src_lens, np.int32), tgt_in, tgt_out, np.array(tgt_lens, np.int32))
+    return Batch(src, np.array(src_lens, np.int32), tgt_in, tgt_out, np.array(tgt_lens, np.int32), np.arange(batch))
 
 
 # The largest relative error seen per (quantity, dtype) in this session; conftest prints it at the end.

@@ -31,8 +31,7 @@ def run(tmp_path_factory):
     pairs = generate_task("dates", 50, seed=3)
     base = tiny_config("train.keep_checkpoints=3")
     src_tok, tgt_tok = build_tokenizers(base.data, [s for s, _ in pairs], [t for _, t in pairs], workdir.tokenizer_dir)
-    model = dataclasses.replace(base.model, src_vocab_size=src_tok.vocab_size, tgt_vocab_size=tgt_tok.vocab_size)
-    config = dataclasses.replace(base, model=model)
+    config = base.with_vocab_sizes(src_tok.vocab_size, tgt_tok.vocab_size)
     config.save(workdir.config_path)
     saved = {}
     with workdir.checkpointer(config) as checkpoints:

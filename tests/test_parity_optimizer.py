@@ -6,13 +6,12 @@ from __future__ import annotations
 import jax
 import numpy as np
 import torch
-from flax import nnx
-from parity_support import TOLERANCES, check, jax_model, make_batch, make_pair, precision, tiny_config
+from parity_support import TOLERANCES, check, make_batch, make_pair, precision, tiny_config
 
 import torch_ref
 from seq2seq_jax.config import TrainConfig
 from seq2seq_jax.convert import from_torch_state_dict, to_torch_state_dict
-from seq2seq_jax.train import init_train_state, make_optimizer, make_train_step
+from seq2seq_jax.train import init_train_state, make_optimizer, make_train_step, model_graphdef
 
 
 def test_three_adam_steps_with_clipping_match_torch():
@@ -25,7 +24,7 @@ def test_three_adam_steps_with_clipping_match_torch():
                                      betas=(train_config.adam_b1, train_config.adam_b2), eps=train_config.adam_eps)
     params = from_torch_state_dict({k: v.detach().numpy() for k, v in reference.state_dict().items()}, config)
     with precision("float64"):
-        graphdef, _ = nnx.split(jax_model(config, params), nnx.Param)
+        graphdef = model_graphdef(config)
         optimizer = make_optimizer(train_config)
         state = init_train_state(params, optimizer, seed=0)
         train_step = jax.jit(make_train_step(graphdef, optimizer, train_config.label_smoothing))
@@ -33,7 +32,7 @@ def test_three_adam_steps_with_clipping_match_torch():
         for step in range(3):
             batch = make_batch(config, seed=10 + step)
             tensors = batch.torch()
-            state, metrics = train_step(state, {k: np.asarray(v) for k, v in vars(batch).items()})
+            state, metrics = train_step(state, batch.arrays())
 
             optimizer_ref.zero_grad()
             logits = reference(tensors["src"], tensors["src_len"], tensors["tgt_in"])

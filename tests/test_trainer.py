@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from run_support import TINY, tiny_config
 
+from seq2seq_jax import data as data_lib
 from seq2seq_jax import trainer as trainer_lib
 from seq2seq_jax.checkpoint import Checkpointer
 
@@ -82,7 +83,7 @@ def poisoned_batches(monkeypatch):
     """Batches whose first ``tgt_len`` is negative make the loss NaN (a stand-in for a numerical blow-up)."""
     poison_steps: set[int] = set()
     counter = {"batches": 0}
-    real_arrays = trainer_lib._batch_arrays
+    real_arrays = data_lib.Batch.arrays
     real_loss = trainer_lib.make_train_step.__globals__["sequence_loss"]
 
     def marking_arrays(batch):
@@ -96,7 +97,7 @@ def poisoned_batches(monkeypatch):
         loss_sum, tokens = real_loss(logits, targets, tgt_len, label_smoothing)
         return loss_sum * jnp.where(jnp.any(tgt_len < 0), jnp.nan, 1.0), tokens  # NaN gradients too
 
-    monkeypatch.setattr(trainer_lib, "_batch_arrays", marking_arrays)
+    monkeypatch.setattr(data_lib.Batch, "arrays", marking_arrays)
     monkeypatch.setitem(trainer_lib.make_train_step.__globals__, "sequence_loss", nan_loss)
     return poison_steps
 
