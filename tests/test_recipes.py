@@ -139,6 +139,13 @@ def _fake_run(monkeypatch, tmp_path, name, reached=None, ensemble_seeds=None):
     monkeypatch.setattr(workdir_lib.Workdir, "checkpointer",
                         lambda self, cfg: _FakeCheckpointer(config.train.max_steps if reached is None else reached))
     monkeypatch.setattr(RUNNER, "decode_and_score", fake_decode)
+
+    def fake_seconds(model, decode, sources, bucket_width):
+        decoded.append(("speed " + ("+".join(m.name for m in model) if isinstance(model, tuple) else model.name),
+                        dict(decode)))
+        return {"first_seconds": 9.0, "compiled_seconds": 3.0 * (len(model) if isinstance(model, tuple) else 1)}
+
+    monkeypatch.setattr(RUNNER, "decode_seconds", fake_seconds)
     results = tmp_path / "results"
     results.mkdir()
     if ensemble_seeds:
@@ -188,8 +195,9 @@ def test_runner_ensemble_step(monkeypatch, tmp_path):
     assert report["valid"]["bleu"] == pytest.approx(22.0) and report["test"]["bleu"] == pytest.approx(22.0)
     ensemble_decodes = [d for label, d in decoded if label == ensemble]
     assert len(ensemble_decodes) == 4 + 1  # four penalties on validation, then test once
-    assert decoded[-1] == ("run.avg", report["decode_search"]["chosen"])  # the speed comparison
-    assert report["speed"]["sentences"] == 2
+    assert decoded[-2:] == [("speed " + ensemble, report["decode_search"]["chosen"]),
+                            ("speed run.avg", report["decode_search"]["chosen"])]  # the speed comparison
+    assert report["speed"]["sentences"] == 2 and report["speed"]["ensemble"]["compiled_seconds"] == 6.0
     assert "--workdir " + str(tmp_path / "run.avg") + " --workdir " + str(tmp_path / "run.seed5.avg") in (
         report["translate_command"])
     assert report["command"] == "python scripts/recipes/run.py multi30k-en-de --ensemble-seed 5"
@@ -199,5 +207,6 @@ def test_runner_ensemble_step(monkeypatch, tmp_path):
     assert "## multi30k-en-de-seed5" in summary and "## multi30k-en-de-ensemble" in summary
     chosen = '`{"beam_size": 5, "length_penalty": 0.5, "n_best": 1}`'
     assert f"| ensemble of the 2 | {chosen} | 22.0 | 22.0 | 22.0 |" in summary
+    assert "compiled: 6.0 s for the ensemble, 3.0 s for the first model alone" in summary
     with pytest.raises(ValueError, match="translation recipes"):
         RUNNER.run_ensemble("dialogsum", tmp_path, tmp_path / "x", results, [5])
