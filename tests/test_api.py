@@ -217,3 +217,17 @@ def test_torch_ref_ensemble_translate_and_score_match_jax(workdirs, tmp_path, ca
     theirs = [json.loads(line)["log_prob"] for line in torch_scores.splitlines()]
     assert len(ours) == len(LINES)
     np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+
+
+def test_package_top_and_torch_side_stay_jax_free():
+    """``import seq2seq_jax`` (load is lazy), the score format module and torch_ref's ensemble and score modules
+    import no JAX."""
+    import subprocess
+
+    code = ("import sys, seq2seq_jax, seq2seq_jax.pair_scores, torch_ref.ensemble, torch_ref.score, "
+            "torch_ref.translate; print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax')))")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
+                               env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[]"
+    assert callable(seq2seq_jax.load)

@@ -5,7 +5,7 @@
 ``state`` is a dict (nested dicts, lists and tuples allowed) of tensors with the hypotheses as leading
 axis; a key ``"attention"`` ``[N, S]`` in the returned state is recorded. Token ids: pad 0, bos 2, eos 3.
 
-This is the reference twin of ``seq2seq_jax/decode.py``: the same algorithm, rules 1-9 of that module's
+This is the reference twin of ``seq2seq_jax/decode.py``: the same algorithm, rules 1-10 of that module's
 docstring, written as a Python loop over steps with per-sentence bookkeeping in Python lists, so that the
 parity tests compare two independent implementations. In short: K alive / K finished hypotheses per
 sentence, only beam 0 alive at the start; each step takes the top 2K of K*V summed log-probs (stable:
