@@ -112,15 +112,14 @@ def test_greedy_prefix_matches_torch_and_beam_one():
     _starts_with_prefix(greedy.tokens, greedy.lengths, prefix, prefix_len)
 
 
-@pytest.mark.parametrize("beam_size", [1, 4])
-def test_sentence_with_prefix_alone_equals_inside_mixed_batch(beam_size):
+def test_sentence_with_prefix_alone_equals_inside_mixed_batch():
     config, _, _ = _models("float32")
     batch = make_batch(config, src_lens=SRC_LENS, tgt_lens=(1,) * len(SRC_LENS), seed=3)
     prefix, prefix_len = _prefixes(config, seed=6)
-    settings = dict(beam_size=beam_size, n_best=1, length_penalty=0.6, min_len=0, max_len_a=1.0, max_len_b=2.0)
+    settings = dict(beam_size=4, n_best=1, length_penalty=0.6, min_len=0, max_len_a=1.0, max_len_b=2.0)
     together = _jax_search("float32", batch.src, batch.src_len, prefix, prefix_len, **settings)
     _starts_with_prefix(together.tokens, together.lengths, prefix, prefix_len)
-    for row, src_len in enumerate(SRC_LENS):
+    for row, src_len in enumerate(SRC_LENS[:3]):  # prefixes of 3, 0 and 1 pieces
         width = max(int(prefix_len[row]), 1)  # a different static prefix width than the batch's
         alone = _jax_search("float32", batch.src[row:row + 1, :src_len], batch.src_len[row:row + 1],
                             prefix[row:row + 1, :width], prefix_len[row:row + 1], **settings)
