@@ -24,9 +24,11 @@ PREFIX_LENS = (3, 0, 1, 2, 0)
 
 
 @functools.cache
-def _models(dtype: str):
-    """A Luong model whose EOS is likely (hypotheses end both by EOS and by length)."""
-    config = tiny_config(dtype, decoder_style="luong", attention="general", enc_layers=2, dec_layers=2)
+def _models(dtype: str, tgt_vocab_size: int = 13):
+    """A Luong model whose EOS is likely (hypotheses end both by EOS and by length). With a vocabulary of 200,
+    beam search's top-k runs over chunks (decode._top_k) while forced steps leave one finite candidate."""
+    config = tiny_config(dtype, decoder_style="luong", attention="general", enc_layers=2, dec_layers=2,
+                         tgt_vocab_size=tgt_vocab_size)
     reference, _ = make_pair(config, "torch->flax", seed=7)
     with torch.no_grad():
         reference.output.bias[EOS] += 2.0
@@ -44,8 +46,8 @@ def _prefixes(config, lengths=PREFIX_LENS, seed=4, width=4):
     return prefix, np.array(lengths, np.int32)
 
 
-def _jax_search(dtype, src, src_len, prefix, prefix_len, kind="beam", **settings):
-    _, _, model = _models(dtype)
+def _jax_search(dtype, src, src_len, prefix, prefix_len, kind="beam", vocab=13, **settings):
+    _, _, model = _models(dtype, vocab)
     bound = max_len_bound_for(src_len, settings["max_len_a"], settings["max_len_b"])
     with precision(dtype):
         state, step = model.search_state(jnp.asarray(src), jnp.asarray(src_len), kernels_t=model.decode_kernels())
@@ -71,12 +73,14 @@ SETTINGS = [
 ]
 
 
-@pytest.mark.parametrize("settings", SETTINGS, ids=["K4-a0.6", "K5-min3-norepeat2", "K1-min2"])
-def test_prefix_nbest_matches_torch_float64(settings):
-    config, reference, _ = _models("float64")
+@pytest.mark.parametrize(("settings", "vocab"), [(SETTINGS[0], 13), (SETTINGS[1], 13), (SETTINGS[2], 13),
+                                                  (SETTINGS[0], 200)],
+                         ids=["K4-a0.6", "K5-min3-norepeat2", "K1-min2", "K4-a0.6-vocab200"])
+def test_prefix_nbest_matches_torch_float64(settings, vocab):
+    config, reference, _ = _models("float64", vocab)
     batch = make_batch(config, src_lens=SRC_LENS, tgt_lens=(1,) * len(SRC_LENS), seed=1)
     prefix, prefix_len = _prefixes(config)
-    result = _jax_search("float64", batch.src, batch.src_len, prefix, prefix_len, **settings)
+    result = _jax_search("float64", batch.src, batch.src_len, prefix, prefix_len, vocab=vocab, **settings)
     tensors = batch.torch()
     with torch.no_grad():
         state = reference.init_decode_state(tensors["src"], tensors["src_len"])
