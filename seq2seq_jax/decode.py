@@ -63,11 +63,12 @@ Beam search, pinned (the flax examples/wmt / tensor2tensor design, with fairseq'
    ``prefix[i, n - 1]`` is set to -inf (not renormalised); the prefix token keeps its model log-prob, which
    counts in the sum, even when a rule-4 ban would remove it (the prefix wins over ``min_len`` and
    no-repeat bans; those still apply to the steps after it, and the prefix tokens count as generated
-   history for the no-repeat rule). EOS is never forced: the search continues after the prefix by rules
-   4-9. With K beams only beam 0 is alive at the start, so forced steps keep exactly one alive
-   hypothesis. A prefix longer than ``max_len_i`` is the caller's error (``Translator`` checks it on the
-   host); a hypothesis reaching ``max_len_i`` inside its prefix finishes there, as rule 6 says. Greedy
-   search and sampling force the same tokens.
+   history for the no-repeat rule). No EOS is forced after the prefix: the search continues by rules 4-9
+   (a prefix holds real tokens; ``Translator`` makes it with the target tokenizer, which never emits EOS).
+   With K beams only beam 0 is alive at the start, so forced steps keep exactly one alive hypothesis. A
+   prefix longer than ``max_len_i`` is the caller's error (``Translator`` checks it on the host); a
+   hypothesis reaching ``max_len_i`` inside its prefix finishes there, as rule 6 says. Greedy search and
+   sampling force the same tokens.
 
 Greedy search is ``beam_search(..., beam_size=1)``; with ``length_penalty = 0`` it equals the plain
 argmax loop ``greedy_search`` (for ``length_penalty != 0`` a K = 1 beam may keep searching past an
