@@ -2,8 +2,9 @@
 
     seq2seq train     --workdir W [--train-src F --train-tgt F --valid-src F --valid-tgt F] [--task NAME]
                       [--config FILE] [--set SECTION.KEY=VALUE ...]
-    seq2seq translate --workdir W [--beam-size K] [--input F] [--output F] ...
-    seq2seq evaluate  --workdir W --src F --ref F [--ref F ...] [--beam-size K] [--rouge] [--json]
+    seq2seq translate --workdir W [--workdir W2 ...] [--beam-size K] [--input F] [--output F] [--prefix F] ...
+    seq2seq evaluate  --workdir W [--workdir W2 ...] --src F --ref F [--ref F ...] [--beam-size K] [--rouge] [--json]
+    seq2seq score     --workdir W [--workdir W2 ...] --src F --tgt F [--json] [--output F]
     seq2seq plot      --workdir W [--out F] [--attention "source sentence" --attention-out F]
     seq2seq average   --workdir W --out W2 [--last N | --steps S1,S2,...]
 """
@@ -39,11 +40,10 @@ def _add_decode_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _decode_config(base: DecodeConfig, args: argparse.Namespace) -> DecodeConfig:
-    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(DecodeConfig)
-               if getattr(args, f.name, None) is not None}
-    if "beam_size" in changes and "n_best" not in changes:
-        changes["n_best"] = min(base.n_best, changes["beam_size"])
-    return dataclasses.replace(base, **changes)
+    from seq2seq_jax.api import with_decode_overrides
+
+    fields = dataclasses.fields(DecodeConfig)
+    return with_decode_overrides(base, **{field.name: getattr(args, field.name, None) for field in fields})
 
 
 def _checkpoint_arg(value: str) -> str | int:
@@ -56,15 +56,19 @@ def _read_input(path: str | None) -> list[str]:
     return list(read_lines(path)) if path else split_lines(sys.stdin.buffer.read())
 
 
-def _load_translator(args: argparse.Namespace):
-    from seq2seq_jax.translate import Translator
-    from seq2seq_jax.workdir import load_trained
+def _load_model(args: argparse.Namespace):
+    """The ``seq2seq_jax.api`` model of ``--workdir`` (repeated: an ensemble) with the command line's decoding
+    settings."""
+    from seq2seq_jax.api import load
 
-    trained = load_trained(args.workdir, _checkpoint_arg(args.checkpoint))
-    decode_config = _decode_config(trained.config.decode, args)
-    translator = Translator(trained.graphdef, trained.params, trained.src_tokenizer, trained.tgt_tokenizer,
-                            decode_config, trained.config.data.bucket_width)
-    return trained, translator
+    model = load(args.workdir, _checkpoint_arg(args.checkpoint))
+    model.decode_config = _decode_config(model.decode_config, args)
+    return model
+
+
+def _load_translator(args: argparse.Namespace):
+    model = _load_model(args)
+    return model, model.translator()
 
 
 def _plot_hypothesis_attention(trained, source: str, hypothesis, path: Path) -> None:
@@ -112,7 +116,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_translate(args: argparse.Namespace) -> int:
     trained, translator = _load_translator(args)
     lines = _read_input(args.input)
-    results = translator.translate(lines, with_attention=bool(args.plot_attention))
+    prefixes = None
+    if args.prefix:
+        from seq2seq_jax.data import check_same_line_count, read_lines
+
+        prefixes = list(read_lines(args.prefix))
+        check_same_line_count(args.input or "<stdin>", lines, args.prefix, prefixes)
+    results = translator.translate(lines, with_attention=bool(args.plot_attention), prefixes=prefixes,
+                                   prefix_name=args.prefix or "prefix")
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
         for hypotheses in results:
@@ -134,13 +145,11 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import jax
-
     from seq2seq_jax import data as data_lib
-    from seq2seq_jax.metrics import exact_match, perplexity, rouge, translation_scores
-    from seq2seq_jax.train import make_eval_step
+    from seq2seq_jax.metrics import exact_match, rouge, translation_scores
+    from seq2seq_jax.pair_scores import corpus_perplexity
 
-    trained, translator = _load_translator(args)
+    model, translator = _load_translator(args)
     sources = list(data_lib.read_lines(args.src))
     references = [list(data_lib.read_lines(path)) for path in args.ref]
     for path, refs in zip(args.ref, references, strict=True):
@@ -148,21 +157,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.src} has {len(sources)} lines but {path} has {len(refs)}")
     hyps = translator.translate_best(sources)
     per_example = [[refs[i] for refs in references] for i in range(len(sources))]
+    steps = [trained.step for trained in model.models]
     result = {**translation_scores(hyps, per_example), "exact_match": exact_match(hyps, references[0]),
-              "sentences": len(sources), "step": trained.step}
-    examples, report = data_lib.encode_pairs(list(zip(sources, references[0], strict=True)), trained.src_tokenizer,
-                                             trained.tgt_tokenizer, dataclasses.replace(
-                                                 trained.config.data, max_src_len=10**9, max_tgt_len=10**9),
+              "sentences": len(sources), "step": steps[0] if len(steps) == 1 else steps}
+    first = model.models[0]
+    examples, report = data_lib.encode_pairs(list(zip(sources, references[0], strict=True)), model.src_tokenizer,
+                                             model.tgt_tokenizer, dataclasses.replace(
+                                                 first.config.data, max_src_len=10**9, max_tgt_len=10**9),
                                              name="evaluate")
-    if examples:
-        eval_step = jax.jit(make_eval_step(trained.graphdef))
-        loss_sum = tokens = 0.0
-        for batch in data_lib.eval_batches(examples, translator.config.batch_size, trained.config.data.bucket_widths):
-            batch_sum, batch_tokens = eval_step(trained.params, {k: getattr(batch, k) for k in (
-                "src", "src_len", "tgt_in", "tgt_out", "tgt_len")})
-            loss_sum += float(batch_sum)
-            tokens += float(batch_tokens)
-        result["perplexity"] = perplexity(loss_sum, tokens)
+    if examples:  # the perplexity of the non-empty pairs, with the model's (or the ensemble's) probabilities
+        kept = report.kept_indices
+        result["perplexity"] = corpus_perplexity(model.score([sources[i] for i in kept],
+                                                             [references[0][i] for i in kept]))
         result["perplexity_pairs"] = report.kept
     if args.rouge:
         result.update(rouge(hyps, per_example))
@@ -176,6 +182,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"exact match {result['exact_match']:.2f}%")
         if args.rouge:
             print("ROUGE-1 {rouge1:.2f}  ROUGE-2 {rouge2:.2f}  ROUGE-L {rougeL:.2f}".format(**result))
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from seq2seq_jax.pair_scores import format_score, format_summary, read_pairs
+
+    sources, targets = read_pairs(args.src, args.tgt)
+    model = _load_model(args)
+    scores = model.score(sources, targets)
+    text = "".join(format_score(pair, args.json) + "\n" for pair in scores)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    print(format_summary(scores, args.json), file=sys.stderr)
     return 0
 
 
@@ -254,22 +275,36 @@ def build_parser() -> argparse.ArgumentParser:
                               "(Cloud TPU pods, SLURM, Open MPI, Kubernetes); flags given beside it take precedence")
     train.set_defaults(handler=cmd_train)
 
+    ensemble_help = "trained workdir (repeat for an ensemble; decoding defaults come from the first)"
     translate = commands.add_parser("translate", help="translate stdin (or --input) line by line")
-    translate.add_argument("--workdir", required=True)
+    translate.add_argument("--workdir", required=True, action="append", help=ensemble_help)
     translate.add_argument("--input")
     translate.add_argument("--output")
+    translate.add_argument("--prefix", metavar="F", help="one target prefix per input line (an empty line for none) "
+                           "that every hypothesis starts with")
     translate.add_argument("--plot-attention", metavar="DIR", help="write one attention heatmap PNG per line")
     _add_decode_arguments(translate)
     translate.set_defaults(handler=cmd_translate)
 
     evaluate = commands.add_parser("evaluate", help="BLEU, chrF (sacrebleu), perplexity, ROUGE on request")
-    evaluate.add_argument("--workdir", required=True)
+    evaluate.add_argument("--workdir", required=True, action="append", help=ensemble_help)
     evaluate.add_argument("--src", required=True)
     evaluate.add_argument("--ref", required=True, action="append", help="reference file (repeat for several)")
     evaluate.add_argument("--rouge", action="store_true")
     evaluate.add_argument("--json", action="store_true")
     _add_decode_arguments(evaluate)
     evaluate.set_defaults(handler=cmd_evaluate)
+
+    score = commands.add_parser("score", help="log-probability of given translations (forced decoding), one line "
+                                "per pair: sum, mean, count; the corpus perplexity on stderr")
+    score.add_argument("--workdir", required=True, action="append", help=ensemble_help)
+    score.add_argument("--src", required=True, help="source sentences, one per line")
+    score.add_argument("--tgt", required=True, help="target sentences to score, line-aligned with --src")
+    score.add_argument("--json", action="store_true", help="one JSON object per line (and a JSON summary)")
+    score.add_argument("--output", help="write the scores to this file instead of stdout")
+    score.add_argument("--batch-size", type=int)
+    score.add_argument("--checkpoint", default="best", help="best, latest or a step number")
+    score.set_defaults(handler=cmd_score)
 
     plot = commands.add_parser("plot", help="training curves PNG; attention heatmap for one sentence")
     plot.add_argument("--workdir", required=True)

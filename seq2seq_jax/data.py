@@ -133,6 +133,15 @@ def read_parallel(src_path: str | Path, tgt_path: str | Path,
     return ParallelPairs(list(zip(src_lines, tgt_lines, strict=True)), replaced, f"{src_path} + {tgt_path}")
 
 
+def check_same_line_count(first_name: str, first: Sequence[str], second_name: str, second: Sequence[str]) -> None:
+    """Two line-aligned inputs must have as many lines; otherwise a ``DataError`` naming both, their counts and
+    the first line that has no counterpart."""
+    if len(first) != len(second):
+        longer = first_name if len(first) > len(second) else second_name
+        raise DataError(f"{second_name} has {len(second)} lines but {first_name} has {len(first)}: line "
+                        f"{min(len(first), len(second)) + 1} of {longer} has no counterpart")
+
+
 def read_tsv(path: str | Path, encoding_errors: str = "strict") -> ParallelPairs:
     """(source, target) pairs from ``source<TAB>target`` lines; a line without exactly one tab is an error."""
     lines = read_lines(path, encoding_errors)

@@ -58,6 +58,18 @@ Beam search, pinned (the flax examples/wmt / tensor2tensor design, with fairseq'
    The result is the first ``n_best`` finished slots, sorted by score (best first). A slot that never
    filled (only possible when fewer than K hypotheses exist) has score -inf, length 0 and pad tokens.
 
+10. Target prefix (optional): ``prefix [B, P]`` int32 and ``prefix_len [B]`` (0 = none, at most ``P``). While
+   ``n <= prefix_len_i`` every log-prob of sentence ``i``'s hypotheses except that of the prefix token
+   ``prefix[i, n - 1]`` is set to -inf (not renormalised); the prefix token keeps its model log-prob, which
+   counts in the sum, even when a rule-4 ban would remove it (the prefix wins over ``min_len`` and
+   no-repeat bans; those still apply to the steps after it, and the prefix tokens count as generated
+   history for the no-repeat rule). No EOS is forced after the prefix: the search continues by rules 4-9
+   (a prefix holds real tokens; ``Translator`` makes it with the target tokenizer, which never emits EOS).
+   With K beams only beam 0 is alive at the start, so forced steps keep exactly one alive hypothesis. A
+   prefix longer than ``max_len_i`` is the caller's error (``Translator`` checks it on the host); a
+   hypothesis reaching ``max_len_i`` inside its prefix finishes there, as rule 6 says. Greedy search and
+   sampling force the same tokens.
+
 Greedy search is ``beam_search(..., beam_size=1)``; with ``length_penalty = 0`` it equals the plain
 argmax loop ``greedy_search`` (for ``length_penalty != 0`` a K = 1 beam may keep searching past an
 argmax EOS for a better-normalised hypothesis, as beam search should).
@@ -228,6 +240,35 @@ def _ban_tokens(log_probs: jax.Array, history: jax.Array, step: jax.Array, *, mi
     return log_probs
 
 
+def _check_prefix(prefix: jax.Array | None, prefix_len: jax.Array | None, rows: int):
+    """``(prefix [rows, P] int32, prefix_len [rows] int32)``, or ``(None, None)`` without a prefix (or with P = 0)."""
+    if (prefix is None) != (prefix_len is None):
+        raise ValueError("prefix and prefix_len go together: give both or neither")
+    if prefix is None or prefix.shape[1] == 0:
+        return None, None
+    if prefix.ndim != 2 or prefix.shape[0] != rows or jnp.shape(prefix_len) != (rows,):
+        raise ValueError(f"need prefix [{rows}, P] and prefix_len [{rows}], got {prefix.shape} and "
+                         f"{jnp.shape(prefix_len)}")
+    return jnp.asarray(prefix, jnp.int32), jnp.asarray(prefix_len, jnp.int32)
+
+
+def _prefix_token(prefix: jax.Array, step: jax.Array) -> jax.Array:
+    """``prefix [N, P]`` -> the token each row is forced to at step t, ``prefix[:, t]`` (clipped) ``[N]``."""
+    return jax.lax.dynamic_index_in_dim(prefix, jnp.minimum(step, prefix.shape[1] - 1), axis=1, keepdims=False)
+
+
+def _force_prefix(log_probs: jax.Array, unbanned: jax.Array, prefix: jax.Array, prefix_len: jax.Array,
+                  step: jax.Array) -> jax.Array:
+    """Rule 10: rows still inside their prefix keep only the prefix token, at its unbanned log-prob.
+
+    log_probs [N, V] after the bans; unbanned [N, V] before them; prefix [N, P]; prefix_len [N]; step t.
+    """
+    forced = step < prefix_len  # n = t + 1 <= prefix_len
+    is_token = jnp.arange(log_probs.shape[1])[None, :] == _prefix_token(prefix, step)[:, None]
+    only_token = jnp.where(is_token, unbanned, jnp.array(-jnp.inf, log_probs.dtype))
+    return jnp.where(forced[:, None], only_token, log_probs)
+
+
 # ``_top_k`` splits a row into chunks of this many entries.
 TOP_K_CHUNK = 64
 
@@ -325,10 +366,12 @@ def _freeze(done: jax.Array, old: jax.Array | None, new: jax.Array | None) -> ja
 def beam_search(decode_step: DecodeStep, init_state: Any, src_len: jax.Array, *, beam_size: int,
                 length_penalty: float, n_best: int = 1, min_len: int = 0, max_len_a: float, max_len_b: float,
                 max_len_bound: int, no_repeat_ngram_size: int = 0, eos_id: int = EOS_ID,
-                bos_id: int = BOS_ID) -> BeamResult:
+                bos_id: int = BOS_ID, prefix: jax.Array | None = None,
+                prefix_len: jax.Array | None = None) -> BeamResult:
     """Beam search as one ``lax.while_loop`` (rules in the module docstring). Jittable.
 
-    init_state: pytree with leaves ``[B, ...]`` (one row per sentence); src_len ``[B]`` real source lengths.
+    init_state: pytree with leaves ``[B, ...]`` (one row per sentence); src_len ``[B]`` real source lengths;
+    prefix ``[B, P]`` int32 and prefix_len ``[B]`` (optional, rule 10; ``P`` is static).
     Returns BeamResult with tokens ``[B, n_best, max_len_bound]``, lengths and scores ``[B, n_best]``,
     attention ``[B, n_best, max_len_bound, S]`` or None.
     """
@@ -340,6 +383,9 @@ def beam_search(decode_step: DecodeStep, init_state: Any, src_len: jax.Array, *,
     batch = src_len.shape[0]
     rows = batch * beams
 
+    prefix, prefix_len = _check_prefix(prefix, prefix_len, batch)
+    if prefix is not None:
+        prefix, prefix_len = jnp.repeat(prefix, beams, axis=0), jnp.repeat(prefix_len, beams, axis=0)
     state = jax.tree_util.tree_map(lambda leaf: jnp.repeat(leaf, beams, axis=0), init_state)
     state, vocab, dtype, attention_width = _prepare_state(decode_step, state, rows)
     if vocab < 2:
@@ -377,9 +423,11 @@ def beam_search(decode_step: DecodeStep, init_state: Any, src_len: jax.Array, *,
         previous = jax.lax.dynamic_index_in_dim(carry.alive_tokens, jnp.maximum(t - 1, 0), axis=2, keepdims=False)
         last_tokens = jnp.where(t == 0, bos_id, previous).reshape(rows)
         logits, new_state = decode_step(carry.model_state, last_tokens)
-        log_probs = jax.nn.log_softmax(logits.astype(dtype), axis=-1)
-        log_probs = _ban_tokens(log_probs, carry.alive_tokens.reshape(rows, buffer_len), t, min_len=min_len,
+        unbanned = jax.nn.log_softmax(logits.astype(dtype), axis=-1)
+        log_probs = _ban_tokens(unbanned, carry.alive_tokens.reshape(rows, buffer_len), t, min_len=min_len,
                                 no_repeat_ngram_size=no_repeat_ngram_size, eos_id=eos_id)
+        if prefix is not None:
+            log_probs = _force_prefix(log_probs, unbanned, prefix, prefix_len, t)
 
         # Rule 5: top 2K of K*V.
         candidates = (carry.alive_sums[:, :, None] + log_probs.reshape(batch, beams, vocab)).reshape(batch, -1)
@@ -467,16 +515,19 @@ ChooseToken = Callable[[jax.Array, jax.Array], jax.Array]  # (banned log_probs [
 
 def _sequential_decode(decode_step: DecodeStep, init_state: Any, src_len: jax.Array, choose: ChooseToken, *,
                        min_len: int, max_len_a: float, max_len_b: float, max_len_bound: int,
-                       no_repeat_ngram_size: int, eos_id: int, bos_id: int) -> _SequentialCarry:
+                       no_repeat_ngram_size: int, eos_id: int, bos_id: int, prefix: jax.Array | None = None,
+                       prefix_len: jax.Array | None = None) -> _SequentialCarry:
     """One hypothesis per sentence, one ``lax.while_loop``; ``choose`` picks each token.
 
     A sentence stops after EOS or at ``max_len_i`` tokens (same limit as beam search); its length counts
-    EOS. ``sums`` add the (unrenormalised, unbanned-token) log-probs of the chosen tokens.
+    EOS. ``sums`` add the (unrenormalised, unbanned-token) log-probs of the chosen tokens. Inside its
+    ``prefix`` (rule 10) a sentence takes the prefix token, whatever ``choose`` picks.
     """
     _check_settings(max_len_bound, min_len, no_repeat_ngram_size)
     buffer_len = max_len_bound
     src_len = jnp.asarray(src_len)
     batch = src_len.shape[0]
+    prefix, prefix_len = _check_prefix(prefix, prefix_len, batch)
     state, _, dtype, attention_width = _prepare_state(decode_step, init_state, batch)
     max_lens = _max_len_per_sentence(src_len, max_len_a, max_len_b, buffer_len)
     positions = jnp.arange(buffer_len)
@@ -499,10 +550,13 @@ def _sequential_decode(decode_step: DecodeStep, init_state: Any, src_len: jax.Ar
         generated = t + 1
         previous = jax.lax.dynamic_index_in_dim(carry.tokens, jnp.maximum(t - 1, 0), axis=1, keepdims=False)
         logits, new_state = decode_step(carry.model_state, jnp.where(t == 0, bos_id, previous))
-        log_probs = jax.nn.log_softmax(logits.astype(dtype), axis=-1)
-        log_probs = _ban_tokens(log_probs, carry.tokens, t, min_len=min_len,
+        unbanned = jax.nn.log_softmax(logits.astype(dtype), axis=-1)
+        log_probs = _ban_tokens(unbanned, carry.tokens, t, min_len=min_len,
                                 no_repeat_ngram_size=no_repeat_ngram_size, eos_id=eos_id)
         token = choose(log_probs, t).astype(jnp.int32)
+        if prefix is not None:
+            log_probs = _force_prefix(log_probs, unbanned, prefix, prefix_len, t)
+            token = jnp.where(t < prefix_len, _prefix_token(prefix, t), token)
         token_log_prob = jnp.take_along_axis(log_probs, token[:, None], axis=1)[:, 0]
         active = ~carry.done
         write = active[:, None] & (positions == t)
@@ -525,8 +579,9 @@ def _sequential_decode(decode_step: DecodeStep, init_state: Any, src_len: jax.Ar
 
 def greedy_search(decode_step: DecodeStep, init_state: Any, src_len: jax.Array, *, length_penalty: float = 0.0,
                   min_len: int = 0, max_len_a: float, max_len_b: float, max_len_bound: int,
-                  no_repeat_ngram_size: int = 0, eos_id: int = EOS_ID, bos_id: int = BOS_ID) -> BeamResult:
-    """The plain argmax loop (first index on ties), with the same bans and limits as beam search.
+                  no_repeat_ngram_size: int = 0, eos_id: int = EOS_ID, bos_id: int = BOS_ID,
+                  prefix: jax.Array | None = None, prefix_len: jax.Array | None = None) -> BeamResult:
+    """The plain argmax loop (first index on ties), with the same bans, limits and prefix rule as beam search.
 
     Returns a BeamResult with ``n_best = 1``; scores are ``sum_logprob / lp(length)``. Equals
     ``beam_search(..., beam_size=1)`` when ``length_penalty == 0``.
@@ -534,7 +589,7 @@ def greedy_search(decode_step: DecodeStep, init_state: Any, src_len: jax.Array, 
     final = _sequential_decode(decode_step, init_state, src_len, lambda log_probs, step: jnp.argmax(log_probs, -1),
                                min_len=min_len, max_len_a=max_len_a, max_len_b=max_len_b,
                                max_len_bound=max_len_bound, no_repeat_ngram_size=no_repeat_ngram_size,
-                               eos_id=eos_id, bos_id=bos_id)
+                               eos_id=eos_id, bos_id=bos_id, prefix=prefix, prefix_len=prefix_len)
     penalty = jnp.asarray(length_penalty_table(max_len_bound, length_penalty), final.sums.dtype)
     scores = final.sums / penalty[final.lengths]
     attention = None if final.attention is None else final.attention[:, None]
@@ -567,11 +622,12 @@ def _sampling_logits(log_probs: jax.Array, *, temperature: float, top_k: int, to
 def sample(decode_step: DecodeStep, init_state: Any, src_len: jax.Array, rng: jax.Array, *,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, max_len_a: float, max_len_b: float,
            max_len_bound: int, min_len: int = 0, no_repeat_ngram_size: int = 0, eos_id: int = EOS_ID,
-           bos_id: int = BOS_ID):
+           bos_id: int = BOS_ID, prefix: jax.Array | None = None, prefix_len: jax.Array | None = None):
     """Ancestral sampling with temperature, top-k (0 = off) and nucleus top-p (1.0 = off). Jittable.
 
     Step ``t`` draws with ``jax.random.fold_in(rng, t)``, so a seed reproduces the output (for the same
-    batch layout: rows of a batch share the step key). Bans and limits are those of beam search.
+    batch layout: rows of a batch share the step key). Bans, limits and the prefix
+    rule are those of beam search.
     Returns ``(tokens [B, L], lengths [B], scores [B], attention [B, L, S] or None)``; scores are the
     summed model log-probs of the sampled tokens (temperature 1, no filtering, no length penalty).
     """
@@ -588,5 +644,6 @@ def sample(decode_step: DecodeStep, init_state: Any, src_len: jax.Array, rng: ja
 
     final = _sequential_decode(decode_step, init_state, src_len, choose, min_len=min_len, max_len_a=max_len_a,
                                max_len_b=max_len_b, max_len_bound=max_len_bound,
-                               no_repeat_ngram_size=no_repeat_ngram_size, eos_id=eos_id, bos_id=bos_id)
+                               no_repeat_ngram_size=no_repeat_ngram_size, eos_id=eos_id, bos_id=bos_id,
+                               prefix=prefix, prefix_len=prefix_len)
     return final.tokens, final.lengths, final.sums, final.attention

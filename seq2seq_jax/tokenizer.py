@@ -327,3 +327,24 @@ def tokenizer_files(directory: str | Path) -> list[Path]:
         if kind in SENTENCEPIECE_KINDS:
             files.append(sentencepiece_model_path(directory, name))
     return files
+
+
+def same_tokenizer(first: Tokenizer, second: Tokenizer) -> bool:
+    """Whether two tokenizers map text to the same ids: the same kind and the same vocabulary (char, word) or
+    the same sentencepiece model (byte for byte)."""
+    if type(first) is not type(second) or first.kind != second.kind:
+        return False
+    if isinstance(first, SentencePieceTokenizer):
+        return first.model_proto == second.model_proto
+    return first.tokens == second.tokens
+
+
+def check_shared_tokenizers(models: Sequence[tuple[str, Tokenizer, Tokenizer]]) -> None:
+    """An ensemble's models ``(name, src tokenizer, tgt tokenizer)`` must all tokenize like the first; the
+    error names both models and the side."""
+    first_name, *first_tokenizers = models[0]
+    for name, *tokenizers in models[1:]:
+        for side, ours, theirs in zip(SIDE_NAMES, first_tokenizers, tokenizers, strict=True):
+            if not same_tokenizer(ours, theirs):
+                raise TokenizerError(f"an ensemble needs the same tokenizers: the {side} tokenizer of {name} "
+                                     f"({theirs!r}) differs from that of {first_name} ({ours!r})")

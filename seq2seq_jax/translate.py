@@ -3,7 +3,11 @@ order. One output per input line, empty lines included.
 
 Every batch has ``batch_size`` rows and a source length rounded up to ``bucket_width``, and the output buffer
 is sized for that padded length (rounded up to 8), so one program is compiled per padded shape and decoding
-setting, never per sentence; ``Translator.compiled_programs`` counts them.
+setting, never per sentence; ``Translator.compiled_programs`` counts them. A target prefix per line (rule 10
+of ``seq2seq_jax.decode``) is padded to a multiple of 8 pieces per batch, which adds that width to the key.
+
+Several models that share the tokenizers (``graphdef`` and ``params`` given as equal-length sequences) decode as
+one ensemble in one jitted search (``seq2seq_jax.ensemble``); the attention kept for plots is the first model's.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from flax import nnx
 from seq2seq_jax.config import DecodeConfig
 from seq2seq_jax.data import round_up, source_batches
 from seq2seq_jax.decode import EOS_ID, beam_search, greedy_search, max_len_bound_for, sample
+from seq2seq_jax.ensemble import ensemble_search_state
 from seq2seq_jax.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -37,12 +42,17 @@ class Hypothesis:
 
 
 class Translator:
-    """Decode text with a trained model: ``translate(lines) -> [[Hypothesis, ...n_best], ...]``."""
+    """Decode text with a trained model: ``translate(lines) -> [[Hypothesis, ...n_best], ...]``.
 
-    def __init__(self, graphdef: nnx.GraphDef, params, src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer,
-                 decode_config: DecodeConfig, bucket_width: int = 8):
-        self.graphdef = graphdef
-        self.params = params
+    ``graphdef`` and ``params``: one model's, or a tuple of several models' graph definitions and a tuple of
+    their parameters (an ensemble; the tokenizers are the ones all of them share).
+    """
+
+    def __init__(self, graphdef: nnx.GraphDef | Sequence[nnx.GraphDef], params, src_tokenizer: Tokenizer,
+                 tgt_tokenizer: Tokenizer, decode_config: DecodeConfig, bucket_width: int = 8):
+        self.ensemble = isinstance(graphdef, (tuple, list))
+        self.graphdef = tuple(graphdef) if self.ensemble else graphdef
+        self.params = tuple(params) if self.ensemble and params is not None else params
         self.src_tokenizer = src_tokenizer
         self.tgt_tokenizer = tgt_tokenizer
         self.config = decode_config
@@ -63,21 +73,28 @@ class Translator:
     def compiled_programs(self) -> int:
         return len(self._compiled)
 
-    def _search_fn(self, src_size: int, max_len_bound: int, with_attention: bool):
-        """One jitted search per (padded source length, output bound, attention kept or not); the settings are
-        fixed per Translator. Without attention the search carries no ``[B, K, L, S]`` attention buffers (for
-        long sources they cost more than the model); the encoder memory is never copied per beam
-        (``Seq2Seq.search_state``)."""
-        key = (src_size, max_len_bound, with_attention)
+    def _search_fn(self, src_size: int, max_len_bound: int, with_attention: bool, prefix_size: int = 0):
+        """One jitted search per (padded source length, output bound, attention kept or not, padded prefix
+        length); the settings are fixed per Translator. Without attention the search carries no
+        ``[B, K, L, S]`` attention buffers (for long sources they cost more than the model); the encoder
+        memory is never copied per beam (``Seq2Seq.search_state``)."""
+        key = (src_size, max_len_bound, with_attention, prefix_size)
         if key not in self._compiled:
-            config, graphdef = self.config, self.graphdef
+            config, graphdef, ensemble = self.config, self.graphdef, self.ensemble
 
-            def search(params, kernels_t, src, src_len, rng):
-                model = nnx.merge(graphdef, params)
-                state, decode_step = model.search_state(src, src_len, with_attention=with_attention,
-                                                        kernels_t=kernels_t)
+            def search(params, kernels_t, src, src_len, rng, prefix, prefix_len):
+                if ensemble:
+                    state, decode_step = ensemble_search_state([
+                        nnx.merge(model_graphdef, model_params).search_state(
+                            src, src_len, with_attention=with_attention and index == 0, kernels_t=model_kernels)
+                        for index, (model_graphdef, model_params, model_kernels)
+                        in enumerate(zip(graphdef, params, kernels_t, strict=True))])
+                else:
+                    state, decode_step = nnx.merge(graphdef, params).search_state(
+                        src, src_len, with_attention=with_attention, kernels_t=kernels_t)
                 common = dict(min_len=config.min_len, max_len_a=config.max_len_a, max_len_b=config.max_len_b,
-                              max_len_bound=max_len_bound, no_repeat_ngram_size=config.no_repeat_ngram_size)
+                              max_len_bound=max_len_bound, no_repeat_ngram_size=config.no_repeat_ngram_size,
+                              prefix=prefix, prefix_len=prefix_len)
                 if config.sample:
                     tokens, lengths, scores, attention = sample(
                         decode_step, state, src_len, rng, temperature=config.temperature, top_k=config.top_k,
@@ -100,24 +117,54 @@ class Translator:
     def _decode_kernels(self):
         """``Seq2Seq.decode_kernels()`` of these parameters, built once rather than in every search call."""
         if self._kernels_t is None:
-            graphdef = self.graphdef
-            self._kernels_t = jax.jit(lambda params: nnx.merge(graphdef, params).decode_kernels())(self.params)
+            if self.ensemble:
+                self._kernels_t = tuple(_decode_kernels(graphdef, params)
+                                        for graphdef, params in zip(self.graphdef, self.params, strict=True))
+            else:
+                self._kernels_t = _decode_kernels(self.graphdef, self.params)
         return self._kernels_t
 
-    def translate(self, lines: Sequence[str], with_attention: bool = False) -> list[list[Hypothesis]]:
-        """Translate ``lines`` (order kept, one entry per line, each a list of ``n_best`` hypotheses)."""
+    def encode_prefixes(self, lines: Sequence[str], prefixes: Sequence[str] | None,
+                        prefix_name: str = "prefix") -> list[list[int]] | None:
+        """The target pieces of each line's prefix (``None`` without prefixes; an empty prefix is ``[]``).
+
+        A prefix with more pieces than its source's output limit (``DecodeConfig.max_len``) is an error naming
+        ``prefix_name`` and the 1-based line; so is a number of prefixes unequal to the number of lines."""
+        if prefixes is None:
+            return None
+        if len(prefixes) != len(lines):
+            raise ValueError(f"{prefix_name} has {len(prefixes)} lines but the input has {len(lines)}: "
+                             "give one prefix per input line (an empty line for none)")
+        encoded = [self.tgt_tokenizer.encode(prefix) for prefix in prefixes]
+        for number, (line, pieces) in enumerate(zip(lines, encoded, strict=True), start=1):
+            limit = self.config.max_len(len(self.src_tokenizer.encode(line)) + 1)
+            if len(pieces) > limit:
+                raise ValueError(f"{prefix_name}:{number}: the prefix has {len(pieces)} target pieces, more than "
+                                 f"the {limit} tokens this line's output may have (decode.max_len_a * source "
+                                 "length + max_len_b)")
+        return encoded
+
+    def translate(self, lines: Sequence[str], with_attention: bool = False, prefixes: Sequence[str] | None = None,
+                  prefix_name: str = "prefix") -> list[list[Hypothesis]]:
+        """Translate ``lines`` (order kept, one entry per line, each a list of ``n_best`` hypotheses).
+
+        ``prefixes``: one target prefix per line (``""`` for none); every hypothesis of a line starts with its
+        prefix's pieces (included in ``text``, ``tokens`` and ``score``). Errors name ``prefix_name``."""
         config = self.config
         encoded = [self.src_tokenizer.encode(line) for line in lines]
+        prefix_ids = self.encode_prefixes(lines, prefixes, prefix_name)
         results: list[list[Hypothesis] | None] = [None] * len(lines)
         rng = jax.random.key(config.seed)
         for batch_number, (src, src_len, index) in enumerate(
                 source_batches(encoded, config.batch_size, self.bucket_width)):
             # A function of the padded source length, so still one program per padded shape.
             bound = round_up(max_len_bound_for([src.shape[1]], config.max_len_a, config.max_len_b), 8)
-            search = self._search_fn(src.shape[1], int(bound), with_attention)
+            prefix, prefix_len = _prefix_batch(prefix_ids, index)
+            search = self._search_fn(src.shape[1], int(bound), with_attention, prefix.shape[1])
             tokens, lengths, scores, attention = jax.device_get(search(
                 self.params, self._decode_kernels(), jnp.asarray(src), jnp.asarray(src_len),
-                jax.random.fold_in(rng, batch_number)))
+                jax.random.fold_in(rng, batch_number), None if prefix.shape[1] == 0 else jnp.asarray(prefix),
+                None if prefix.shape[1] == 0 else jnp.asarray(prefix_len)))
             for row, line_index in enumerate(index):
                 if line_index < 0:
                     continue
@@ -140,3 +187,23 @@ class Translator:
 
     def translate_best(self, lines: Sequence[str]) -> list[str]:
         return [hypotheses[0].text for hypotheses in self.translate(lines)]
+
+
+def _decode_kernels(graphdef: nnx.GraphDef, params):
+    """``Seq2Seq.decode_kernels()`` of one model's parameters, built once rather than in every search call."""
+    return jax.jit(lambda params: nnx.merge(graphdef, params).decode_kernels())(params)
+
+
+def _prefix_batch(prefix_ids: list[list[int]] | None, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(prefix [rows, P] int32, prefix_len [rows] int32)`` for a batch's rows (``index``, -1 for padding rows),
+    ``P`` the longest prefix rounded up to 8 (0 when no row has one)."""
+    rows = len(index)
+    lengths = np.zeros(rows, np.int32)
+    if prefix_ids is not None:
+        lengths = np.array([len(prefix_ids[i]) if i >= 0 else 0 for i in index], np.int32)
+    width = int(round_up(int(lengths.max()), 8)) if rows else 0
+    prefix = np.zeros((rows, width), np.int32)
+    for row, line_index in enumerate(index):
+        if lengths[row]:
+            prefix[row, :lengths[row]] = prefix_ids[line_index]
+    return prefix, lengths

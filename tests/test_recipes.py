@@ -85,11 +85,13 @@ class _FakeCheckpointer:
         return self.step
 
 
-def _fake_run(monkeypatch, tmp_path, name, reached=None):
-    """Run ``RUNNER.run`` with training, averaging and decoding replaced by fakes (nothing compiles).
+def _fake_run(monkeypatch, tmp_path, name, reached=None, ensemble_seeds=None):
+    """Run ``RUNNER.run`` (``RUNNER.run_ensemble`` with ``ensemble_seeds``) with training, averaging and decoding
+    replaced by fakes (nothing compiles).
 
     Decoding "scores" are a known function of (model, settings), so the choices the runner makes can be checked.
-    Returns ``(report, decoded)`` with ``decoded`` the list of (model dir name, settings) actually decoded.
+    Returns ``(report, decoded, results)`` with ``decoded`` the list of (model dir name, settings) actually
+    decoded (an ensemble's name joins its models' with "+").
     """
     from seq2seq_jax import averaging, cli
     from seq2seq_jax import workdir as workdir_lib
@@ -108,9 +110,11 @@ def _fake_run(monkeypatch, tmp_path, name, reached=None):
     workdir = tmp_path / "run"
 
     def fake_main(argv):
-        workdir.mkdir()
-        config.save(workdir / "config.json")
-        (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (
+        run_dir = Path(argv[argv.index("--workdir") + 1])
+        run_dir.mkdir()
+        config.with_overrides([argv[i + 1] for i, flag in enumerate(argv) if flag == "--set"]).save(
+            run_dir / "config.json")
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (
             {"step": 100, "train_loss": 5.0, "tokens_per_s": 100.0},
             {"step": 200, "train_loss": 4.0, "tokens_per_s": 300.0},
             {"step": 200, "valid_loss": 4.5, "valid_bleu": 10.0})))
@@ -119,8 +123,11 @@ def _fake_run(monkeypatch, tmp_path, name, reached=None):
     decoded = []
 
     def fake_decode(model, decode, sources, refs, metric, bucket_width):
-        decoded.append((model.name, dict(decode)))
-        value = 10.0 * decode.get("length_penalty", 0.0) + (1.0 if model.name.endswith(".avg") else 0.0)
+        label = "+".join(m.name for m in model) if isinstance(model, tuple) else model.name
+        decoded.append((label, dict(decode)))
+        value = 10.0 * decode.get("length_penalty", 0.0) + (1.0 if label.endswith(".avg") else 0.0)
+        if isinstance(model, tuple):  # the ensemble prefers length penalty 0.5
+            value = 20.0 - abs(decode.get("length_penalty", 0.0) - 0.5) + len(model)
         value += decode.get("no_repeat_ngram_size", 0) / 8  # the largest size in the grid (4) adds 0.5
         value -= decode.get("min_len", 0) / 10
         scores = ({"rouge1": value, "rouge2": value, "rougeL": value, "score": value} if metric == "rouge" else
@@ -132,8 +139,17 @@ def _fake_run(monkeypatch, tmp_path, name, reached=None):
     monkeypatch.setattr(workdir_lib.Workdir, "checkpointer",
                         lambda self, cfg: _FakeCheckpointer(config.train.max_steps if reached is None else reached))
     monkeypatch.setattr(RUNNER, "decode_and_score", fake_decode)
+
+    def fake_seconds(model, decode, sources, bucket_width):
+        decoded.append(("speed " + ("+".join(m.name for m in model) if isinstance(model, tuple) else model.name),
+                        dict(decode)))
+        return {"first_seconds": 9.0, "compiled_seconds": 3.0 * (len(model) if isinstance(model, tuple) else 1)}
+
+    monkeypatch.setattr(RUNNER, "decode_seconds", fake_seconds)
     results = tmp_path / "results"
     results.mkdir()
+    if ensemble_seeds:
+        return RUNNER.run_ensemble(name, data, workdir, results, ensemble_seeds), decoded, results
     return RUNNER.run(name, data, workdir, results), decoded, results
 
 
@@ -163,3 +179,34 @@ def test_runner_summarization_reports_unseen_subset_and_baselines(monkeypatch, t
 def test_runner_refuses_a_run_stopped_early(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="stopped at step 150"):
         _fake_run(monkeypatch, tmp_path, "multi30k-de-en", reached=150)
+
+
+def test_runner_ensemble_step(monkeypatch, tmp_path):
+    """--ensemble-seed 5: the recipe runs again with train.seed=5, then both chosen models decode as one ensemble,
+    its length penalty chosen on validation, test scored once by the ensemble and once by the first model alone
+    (decode speed)."""
+    report, decoded, results = _fake_run(monkeypatch, tmp_path, "multi30k-en-de", ensemble_seeds=[5])
+    assert ExperimentConfig.load(tmp_path / "run.seed5" / "config.json").train.seed == 5
+    assert [m["label"] for m in report["members"]] == ["multi30k-en-de", "multi30k-en-de-seed5"]
+    assert [m["model"] for m in report["members"]] == [str(tmp_path / "run.avg"), str(tmp_path / "run.seed5.avg")]
+    assert report["members"][0]["test"]["bleu"] == pytest.approx(16.0)
+    ensemble = "run.avg+run.seed5.avg"
+    assert report["decode_search"]["chosen"]["length_penalty"] == 0.5
+    assert report["valid"]["bleu"] == pytest.approx(22.0) and report["test"]["bleu"] == pytest.approx(22.0)
+    ensemble_decodes = [d for label, d in decoded if label == ensemble]
+    assert len(ensemble_decodes) == 4 + 1  # four penalties on validation, then test once
+    assert decoded[-2:] == [("speed " + ensemble, report["decode_search"]["chosen"]),
+                            ("speed run.avg", report["decode_search"]["chosen"])]  # the speed comparison
+    assert report["speed"]["sentences"] == 2 and report["speed"]["ensemble"]["compiled_seconds"] == 6.0
+    assert "--workdir " + str(tmp_path / "run.avg") + " --workdir " + str(tmp_path / "run.seed5.avg") in (
+        report["translate_command"])
+    assert report["command"] == "python scripts/recipes/run.py multi30k-en-de --ensemble-seed 5"
+    for label in ("multi30k-en-de", "multi30k-en-de-seed5", "multi30k-en-de-ensemble"):
+        assert (results / f"{label}.json").is_file()
+    summary = (results / "README.md").read_text()
+    assert "## multi30k-en-de-seed5" in summary and "## multi30k-en-de-ensemble" in summary
+    chosen = '`{"beam_size": 5, "length_penalty": 0.5, "n_best": 1}`'
+    assert f"| ensemble of the 2 | {chosen} | 22.0 | 22.0 | 22.0 |" in summary
+    assert "compiled: 6.0 s for the ensemble, 3.0 s for the first model alone" in summary
+    with pytest.raises(ValueError, match="translation recipes"):
+        RUNNER.run_ensemble("dialogsum", tmp_path, tmp_path / "x", results, [5])

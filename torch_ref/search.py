@@ -5,7 +5,7 @@
 ``state`` is a dict (nested dicts, lists and tuples allowed) of tensors with the hypotheses as leading
 axis; a key ``"attention"`` ``[N, S]`` in the returned state is recorded. Token ids: pad 0, bos 2, eos 3.
 
-This is the reference twin of ``seq2seq_jax/decode.py``: the same algorithm, rules 1-9 of that module's
+This is the reference twin of ``seq2seq_jax/decode.py``: the same algorithm, rules 1-10 of that module's
 docstring, written as a Python loop over steps with per-sentence bookkeeping in Python lists, so that the
 parity tests compare two independent implementations. In short: K alive / K finished hypotheses per
 sentence, only beam 0 alive at the start; each step takes the top 2K of K*V summed log-probs (stable:
@@ -15,6 +15,7 @@ sentence reached ``max_len_i = min(max(1, ceil(a * src_len + b)), max_len_bound)
 candidates; the best K non-EOS candidates stay alive; a sentence is done at ``max_len_i`` or when
 ``best_alive_sum / lp(max_len_i)`` (``lp(n + 1)`` for a negative penalty) ``<= worst finished score``.
 Bans (``min_len``: EOS while ``n < min_len``; ``no_repeat_ngram_size``) set -inf without renormalising.
+Rule 10, the target prefix: while ``n <= prefix_len_b`` only the prefix token keeps its (unbanned) log-prob.
 """
 
 from __future__ import annotations
@@ -89,6 +90,31 @@ def _apply_bans(log_probs: torch.Tensor, histories: list[list[int]], generated: 
     return log_probs
 
 
+def _force_prefix(log_probs: torch.Tensor, unbanned: torch.Tensor, prefixes: list[list[int]],
+                  generated: int) -> torch.Tensor:
+    """Rule 10: a row whose prefix (``prefixes[row]``, token ids) is at least ``generated`` long keeps only
+    ``prefixes[row][generated - 1]``, at its unbanned log-prob; log_probs/unbanned [N, V]. Returns a copy."""
+    log_probs = log_probs.clone()
+    for row, prefix in enumerate(prefixes):
+        if generated <= len(prefix):
+            token = prefix[generated - 1]
+            log_probs[row] = -math.inf
+            log_probs[row, token] = unbanned[row, token]
+    return log_probs
+
+
+def _prefix_lists(prefix: torch.Tensor | None, prefix_len: torch.Tensor | None, batch: int) -> list[list[int]]:
+    """Per sentence, its prefix token ids (``prefix [B, P]`` cut at ``prefix_len [B]``); empty lists without."""
+    if (prefix is None) != (prefix_len is None):
+        raise ValueError("prefix and prefix_len go together: give both or neither")
+    if prefix is None:
+        return [[] for _ in range(batch)]
+    lengths = [int(n) for n in torch.as_tensor(prefix_len).reshape(-1).tolist()]
+    if len(lengths) != batch or torch.as_tensor(prefix).shape[0] != batch:
+        raise ValueError(f"need prefix [{batch}, P] and prefix_len [{batch}]")
+    return [[int(t) for t in row[:n].tolist()] for row, n in zip(torch.as_tensor(prefix), lengths, strict=True)]
+
+
 @dataclass
 class _Hypothesis:
     tokens: list[int] = field(default_factory=list)
@@ -125,10 +151,12 @@ def _pack(per_sentence: list[list[_Finished]], n_best: int, buffer_len: int, dty
 def beam_search(decode_step: DecodeStep, init_state: Any, src_len: torch.Tensor, *, beam_size: int,
                 length_penalty: float, n_best: int = 1, min_len: int = 0, max_len_a: float, max_len_b: float,
                 max_len_bound: int, no_repeat_ngram_size: int = 0, eos_id: int = EOS_ID,
-                bos_id: int = BOS_ID) -> BeamResult:
+                bos_id: int = BOS_ID, prefix: torch.Tensor | None = None,
+                prefix_len: torch.Tensor | None = None) -> BeamResult:
     """Beam search (the algorithm of ``seq2seq_jax.decode``), a Python loop.
 
-    init_state: leaves ``[B, ...]``; src_len ``[B]``. Returns BeamResult (torch tensors) with tokens
+    init_state: leaves ``[B, ...]``; src_len ``[B]``; optional target prefix ``prefix [B, P]`` with
+    ``prefix_len [B]`` (0 = none). Returns BeamResult (torch tensors) with tokens
     ``[B, n_best, max_len_bound]``, lengths/scores ``[B, n_best]``, attention ``[B, n_best, L, S]`` or None.
     """
     if beam_size < 1 or not 1 <= n_best <= beam_size:
@@ -137,6 +165,7 @@ def beam_search(decode_step: DecodeStep, init_state: Any, src_len: torch.Tensor,
     src_lengths = [int(s) for s in torch.as_tensor(src_len).reshape(-1).tolist()]
     batch = len(src_lengths)
     max_lens = [min(max_len_for(s, max_len_a, max_len_b), buffer_len) for s in src_lengths]
+    prefixes = [sentence for sentence in _prefix_lists(prefix, prefix_len, batch) for _ in range(beams)]
 
     state = _map_state(lambda leaf: leaf.repeat_interleave(beams, dim=0), init_state)
     alive = [[_Hypothesis() for _ in range(beams)] for _ in range(batch)]
@@ -156,9 +185,10 @@ def beam_search(decode_step: DecodeStep, init_state: Any, src_len: torch.Tensor,
         if alive_sums is None:
             alive_sums = torch.full((batch, beams), -math.inf, dtype=dtype)
             alive_sums[:, 0] = 0.0
-        log_probs = torch.log_softmax(logits.to(dtype), dim=-1)
-        log_probs = _apply_bans(log_probs, [hyp.tokens for sentence in alive for hyp in sentence], generated,
+        unbanned = torch.log_softmax(logits.to(dtype), dim=-1)
+        log_probs = _apply_bans(unbanned, [hyp.tokens for sentence in alive for hyp in sentence], generated,
                                 min_len=min_len, no_repeat_ngram_size=no_repeat_ngram_size, eos_id=eos_id)
+        log_probs = _force_prefix(log_probs, unbanned, prefixes, generated)
         vocab = log_probs.shape[1]
         log_probs = log_probs.reshape(batch, beams, vocab)
         step_attention = new_state.get("attention") if isinstance(new_state, dict) else None
@@ -216,14 +246,16 @@ def beam_search(decode_step: DecodeStep, init_state: Any, src_len: torch.Tensor,
 @torch.no_grad()
 def greedy_search(decode_step: DecodeStep, init_state: Any, src_len: torch.Tensor, *, length_penalty: float = 0.0,
                   min_len: int = 0, max_len_a: float, max_len_b: float, max_len_bound: int,
-                  no_repeat_ngram_size: int = 0, eos_id: int = EOS_ID, bos_id: int = BOS_ID) -> BeamResult:
-    """The plain argmax loop (first index on ties) with the bans and limits of beam search; n_best = 1.
+                  no_repeat_ngram_size: int = 0, eos_id: int = EOS_ID, bos_id: int = BOS_ID,
+                  prefix: torch.Tensor | None = None, prefix_len: torch.Tensor | None = None) -> BeamResult:
+    """The plain argmax loop (first index on ties) with the bans, limits and prefix rule of beam search; n_best = 1.
 
     Equals ``beam_search(..., beam_size=1)`` when ``length_penalty == 0``.
     """
     src_lengths = [int(s) for s in torch.as_tensor(src_len).reshape(-1).tolist()]
     batch = len(src_lengths)
     max_lens = [min(max_len_for(s, max_len_a, max_len_b), max_len_bound) for s in src_lengths]
+    prefixes = _prefix_lists(prefix, prefix_len, batch)
     hyps = [_Hypothesis() for _ in range(batch)]
     sums: list[torch.Tensor | None] = [None] * batch
     done = [False] * batch
@@ -235,13 +267,15 @@ def greedy_search(decode_step: DecodeStep, init_state: Any, src_len: torch.Tenso
         last_tokens = torch.tensor([hyp.tokens[-1] if hyp.tokens else bos_id for hyp in hyps], dtype=torch.long)
         logits, state = decode_step(state, last_tokens)
         dtype = _score_dtype(logits)
-        log_probs = torch.log_softmax(logits.to(dtype), dim=-1)
-        log_probs = _apply_bans(log_probs, [hyp.tokens for hyp in hyps], generated, min_len=min_len,
+        unbanned = torch.log_softmax(logits.to(dtype), dim=-1)
+        log_probs = _apply_bans(unbanned, [hyp.tokens for hyp in hyps], generated, min_len=min_len,
                                 no_repeat_ngram_size=no_repeat_ngram_size, eos_id=eos_id)
+        log_probs = _force_prefix(log_probs, unbanned, prefixes, generated)
         step_attention = state.get("attention") if isinstance(state, dict) else None
         if step_attention is not None:
             attention_width = step_attention.shape[1]
-        tokens = log_probs.argmax(dim=-1).tolist()
+        tokens = [prefixes[b][step] if generated <= len(prefixes[b]) else token
+                  for b, token in enumerate(log_probs.argmax(dim=-1).tolist())]
         for b, token in enumerate(tokens):
             if done[b]:
                 continue

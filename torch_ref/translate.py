@@ -1,7 +1,8 @@
 """Translate text with PyTorch alone, from an export directory (``seq2seq export-torch``)::
 
-    python -m torch_ref.translate DIR [--beam-size K] [--batch-size B] [--length-penalty A]
+    python -m torch_ref.translate DIR [DIR ...] [--beam-size K] [--batch-size B] [--length-penalty A]
                                       [--max-len-a A --max-len-b B] [--n-best N] [--input F] [--output F]
+                                      [--prefix F]
 
 Reads stdin (or ``--input``) and writes exactly one line per input line, in order, empty lines included (an
 empty line is the source ``[EOS]``). Decoding settings default to the exported experiment's ``decode``
@@ -10,6 +11,10 @@ section. The output equals ``seq2seq translate`` on the workdir the export came 
 stripped and ``tgt_tokenizer.decode(ids)``; with ``n_best > 1`` a line is ``text<TAB>score`` per hypothesis.
 Inputs are sorted by length into batches and put back in input order; the search is batch-invariant, so
 batching does not change the output. Sampling is not supported here (beam search is used).
+
+Several export directories decode as an ensemble (``torch_ref.ensemble``; decode settings from the first);
+``--prefix F`` gives one target prefix per input line (an empty line for none) that every hypothesis starts
+with (rule 10 of the search).
 
 No JAX anywhere: this module imports torch, ``torch_ref`` and the JAX-free ``seq2seq_jax.config`` /
 ``seq2seq_jax.tokenizer``.
@@ -26,10 +31,10 @@ from typing import NamedTuple
 import torch
 
 from seq2seq_jax.config import ConfigError, DecodeConfig
-from seq2seq_jax.data import split_lines
+from seq2seq_jax.data import check_same_line_count, split_lines
 from seq2seq_jax.tokenizer import EOS_ID, PAD_ID, Tokenizer, TokenizerError
+from torch_ref.ensemble import Ensemble, load_ensemble
 from torch_ref.load import decode_config as read_decode_config
-from torch_ref.load import load_pretrained
 from torch_ref.model import Seq2Seq
 from torch_ref.search import beam_search, max_len_for
 
@@ -56,21 +61,47 @@ def source_batches(src_ids: Sequence[Sequence[int]], batch_size: int):
         yield src, torch.tensor([lengths[i] for i in indices], dtype=torch.long), indices
 
 
+def _prefix_batch(prefix_ids: list[list[int]] | None, indices: Sequence[int]):
+    """``(prefix [b, P] long, prefix_len [b] long)`` for a batch's lines, or ``(None, None)`` without prefixes."""
+    if prefix_ids is None:
+        return None, None
+    lengths = [len(prefix_ids[i]) for i in indices]
+    prefix = torch.full((len(indices), max(lengths)), PAD_ID, dtype=torch.long)
+    for row, index in enumerate(indices):
+        prefix[row, :lengths[row]] = torch.tensor(prefix_ids[index], dtype=torch.long)
+    return prefix, torch.tensor(lengths, dtype=torch.long)
+
+
 @torch.no_grad()
-def translate(model: Seq2Seq, src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer, lines: Sequence[str],
-              config: DecodeConfig) -> list[list[Hypothesis]]:
-    """Translate ``lines`` (order kept, one entry per line, each a list of ``config.n_best`` hypotheses)."""
+def translate(model: Seq2Seq | Ensemble, src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer, lines: Sequence[str],
+              config: DecodeConfig, prefixes: Sequence[str] | None = None,
+              prefix_name: str = "prefix") -> list[list[Hypothesis]]:
+    """Translate ``lines`` (order kept, one entry per line, each a list of ``config.n_best`` hypotheses).
+
+    ``prefixes``: one target prefix per line (``""`` for none) that every hypothesis starts with; a prefix with
+    more pieces than its line's output limit (``DecodeConfig.max_len``) is an error naming ``prefix_name`` and
+    the line."""
     model.eval()
     device = next(model.parameters()).device
     encoded = [src_tokenizer.encode(line) for line in lines]
+    prefix_ids = None
+    if prefixes is not None:
+        if len(prefixes) != len(lines):
+            raise ValueError(f"{len(prefixes)} prefixes for {len(lines)} lines: give one per line")
+        prefix_ids = [tgt_tokenizer.encode(prefix) for prefix in prefixes]
+        for number, (ids, pieces) in enumerate(zip(encoded, prefix_ids, strict=True), start=1):
+            if len(pieces) > config.max_len(len(ids) + 1):
+                raise ValueError(f"{prefix_name}:{number}: the prefix has {len(pieces)} target pieces, more than the "
+                                 f"{config.max_len(len(ids) + 1)} tokens this line's output may have")
     results: list[list[Hypothesis] | None] = [None] * len(lines)
     for src, src_len, indices in source_batches(encoded, config.batch_size):
         state = model.init_decode_state(src.to(device), src_len.to(device))
         bound = max(max_len_for(int(n), config.max_len_a, config.max_len_b) for n in src_len)
+        prefix, prefix_len = _prefix_batch(prefix_ids, indices)
         result = beam_search(model.decode_step, state, src_len, beam_size=config.beam_size,
                              length_penalty=config.length_penalty, n_best=config.n_best, min_len=config.min_len,
                              max_len_a=config.max_len_a, max_len_b=config.max_len_b, max_len_bound=bound,
-                             no_repeat_ngram_size=config.no_repeat_ngram_size)
+                             no_repeat_ngram_size=config.no_repeat_ngram_size, prefix=prefix, prefix_len=prefix_len)
         for row, index in enumerate(indices):
             hypotheses = []
             for rank in range(result.tokens.shape[1]):
@@ -96,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m torch_ref.translate",
                                      description="Translate stdin line by line with PyTorch alone, from an export "
                                                  "directory (seq2seq export-torch).")
-    parser.add_argument("directory", metavar="DIR", help="export directory")
+    parser.add_argument("directories", nargs="+", metavar="DIR",
+                        help="export directory (several: an ensemble; decode settings from the first)")
     parser.add_argument("--beam-size", type=int, help="beam size (1 = greedy)")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--length-penalty", type=float, help="alpha of ((5 + len) / 6) ** alpha")
@@ -107,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-repeat-ngram-size", type=int)
     parser.add_argument("--input", help="read this file instead of stdin")
     parser.add_argument("--output", help="write this file instead of stdout")
+    parser.add_argument("--prefix", help="one target prefix per input line (an empty line for none)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     return parser
 
@@ -125,17 +158,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
-        config = decode_settings(read_decode_config(args.directory), args)
+        config = decode_settings(read_decode_config(args.directories[0]), args)
         if config.sample:
             print("torch_ref.translate: sampling is not supported; using beam search "
                   f"(beam size {config.beam_size})", file=sys.stderr)
-        model, src_tokenizer, tgt_tokenizer = load_pretrained(args.directory)
+        model, src_tokenizer, tgt_tokenizer = load_ensemble(args.directories)
         if args.input:
             with open(args.input, "rb") as handle:
                 lines = split_lines(handle.read(), args.input)
         else:
             lines = split_lines(sys.stdin.buffer.read())
-        results = translate(model, src_tokenizer, tgt_tokenizer, lines, config)
+        prefixes = None
+        if args.prefix:
+            with open(args.prefix, "rb") as handle:
+                prefixes = split_lines(handle.read(), args.prefix)
+            check_same_line_count(args.input or "<stdin>", lines, args.prefix, prefixes)
+        results = translate(model, src_tokenizer, tgt_tokenizer, lines, config, prefixes, args.prefix)
     except (ConfigError, TokenizerError, ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"torch_ref.translate: error: {error}", file=sys.stderr)
         return 2

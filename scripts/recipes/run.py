@@ -1,6 +1,6 @@
 """Run a recipe end to end: train, average checkpoints, tune decoding on the validation set, score once.
 
-    python scripts/recipes/run.py NAME [--data DIR] [--workdir DIR] [--results DIR]
+    python scripts/recipes/run.py NAME [--data DIR] [--workdir DIR] [--results DIR] [--ensemble-seed S ...]
 
 NAME is one of ``RECIPES`` (``multi30k-de-en``, ``multi30k-en-de``, ``dialogsum``); its settings are the
 config file beside this script. ``--data`` is the folder holding ``multi30k/`` and ``dialogsum/`` (default
@@ -21,6 +21,13 @@ config file beside this script. ``--data`` is the folder holding ``multi30k/`` a
    ``NAME.valid.hyp``) and ``RESULTS/README.md`` (tables of every recipe's results) are written; default
    ``RESULTS`` is ``docs/results``. A run stopped before ``train.max_steps`` (SIGTERM) stops here with an
    error; the same command resumes it.
+6. With ``--ensemble-seed S`` (repeatable), steps 1-5 run again for each seed ``S`` (``--set train.seed=S``,
+   workdir ``WORKDIR.seedS``, results ``NAME-seedS.json``), then the models each run chose decode as one
+   ensemble (``seq2seq translate --workdir A --workdir B``): its decoding settings are searched on validation
+   as in step 3 and the test set is scored once. For the decoding speed, the ensemble and the first model
+   alone, with the ensemble's settings, each translate the test set twice: the first time compiles, the
+   second is the compiled speed. ``RESULTS/NAME-ensemble.json`` holds the members' and the ensemble's
+   validation and test scores, and the summary a table of them.
 """
 
 from __future__ import annotations
@@ -95,16 +102,35 @@ def score(metric: str, hyps: list[str], refs: list[str]) -> dict:
     return result
 
 
-def decode_and_score(workdir: Path, decode: dict, sources: list[str], refs: list[str], metric: str,
-                     bucket_width: int) -> tuple:
-    """``(scores, hypotheses, seconds)`` of the best checkpoint of ``workdir`` with ``decode`` settings."""
+def load_translator(workdir: Path | tuple[Path, ...], decode: dict, bucket_width: int):
+    """A ``Translator`` of the best checkpoint of ``workdir`` (a tuple of workdirs: their ensemble, with the first
+    one's decoding defaults) with ``decode`` settings and sources padded to multiples of ``bucket_width``."""
+    from seq2seq_jax.api import load
     from seq2seq_jax.translate import Translator
-    from seq2seq_jax.workdir import load_trained
 
-    trained = load_trained(workdir)
-    config = dataclasses.replace(trained.config.decode, **decode)
-    translator = Translator(trained.graphdef, trained.params, trained.src_tokenizer, trained.tgt_tokenizer,
-                            config, bucket_width)
+    model = load(list(workdir) if isinstance(workdir, tuple) else workdir)
+    config = dataclasses.replace(model.models[0].config.decode, **decode)
+    graphdefs, params = [m.graphdef for m in model.models], [m.params for m in model.models]
+    if not model.is_ensemble:
+        graphdefs, params = graphdefs[0], params[0]
+    return Translator(graphdefs, params, model.src_tokenizer, model.tgt_tokenizer, config, bucket_width)
+
+
+def decode_seconds(workdir: Path | tuple[Path, ...], decode: dict, sources: list[str], bucket_width: int) -> dict:
+    """Seconds to translate ``sources``: the first time (compilation included) and again, compiled."""
+    translator = load_translator(workdir, decode, bucket_width)
+    seconds = []
+    for _ in range(2):
+        start = time.perf_counter()
+        translator.translate_best(sources)
+        seconds.append(round(time.perf_counter() - start, 1))
+    return {"first_seconds": seconds[0], "compiled_seconds": seconds[1]}
+
+
+def decode_and_score(workdir: Path | tuple[Path, ...], decode: dict, sources: list[str], refs: list[str],
+                     metric: str, bucket_width: int) -> tuple:
+    """``(scores, hypotheses, seconds)`` of ``load_translator(workdir, decode, bucket_width)`` on ``sources``."""
+    translator = load_translator(workdir, decode, bucket_width)
     start = time.perf_counter()
     hyps = translator.translate_best(sources)
     return score(metric, hyps, refs), hyps, time.perf_counter() - start
@@ -127,7 +153,18 @@ def training_summary(workdir: Path) -> dict:
             "valid_bleu_greedy_by_step": {r["step"]: round(r["valid_bleu"], 2) for r in valid}}
 
 
-def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str] = ()) -> dict:
+def search_decoding(recipe: Recipe, try_settings) -> dict:
+    """Step 3: the recipe's decode settings, one at a time, the others at their best so far; ``try_settings(decode)``
+    returns the validation scores of a setting."""
+    current = {"beam_size": recipe.beam_size, "n_best": 1, **{key: values[0] for key, values in recipe.search.items()}}
+    for setting, values in recipe.search.items():
+        current = max((dict(current, **{setting: value}) for value in values),
+                      key=lambda decode: try_settings(decode)["score"])
+    return current
+
+
+def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str] = (), label: str | None = None
+        ) -> dict:
     from seq2seq_jax import cli
     from seq2seq_jax.averaging import average_checkpoints
     from seq2seq_jax.config import ExperimentConfig
@@ -140,8 +177,9 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
         if not (data / relative).is_file():
             raise FileNotFoundError(f"{data / relative} not found: pass --data, the folder holding "
                                     f"{relative.split('/')[0]}/")
+    label = label or name  # the results files' name: NAME, or NAME-seedS for an ensemble member
     command = " ".join(["python scripts/recipes/run.py", name, *(f"--set {o}" for o in overrides)])
-    report: dict = {"recipe": name, "command": command, "data": str(data)}
+    report: dict = {"recipe": name, "label": label, "command": command, "data": str(data)}
 
     # 1. train (resumes an existing workdir); only a run that reached train.max_steps goes on
     argv = ["train", "--workdir", str(workdir), "--train-src", str(data / recipe.train[0]),
@@ -197,11 +235,10 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
         for label, model in candidates.items()}}
 
     # 3. decoding settings, searched on validation only: one setting at a time, the others at their best so far
-    current = dict(base_decode, **{key: values[0] for key, values in recipe.search.items()})
-    for setting, values in recipe.search.items():
-        current = max((dict(current, **{setting: value}) for value in values),
-                      key=lambda decode: valid_result(chosen, decode)["valid"]["score"])
+    current = search_decoding(recipe, lambda decode: valid_result(chosen, decode)["valid"])
     best = valid_result(chosen, current)
+    report["chosen_model"] = str(chosen)
+    report["valid_chosen"] = best["valid"]  # the chosen model and settings on validation
     report["decode_search"] = {"order": list(recipe.search), "chosen": current, "tried": [
         {key: value for key, value in entry.items() if key != "hyps"} for entry in tried.values()
         if entry["model"] == str(chosen)]}
@@ -212,7 +249,7 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
         scores, hyps, seconds = decode_and_score(chosen, current, test_src, test_ref, recipe.metric,
                                                  recipe.decode_bucket_width)
         report["test"] = {"set": recipe.test[1], **scores, "sentences": len(hyps), "seconds": round(seconds, 1)}
-        (results / f"{name}.test.hyp").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+        (results / f"{label}.test.hyp").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
         log(f"{name}: test BLEU {scores['bleu']:.2f} chrF {scores['chrf']:.2f}")
     else:
         report["valid"] = best["valid"]
@@ -221,7 +258,7 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
         unseen = [i for i, line in enumerate(valid_src) if " ".join(line.split()) not in train_sources]
         report["valid_unseen"] = {"examples": len(unseen), **score(
             recipe.metric, [best["hyps"][i] for i in unseen], [valid_ref[i] for i in unseen])}
-        (results / f"{name}.valid.hyp").write_text("".join(h + "\n" for h in best["hyps"]), encoding="utf-8")
+        (results / f"{label}.valid.hyp").write_text("".join(h + "\n" for h in best["hyps"]), encoding="utf-8")
     if recipe.extractive_baselines:
         from seq2seq_jax.extractive import lead, longest
 
@@ -233,10 +270,64 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
 
     # 5. results
     report["environment"] = environment()
-    plot_training_curves(read_metrics_jsonl(workdir / "metrics.jsonl"), results / f"{name}_curves.png")
-    (results / f"{name}.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    plot_training_curves(read_metrics_jsonl(workdir / "metrics.jsonl"), results / f"{label}_curves.png")
+    (results / f"{label}.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     summary_file = write_summary(results)
-    log(f"{name}: wrote {results / (name + '.json')}, {results / (name + '_curves.png')} and {summary_file}")
+    log(f"{name}: wrote {results / (label + '.json')}, {results / (label + '_curves.png')} and {summary_file}")
+    return report
+
+
+def run_ensemble(name: str, data: Path, workdir: Path, results: Path, seeds: list[int],
+                 overrides: list[str] = ()) -> dict:
+    """Step 6: the recipe for the config's seed and for each of ``seeds``, then the chosen models as one ensemble."""
+    recipe = RECIPES[name]
+    if recipe.metric != "bleu":
+        raise ValueError(f"{name}: ensembles are a step of the translation recipes (BLEU), not of {recipe.metric}")
+    members = [run(name, data, workdir, results, overrides)]
+    for seed in seeds:
+        members.append(run(name, data, workdir.with_name(f"{workdir.name}.seed{seed}"), results,
+                           [*overrides, f"train.seed={seed}"], label=f"{name}-seed{seed}"))
+    models = tuple(Path(member["chosen_model"]) for member in members)
+    valid_src, valid_ref = read_pair(data, recipe.valid)
+    tried: dict[str, dict] = {}
+
+    def valid_scores(decode: dict) -> dict:
+        key = json.dumps(decode, sort_keys=True)
+        if key not in tried:
+            scores, _, seconds = decode_and_score(models, decode, valid_src, valid_ref, recipe.metric,
+                                                  recipe.decode_bucket_width)
+            tried[key] = {"decode": decode, "valid": scores, "seconds": round(seconds, 1)}
+            log(f"{name}: ensemble {decode}: valid {recipe.metric} {scores['score']:.2f} ({seconds:.0f} s)")
+        return tried[key]["valid"]
+
+    current = search_decoding(recipe, valid_scores)
+    seed_flags = "".join(f" --ensemble-seed {seed}" for seed in seeds)
+    report: dict = {
+        "recipe": name, "label": f"{name}-ensemble", "data": str(data),
+        "command": " ".join(["python scripts/recipes/run.py", name + seed_flags, *(f"--set {o}" for o in overrides)]),
+        "members": [{"label": m["label"], "model": m["chosen_model"], "selection": m["model_selection"]["chosen"],
+                     "decode": m["decode_search"]["chosen"], "valid": m["valid_chosen"], "test": m.get("test")}
+                    for m in members],
+        "decode_search": {"order": list(recipe.search), "chosen": current, "tried": list(tried.values())},
+        "valid": valid_scores(current),
+        "translate_command": "seq2seq translate" + "".join(f" --workdir {model}" for model in models) + "".join(
+            f" --{key.replace('_', '-')} {value}" for key, value in current.items())}
+    if recipe.test is not None:
+        test_src, test_ref = read_pair(data, recipe.test)
+        scores, hyps, seconds = decode_and_score(models, current, test_src, test_ref, recipe.metric,
+                                                 recipe.decode_bucket_width)
+        report["test"] = {"set": recipe.test[1], **scores, "sentences": len(hyps), "seconds": round(seconds, 1)}
+        (results / f"{name}-ensemble.test.hyp").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+        log(f"{name}: ensemble test BLEU {scores['bleu']:.2f}")
+        report["speed"] = {"sentences": len(test_src), "decode": current, "bucket_width": recipe.decode_bucket_width,
+                           "ensemble": decode_seconds(models, current, test_src, recipe.decode_bucket_width),
+                           "first_model": decode_seconds(models[0], current, test_src, recipe.decode_bucket_width)}
+        log(f"{name}: decoding speed on test (first / compiled seconds): ensemble {report['speed']['ensemble']}, "
+            f"first model alone {report['speed']['first_model']}")
+    report["environment"] = environment()
+    out = results / f"{name}-ensemble.json"
+    out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    log(f"{name}: wrote {out} and {write_summary(results)}")
     return report
 
 
@@ -253,9 +344,12 @@ def write_summary(results: Path) -> Path:
         report = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(report, dict) or "recipe" not in report:
             continue
+        if "members" in report:
+            lines += _ensemble_summary(report)
+            continue
         name, env, training = report["recipe"], report["environment"], report["training"]
-        config = report["config"]
-        lines += [f"## {name}", "", f"`{report['command']}` (commit {env['commit']}, {env['date']}, "
+        config, label = report["config"], report.get("label", name)
+        lines += [f"## {label}", "", f"`{report['command']}` (commit {env['commit']}, {env['date']}, "
                   f"{env['cpus_usable']} CPU core(s) usable, jax {env['versions']['jax']})", ""]
         lines += [f"Training: {training['steps']} steps of {config['data']['batch_size']} sentences in "
                   f"{training['seconds'] / 60:.1f} min, median {training['tokens_per_s_median'] or 0:.0f} target "
@@ -284,10 +378,32 @@ def write_summary(results: Path) -> Path:
                 lines += [f"| target | {targets['rouge1']:.1f} | {targets['rouge2']:.1f} | {targets['rougeL']:.1f} |"]
             lines += ["", "ROUGE: rouge-score, stemming, F-measure, x100; the decoding settings were chosen on this "
                       "same set (the recipe has no separate test split).", ""]
-        lines += [f"![training curves]({name}_curves.png)", ""]
+        lines += [f"![training curves]({label}_curves.png)", ""]
     out = results / "README.md"
     out.write_text("\n".join(lines), encoding="utf-8")
     return out
+
+
+def _ensemble_summary(report: dict) -> list[str]:
+    """The summary section of an ensemble report (step 6): each member and the ensemble, validation and test."""
+    env = report["environment"]
+    lines = [f"## {report['label']}", "", f"`{report['command']}` (commit {env['commit']}, {env['date']}, "
+             f"{env['cpus_usable']} CPU core(s) usable, jax {env['versions']['jax']})", "",
+             "| system | decoding | validation BLEU | test BLEU | test chrF |", "|---|---|---|---|---|"]
+    rows = [(f"{m['label']} ({m['selection']})", m["decode"], m["valid"], m["test"]) for m in report["members"]]
+    rows.append((f"ensemble of the {len(report['members'])}", report["decode_search"]["chosen"], report["valid"],
+                 report.get("test")))
+    for system, decode, valid, test in rows:
+        test_cells = f"{test['bleu']:.1f} | {test['chrf']:.1f}" if test else "| "
+        lines.append(f"| {system} | `{json.dumps(decode, sort_keys=True)}` | {valid['bleu']:.1f} | {test_cells} |")
+    if "speed" in report:
+        speed = report["speed"]
+        ensemble, single = speed["ensemble"], speed["first_model"]
+        lines += ["", f"Decoding the {speed['sentences']} test sentences with the ensemble's settings, compiled: "
+                  f"{ensemble['compiled_seconds']:.1f} s for the ensemble, {single['compiled_seconds']:.1f} s for the "
+                  f"first model alone ({ensemble['first_seconds']:.1f} s and {single['first_seconds']:.1f} s the "
+                  "first time, compilation included)."]
+    return lines + [""]
 
 
 def environment() -> dict:
@@ -316,11 +432,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default=str(REPO / "docs" / "results"), help="where results are written")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a setting of the recipe's config (a quick trial; results then differ)")
+    parser.add_argument("--ensemble-seed", type=int, action="append", default=[], metavar="S",
+                        help="also run the recipe with train.seed=S (repeatable) and score the chosen models as "
+                             "one ensemble (step 6)")
     args = parser.parse_args(argv)
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     workdir = Path(args.workdir or REPO / "runs" / args.name)
-    run(args.name, Path(args.data), workdir, results, args.set)
+    if args.ensemble_seed:
+        run_ensemble(args.name, Path(args.data), workdir, results, args.ensemble_seed, args.set)
+    else:
+        run(args.name, Path(args.data), workdir, results, args.set)
     return 0
 
 
