@@ -36,6 +36,7 @@ from seq2seq_jax.tokenizer import build_tokenizers, load_tokenizers
 from seq2seq_jax.train import make_eval_step, make_optimizer, make_train_step
 from seq2seq_jax.translate import Translator
 from seq2seq_jax.workdir import Workdir, fresh_train_state
+from seq2seq_jax.workdir_lock import workdir_lock
 
 
 class TrainingAborted(RuntimeError):
@@ -139,6 +140,16 @@ def _quiet(*_args, **_kwargs) -> None:
 
 
 def train(config: ExperimentConfig, workdir: str | Path, log=print, mesh: Mesh | None = None) -> dict[str, float]:
+    """Train (or resume) in ``workdir`` holding its lock (``workdir_lock``; process 0 takes it for the whole job,
+    before anything is written there); another writer of ``workdir`` makes it raise ``WorkdirLockedError`` at
+    once. Returns the last validation metrics (empty without validation); the arguments are ``_train``'s."""
+    if not parallel.is_main_process():
+        return _train(config, workdir, log, mesh)
+    with workdir_lock(workdir, "seq2seq train"):
+        return _train(config, workdir, log, mesh)
+
+
+def _train(config: ExperimentConfig, workdir: str | Path, log=print, mesh: Mesh | None = None) -> dict[str, float]:
     """Train (or resume) in ``workdir``; returns the last validation metrics (empty without validation).
 
     ``mesh``: the ``(data, model)`` device mesh (``parallel.make_mesh``); default, every device on the
