@@ -14,6 +14,7 @@ and hands over only its own rows), and the steps are jitted with those shardings
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import signal
@@ -29,6 +30,7 @@ from tqdm import tqdm
 
 from seq2seq_jax import data as data_lib
 from seq2seq_jax import parallel
+from seq2seq_jax.checkpoint import CheckpointError
 from seq2seq_jax.config import ExperimentConfig
 from seq2seq_jax.metrics import corpus_bleu, exact_match, perplexity
 from seq2seq_jax.tasks import task_splits
@@ -233,9 +235,22 @@ def _train(config: ExperimentConfig, workdir: str | Path, log=print, mesh: Mesh 
             log(f"  src: {src}\n  ref: {ref}\n  hyp: {hyp}")
         return result
 
+    @contextlib.contextmanager
+    def stopping_cleanly_if_a_save_fails():
+        """A failed save (a full disk, say) ends the run: progress bar, logs and checkpointer closed first."""
+        try:
+            yield
+        except CheckpointError:
+            progress.close()
+            close_logs()
+            with contextlib.suppress(Exception):  # the save's own error is the one to report
+                checkpoints.close()
+            raise
+
     def save(step: int, metrics: dict[str, float] | None) -> None:
         extra = {"data_state": iterator.state(), "best": best, "config": config.to_dict()}
-        checkpoints.save(step, state, extra=extra, metrics=metrics, force=True)
+        with stopping_cleanly_if_a_save_fails():
+            checkpoints.save(step, state, extra=extra, metrics=metrics, force=True)
 
     step = int(state.step)
     last_metrics: dict[str, float] = {}
@@ -308,7 +323,8 @@ def _train(config: ExperimentConfig, workdir: str | Path, log=print, mesh: Mesh 
     progress.close()
     if checkpoints.latest_step() != step:
         save(step, None)
-    checkpoints.wait_until_finished()
+    with stopping_cleanly_if_a_save_fails():
+        checkpoints.wait_until_finished()
     checkpoints.close()
     close_logs()
     log(f"stopped at step {step} ({stop_reason}); compiled train programs: {len(seen_shapes)}; "
