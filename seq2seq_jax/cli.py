@@ -119,7 +119,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
             if translator.config.n_best > 1:
                 out.write("\t".join(f"{h.text}\t{h.score:.6f}" for h in hypotheses) + "\n")
             else:
-                out.write(hypotheses[0].text + "\n")
+                out.write((hypotheses[0].text if hypotheses else "") + "\n")  # a blank line has none
     finally:
         if args.output:
             out.close()
@@ -127,7 +127,8 @@ def cmd_translate(args: argparse.Namespace) -> int:
         directory = Path(args.plot_attention)
         directory.mkdir(parents=True, exist_ok=True)
         for number, (line, hypotheses) in enumerate(zip(lines, results, strict=True), start=1):
-            _plot_hypothesis_attention(trained, line, hypotheses[0], directory / f"attention_{number:05d}.png")
+            if hypotheses:  # a blank line has no translation, so no heatmap
+                _plot_hypothesis_attention(trained, line, hypotheses[0], directory / f"attention_{number:05d}.png")
     print(f"translated {len(lines)} lines with {translator.compiled_programs} compiled search programs",
           file=sys.stderr)
     return 0
@@ -188,6 +189,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     plot_training_curves(read_metrics_jsonl(run.metrics_path), out)
     print(f"wrote {out}")
     if args.attention is not None:
+        if not args.attention.strip():
+            raise ValueError("--attention: the sentence is blank; a blank source is not translated")
         args.checkpoint = "best"
         trained, translator = _load_translator(args)
         best = translator.translate([args.attention], with_attention=True)[0][0]
@@ -276,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--workdir", required=True)
     translate.add_argument("--input")
     translate.add_argument("--output")
-    translate.add_argument("--plot-attention", metavar="DIR", help="write one attention heatmap PNG per line")
+    translate.add_argument("--plot-attention", metavar="DIR",
+                           help="write one attention heatmap PNG per non-blank line")
     _add_decode_arguments(translate)
     translate.set_defaults(handler=cmd_translate)
 

@@ -1,5 +1,9 @@
 """Text in, text out: tokenize, batch by length, search (beam, greedy or sampling), detokenize, restore input
-order. One output per input line, empty lines included.
+order. One output per input line, in order.
+
+A blank line (empty or whitespace only) is not translated: it never enters a batch and its result is an empty
+list of hypotheses, which every consumer writes as an empty line (``translate_best`` gives ``""``), in every
+decoding mode; the model is never asked to make something up from EOS alone.
 
 Every batch has ``batch_size`` rows and a source length rounded up to ``bucket_width``, and the output buffer
 is sized for that padded length (rounded up to 8), so one program is compiled per padded shape and decoding
@@ -105,10 +109,12 @@ class Translator:
         return self._kernels_t
 
     def translate(self, lines: Sequence[str], with_attention: bool = False) -> list[list[Hypothesis]]:
-        """Translate ``lines`` (order kept, one entry per line, each a list of ``n_best`` hypotheses)."""
+        """Translate ``lines`` (order kept, one entry per line, each a list of ``n_best`` hypotheses; an empty
+        list for a blank line)."""
         config = self.config
-        encoded = [self.src_tokenizer.encode(line) for line in lines]
-        results: list[list[Hypothesis] | None] = [None] * len(lines)
+        results: list[list[Hypothesis] | None] = [[] if not line.strip() else None for line in lines]
+        sources = [i for i, result in enumerate(results) if result is None]  # the lines that are translated
+        encoded = [self.src_tokenizer.encode(lines[i]) for i in sources]
         rng = jax.random.key(config.seed)
         for batch_number, (src, src_len, index) in enumerate(
                 source_batches(encoded, config.batch_size, self.bucket_width)):
@@ -132,11 +138,12 @@ class Translator:
                         weights = np.asarray(attention[row, rank, :length, : int(src_len[row])])
                     hypotheses.append(Hypothesis(self.tgt_tokenizer.decode(ids), ids, float(scores[row, rank]),
                                                  weights))
-                results[int(line_index)] = hypotheses
+                results[sources[int(line_index)]] = hypotheses
         missing = [i for i, r in enumerate(results) if r is None]
         if missing:
             raise RuntimeError(f"internal error: no output for input lines {missing[:10]}")
         return results  # type: ignore[return-value]
 
     def translate_best(self, lines: Sequence[str]) -> list[str]:
-        return [hypotheses[0].text for hypotheses in self.translate(lines)]
+        """The best hypothesis' text per line (``""`` for a blank line)."""
+        return [hypotheses[0].text if hypotheses else "" for hypotheses in self.translate(lines)]
