@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 from seq2seq_jax.config import ConfigError, DecodeConfig, ExperimentConfig
@@ -249,7 +250,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seq2seq", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log compilation and checkpoint details")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log compilation and checkpoint details; print the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train or resume (built-in demo task when no data is given)")
@@ -340,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return args.handler(args)
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as error:
+    except (ConfigError, ValueError, OSError, RuntimeError) as error:  # one line; the traceback with --verbose
         print(f"seq2seq {args.command}: error: {error}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exc(file=sys.stderr)
         return 2
