@@ -98,6 +98,19 @@ def test_the_lock_moves_with_a_staged_directory(tmp_path):
     assert sorted(p.name for p in target.iterdir()) == ["config.json"]
 
 
+def test_average_and_import_refuse_a_locked_output_before_reading_anything(tmp_path):
+    from seq2seq_jax.averaging import average_checkpoints
+    from seq2seq_jax.export import import_torch
+
+    out = tmp_path / "out"
+    with workdir_lock(out, "seq2seq train"):
+        with pytest.raises(WorkdirLockedError, match=f"pid {os.getpid()}"):
+            average_checkpoints(tmp_path / "no-such-run", out, last=1)
+        with pytest.raises(WorkdirLockedError, match=f"pid {os.getpid()}"):
+            import_torch(tmp_path / "no-such-export", out)
+        assert [p.name for p in out.iterdir()] == [LOCK_FILE]
+
+
 # ------------------------------------------------------------------------------------------ real trainers
 
 
