@@ -2,7 +2,8 @@
 
 The lock is ``fcntl.flock`` on ``W/.lock``: the kernel releases it when its holder exits, however it exits
 (SIGKILL, a crash; on NFS the server drops the locks of a client machine that died), so a lock can never
-outlive its process. The file also holds a JSON record naming the holder (host, pid, command, start time):
+outlive its process (on a filesystem without file locks the command warns and goes on unprotected). The
+file also holds a JSON record naming the holder (host, pid, command, start time):
 
 * a second writer finds the flock taken and gets ``WorkdirLockedError`` naming the holder and what to do;
 * a writer that gets the flock while a record is still in the file knows that record's process is gone
@@ -68,8 +69,12 @@ def _read_record(fd: int) -> dict | None:
     return record if isinstance(record, dict) else {"command": f"unreadable lock record {text[:80]!r}"}
 
 
+_NO_LOCKING = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)  # a filesystem without flock
+
+
 def _open_and_lock(path: Path) -> int:
-    """An fd of ``path`` holding its exclusive flock; ``WorkdirLockedError`` when another process holds it."""
+    """An fd of ``path`` holding its exclusive flock; ``WorkdirLockedError`` when another process holds it, and
+    ``OSError`` (one of ``_NO_LOCKING``) when the filesystem cannot lock."""
     while True:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -116,7 +121,18 @@ def workdir_lock(directory: str | Path, command: str,
     directory = Path(directory)
     created = not directory.exists()
     path = directory / LOCK_FILE
-    fd = _open_and_lock(path)
+    try:
+        fd = _open_and_lock(path)
+    except OSError as error:
+        if error.errno not in _NO_LOCKING:
+            raise
+        warn(f"cannot lock {directory}: its filesystem does not support file locks ({error.strerror}); it is not "
+             "protected against a second writer")
+        with contextlib.suppress(OSError):
+            if path.stat().st_size == 0:  # the empty file just created for the lock
+                path.unlink()
+        yield path
+        return
     try:
         stale = _read_record(fd)
         if stale is not None:

@@ -79,6 +79,22 @@ def test_release_deletes_the_record_and_a_dead_holders_lock_is_taken_over(tmp_pa
     assert not (directory / LOCK_FILE).exists()
 
 
+def test_a_filesystem_without_file_locks_is_a_warning(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    warnings: list[str] = []
+    (tmp_path / "w").mkdir()
+    with workdir_lock(tmp_path / "w", "train", warn=warnings.append):
+        (tmp_path / "w" / "config.json").write_text("{}")
+    assert len(warnings) == 1 and "does not support file locks" in warnings[0] and "second writer" in warnings[0]
+    assert [p.name for p in (tmp_path / "w").iterdir()] == ["config.json"]
+
+
 def test_a_directory_made_only_for_the_lock_is_removed_with_it(tmp_path):
     with workdir_lock(tmp_path / "new", "x"):
         assert (tmp_path / "new" / LOCK_FILE).is_file()
