@@ -90,7 +90,7 @@ def translate(model: Seq2Seq, src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer
 
 
 def format_line(hypotheses: Sequence[Hypothesis], n_best: int) -> str:
-    """``text`` (or ``text<TAB>score`` per hypothesis with ``n_best > 1``); empty for a blank line's none."""
+    """``text`` (or ``text<TAB>score`` per hypothesis with ``n_best > 1``); empty when there are none (a blank line)."""
     if not hypotheses:
         return ""
     if n_best > 1:
