@@ -334,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--omp-passive", action="store_true", help="OMP_WAIT_POLICY=PASSIVE for torch (loaded machine)")
     bench.add_argument("--quick", action="store_true", help="tiny models (a smoke test, not a measurement)")
     bench.set_defaults(handler=cmd_bench)
+    for command in commands.choices.values():  # also after the command: seq2seq train ... --verbose
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="print the traceback of an error; log compilation and checkpoint details")
     return parser
 
 

@@ -197,5 +197,6 @@ def test_errors_are_one_line_and_the_traceback_comes_with_verbose(tmp_path, caps
     args = ["translate", "--workdir", str(tmp_path / "missing")]
     code, _, err = run_cli(args, capsys, monkeypatch, stdin="x\n")
     assert code == 2 and err.count("\n") == 1 and "config.json not found" in err
-    code, _, err = run_cli(["--verbose", *args], capsys, monkeypatch, stdin="x\n")
-    assert code == 2 and "config.json not found" in err.splitlines()[0] and "Traceback" in err
+    for verbose in (["--verbose", *args], [*args, "-v"]):
+        code, _, err = run_cli(verbose, capsys, monkeypatch, stdin="x\n")
+        assert code == 2 and "config.json not found" in err.splitlines()[0] and "Traceback" in err
