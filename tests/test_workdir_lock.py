@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from run_support import TINY
+from run_support import TINY, tiny_config
 
 from seq2seq_jax.staging import is_nonempty_dir, staged_directory
 from seq2seq_jax.workdir_lock import LOCK_FILE, WorkdirLockedError, workdir_lock
@@ -145,6 +145,15 @@ def wait_for(condition, seconds: float, what: str) -> None:
         time.sleep(0.2)
 
 
+def step_records(workdir: Path) -> list[int]:
+    """The steps of the training-loss records in metrics.jsonl, in file order."""
+    if not (workdir / "metrics.jsonl").is_file():
+        return []
+    lines = (workdir / "metrics.jsonl").read_text().split("\n")[:-1]  # complete lines only: a trainer may be writing
+    records = [json.loads(line) for line in lines]
+    return [record["step"] for record in records if "train_loss" in record]
+
+
 def lock_holder_pid(workdir: Path) -> int | None:
     try:
         return json.loads((workdir / LOCK_FILE).read_text()).get("pid")
@@ -152,14 +161,24 @@ def lock_holder_pid(workdir: Path) -> int | None:
         return None
 
 
-def test_a_second_trainer_is_refused_and_the_first_finishes(tmp_path, capsys, monkeypatch):
+def translate_line(workdir: Path, checkpoint: str, capsys, monkeypatch) -> str:
     from seq2seq_jax import cli
 
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"March 3, 2021\n\n"), encoding="utf-8"))
+    assert cli.main(["translate", "--workdir", str(workdir), "--checkpoint", checkpoint]) == 0
+    return capsys.readouterr().out
+
+
+def test_a_second_trainer_is_refused_and_the_first_finishes(tmp_path, capsys, monkeypatch):
+    from seq2seq_jax.trainer import train
+
     workdir = tmp_path / "run"
+    train(tiny_config("train.max_steps=4"), workdir, log=lambda *_: None)  # step 4 for a reader to read meanwhile
     first = subprocess.Popen(train_command(workdir, "train.max_steps=100000", "train.save_every=100000"),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
     try:
-        wait_for(lambda: (workdir / "metrics.jsonl").is_file(), 240, "the first trainer's first step")
+        wait_for(lambda: len(step_records(workdir)) > 4, 240, "the first trainer's first step")
         assert lock_holder_pid(workdir) == first.pid
         start = time.perf_counter()
         second = subprocess.run(train_command(workdir, "train.max_steps=5"), capture_output=True, text=True,
@@ -169,6 +188,8 @@ def test_a_second_trainer_is_refused_and_the_first_finishes(tmp_path, capsys, mo
         assert f"pid {first.pid} on host {socket.gethostname()}" in second.stderr
         assert "is in use" in second.stderr and "Traceback" not in second.stderr
         assert first.poll() is None and lock_holder_pid(workdir) == first.pid
+        reader_output = translate_line(workdir, "4", capsys, monkeypatch)  # a reader takes no lock
+        assert first.poll() is None
         first.send_signal(signal.SIGTERM)  # the first one finishes: saves and exits 0
         output, _ = first.communicate(timeout=120)
     finally:
@@ -176,15 +197,11 @@ def test_a_second_trainer_is_refused_and_the_first_finishes(tmp_path, capsys, mo
             first.kill()
     assert first.returncode == 0, output
     print(f"second trainer refused after {refused_after:.1f} s (process start included)", file=sys.stderr)
-    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    steps = [record["step"] for record in records if "train_loss" in record]
+    steps = step_records(workdir)
     assert steps == list(range(1, len(steps) + 1))  # one writer: every step once, in order
     assert not (workdir / LOCK_FILE).exists()
-    capsys.readouterr()
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"March 3, 2021\n\n"), encoding="utf-8"))
-    assert cli.main(["translate", "--workdir", str(workdir), "--checkpoint", "latest"]) == 0
-    out = capsys.readouterr().out
-    assert len(out.split("\n")) == 3 and out.split("\n")[1] == ""
+    for out in (reader_output, translate_line(workdir, "latest", capsys, monkeypatch)):
+        assert len(out.split("\n")) == 3 and out.split("\n")[1] == ""
 
 
 def test_a_killed_trainers_lock_is_taken_over_by_the_next_run(tmp_path):
