@@ -1,5 +1,6 @@
-"""The command line as a user runs it: translate (one line out per line in, order kept, empty lines
-included, a bounded number of compiled programs), evaluate, plot, and clear errors for bad input."""
+"""The command line as a user runs it: translate (one line out per line in, order kept, a blank line in gives
+an empty line out in every mode, a bounded number of compiled programs), evaluate, plot, and clear errors for
+bad input (one line; the traceback with --verbose)."""
 
 from __future__ import annotations
 
