@@ -80,6 +80,10 @@ def _plot_hypothesis_attention(trained, source: str, hypothesis, path: Path) -> 
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from seq2seq_jax.workdir_lock import refuse_if_locked
+
+    if not (args.coordinator or args.num_processes or args.distributed):  # one process: refuse before JAX starts
+        refuse_if_locked(args.workdir)
     from seq2seq_jax import parallel
 
     # Before anything else touches a device: every process of a multi-host run joins here.

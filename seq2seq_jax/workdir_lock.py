@@ -152,6 +152,23 @@ def workdir_lock(directory: str | Path, command: str,
                 directory.rmdir()
 
 
+def refuse_if_locked(directory: str | Path) -> None:
+    """Raise ``WorkdirLockedError`` if another process holds ``directory``'s lock right now; take and change
+    nothing. A quick refusal before a costly start (``seq2seq train`` checks before importing JAX); the lock
+    itself is taken later by ``workdir_lock``."""
+    path = Path(directory) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            _refuse(path, fd)
+    os.close(fd)  # releases the shared lock, if taken
+
+
 def _release(path: Path, fd: int) -> None:
     """Delete the lock file if it still is ours (it may have moved with a staged directory), then unlock."""
     try:
@@ -167,4 +184,4 @@ def _release(path: Path, fd: int) -> None:
         os.close(fd)
 
 
-__all__ = ["LOCK_FILE", "WorkdirLockedError", "workdir_lock"]
+__all__ = ["LOCK_FILE", "WorkdirLockedError", "refuse_if_locked", "workdir_lock"]

@@ -18,7 +18,7 @@ import pytest
 from run_support import TINY, tiny_config
 
 from seq2seq_jax.staging import is_nonempty_dir, staged_directory
-from seq2seq_jax.workdir_lock import LOCK_FILE, WorkdirLockedError, workdir_lock
+from seq2seq_jax.workdir_lock import LOCK_FILE, WorkdirLockedError, refuse_if_locked, workdir_lock
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu",
@@ -77,6 +77,22 @@ def test_release_deletes_the_record_and_a_dead_holders_lock_is_taken_over(tmp_pa
                                   f"(test holder, since ")
     assert f"on {directory}: that process is gone" in warnings[0]
     assert not (directory / LOCK_FILE).exists()
+
+
+def test_the_quick_check_refuses_a_held_lock_and_changes_nothing(tmp_path):
+    directory = tmp_path / "w"
+    refuse_if_locked(directory)  # no workdir yet: nothing to refuse, nothing created
+    assert not directory.exists()
+    holder = hold_in_subprocess(directory)
+    try:
+        with pytest.raises(WorkdirLockedError, match=f"pid {holder.pid} on host"):
+            refuse_if_locked(directory)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    stale = (directory / LOCK_FILE).read_bytes()
+    refuse_if_locked(directory)  # a dead holder's record: not refused, and left for workdir_lock to report
+    assert (directory / LOCK_FILE).read_bytes() == stale
 
 
 def test_a_filesystem_without_file_locks_is_a_warning(tmp_path, monkeypatch):
