@@ -126,7 +126,9 @@ def workdir_lock(directory: str | Path, command: str,
     except OSError as error:
         if error.errno not in _NO_LOCKING:
             raise
-        warn(f"cannot lock {directory}: its filesystem does not support file locks ({error.strerror}); it is not "
+        fd, unsupported = None, error.strerror
+    if fd is None:  # outside the except clause, so that errors of the with body do not chain to this one
+        warn(f"cannot lock {directory}: its filesystem does not support file locks ({unsupported}); it is not "
              "protected against a second writer")
         with contextlib.suppress(OSError):
             if path.stat().st_size == 0:  # the empty file just created for the lock
