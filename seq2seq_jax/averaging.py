@@ -20,6 +20,7 @@ from seq2seq_jax.checkpoint import CheckpointError
 from seq2seq_jax.staging import StagingError, is_nonempty_dir, staged_directory
 from seq2seq_jax.tokenizer import tokenizer_files
 from seq2seq_jax.workdir import Workdir, fresh_train_state
+from seq2seq_jax.workdir_lock import workdir_lock
 
 
 def select_steps(available: Sequence[int], last: int | None = None, steps: Sequence[int] | None = None) -> list[int]:
@@ -58,10 +59,18 @@ def average_checkpoints(workdir: str | Path, out: str | Path, last: int | None =
                         steps: Sequence[int] | None = None) -> list[int]:
     """Write the workdir ``out`` whose one checkpoint averages ``workdir``'s chosen checkpoints.
 
-    Returns the averaged steps. ``out`` must be new or empty; it appears complete or not at all.
+    Returns the averaged steps. ``out`` must be new or empty; it appears complete or not at all. ``out`` is
+    locked (``workdir_lock``) from the start; ``workdir`` is only read.
     """
-    run, out = Workdir(Path(workdir)), Path(out)
-    if out.exists() and (not out.is_dir() or is_nonempty_dir(out)):
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise StagingError(f"{out} exists and is not a directory; choose a new --out workdir")
+    with workdir_lock(out, "seq2seq average"):
+        return _average_into(Workdir(Path(workdir)), out, last, steps)
+
+
+def _average_into(run: Workdir, out: Path, last: int | None, steps: Sequence[int] | None) -> list[int]:
+    if is_nonempty_dir(out):
         raise StagingError(f"{out} exists and is not an empty directory; choose a new --out workdir")
     config = run.load_config()
     _, target = fresh_train_state(config)

@@ -34,13 +34,22 @@ Safety
   error. An explicit step (or ``"best"``) that cannot be read raises ``CheckpointError`` naming its path.
 * A checkpoint that is readable but does not fit the ``target`` (a different model) raises
   ``CheckpointError`` at once; it is not mistaken for corruption.
+* A save that fails (in ``save``, or, for a background save, in the next ``save``, ``wait_until_finished`` or
+  ``close``) raises ``CheckpointError`` naming the step, its directory, the cause in a line (a full disk,
+  ENOSPC anywhere in the exception chain, is said as such) and the last complete checkpoint, which still
+  restores; the step's uncommitted ``*.orbax-checkpoint-tmp*`` directory is removed. Orbax logs such a
+  failure with its whole traceback from its writer thread before raising it, and tensorstore reports each
+  write that completes after orbax closed its event loop; both are shown only when this module's logger is
+  enabled for INFO (``seq2seq --verbose``). The error itself keeps the chain.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import threading
@@ -63,7 +72,52 @@ BEST_MODES = ("min", "max")
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be restored (missing, corrupt, or not matching the target)."""
+    """A checkpoint that cannot be saved or restored (disk full, missing, corrupt, or not matching the target)."""
+
+
+class _HideOrbaxTracebacks(logging.Filter):
+    """Orbax logs a failed background save with its traceback (through absl's logger, once per thread) before
+    the save raises it to the caller, where it becomes a ``CheckpointError``; keep those records only when this
+    module's logger is enabled for INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info is None or f"{os.sep}orbax{os.sep}" not in record.pathname:
+            return True
+        return logger.isEnabledFor(logging.INFO)
+
+
+logging.getLogger("absl").addFilter(_HideOrbaxTracebacks())
+
+
+def _hide_closed_loop_callbacks(previous_hook):
+    """When a save fails, orbax closes its asyncio loop while tensorstore still completes the save's other writes;
+    each completion then reports ``RuntimeError('Event loop is closed')`` through ``sys.unraisablehook``, a
+    traceback apiece. Drop exactly those unless this module's logger is enabled for INFO."""
+
+    def hook(unraisable) -> None:
+        if (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
+                and not logger.isEnabledFor(logging.INFO)):
+            return
+        previous_hook(unraisable)
+
+    return hook
+
+
+sys.unraisablehook = _hide_closed_loop_callbacks(sys.unraisablehook)
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    """ENOSPC anywhere in the exception chain; tensorstore reports it inside a ValueError's message
+    (``... No space left on device [os_error_code='28']``)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        text = str(error)
+        if (getattr(error, "errno", None) == errno.ENOSPC or os.strerror(errno.ENOSPC) in text
+                or f"os_error_code='{errno.ENOSPC}'" in text):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _warn(message: str) -> None:
@@ -164,6 +218,7 @@ class Checkpointer:
         self.best_mode = best_mode
         self._metrics_lock = threading.Lock()
         self._metrics_by_step: dict[int, dict[str, float]] = {}
+        self._unfinished_step: int | None = None  # a background save not yet known to have committed
         options = ocp.CheckpointManagerOptions(
             create=True,
             enable_async_checkpointing=async_save,
@@ -216,6 +271,7 @@ class Checkpointer:
         if bad_leaf is not None:
             raise ValueError(f"checkpoint.py: refusing to save step {step} to {self.directory}: "
                              f"state leaf {bad_leaf} holds a non-finite value (NaN or Inf)")
+        self._finish_background_save()
         latest = self.latest_step()
         if latest is not None and step <= latest and not force:
             logger.warning("checkpoint.py: not saving step %d: %s already holds step %d", step,
@@ -230,6 +286,8 @@ class Checkpointer:
         })
         try:
             started = bool(self._manager.save(step, args=args, force=force))
+        except Exception as error:
+            raise self._save_failed(step, error) from error
         except BaseException:
             with self._metrics_lock:
                 self._metrics_by_step.pop(step, None)
@@ -237,16 +295,52 @@ class Checkpointer:
         if not started:
             with self._metrics_lock:
                 self._metrics_by_step.pop(step, None)
+        self._unfinished_step = step if started else None
         return started
 
     def wait_until_finished(self) -> None:
-        """Block until every background save has committed (raises if one failed)."""
-        self._manager.wait_until_finished()
+        """Block until every background save has committed (``CheckpointError`` if one failed)."""
+        self._finish_background_save()
 
     def close(self) -> None:
-        """Finish pending saves and release the manager."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Finish pending saves and release the manager (``CheckpointError`` if a save failed)."""
+        try:
+            self._finish_background_save()
+        finally:
+            self._manager.close()
+
+    def _finish_background_save(self) -> None:
+        step, self._unfinished_step = self._unfinished_step, None
+        try:
+            self._manager.wait_until_finished()
+        except Exception as error:
+            if step is None:
+                raise
+            raise self._save_failed(step, error) from error
+
+    def _save_failed(self, step: int, error: Exception) -> CheckpointError:
+        """The error for a save of ``step`` that failed: its uncommitted directory removed, the cause in one
+        line, and the last complete checkpoint."""
+        with self._metrics_lock:
+            self._metrics_by_step.pop(step, None)
+        if jax.process_index() == 0:
+            for partial in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+                shutil.rmtree(partial, ignore_errors=True)
+        try:
+            self._manager.reload()
+            committed = [s for s in self.all_steps() if s != step]
+        except Exception:  # the listing itself fails (the disk is gone): say nothing about what remains
+            committed = None
+        cause = (f"the disk is full ({os.strerror(errno.ENOSPC)})" if _is_disk_full(error)
+                 else _one_line(error))
+        if committed is None:
+            remaining = "the checkpoints already saved could not be listed"
+        elif committed:
+            remaining = f"the last complete checkpoint is step {committed[-1]} ({self.step_path(committed[-1])})"
+        else:
+            remaining = f"no complete checkpoint is left in {self.directory}"
+        return CheckpointError(f"could not save the checkpoint of step {step} to {self.step_path(step)}: "
+                               f"{cause}; {remaining}")
 
     def __enter__(self) -> Checkpointer:
         return self
@@ -270,7 +364,7 @@ class Checkpointer:
           CheckpointError: no checkpoint exists, the requested one is missing or unreadable, or a readable
             checkpoint does not fit ``target``.
         """
-        self._manager.wait_until_finished()
+        self._finish_background_save()
         self._manager.reload()
         self._load_metrics_table()
         steps = self.all_steps()

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 from seq2seq_jax.config import ConfigError, DecodeConfig, ExperimentConfig
@@ -83,6 +84,10 @@ def _plot_hypothesis_attention(trained, source: str, hypothesis, path: Path) -> 
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from seq2seq_jax.workdir_lock import refuse_if_locked
+
+    if not (args.coordinator or args.num_processes or args.distributed):  # one process: refuse before JAX starts
+        refuse_if_locked(args.workdir)
     from seq2seq_jax import parallel
 
     # Before anything else touches a device: every process of a multi-host run joins here.
@@ -130,7 +135,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
             if translator.config.n_best > 1:
                 out.write("\t".join(f"{h.text}\t{h.score:.6f}" for h in hypotheses) + "\n")
             else:
-                out.write(hypotheses[0].text + "\n")
+                out.write((hypotheses[0].text if hypotheses else "") + "\n")  # a blank line has none
     finally:
         if args.output:
             out.close()
@@ -138,7 +143,8 @@ def cmd_translate(args: argparse.Namespace) -> int:
         directory = Path(args.plot_attention)
         directory.mkdir(parents=True, exist_ok=True)
         for number, (line, hypotheses) in enumerate(zip(lines, results, strict=True), start=1):
-            _plot_hypothesis_attention(trained, line, hypotheses[0], directory / f"attention_{number:05d}.png")
+            if hypotheses:  # a blank line has no translation, so no heatmap
+                _plot_hypothesis_attention(trained, line, hypotheses[0], directory / f"attention_{number:05d}.png")
     print(f"translated {len(lines)} lines with {translator.compiled_programs} compiled search programs",
           file=sys.stderr)
     return 0
@@ -209,6 +215,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     plot_training_curves(read_metrics_jsonl(run.metrics_path), out)
     print(f"wrote {out}")
     if args.attention is not None:
+        if not args.attention.strip():
+            raise ValueError("--attention: the sentence is blank; a blank source is not translated")
         args.checkpoint = "best"
         trained, translator = _load_translator(args)
         best = translator.translate([args.attention], with_attention=True)[0][0]
@@ -249,7 +257,8 @@ def cmd_average(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seq2seq", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log compilation and checkpoint details")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log compilation and checkpoint details; print the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train or resume (built-in demo task when no data is given)")
@@ -282,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--output")
     translate.add_argument("--prefix", metavar="F", help="one target prefix per input line (an empty line for none) "
                            "that every hypothesis starts with")
-    translate.add_argument("--plot-attention", metavar="DIR", help="write one attention heatmap PNG per line")
+    translate.add_argument("--plot-attention", metavar="DIR",
+                           help="write one attention heatmap PNG per non-blank line")
     _add_decode_arguments(translate)
     translate.set_defaults(handler=cmd_translate)
 
@@ -333,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     average.add_argument("--last", type=int, default=5, metavar="N", help="the N newest checkpoints (default 5)")
     average.add_argument("--steps", metavar="S1,S2,...", help="exactly these steps instead of --last")
     average.set_defaults(handler=cmd_average)
+    for command in commands.choices.values():  # also after the command: seq2seq train ... --verbose
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="print the traceback of an error; log compilation and checkpoint details")
     return parser
 
 
@@ -341,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return args.handler(args)
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as error:
+    except (ConfigError, ValueError, OSError, RuntimeError) as error:  # one line; the traceback with --verbose
         print(f"seq2seq {args.command}: error: {error}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exc(file=sys.stderr)
         return 2

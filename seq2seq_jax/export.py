@@ -35,6 +35,7 @@ import numpy as np
 
 from seq2seq_jax.config import ConfigError, ExperimentConfig, ModelConfig
 from seq2seq_jax.staging import is_nonempty_dir, staged_directory
+from seq2seq_jax.workdir_lock import workdir_lock
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -272,8 +273,17 @@ def import_torch(src: str | Path, workdir: str | Path, config: str | Path | None
     The workdir gets ``config.json``, ``tokenizer/`` and one checkpoint at the exported step (0 without a
     ``meta.json``) holding the converted parameters and a fresh optimizer state; its extra has ``config`` and
     ``imported_from`` and no data-iterator state, so ``seq2seq train`` continues from that step with the data
-    starting afresh. A non-empty ``workdir`` is refused. Returns the step.
+    starting afresh. A non-empty ``workdir`` is refused; it is locked (``workdir_lock``) from the start. Returns
+    the step.
     """
+    src, workdir = Path(src), Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise ExportError(f"{workdir} exists and is not a directory")
+    with workdir_lock(workdir, "seq2seq import-torch"):
+        return _import_into(src, workdir, config)
+
+
+def _import_into(src: Path, workdir: Path, config: str | Path | None) -> int:
     import jax
     import jax.numpy as jnp
 
@@ -282,9 +292,6 @@ def import_torch(src: str | Path, workdir: str | Path, config: str | Path | None
     from seq2seq_jax.train import init_train_state, make_optimizer
     from seq2seq_jax.workdir import Workdir, fresh_train_state
 
-    src, workdir = Path(src), Path(workdir)
-    if workdir.exists() and not workdir.is_dir():
-        raise ExportError(f"{workdir} exists and is not a directory")
     if (workdir / CONFIG_FILE).exists():
         raise ExportError(f"{workdir / CONFIG_FILE} exists: {workdir} already holds a run; import into a new "
                           "--workdir")

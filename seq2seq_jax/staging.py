@@ -1,7 +1,9 @@
 """Directories that appear whole or not at all: written in a hidden temporary sibling, then renamed into place.
 
 An interrupted export, import or checkpoint average leaves at most a ``.NAME.tmp-*`` directory beside the
-target, never a half-written target that a later command would take for a good one.
+target, never a half-written target that a later command would take for a good one. A workdir lock file held
+in the target (``workdir_lock``, taken before staging) does not make it non-empty and moves into the staged
+directory just before the rename, so the lock stays held on the directory that takes the target's place.
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from seq2seq_jax.workdir_lock import LOCK_FILE
+
 
 class StagingError(ValueError):
     """The target cannot take the staged directory (it is a file, or a non-empty directory not to replace)."""
 
 
 def is_nonempty_dir(path: Path) -> bool:
-    return path.is_dir() and any(path.iterdir())
+    """A directory holding anything but a workdir lock file."""
+    return path.is_dir() and any(entry.name != LOCK_FILE for entry in path.iterdir())
 
 
 @contextlib.contextmanager
@@ -46,9 +51,11 @@ def _move_into_place(temporary: Path, target: Path, replace: bool) -> None:
     if target.exists() or target.is_symlink():
         if not target.is_dir():
             raise StagingError(f"{target} exists and is not a directory")
+        if is_nonempty_dir(target) and not replace:
+            raise StagingError(f"{target} is not empty")
+        if (target / LOCK_FILE).is_file():
+            os.replace(target / LOCK_FILE, temporary / LOCK_FILE)
         if is_nonempty_dir(target):
-            if not replace:
-                raise StagingError(f"{target} is not empty")
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
         else:

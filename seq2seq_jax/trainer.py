@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from seq2seq_jax import data as data_lib
 from seq2seq_jax import parallel
+from seq2seq_jax.checkpoint import CheckpointError
 from seq2seq_jax.config import ExperimentConfig
 from seq2seq_jax.metrics import corpus_bleu, exact_match, perplexity
 from seq2seq_jax.tasks import task_splits
@@ -36,6 +37,7 @@ from seq2seq_jax.tokenizer import Tokenizer, build_tokenizers, load_tokenizers
 from seq2seq_jax.train import make_eval_step, make_optimizer, make_train_step
 from seq2seq_jax.translate import Translator
 from seq2seq_jax.workdir import Workdir, fresh_train_state
+from seq2seq_jax.workdir_lock import workdir_lock
 
 
 class TrainingAborted(RuntimeError):
@@ -303,13 +305,22 @@ class TrainingData(NamedTuple):
 
 
 @contextlib.contextmanager
-def _closed_on_abort(checkpoints: TrainingCheckpoints, metrics_log: MetricsLog):
-    """Finish pending checkpoints and close the metrics log when training aborts (TrainingAborted)."""
+def _closed_on_abort(checkpoints: TrainingCheckpoints, metrics_log: MetricsLog, progress: tqdm):
+    """Close the progress bar, the metrics log and the checkpoints when training stops on an error: too many
+    non-finite steps (TrainingAborted; pending checkpoints are finished first) or a checkpoint that could not be
+    saved (CheckpointError, e.g. a full disk; that error is the one reported)."""
     try:
         yield
     except TrainingAborted:
+        progress.close()
         checkpoints.close()
         metrics_log.close()
+        raise
+    except CheckpointError:
+        progress.close()
+        metrics_log.close()
+        with contextlib.suppress(Exception):
+            checkpoints.close()
         raise
 
 
@@ -347,6 +358,16 @@ def _initial_state(config: ExperimentConfig, run: Workdir, mesh: Mesh, checkpoin
 
 
 def train(config: ExperimentConfig, workdir: str | Path, log=print, mesh: Mesh | None = None) -> dict[str, float]:
+    """Train (or resume) in ``workdir`` holding its lock (``workdir_lock``; process 0 takes it for the whole job,
+    before anything is written there); another writer of ``workdir`` makes it raise ``WorkdirLockedError`` at
+    once. Returns the last validation metrics (empty without validation); the arguments are ``_train``'s."""
+    if not parallel.is_main_process():
+        return _train(config, workdir, log, mesh)
+    with workdir_lock(workdir, "seq2seq train"):
+        return _train(config, workdir, log, mesh)
+
+
+def _train(config: ExperimentConfig, workdir: str | Path, log=print, mesh: Mesh | None = None) -> dict[str, float]:
     """Train (or resume) in ``workdir``; returns the last validation metrics (empty without validation).
 
     ``mesh``: the ``(data, model)`` device mesh (``parallel.make_mesh``); default, every device on the
@@ -384,7 +405,7 @@ def train(config: ExperimentConfig, workdir: str | Path, log=print, mesh: Mesh |
     stop_reason = "max_steps"
     progress = tqdm(total=train_cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
                     file=sys.stderr, disable=None if main_process else True)
-    with _SigtermFlag() as sigterm, _closed_on_abort(checkpoints, metrics_log):
+    with _SigtermFlag() as sigterm, _closed_on_abort(checkpoints, metrics_log, progress):
         while step < train_cfg.max_steps:
             if parallel.any_process(sigterm.raised):  # every process stops at the same step
                 stop_reason = "SIGTERM"
@@ -416,10 +437,10 @@ def train(config: ExperimentConfig, workdir: str | Path, log=print, mesh: Mesh |
                     break
             elif step % train_cfg.save_every == 0:
                 checkpoints.save(step, state)
-    progress.close()
-    if checkpoints.latest_step() != step:
-        checkpoints.save(step, state)
-    checkpoints.close()
+        progress.close()
+        if checkpoints.latest_step() != step:
+            checkpoints.save(step, state)
+        checkpoints.close()
     metrics_log.close()
     log(f"stopped at step {step} ({stop_reason}); compiled train programs: {len(seen_shapes)}; "
         f"search programs: {translator.compiled_programs}; best {train_cfg.best_metric}: {early_stopping.value} "

@@ -1,5 +1,9 @@
 """Text in, text out: tokenize, batch by length, search (beam, greedy or sampling), detokenize, restore input
-order. One output per input line, empty lines included.
+order. One output per input line, in order.
+
+A blank line (empty or whitespace only) is not translated: it never enters a batch and its result is an empty
+list of hypotheses, which every consumer writes as an empty line (``translate_best`` gives ``""``), in every
+decoding mode and whatever its prefix; the model is never asked to make something up from EOS alone.
 
 Every batch has ``batch_size`` rows and a source length rounded up to ``bucket_width``, and the output buffer
 is sized for that padded length (rounded up to 8), so one program is compiled per padded shape and decoding
@@ -137,6 +141,8 @@ class Translator:
                              "give one prefix per input line (an empty line for none)")
         encoded = [self.tgt_tokenizer.encode(prefix) for prefix in prefixes]
         for number, (line, pieces) in enumerate(zip(lines, encoded, strict=True), start=1):
+            if not line.strip():  # a blank line is not translated
+                continue
             limit = self.config.max_len(len(self.src_tokenizer.encode(line)) + 1)
             if len(pieces) > limit:
                 raise ValueError(f"{prefix_name}:{number}: the prefix has {len(pieces)} target pieces, more than "
@@ -146,20 +152,23 @@ class Translator:
 
     def translate(self, lines: Sequence[str], with_attention: bool = False, prefixes: Sequence[str] | None = None,
                   prefix_name: str = "prefix") -> list[list[Hypothesis]]:
-        """Translate ``lines`` (order kept, one entry per line, each a list of ``n_best`` hypotheses).
+        """Translate ``lines`` (order kept, one entry per line, each a list of ``n_best`` hypotheses; an empty
+        list for a blank line, whatever its prefix).
 
         ``prefixes``: one target prefix per line (``""`` for none); every hypothesis of a line starts with its
         prefix's pieces (included in ``text``, ``tokens`` and ``score``). Errors name ``prefix_name``."""
         config = self.config
-        encoded = [self.src_tokenizer.encode(line) for line in lines]
         prefix_ids = self.encode_prefixes(lines, prefixes, prefix_name)
-        results: list[list[Hypothesis] | None] = [None] * len(lines)
+        results: list[list[Hypothesis] | None] = [[] if not line.strip() else None for line in lines]
+        sources = [i for i, result in enumerate(results) if result is None]  # the lines that are translated
+        encoded = [self.src_tokenizer.encode(lines[i]) for i in sources]
+        source_prefixes = None if prefix_ids is None else [prefix_ids[i] for i in sources]
         rng = jax.random.key(config.seed)
         for batch_number, (src, src_len, index) in enumerate(
                 source_batches(encoded, config.batch_size, self.bucket_width)):
             # A function of the padded source length, so still one program per padded shape.
             bound = round_up(max_len_bound_for([src.shape[1]], config.max_len_a, config.max_len_b), 8)
-            prefix, prefix_len = _prefix_batch(prefix_ids, index)
+            prefix, prefix_len = _prefix_batch(source_prefixes, index)
             search = self._search_fn(src.shape[1], int(bound), with_attention, prefix.shape[1])
             tokens, lengths, scores, attention = jax.device_get(search(
                 self.params, self._decode_kernels(), jnp.asarray(src), jnp.asarray(src_len),
@@ -179,14 +188,15 @@ class Translator:
                         weights = np.asarray(attention[row, rank, :length, : int(src_len[row])])
                     hypotheses.append(Hypothesis(self.tgt_tokenizer.decode(ids), ids, float(scores[row, rank]),
                                                  weights))
-                results[int(line_index)] = hypotheses
+                results[sources[int(line_index)]] = hypotheses
         missing = [i for i, r in enumerate(results) if r is None]
         if missing:
             raise RuntimeError(f"internal error: no output for input lines {missing[:10]}")
         return results  # type: ignore[return-value]
 
     def translate_best(self, lines: Sequence[str]) -> list[str]:
-        return [hypotheses[0].text for hypotheses in self.translate(lines)]
+        """The best hypothesis' text per line (``""`` for a blank line)."""
+        return [hypotheses[0].text if hypotheses else "" for hypotheses in self.translate(lines)]
 
 
 def _decode_kernels(graphdef: nnx.GraphDef, params):

@@ -276,3 +276,62 @@ def test_invalid_arguments(tmp_path):
     with pytest.raises(ValueError, match="best_mode"):
         Checkpointer(tmp_path, keep=1, best_mode="lowest")
     assert os.path.isdir(tmp_path)
+
+
+DISK_FULL = ValueError('RESOURCE_EXHAUSTED: Error writing "a/0" in OCDBT database at local file "x": Failed to write '
+                       "953845 bytes to file 17: No space left on device [os_error_code='28']")
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+@pytest.mark.parametrize("cause", ["disk_full", "other"])
+def test_a_failed_save_names_the_step_the_cause_and_the_last_checkpoint(tmp_path, monkeypatch, async_save, cause):
+    """Where the failure surfaces (save itself, or the next wait for a background save) does not change the
+    error; the full-disk case in a real filesystem is tests/test_full_disk.py."""
+    with Checkpointer(tmp_path, keep=3, async_save=async_save) as ckpt:
+        save_steps(ckpt, [1])
+        manager = ckpt._manager
+        error = DISK_FULL if cause == "disk_full" else KeyError("boom")
+        partial = tmp_path / "checkpoints" / "2.orbax-checkpoint-tmp-1234"
+
+        def failing_save(step, args, force):  # what orbax leaves when a write fails: a partial directory
+            partial.mkdir()
+            if not async_save:
+                raise error
+            return True
+
+        def failing_wait():
+            monkeypatch.undo()
+            raise error
+
+        monkeypatch.setattr(manager, "save", failing_save)
+        if async_save:
+            ckpt.save(2, make_state(2.0))
+            monkeypatch.setattr(manager, "wait_until_finished", failing_wait)
+        with pytest.raises(CheckpointError) as raised:
+            ckpt.save(2, make_state(2.0)) if not async_save else ckpt.wait_until_finished()
+        monkeypatch.undo()
+        said = "the disk is full (No space left on device)" if cause == "disk_full" else "KeyError: 'boom'"
+        assert str(raised.value) == (f"could not save the checkpoint of step 2 to {tmp_path / 'checkpoints' / '2'}: "
+                                     f"{said}; the last complete checkpoint is step 1 "
+                                     f"({tmp_path / 'checkpoints' / '1'})")
+        assert raised.value.__cause__ is error and not partial.exists()
+        assert ckpt.all_steps() == [1] and ckpt.restore(None)[0] == 1
+
+
+def test_orbax_tracebacks_are_logged_only_at_info(caplog):
+    import seq2seq_jax.checkpoint as checkpoint_lib
+
+    absl_logger = logging.getLogger("absl")
+
+    def orbax_record():
+        try:
+            raise DISK_FULL
+        except ValueError:
+            return absl_logger.makeRecord("absl", logging.ERROR, "/site-packages/orbax/checkpoint/future.py", 1,
+                                          "_SignalingThread.run() raised an exception", (), sys.exc_info())
+
+    plain = absl_logger.makeRecord("absl", logging.WARNING, "/site-packages/orbax/x.py", 1, "a warning", (), None)
+    with caplog.at_level(logging.WARNING, logger=checkpoint_lib.__name__):
+        assert not absl_logger.filter(orbax_record()) and absl_logger.filter(plain)
+    with caplog.at_level(logging.INFO, logger=checkpoint_lib.__name__):
+        assert absl_logger.filter(orbax_record())

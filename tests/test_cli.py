@@ -1,5 +1,6 @@
-"""The command line as a user runs it: translate (one line out per line in, order kept, empty lines
-included, a bounded number of compiled programs), evaluate, plot, and clear errors for bad input."""
+"""The command line as a user runs it: translate (one line out per line in, order kept, a blank line in gives
+an empty line out in every mode, a bounded number of compiled programs), evaluate, plot, and clear errors for
+bad input (one line; the traceback with --verbose)."""
 
 from __future__ import annotations
 
@@ -140,3 +141,63 @@ def test_translator_decodes_with_the_parameters_it_was_last_given(workdir):
     fresh = Translator(trained.graphdef, changed, trained.src_tokenizer, trained.tgt_tokenizer, decode)
     assert scores(reused) == pytest.approx(scores(fresh), abs=1e-6)
     assert scores(fresh) != pytest.approx(before, abs=1e-3)
+
+
+BLANK_MIX = ["March 3, 2021", "", "   ", "\t", "14 July 1789", " \u3000 ", "1999-12-31"]
+
+
+@pytest.mark.parametrize("mode", [["--beam-size", "1"], ["--beam-size", "3"], ["--sample", "--seed", "4"],
+                                  ["--beam-size", "3", "--n-best", "2"]], ids=["greedy", "beam", "sample", "n-best"])
+def test_blank_lines_give_empty_lines_in_every_mode(workdir, tmp_path, capsys, monkeypatch, mode):
+    plots = tmp_path / "plots"
+    code, out, err = run_cli(["translate", "--workdir", str(workdir), "--batch-size", "2", "--plot-attention",
+                              str(plots), *mode], capsys, monkeypatch, stdin="\n".join(BLANK_MIX) + "\n")
+    assert code == 0, err
+    outputs = out.split("\n")
+    assert outputs[-1] == "" and len(outputs) - 1 == len(BLANK_MIX)
+    for number, (line, output) in enumerate(zip(BLANK_MIX, outputs, strict=False), start=1):
+        if not line.strip():
+            assert output == "", (line, output)
+        elif "--n-best" in mode:
+            assert len(output.split("\t")) == 4
+        assert (plots / f"attention_{number:05d}.png").exists() == bool(line.strip())
+    if "--sample" not in mode:  # the other lines translate as they do without the blank ones
+        kept = [line for line in BLANK_MIX if line.strip()]
+        alone = run_cli(["translate", "--workdir", str(workdir), "--batch-size", "2", *mode], capsys, monkeypatch,
+                        stdin="\n".join(kept) + "\n")[1]
+        assert alone.splitlines() == [out for line, out in zip(BLANK_MIX, outputs, strict=False) if line.strip()]
+
+
+def test_blank_sources_are_never_decoded(workdir):
+    trained = load_trained(workdir)
+    translator = Translator(trained.graphdef, trained.params, trained.src_tokenizer, trained.tgt_tokenizer,
+                            dataclasses.replace(trained.config.decode, beam_size=2, n_best=2))
+    assert translator.translate(["", " ", "\t\t"]) == [[], [], []]
+    assert translator.translate_best(["", "  "]) == ["", ""]
+    assert translator.compiled_programs == 0
+    assert [len(hyps) for hyps in translator.translate(["", "May 1, 2000", "  "])] == [0, 2, 0]
+
+
+def test_evaluate_scores_a_blank_source_as_an_empty_hypothesis(workdir, tmp_path, capsys, monkeypatch):
+    (tmp_path / "src").write_text("\nMarch 3, 2021\n")
+    (tmp_path / "ref").write_text("\nnot a date the model can write\n")
+    code, out, err = run_cli(["evaluate", "--workdir", str(workdir), "--src", str(tmp_path / "src"), "--ref",
+                              str(tmp_path / "ref"), "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["sentences"] == 2 and result["exact_match"] == 50.0  # the blank line's "" equals its ""
+
+
+def test_plot_attention_of_a_blank_sentence_is_a_clear_error(workdir, tmp_path, capsys, monkeypatch):
+    code, _, err = run_cli(["plot", "--workdir", str(workdir), "--out", str(tmp_path / "curves.png"),
+                            "--attention", "  "], capsys, monkeypatch)
+    assert code == 2 and "blank" in err and "Traceback" not in err
+
+
+def test_errors_are_one_line_and_the_traceback_comes_with_verbose(tmp_path, capsys, monkeypatch):
+    args = ["translate", "--workdir", str(tmp_path / "missing")]
+    code, _, err = run_cli(args, capsys, monkeypatch, stdin="x\n")
+    assert code == 2 and err.count("\n") == 1 and "config.json not found" in err
+    for verbose in (["--verbose", *args], [*args, "-v"]):
+        code, _, err = run_cli(verbose, capsys, monkeypatch, stdin="x\n")
+        assert code == 2 and "config.json not found" in err.splitlines()[0] and "Traceback" in err

@@ -40,7 +40,7 @@ CONFIG = ExperimentConfig(
 # must carry the copy gate and compute the same mixture.
 COPY_CONFIG = dataclasses.replace(CONFIG, model=dataclasses.replace(CONFIG.model, copy_attention=True),
                                   data=dataclasses.replace(CONFIG.data, joint_vocab=True))
-INPUTS = [src for src, _ in generate_task("dates", 200, seed=777)] + ["", "x", ""]
+INPUTS = [src for src, _ in generate_task("dates", 200, seed=777)] + ["", "x", "", "  \t "]
 BLOCK_JAX = """
 import runpy, sys
 BLOCKED = {"jax", "jaxlib", "flax", "optax", "orbax"}
@@ -283,11 +283,12 @@ def test_torch_translate_matches_jax(request, model_kind, beam_size):
     # A different batch size on the torch side: the output must not depend on batching.
     torch_results = torch_translate(model, src_tok, tgt_tok, INPUTS, dataclasses.replace(decode, batch_size=23))
     assert len(torch_results) == len(jax_results) == len(INPUTS)
-    same = sum(t[0].text == j[0].text for t, j in zip(torch_results, jax_results, strict=True))
+    same = sum([h.text for h in t[:1]] == [h.text for h in j[:1]]
+               for t, j in zip(torch_results, jax_results, strict=True))
     assert same >= 0.99 * len(INPUTS), f"{same}/{len(INPUTS)} identical lines"
     worst = 0.0
-    for torch_hyps, jax_hyps in zip(torch_results, jax_results, strict=True):
-        assert len(torch_hyps) == len(jax_hyps) == beam_size
+    for line, torch_hyps, jax_hyps in zip(INPUTS, torch_results, jax_results, strict=True):
+        assert len(torch_hyps) == len(jax_hyps) == (beam_size if line.strip() else 0)  # none for a blank line
         for torch_hyp, jax_hyp in zip(torch_hyps, jax_hyps, strict=True):
             if torch_hyp.tokens == jax_hyp.tokens:
                 worst = max(worst, abs(torch_hyp.score - jax_hyp.score))
@@ -308,5 +309,31 @@ def test_torch_translate_runs_without_jax(trained, tmp_path):
     assert out_lines[-1] == "" and len(out_lines) - 1 == len(lines)
     model, src_tok, tgt_tok = torch_ref.load_pretrained(export_dir)
     decode = dataclasses.replace(ExperimentConfig.load(trained[0] / "config.json").decode, beam_size=2)
-    expected = [hyps[0].text for hyps in torch_translate(model, src_tok, tgt_tok, lines, decode)]
+    expected = [hyps[0].text if hyps else "" for hyps in torch_translate(model, src_tok, tgt_tok, lines, decode)]
     assert out_lines[:-1] == expected
+    assert all(out == "" for line, out in zip(lines, out_lines, strict=False) if not line.strip())
+
+
+@pytest.mark.parametrize("settings", [["--beam-size", "1"], ["--beam-size", "3", "--n-best", "2"]],
+                         ids=["greedy", "n-best"])
+def test_blank_lines_are_empty_lines_in_torch_ref_translate_as_in_seq2seq_translate(trained, tmp_path, capsys,
+                                                                                     settings):
+    from torch_ref.translate import main as torch_main
+
+    workdir, export_dir = trained
+    lines = ["", "March 3, 2021", " ", "\t", "14 July 1789", ""]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert torch_main([str(export_dir), "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "torch.txt"),
+                       *settings]) == 0
+    assert cli.main(["translate", "--workdir", str(workdir), "--input", str(tmp_path / "in.txt"), "--output",
+                     str(tmp_path / "jax.txt"), *settings]) == 0
+    capsys.readouterr()
+    torch_lines = (tmp_path / "torch.txt").read_text(encoding="utf-8").split("\n")
+    assert torch_lines[-1] == "" and len(torch_lines) - 1 == len(lines)
+    for line, out in zip(lines, torch_lines, strict=False):
+        assert (out == "") if not line.strip() else len(out.split("\t")) == (4 if "--n-best" in settings else 1)
+    jax_lines = (tmp_path / "jax.txt").read_text(encoding="utf-8").split("\n")
+    blank = [i for i, line in enumerate(lines) if not line.strip()]
+    assert [torch_lines[i] for i in blank] == [jax_lines[i] for i in blank] == [""] * len(blank)
+    if "--n-best" not in settings:  # scores differ in the last digits between frameworks; the texts do not
+        assert torch_lines == jax_lines

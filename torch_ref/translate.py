@@ -4,8 +4,9 @@
                                       [--max-len-a A --max-len-b B] [--n-best N] [--input F] [--output F]
                                       [--prefix F]
 
-Reads stdin (or ``--input``) and writes exactly one line per input line, in order, empty lines included (an
-empty line is the source ``[EOS]``). Decoding settings default to the exported experiment's ``decode``
+Reads stdin (or ``--input``) and writes exactly one line per input line, in order. A blank line (empty or
+whitespace only) is not translated: its result is an empty list of hypotheses and its output line is empty,
+as in ``seq2seq translate``. Decoding settings default to the exported experiment's ``decode``
 section. The output equals ``seq2seq translate`` on the workdir the export came from: the same tokenization
 (source ids + EOS), the same beam search (``torch_ref.search.beam_search``; greedy is beam 1), a final EOS
 stripped and ``tgt_tokenizer.decode(ids)``; with ``n_best > 1`` a line is ``text<TAB>score`` per hypothesis.
@@ -76,24 +77,26 @@ def _prefix_batch(prefix_ids: list[list[int]] | None, indices: Sequence[int]):
 def translate(model: Seq2Seq | Ensemble, src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer, lines: Sequence[str],
               config: DecodeConfig, prefixes: Sequence[str] | None = None,
               prefix_name: str = "prefix") -> list[list[Hypothesis]]:
-    """Translate ``lines`` (order kept, one entry per line, each a list of ``config.n_best`` hypotheses).
+    """Translate ``lines`` (order kept, one entry per line, each a list of ``config.n_best`` hypotheses; an empty
+    list for a blank line, whatever its prefix).
 
     ``prefixes``: one target prefix per line (``""`` for none) that every hypothesis starts with; a prefix with
     more pieces than its line's output limit (``DecodeConfig.max_len``) is an error naming ``prefix_name`` and
     the line."""
     model.eval()
     device = next(model.parameters()).device
-    encoded = [src_tokenizer.encode(line) for line in lines]
+    results: list[list[Hypothesis] | None] = [[] if not line.strip() else None for line in lines]
+    sources = [i for i, result in enumerate(results) if result is None]  # the lines that are translated
+    encoded = [src_tokenizer.encode(lines[i]) for i in sources]
     prefix_ids = None
     if prefixes is not None:
         if len(prefixes) != len(lines):
             raise ValueError(f"{len(prefixes)} prefixes for {len(lines)} lines: give one per line")
-        prefix_ids = [tgt_tokenizer.encode(prefix) for prefix in prefixes]
-        for number, (ids, pieces) in enumerate(zip(encoded, prefix_ids, strict=True), start=1):
+        prefix_ids = [tgt_tokenizer.encode(prefixes[i]) for i in sources]
+        for i, ids, pieces in zip(sources, encoded, prefix_ids, strict=True):
             if len(pieces) > config.max_len(len(ids) + 1):
-                raise ValueError(f"{prefix_name}:{number}: the prefix has {len(pieces)} target pieces, more than the "
+                raise ValueError(f"{prefix_name}:{i + 1}: the prefix has {len(pieces)} target pieces, more than the "
                                  f"{config.max_len(len(ids) + 1)} tokens this line's output may have")
-    results: list[list[Hypothesis] | None] = [None] * len(lines)
     for src, src_len, indices in source_batches(encoded, config.batch_size):
         state = model.init_decode_state(src.to(device), src_len.to(device))
         bound = max(max_len_for(int(n), config.max_len_a, config.max_len_b) for n in src_len)
@@ -110,7 +113,7 @@ def translate(model: Seq2Seq | Ensemble, src_tokenizer: Tokenizer, tgt_tokenizer
                 if ids and ids[-1] == EOS_ID:
                     ids = ids[:-1]
                 hypotheses.append(Hypothesis(tgt_tokenizer.decode(ids), ids, float(result.scores[row, rank])))
-            results[index] = hypotheses
+            results[sources[index]] = hypotheses
     missing = [i for i, r in enumerate(results) if r is None]
     if missing:
         raise RuntimeError(f"internal error: no output for input lines {missing[:10]}")
@@ -118,6 +121,9 @@ def translate(model: Seq2Seq | Ensemble, src_tokenizer: Tokenizer, tgt_tokenizer
 
 
 def format_line(hypotheses: Sequence[Hypothesis], n_best: int) -> str:
+    """``text`` (or ``text<TAB>score`` per hypothesis with ``n_best > 1``); empty when there are none (a blank line)."""
+    if not hypotheses:
+        return ""
     if n_best > 1:
         return "\t".join(f"{h.text}\t{h.score:.6f}" for h in hypotheses)
     return hypotheses[0].text
