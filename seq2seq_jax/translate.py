@@ -20,7 +20,7 @@ from flax import nnx
 from seq2seq_jax.config import DecodeConfig
 from seq2seq_jax.data import round_up, source_batches
 from seq2seq_jax.decode import beam_search, greedy_search, max_len_bound_for, sample
-from seq2seq_jax.tokenizer import Tokenizer
+from seq2seq_jax.tokenizer import EOS_ID, PAD_ID, Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +104,21 @@ class Translator:
             self._kernels_t = jax.jit(lambda params: nnx.merge(graphdef, params).decode_kernels())(self.params)
         return self._kernels_t
 
+    def _output_bound(self, src_size: int) -> int:
+        """The output buffer's length for sources padded to ``src_size``: a function of the padded length (rounded
+        up to 8), so still one program per padded shape."""
+        return int(round_up(max_len_bound_for([src_size], self.config.max_len_a, self.config.max_len_b), 8))
+
+    def warm_up(self, src_size: int, with_attention: bool = False) -> None:
+        """Compile (and run once, on ``batch_size`` one-token sources) the search for sources padded to
+        ``src_size`` tokens, so that the first real batch of that shape does not wait for the compiler."""
+        src = np.full((self.config.batch_size, src_size), PAD_ID, dtype=np.int32)
+        src[:, 0] = EOS_ID
+        src_len = np.ones(self.config.batch_size, dtype=np.int32)
+        search = self._search_fn(src_size, self._output_bound(src_size), with_attention)
+        jax.block_until_ready(search(self.params, self._decode_kernels(), jnp.asarray(src), jnp.asarray(src_len),
+                                     jax.random.key(self.config.seed)))
+
     def translate(self, lines: Sequence[str], with_attention: bool = False) -> list[list[Hypothesis]]:
         """Translate ``lines`` (order kept, one entry per line, each a list of ``n_best`` hypotheses)."""
         config = self.config
@@ -112,9 +127,7 @@ class Translator:
         rng = jax.random.key(config.seed)
         for batch_number, (src, src_len, index) in enumerate(
                 source_batches(encoded, config.batch_size, self.bucket_width)):
-            # A function of the padded source length, so still one program per padded shape.
-            bound = round_up(max_len_bound_for([src.shape[1]], config.max_len_a, config.max_len_b), 8)
-            search = self._search_fn(src.shape[1], int(bound), with_attention)
+            search = self._search_fn(src.shape[1], self._output_bound(src.shape[1]), with_attention)
             tokens, lengths, scores, attention = jax.device_get(search(
                 self.params, self._decode_kernels(), jnp.asarray(src), jnp.asarray(src_len),
                 jax.random.fold_in(rng, batch_number)))
