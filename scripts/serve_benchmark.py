@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for max_batch in [int(b) for b in args.max_batches.split(",")]:
-        log = args.out.parent / f"serve-max-batch-{max_batch}.log"
+        log = args.workdir / f"serve-max-batch-{max_batch}.log"
         process, url, ready_s = start_server(args.workdir, max_batch, log)
         try:
             health = httpx.get(f"{url}/health").json()

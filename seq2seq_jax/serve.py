@@ -12,14 +12,14 @@
 
 Batching: one decoding thread takes requests from a queue. It waits for the oldest request at most
 ``max_wait_ms`` (less when it has already waited) for others with the same decode settings and attention flag,
-takes whole requests in arrival order up to ``max_batch`` texts, and decodes them together. Texts are grouped by
-padded source length (``data.bucket_width``) and each group runs with the smallest row count of
-``row_buckets(max_batch)`` (max_batch, max_batch/4, ..., 1) that holds it. A row's search does not depend on the
-other rows' contents, so a text gets the same tokens whatever it is merged with (``tests/test_decode.py``); its
-score is the same up to float32 rounding (XLA:CPU's matmuls round differently for different row counts, by a
-few 1e-6 of the score). With ``fixed_rows`` every search has ``max_batch`` rows, one shape per source length,
-and every answer is bit-identical to the one the text gets alone, at the price of a lone request paying for
-``max_batch`` rows. The event loop only awaits futures: ``/health`` answers while a batch decodes.
+takes whole requests in arrival order up to ``max_batch`` texts, and decodes them together in one search, padded
+to the longest of them (a multiple of ``data.bucket_width``), with the smallest row count of ``row_buckets``
+(1, 2, 4, ..., max_batch) that holds them. A row's search does not depend on the other rows' contents, so a text
+gets the same tokens whatever it is merged with (``tests/test_decode.py``); its score is the same up to float32
+rounding: XLA:CPU's matmuls round differently for different row counts and padded lengths, by a few 1e-6 of the
+score. With ``fixed_rows`` every search has ``max_batch`` rows and texts of one padded length, so every answer
+is bit-identical to the one the text gets alone, at the price of a lone request paying for ``max_batch`` rows.
+The event loop only awaits futures: ``/health`` answers while a batch decodes.
 
 Warm-up: before ``/health`` reports ready, the default settings' searches are compiled for every row count and
 every padded source length up to ``warmup_src_len`` tokens, and with attention (the web page's request) for the
@@ -90,15 +90,11 @@ class ServeLimits:
 
 
 def row_buckets(max_batch: int, fixed_rows: bool = False) -> tuple[int, ...]:
-    """Row counts of the compiled searches: ``max_batch``, then a quarter of it down to 1 (64 -> 1, 4, 16, 64);
-    only ``max_batch`` with ``fixed_rows``."""
-    rows = {max_batch}
+    """Row counts of the compiled searches: the powers of two below ``max_batch``, and ``max_batch``
+    (64 -> 1, 2, 4, 8, 16, 32, 64); only ``max_batch`` with ``fixed_rows``."""
     if fixed_rows:
         return (max_batch,)
-    while max_batch > 1:
-        max_batch = max(1, max_batch // 4)
-        rows.add(max_batch)
-    return tuple(sorted(rows))
+    return tuple(sorted({max_batch} | {2 ** k for k in range(max_batch.bit_length()) if 2 ** k < max_batch}))
 
 
 def load_model(workdir: str, checkpoint: str | int) -> TrainedModel:
@@ -248,18 +244,22 @@ class BatchingDecoder:
             return jobs
 
     def _translate(self, texts: list[str], config: DecodeConfig, attention: bool) -> list[list[Hypothesis]]:
-        """Decode ``texts`` in groups of one padded source length, each with the smallest row count that holds it."""
+        """Decode ``texts`` (at most ``max_batch`` per search) with the smallest row count that holds them, padded
+        to their longest source; with ``fixed_rows``, ``max_batch`` rows and one search per padded source length."""
         tokenizer = self.model.src_tokenizer
         widths = [int(round_up(len(tokenizer.encode(text)) + 1, self.bucket_width)) for text in texts]
+        groups = [list(range(len(texts)))]
+        if self.limits.fixed_rows:
+            groups = [[index for index, w in enumerate(widths) if w == width] for width in sorted(set(widths))]
         results: list[list[Hypothesis] | None] = [None] * len(texts)
-        for width in sorted(set(widths)):
-            group = [index for index, w in enumerate(widths) if w == width]
+        for group in groups:
+            group.sort(key=lambda index: widths[index])  # the Translator's own batches, made here to record them
             for start in range(0, len(group), self.limits.max_batch):
                 chunk = group[start: start + self.limits.max_batch]
                 rows = next(r for r in self.rows if r >= len(chunk))
                 outputs = self._translator(config, rows).translate([texts[i] for i in chunk],
                                                                    with_attention=attention)
-                self._record(config, rows, width, attention)
+                self._record(config, rows, widths[chunk[-1]], attention)
                 for index, hypotheses in zip(chunk, outputs, strict=True):
                     results[index] = hypotheses
         return results  # type: ignore[return-value]

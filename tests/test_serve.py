@@ -79,7 +79,7 @@ def running_server(workdir, log_dir: Path, *options: str):
 
 @pytest.fixture(scope="module")
 def server(workdir, tmp_path_factory):
-    """The default server: searches of 1, 4, 16 or 64 rows."""
+    """The default server: searches of 1, 2, 4, ... or 64 rows."""
     with running_server(workdir, tmp_path_factory.mktemp("serve-log")) as running:
         yield running
 
@@ -172,7 +172,7 @@ def test_64_concurrent_clients_get_their_serial_answers(server):
     for alone, merged in zip(serial, answers, strict=True):
         (alone,), (merged,) = alone["translations"], merged["translations"]
         assert [h["text"] for h in merged] == [h["text"] for h in alone]
-        # Different row counts: XLA:CPU rounds the matmuls differently (the module docstring of serve.py).
+        # Other row counts and padded lengths: XLA:CPU rounds the matmuls differently (serve.py's docstring).
         assert [h["score"] for h in merged] == pytest.approx([h["score"] for h in alone], rel=1e-5)
 
 
@@ -231,9 +231,9 @@ def test_body_cap_without_content_length_and_json_only(server):
 def test_health_info_docs_and_page(server):
     url = server[0]
     health = httpx.get(f"{url}/health").json()
-    assert health["status"] == "ready" and health["step"] == 8 and health["row_buckets"] == [1, 4, 16, 64]
+    assert health["status"] == "ready" and health["step"] == 8 and health["row_buckets"] == [1, 2, 4, 8, 16, 32, 64]
     warmed = {(s["rows"], s["src_len"], s["attention"]) for s in health["compiled"] if s["default_settings"]}
-    assert {(rows, width, False) for rows in (1, 4, 16, 64) for width in (16, 32)} <= warmed
+    assert {(rows, width, False) for rows in (1, 2, 4, 8, 16, 32, 64) for width in (16, 32)} <= warmed
     assert {(1, 16, True), (1, 32, True)} <= warmed
     info = httpx.get(f"{url}/v1/info").json()
     assert info["step"] == 8 and info["model"]["dec_hidden_size"] == 16 and info["decode"]["beam_size"] == 1
