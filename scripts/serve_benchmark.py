@@ -77,13 +77,13 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(workdir: Path, max_batch: int, log: Path) -> tuple[subprocess.Popen, str, float]:
+def start_server(workdir: Path, max_batch: int, max_wait_ms: float, log: Path) -> tuple[subprocess.Popen, str, float]:
     """``seq2seq serve`` on a free port; returns (process, URL, seconds until ready)."""
     import httpx
 
     port = free_port()
     command = [sys.executable, "-m", "seq2seq_jax", "serve", "--workdir", str(workdir), "--port", str(port),
-               "--max-batch", str(max_batch), "--warmup-src-len", "32"]
+               "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--warmup-src-len", "32"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="measurement window per client count")
     parser.add_argument("--clients", default="1,8,64")
     parser.add_argument("--max-batches", default="64,1", help="server --max-batch settings to compare")
+    parser.add_argument("--max-wait-ms", type=float, default=10.0, help="the server's --max-wait-ms")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "serve.json")
     args = parser.parse_args(argv)
     if not (args.workdir / "config.json").is_file():
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for max_batch in [int(b) for b in args.max_batches.split(",")]:
         log = args.workdir / f"serve-max-batch-{max_batch}.log"
-        process, url, ready_s = start_server(args.workdir, max_batch, log)
+        process, url, ready_s = start_server(args.workdir, max_batch, args.max_wait_ms, log)
         try:
             health = httpx.get(f"{url}/health").json()
             print(f"--max-batch {max_batch}: ready after {ready_s:.0f} s, {health['compiled_programs']} programs",
@@ -158,13 +159,16 @@ def main(argv: list[str] | None = None) -> int:
                 before = httpx.get(f"{url}/health").json()
                 run = asyncio.run(drive(url, clients, args.seconds, pool))
                 after = httpx.get(f"{url}/health").json()
-                run.update(max_batch=max_batch, ready_s=ready_s, load_average=os.getloadavg(),
+                run.update(max_batch=max_batch, max_wait_ms=args.max_wait_ms, ready_s=ready_s,
+                           load_average=os.getloadavg(),
                            **{key: after[key] - before[key] for key in ("merged_batches", "merged_requests")})
                 results["runs"].append(run)
                 p50 = "-" if run["p50_s"] is None else f"{run['p50_s']:.3f}"
                 p99 = "-" if run["p99_s"] is None else f"{run['p99_s']:.3f}"
                 print(f"  {clients:3d} clients: {run['requests_per_s']:7.2f} requests/s, p50 {p50} s, "
-                      f"p99 {p99} s ({run['requests']} requests, load {run['load_average'][0]:.1f})", flush=True)
+                      f"p99 {p99} s ({run['requests']} requests, "
+                      f"{run['merged_requests'] / max(1, run['merged_batches']):.1f} per search, "
+                      f"load {run['load_average'][0]:.1f})", flush=True)
         finally:
             process.terminate()
             process.wait(timeout=120)

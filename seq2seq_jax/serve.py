@@ -10,8 +10,8 @@
     GET  /                      the web page (static/index.html: text box, n-best list, attention heatmap)
     GET  /docs                  FastAPI's OpenAPI page
 
-Batching: one decoding thread takes requests from a queue. It waits for the oldest request at most
-``max_wait_ms`` (less when it has already waited) for others with the same decode settings and attention flag,
+Batching: one decoding thread takes requests from a queue. Once it is free and holds the oldest request, it waits
+at most ``max_wait_ms`` for others with the same decode settings and attention flag,
 takes whole requests in arrival order up to ``max_batch`` texts, and decodes them together in one search, padded
 to the longest of them (a multiple of ``data.bucket_width``), with the smallest row count of ``row_buckets``
 (1, 2, 4, ..., max_batch) that holds them. A row's search does not depend on the other rows' contents, so a text
@@ -131,6 +131,7 @@ class BatchingDecoder:
         self._queue: collections.deque[_Job] = collections.deque()
         self._condition = threading.Condition()
         self._stopping = False
+        self._free_since = 0.0  # when the decoding thread finished its last batch (time.monotonic)
         self.in_flight = 0  # requests accepted and not yet answered
         self.merged_batches = 0  # decoding rounds, each serving ``merged_requests`` / ``merged_batches`` requests
         self.merged_requests = 0
@@ -167,6 +168,7 @@ class BatchingDecoder:
     def _finished(self, jobs: list[_Job]) -> None:
         with self._condition:
             self.in_flight -= len(jobs)
+            self._free_since = time.monotonic()
 
     # -- the decoding thread -----------------------------------------------------------------------------------
 
@@ -174,7 +176,7 @@ class BatchingDecoder:
         try:
             self._warm_up()
             self.status = "ready"
-        except Exception as error:  # noqa: BLE001  (reported by /health; requests still get their own errors)
+        except Exception as error:  # reported by /health; requests still get their own errors
             logger.exception("warm-up failed")
             self.status = f"warm-up failed: {error}"
         while (jobs := self._next_jobs()) is not None:
@@ -189,7 +191,7 @@ class BatchingDecoder:
             self.merged_requests += len(jobs)
             try:
                 results = self._translate([text for job in jobs for text in job.texts], *jobs[0].key)
-            except Exception as error:  # noqa: BLE001  (every request of the batch gets the error)
+            except Exception as error:  # every request of the batch gets the error
                 logger.exception("decoding failed")
                 for job in jobs:
                     job.future.set_exception(error)
@@ -217,15 +219,18 @@ class BatchingDecoder:
         logger.info("warm-up done in %.1f s: %d programs", time.perf_counter() - start, len(self.compiled))
 
     def _next_jobs(self) -> list[_Job] | None:
-        """The next batch: the oldest request and, after waiting for more up to its deadline, every later one
-        with the same settings, in order, while the texts fit in ``max_batch``. None once stopped and empty."""
+        """The next batch: the oldest request and, after waiting for more (``max_wait_ms`` from when both it and
+        the decoder were there), every later one with the same settings, in order, while the texts fit in
+        ``max_batch``. None once stopped and empty."""
         with self._condition:
             while not self._queue:
                 if self._stopping:
                     return None
                 self._condition.wait()
             first = self._queue[0]
-            deadline = first.enqueued + self.limits.max_wait_ms / 1000.0
+            # Waiting starts when both the oldest request and the decoder are there: a request that queued behind
+            # a batch still gets its chance to be merged with the requests that come in meanwhile or just after.
+            deadline = max(first.enqueued, self._free_since) + self.limits.max_wait_ms / 1000.0
             while not self._stopping:
                 waiting = sum(len(job.texts) for job in self._queue if job.key == first.key)
                 remaining = deadline - time.monotonic()
@@ -287,6 +292,9 @@ class BatchingDecoder:
         if not any(entry["settings"] == settings and (entry["rows"], entry["src_len"], entry["attention"]) == (
                 rows, width, attention) for entry in self.compiled):
             self.compiled.append({"settings": settings, "rows": rows, "src_len": width, "attention": attention})
+            if self.status == "ready":  # compiled on first use, after the warm-up
+                logger.info("compiled a search for %d rows, sources of %d tokens, beam %d%s", rows, width,
+                            config.beam_size, ", with attention" if attention else "")
 
 
 # -- requests and answers ---------------------------------------------------------------------------------------
@@ -400,6 +408,10 @@ def create_app(model: TrainedModel, limits: ServeLimits) -> FastAPI:
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, error: HTTPException):
         return _error(error.status_code, str(error.detail))
+
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Request, error: Exception):
+        return _error(500, f"internal error: {type(error).__name__}: {error}")
 
     def checked_config(texts: list[str], **settings: Any) -> DecodeConfig:
         if len(texts) > limits.max_texts:
