@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="largest beam a request may ask for (at least the workdir's own)")
     serve.add_argument("--fixed-rows", action="store_true",
                        help="every search has --max-batch rows: scores bit-identical to a text's score alone "
-                            "(default: 1, 4, 16, ... rows, whichever holds the batch; equal texts, scores within "
+                            "(default: 1, 2, 4, ... rows, whichever holds the batch; equal texts, scores within "
                             "float32 rounding)")
     serve.add_argument("--warmup-src-len", type=int, default=32, metavar="TOKENS",
                        help="compile the default settings' searches for sources up to this length at start-up")

@@ -141,6 +141,14 @@ def test_attention_weights_with_their_pieces(server):
             assert len(row) == len(attention["source"]) and abs(sum(row) - 1) < 1e-3
 
 
+def test_outputs_stop_at_the_maximum_decode_length(server):
+    """A min_len beyond max_len = ceil(1.5 * source tokens + 10) is cut to it: 6 tokens ("May 1" + EOS) -> 19."""
+    answer = post(f"{server[0]}/v1/translate", {"texts": ["May 1"], "min_len": 1000, "attention": True})
+    assert answer.status_code == 200, answer.text
+    (hypothesis,) = answer.json()["translations"][0]
+    assert len(hypothesis["attention"]["target"]) == 19 and "</s>" not in hypothesis["attention"]["target"]
+
+
 def concurrent_and_serial_answers(url: str, texts: list[str]) -> tuple[list, list, int]:
     """Each text's answer requested alone, one after the other, then by one client per text at once; and into how
     many decoding rounds the concurrent requests were merged."""
