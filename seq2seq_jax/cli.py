@@ -7,6 +7,7 @@
     seq2seq score     --workdir W [--workdir W2 ...] --src F --tgt F [--json] [--output F]
     seq2seq plot      --workdir W [--out F] [--attention "source sentence" --attention-out F]
     seq2seq average   --workdir W --out W2 [--last N | --steps S1,S2,...]
+    seq2seq serve     --workdir W [--host 127.0.0.1] [--port 5000] [--max-batch 64] ...
 """
 
 from __future__ import annotations
@@ -76,8 +77,8 @@ def _plot_hypothesis_attention(trained, source: str, hypothesis, path: Path) -> 
     """Heatmap of one hypothesis' attention, labelled with source and target tokens (and EOS rows/columns)."""
     from seq2seq_jax.plots import plot_attention
 
-    src_tokens = [trained.src_tokenizer.decode([i]) or "·" for i in trained.src_tokenizer.encode(source)] + ["</s>"]
-    tgt_tokens = [trained.tgt_tokenizer.decode([i]) or "·" for i in hypothesis.tokens]
+    src_tokens = trained.src_tokenizer.pieces(trained.src_tokenizer.encode(source)) + ["</s>"]
+    tgt_tokens = trained.tgt_tokenizer.pieces(hypothesis.tokens)
     weights = hypothesis.attention
     tgt_tokens += ["</s>"] * (weights.shape[0] - len(tgt_tokens))  # the EOS step, when the hypothesis has one
     plot_attention(weights, src_tokens, tgt_tokens, path)
@@ -118,8 +119,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_hypotheses(out, hypotheses, n_best: int) -> None:
+    """One output line: the best text, or ``text<TAB>score`` per hypothesis with ``n_best > 1``; empty for a blank
+    source (no hypotheses)."""
+    if not hypotheses:
+        out.write("\n")
+    elif n_best > 1:
+        out.write("\t".join(f"{h.text}\t{h.score:.6f}" for h in hypotheses) + "\n")
+    else:
+        out.write(hypotheses[0].text + "\n")
+
+
+def _translate_interactively(translator) -> int:
+    """Answer each stdin line as soon as it is read (one-row searches unless --batch-size says otherwise)."""
+    for number, raw in enumerate(iter(sys.stdin.buffer.readline, b""), start=1):
+        try:
+            line = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"<stdin> line {number}: not valid UTF-8 ({error.reason})") from None
+        _write_hypotheses(sys.stdout, translator.translate([line])[0], translator.config.n_best)
+        sys.stdout.flush()
+    return 0
+
+
 def cmd_translate(args: argparse.Namespace) -> int:
     trained, translator = _load_translator(args)
+    if args.interactive:
+        if args.input or args.output or args.plot_attention:
+            raise ValueError("--interactive reads stdin and writes stdout: no --input, --output or --plot-attention")
+        if args.batch_size is None:
+            translator.config = dataclasses.replace(translator.config, batch_size=1)
+        return _translate_interactively(translator)
     lines = _read_input(args.input)
     prefixes = None
     if args.prefix:
@@ -132,10 +162,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
         for hypotheses in results:
-            if translator.config.n_best > 1:
-                out.write("\t".join(f"{h.text}\t{h.score:.6f}" for h in hypotheses) + "\n")
-            else:
-                out.write((hypotheses[0].text if hypotheses else "") + "\n")  # a blank line has none
+            _write_hypotheses(out, hypotheses, translator.config.n_best)
     finally:
         if args.output:
             out.close()
@@ -255,6 +282,16 @@ def cmd_average(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from seq2seq_jax.serve import ServeLimits, serve
+
+    limits = ServeLimits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_chars=args.max_chars,
+                         max_texts=args.max_texts, max_body_bytes=args.max_body_bytes,
+                         max_beam_size=args.max_beam_size, warmup_src_len=args.warmup_src_len,
+                         fixed_rows=args.fixed_rows)
+    return serve(args.workdir, _checkpoint_arg(args.checkpoint), args.host, args.port, limits)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seq2seq", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true",
@@ -293,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "that every hypothesis starts with")
     translate.add_argument("--plot-attention", metavar="DIR",
                            help="write one attention heatmap PNG per non-blank line")
+    translate.add_argument("--interactive", action="store_true",
+                           help="answer each stdin line as soon as it is read, flushing stdout")
     _add_decode_arguments(translate)
     translate.set_defaults(handler=cmd_translate)
 
@@ -343,6 +382,28 @@ def build_parser() -> argparse.ArgumentParser:
     average.add_argument("--last", type=int, default=5, metavar="N", help="the N newest checkpoints (default 5)")
     average.add_argument("--steps", metavar="S1,S2,...", help="exactly these steps instead of --last")
     average.set_defaults(handler=cmd_average)
+
+    serve = commands.add_parser("serve", help="HTTP translation server with dynamic batching and a web page")
+    serve.add_argument("--workdir", required=True)
+    serve.add_argument("--checkpoint", default="best", help="best, latest or a step number")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    serve.add_argument("--port", type=int, default=5000)
+    serve.add_argument("--max-batch", type=int, default=64, help="most texts merged into one search")
+    serve.add_argument("--max-wait-ms", type=float, default=10.0,
+                       help="longest wait for more requests to merge with the oldest one")
+    serve.add_argument("--max-chars", type=int, default=2000, help="most characters per text")
+    serve.add_argument("--max-texts", type=int, default=64, help="most texts per request")
+    serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
+    serve.add_argument("--max-beam-size", type=int, default=16,
+                       help="largest beam a request may ask for (at least the workdir's own)")
+    serve.add_argument("--fixed-rows", action="store_true",
+                       help="every search has --max-batch rows: scores bit-identical to a text's score alone "
+                            "(default: 1, 2, 4, ... rows, whichever holds the batch; equal texts, scores within "
+                            "float32 rounding)")
+    serve.add_argument("--warmup-src-len", type=int, default=32, metavar="TOKENS",
+                       help="compile the default settings' searches for sources up to this length at start-up")
+    serve.set_defaults(handler=cmd_serve)
+
     for command in commands.choices.values():  # also after the command: seq2seq train ... --verbose
         command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                              help="print the traceback of an error; log compilation and checkpoint details")

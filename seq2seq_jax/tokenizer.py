@@ -79,6 +79,11 @@ class Tokenizer:
         """Plain text of ``ids``; pad, bos and eos are skipped wherever they are (no stop at EOS)."""
         raise NotImplementedError
 
+    def pieces(self, ids: Iterable[int]) -> list[str]:
+        """One display label per id (for attention heatmaps): its text, or "·" for a piece that decodes to
+        nothing (a space, a special token)."""
+        return [self.decode([i]) or "·" for i in ids]
+
     def files(self, directory: str | Path, name: str) -> list[Path]:
         """The files ``save(directory, name)`` writes."""
         return [metadata_path(directory, name)]

@@ -29,7 +29,7 @@ from seq2seq_jax.config import DecodeConfig
 from seq2seq_jax.data import round_up, source_batches
 from seq2seq_jax.decode import EOS_ID, beam_search, greedy_search, max_len_bound_for, sample
 from seq2seq_jax.ensemble import ensemble_search_state
-from seq2seq_jax.tokenizer import Tokenizer
+from seq2seq_jax.tokenizer import PAD_ID, Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,21 @@ class Translator:
                 self._kernels_t = _decode_kernels(self.graphdef, self.params)
         return self._kernels_t
 
+    def _output_bound(self, src_size: int) -> int:
+        """The output buffer's length for sources padded to ``src_size``: a function of the padded length (rounded
+        up to 8), so still one program per padded shape."""
+        return int(round_up(max_len_bound_for([src_size], self.config.max_len_a, self.config.max_len_b), 8))
+
+    def warm_up(self, src_size: int, with_attention: bool = False) -> None:
+        """Compile (and run once, on ``batch_size`` one-token sources) the search for sources padded to
+        ``src_size`` tokens, so that the first real batch of that shape does not wait for the compiler."""
+        src = np.full((self.config.batch_size, src_size), PAD_ID, dtype=np.int32)
+        src[:, 0] = EOS_ID
+        src_len = np.ones(self.config.batch_size, dtype=np.int32)
+        search = self._search_fn(src_size, self._output_bound(src_size), with_attention, 0)
+        jax.block_until_ready(search(self.params, self._decode_kernels(), jnp.asarray(src), jnp.asarray(src_len),
+                                     jax.random.key(self.config.seed), None, None))
+
     def encode_prefixes(self, lines: Sequence[str], prefixes: Sequence[str] | None,
                         prefix_name: str = "prefix") -> list[list[int]] | None:
         """The target pieces of each line's prefix (``None`` without prefixes; an empty prefix is ``[]``).
@@ -166,10 +181,9 @@ class Translator:
         rng = jax.random.key(config.seed)
         for batch_number, (src, src_len, index) in enumerate(
                 source_batches(encoded, config.batch_size, self.bucket_width)):
-            # A function of the padded source length, so still one program per padded shape.
-            bound = round_up(max_len_bound_for([src.shape[1]], config.max_len_a, config.max_len_b), 8)
             prefix, prefix_len = _prefix_batch(source_prefixes, index)
-            search = self._search_fn(src.shape[1], int(bound), with_attention, prefix.shape[1])
+            search = self._search_fn(src.shape[1], self._output_bound(src.shape[1]), with_attention,
+                                     prefix.shape[1])
             tokens, lengths, scores, attention = jax.device_get(search(
                 self.params, self._decode_kernels(), jnp.asarray(src), jnp.asarray(src_len),
                 jax.random.fold_in(rng, batch_number), None if prefix.shape[1] == 0 else jnp.asarray(prefix),

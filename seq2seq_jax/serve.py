@@ -1,0 +1,513 @@
+"""``seq2seq serve``: a translation server (FastAPI on uvicorn) with dynamic batching, and its web page.
+
+    POST /v1/translate          {"texts": [...], "beam_size", "n_best", "length_penalty", "min_len",
+                                 "no_repeat_ngram_size", "attention"}  (all but texts optional: the workdir's
+                                 decode config) -> {"translations": [[{"text", "score", "attention"?}, ...], ...]}
+    POST /translator/translate  OpenNMT-py's onmt_server format: [{"src": "...", "id": 100}, ...] ->
+                                 [[{"src", "tgt", "n_best", "pred_score"}, ...per input] ...per n-best rank]
+    GET  /health                ready / warming up (503), the loaded step, the compiled shapes
+    GET  /v1/info               model and decode config, the checkpoint's validation metrics, the limits
+    GET  /                      the web page (static/index.html: text box, n-best list, attention heatmap)
+    GET  /docs                  FastAPI's OpenAPI page
+
+Batching: one decoding thread takes requests from a queue. Once it is free and holds the oldest request, it waits
+at most ``max_wait_ms`` for others with the same decode settings and attention flag,
+takes whole requests in arrival order up to ``max_batch`` texts, and decodes them together in one search, padded
+to the longest of them (a multiple of ``data.bucket_width``), with the smallest row count of ``row_buckets``
+(1, 2, 4, ..., max_batch) that holds them. A row's search does not depend on the other rows' contents, so a text
+gets the same tokens whatever it is merged with (``tests/test_decode.py``); its score is the same up to float32
+rounding: XLA:CPU's matmuls round differently for different row counts and padded lengths, by a few 1e-6 of the
+score. With ``fixed_rows`` every search has ``max_batch`` rows and texts of one padded length, so every answer
+is bit-identical to the one the text gets alone, at the price of a lone request paying for ``max_batch`` rows.
+The event loop only awaits futures: ``/health`` answers while a batch decodes.
+
+Warm-up: before ``/health`` reports ready, the default settings' searches are compiled for every row count and
+every padded source length up to ``warmup_src_len`` tokens, and with attention (the web page's request) for the
+smallest row count; other shapes and settings compile on first use. One Translator per (settings, rows) is kept; beyond
+``CACHED_SETTINGS`` non-default settings the least recently used one is dropped with its programs.
+
+Limits: nothing in a request names a file, a workdir or code; request bodies over ``max_body_bytes`` get 413;
+a request holds at most ``max_texts`` texts of at most ``max_chars`` characters and asks for a beam of at most
+``max_beam_size``. Every output is bounded by the decode config's ``max_len_a * source tokens + max_len_b``
+(a ``min_len`` beyond it is cut to it), and a source has at most ``max_chars`` characters, so no request decodes
+unboundedly. The server binds 127.0.0.1 unless told otherwise. SIGTERM: stop accepting, finish every accepted
+request, exit 0. Sampling is not served: a workdir's ``decode.sample`` is ignored here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import dataclasses
+import importlib.resources
+import logging
+import math
+import signal
+import threading
+import time
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import Body, FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from seq2seq_jax.config import ConfigError, DecodeConfig
+from seq2seq_jax.data import round_up
+from seq2seq_jax.translate import Hypothesis, Translator
+from seq2seq_jax.workdir import TrainedModel, load_trained
+
+logger = logging.getLogger(__name__)
+
+CACHED_SETTINGS = 8  # non-default decode settings whose Translators (and compiled programs) are kept
+ONMT_ID = 100  # the model id OpenNMT-py's example configuration uses; any id is accepted (one model served)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeLimits:
+    """What one request may ask for, and how requests are merged (the ``seq2seq serve`` options)."""
+
+    max_batch: int = 64
+    max_wait_ms: float = 10.0
+    max_chars: int = 2000
+    max_texts: int = 64
+    max_body_bytes: int = 1 << 20
+    max_beam_size: int = 16
+    warmup_src_len: int = 32
+    fixed_rows: bool = False
+
+    def __post_init__(self):
+        for name in ("max_batch", "max_chars", "max_texts", "max_body_bytes", "max_beam_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.max_wait_ms < 0 or self.warmup_src_len < 0:
+            raise ValueError("--max-wait-ms and --warmup-src-len must be >= 0")
+
+
+def row_buckets(max_batch: int, fixed_rows: bool = False) -> tuple[int, ...]:
+    """Row counts of the compiled searches: the powers of two below ``max_batch``, and ``max_batch``
+    (64 -> 1, 2, 4, 8, 16, 32, 64); only ``max_batch`` with ``fixed_rows``."""
+    if fixed_rows:
+        return (max_batch,)
+    return tuple(sorted({max_batch} | {2 ** k for k in range(max_batch.bit_length()) if 2 ** k < max_batch}))
+
+
+def load_model(workdir: str, checkpoint: str | int) -> TrainedModel:
+    """The served model: one workdir's checkpoint (trained, averaged or imported), its config and tokenizers.
+    The one place that loads; ensembles and per-text prefixes extend it."""
+    return load_trained(workdir, checkpoint)
+
+
+@dataclasses.dataclass
+class _Job:
+    texts: list[str]
+    config: DecodeConfig
+    attention: bool
+    future: concurrent.futures.Future
+    enqueued: float
+
+    @property
+    def key(self) -> tuple[DecodeConfig, bool]:
+        return self.config, self.attention
+
+
+class BatchingDecoder:
+    """Merges concurrent requests into compiled searches on one decoding thread (module docstring)."""
+
+    def __init__(self, model: TrainedModel, limits: ServeLimits):
+        self.model = model
+        self.limits = limits
+        self.default_config = dataclasses.replace(model.config.decode, sample=False, batch_size=limits.max_batch)
+        self.rows = row_buckets(limits.max_batch, limits.fixed_rows)
+        self.bucket_width = model.config.data.bucket_width
+        self.status = "warming up"
+        self.compiled: list[dict[str, Any]] = []
+        self._translators: collections.OrderedDict[DecodeConfig, dict[int, Translator]] = collections.OrderedDict()
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._condition = threading.Condition()
+        self._stopping = False
+        self._free_since = 0.0  # when the decoding thread finished its last batch (time.monotonic)
+        self.in_flight = 0  # requests accepted and not yet answered
+        self.merged_batches = 0  # decoding rounds, each serving ``merged_requests`` / ``merged_batches`` requests
+        self.merged_requests = 0
+        self._thread = threading.Thread(target=self._run, name="seq2seq-decode", daemon=True)
+
+    # -- the event loop's side ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish every queued request, then end the decoding thread."""
+        with self._condition:
+            self._stopping = True
+            self._condition.notify_all()
+        self._thread.join()
+
+    def submit(self, texts: list[str], config: DecodeConfig, attention: bool) -> concurrent.futures.Future:
+        """Queue ``texts``; the future gets one list of hypotheses (best first) per text, in order."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._condition:
+            if self._stopping:
+                raise RuntimeError("the server is shutting down")
+            self._queue.append(_Job(list(texts), config, attention, future, time.monotonic()))
+            self.in_flight += 1
+            self._condition.notify_all()
+        return future
+
+    def counts(self) -> dict[str, int]:
+        with self._condition:
+            return {"queued_texts": sum(len(job.texts) for job in self._queue), "in_flight_requests": self.in_flight,
+                    "merged_batches": self.merged_batches, "merged_requests": self.merged_requests}
+
+    def _finished(self, jobs: list[_Job]) -> None:
+        with self._condition:
+            self.in_flight -= len(jobs)
+            self._free_since = time.monotonic()
+
+    # -- the decoding thread -----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._warm_up()
+            self.status = "ready"
+        except Exception as error:  # reported by /health; requests still get their own errors
+            logger.exception("warm-up failed")
+            self.status = f"warm-up failed: {error}"
+        while (jobs := self._next_jobs()) is not None:
+            running, abandoned = [], []  # a client that went away cancelled its future
+            for job in jobs:
+                (running if job.future.set_running_or_notify_cancel() else abandoned).append(job)
+            self._finished(abandoned)
+            jobs = running
+            if not jobs:
+                continue
+            self.merged_batches += 1
+            self.merged_requests += len(jobs)
+            try:
+                results = self._translate([text for job in jobs for text in job.texts], *jobs[0].key)
+            except Exception as error:  # every request of the batch gets the error
+                logger.exception("decoding failed")
+                for job in jobs:
+                    job.future.set_exception(error)
+                self._finished(jobs)
+                continue
+            start = 0
+            for job in jobs:
+                job.future.set_result(results[start: start + len(job.texts)])
+                start += len(job.texts)
+            self._finished(jobs)
+
+    def _warm_up(self) -> None:
+        widths = range(self.bucket_width, round_up(self.limits.warmup_src_len, self.bucket_width) + 1,
+                       self.bucket_width)
+        shapes = [(rows, width, False) for width in widths for rows in self.rows]
+        shapes += [(self.rows[0], width, True) for width in widths]  # the web page's single text
+        logger.info("warm-up: compiling %d search programs (rows %s, source lengths %s; with attention: %d rows)",
+                    len(shapes), list(self.rows), list(widths), self.rows[0])
+        start = time.perf_counter()
+        for rows, width, attention in shapes:
+            if self._stopping:
+                return
+            self._translator(self.default_config, rows).warm_up(width, with_attention=attention)
+            self._record(self.default_config, rows, width, attention)
+        logger.info("warm-up done in %.1f s: %d programs", time.perf_counter() - start, len(self.compiled))
+
+    def _next_jobs(self) -> list[_Job] | None:
+        """The next batch: the oldest request and, after waiting for more (``max_wait_ms`` from when both it and
+        the decoder were there), every later one with the same settings, in order, while the texts fit in
+        ``max_batch``. None once stopped and empty."""
+        with self._condition:
+            while not self._queue:
+                if self._stopping:
+                    return None
+                self._condition.wait()
+            first = self._queue[0]
+            # Waiting starts when both the oldest request and the decoder are there: a request that queued behind
+            # a batch still gets its chance to be merged with the requests that come in meanwhile or just after.
+            deadline = max(first.enqueued, self._free_since) + self.limits.max_wait_ms / 1000.0
+            while not self._stopping:
+                waiting = sum(len(job.texts) for job in self._queue if job.key == first.key)
+                remaining = deadline - time.monotonic()
+                if waiting >= self.limits.max_batch or remaining <= 0:
+                    break
+                self._condition.wait(remaining)
+            jobs, total = [], 0
+            for job in list(self._queue):
+                if job.key != first.key:
+                    continue
+                if jobs and total + len(job.texts) > self.limits.max_batch:
+                    break
+                jobs.append(job)
+                total += len(job.texts)
+                self._queue.remove(job)
+            return jobs
+
+    def _translate(self, texts: list[str], config: DecodeConfig, attention: bool) -> list[list[Hypothesis]]:
+        """Decode ``texts`` (at most ``max_batch`` per search) with the smallest row count that holds them, padded
+        to their longest source; with ``fixed_rows``, ``max_batch`` rows and one search per padded source length."""
+        tokenizer = self.model.src_tokenizer
+        widths = [int(round_up(len(tokenizer.encode(text)) + 1, self.bucket_width)) for text in texts]
+        groups = [list(range(len(texts)))]
+        if self.limits.fixed_rows:
+            groups = [[index for index, w in enumerate(widths) if w == width] for width in sorted(set(widths))]
+        results: list[list[Hypothesis] | None] = [None] * len(texts)
+        for group in groups:
+            group.sort(key=lambda index: widths[index])  # the Translator's own batches, made here to record them
+            for start in range(0, len(group), self.limits.max_batch):
+                chunk = group[start: start + self.limits.max_batch]
+                rows = next(r for r in self.rows if r >= len(chunk))
+                outputs = self._translator(config, rows).translate([texts[i] for i in chunk],
+                                                                   with_attention=attention)
+                self._record(config, rows, widths[chunk[-1]], attention)
+                for index, hypotheses in zip(chunk, outputs, strict=True):
+                    results[index] = hypotheses
+        return results  # type: ignore[return-value]
+
+    def _settings(self, config: DecodeConfig) -> DecodeConfig:
+        """``config`` as the key of its settings (the row count left out)."""
+        return dataclasses.replace(config, batch_size=self.limits.max_batch)
+
+    def _translator(self, config: DecodeConfig, rows: int) -> Translator:
+        settings = self._settings(config)
+        translators = self._translators.setdefault(settings, {})
+        self._translators.move_to_end(settings)
+        if rows not in translators:
+            model = self.model
+            translators[rows] = Translator(model.graphdef, model.params, model.src_tokenizer, model.tgt_tokenizer,
+                                           dataclasses.replace(config, batch_size=rows), self.bucket_width)
+        others = [key for key in self._translators if key != self.default_config]
+        if len(others) > CACHED_SETTINGS:  # drop the least recently used settings with their programs
+            del self._translators[others[0]]
+            self.compiled = [entry for entry in self.compiled if entry["settings"] != others[0]]
+        return translators[rows]
+
+    def _record(self, config: DecodeConfig, rows: int, width: int, attention: bool) -> None:
+        settings = self._settings(config)
+        if not any(entry["settings"] == settings and (entry["rows"], entry["src_len"], entry["attention"]) == (
+                rows, width, attention) for entry in self.compiled):
+            self.compiled.append({"settings": settings, "rows": rows, "src_len": width, "attention": attention})
+            if self.status == "ready":  # compiled on first use, after the warm-up
+                logger.info("compiled a search for %d rows, sources of %d tokens, beam %d%s", rows, width,
+                            config.beam_size, ", with attention" if attention else "")
+
+
+# -- requests and answers ---------------------------------------------------------------------------------------
+
+
+class TranslateRequest(BaseModel):
+    """``POST /v1/translate``: the texts and, optionally, decode settings (default: the workdir's)."""
+
+    model_config = ConfigDict(extra="forbid")
+    texts: list[StrictStr] = Field(min_length=1)
+    beam_size: StrictInt | None = Field(None, ge=1)
+    n_best: StrictInt | None = Field(None, ge=1)
+    length_penalty: float | None = Field(None, strict=True, allow_inf_nan=False)
+    min_len: StrictInt | None = Field(None, ge=0)
+    no_repeat_ngram_size: StrictInt | None = Field(None, ge=0)
+    attention: StrictBool = False
+
+
+class OnmtItem(BaseModel):
+    """One input of OpenNMT-py's ``/translator/translate``; ``id`` names the model there (one is served here)."""
+
+    model_config = ConfigDict(extra="ignore")
+    src: StrictStr
+    id: StrictInt = ONMT_ID
+
+
+def _hypothesis_json(model: TrainedModel, source: str, hypothesis: Hypothesis) -> dict[str, Any]:
+    answer: dict[str, Any] = {"text": hypothesis.text, "score": hypothesis.score}
+    if hypothesis.attention is not None:
+        weights = hypothesis.attention
+        target = model.tgt_tokenizer.pieces(hypothesis.tokens)
+        target += ["</s>"] * (weights.shape[0] - len(target))  # the EOS step, when the hypothesis has one
+        answer["attention"] = {"source": model.src_tokenizer.pieces(model.src_tokenizer.encode(source)) + ["</s>"],
+                               "target": target, "weights": np.round(weights.astype(np.float64), 5).tolist()}
+    return answer
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+class BodySizeLimit:
+    """ASGI middleware: a request body over ``max_bytes`` (declared or streamed) gets 413 before any handler."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = _error(413, f"request body over the {self.max_bytes}-byte limit of this server "
+                                "(seq2seq serve --max-body-bytes)")
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await too_large(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return None
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await too_large(scope, receive, send)
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+def create_app(model: TrainedModel, limits: ServeLimits) -> FastAPI:
+    """The FastAPI application serving ``model`` (its decoding thread starts and stops with the app)."""
+    from seq2seq_jax.cli import _decode_config  # the command line's overlay of settings on the workdir's
+
+    decoder = BatchingDecoder(model, limits)
+    page = importlib.resources.files("seq2seq_jax").joinpath("static", "index.html").read_text(encoding="utf-8")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        decoder.start()
+        yield
+        await asyncio.to_thread(decoder.stop)
+
+    app = FastAPI(title="seq2seq-jax translation server", version="1", lifespan=lifespan,
+                  description="Translate with a seq2seq-jax workdir. Concurrent requests are merged into one "
+                              "compiled search; every answer equals the one its text gets alone.")
+    app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
+    app.state.decoder = decoder
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError):
+        content_type = request.headers.get("content-type", "")
+        if request.method == "POST" and "json" not in content_type:
+            return _error(415, f"the request body must be JSON sent with Content-Type: application/json "
+                               f"(got {content_type or 'no Content-Type'})")
+        problems = jsonable_encoder(error.errors())
+        if any(problem.get("type") == "json_invalid" for problem in problems):
+            return _error(400, "malformed JSON: " + "; ".join(p.get("ctx", {}).get("error", p["msg"])
+                                                               for p in problems), detail=problems)
+        message = "; ".join(f"{'.'.join(str(part) for part in p['loc'][1:]) or 'body'}: {p['msg']}" for p in problems)
+        return _error(422, message, detail=problems)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, error: HTTPException):
+        return _error(error.status_code, str(error.detail))
+
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Request, error: Exception):
+        return _error(500, f"internal error: {type(error).__name__}: {error}")
+
+    def checked_config(texts: list[str], **settings: Any) -> DecodeConfig:
+        if len(texts) > limits.max_texts:
+            raise HTTPException(422, f"texts: {len(texts)} texts, more than this server's limit of "
+                                     f"{limits.max_texts} per request")
+        for index, text in enumerate(texts):
+            if len(text) > limits.max_chars:
+                raise HTTPException(422, f"texts.{index}: {len(text)} characters, more than this server's limit "
+                                         f"of {limits.max_chars}")
+        try:
+            config = _decode_config(decoder.default_config, argparse.Namespace(**settings))
+        except ConfigError as error:
+            raise HTTPException(422, str(error)) from None
+        largest = max(limits.max_beam_size, decoder.default_config.beam_size)
+        if config.beam_size > largest:
+            raise HTTPException(422, f"beam_size: {config.beam_size} is more than this server's limit of {largest}")
+        return config
+
+    async def translate(texts: list[str], config: DecodeConfig, attention: bool) -> list[list[Hypothesis]]:
+        try:
+            future = decoder.submit(texts, config, attention)
+        except RuntimeError as error:
+            raise HTTPException(503, str(error)) from None
+        return await asyncio.wrap_future(future)
+
+    @app.post("/v1/translate")
+    async def translate_v1(request: TranslateRequest) -> dict[str, Any]:
+        """Per text, in order, its hypotheses best first: text, score and, when asked, the attention weights
+        ``[target pieces (+ </s>), source pieces + </s>]`` with the pieces they refer to."""
+        settings = request.model_dump(exclude={"texts", "attention"}, exclude_none=True)
+        config = checked_config(request.texts, **settings)
+        results = await translate(request.texts, config, request.attention)
+        return {"translations": [[_hypothesis_json(model, text, h) for h in hypotheses]
+                                 for text, hypotheses in zip(request.texts, results, strict=True)]}
+
+    @app.post("/translator/translate")
+    async def translate_onmt(items: Annotated[list[OnmtItem], Body(min_length=1)]) -> list[list[dict[str, Any]]]:
+        """OpenNMT-py's ``onmt_server`` answer: one list per n-best rank, each with one entry per input. A blank
+        source is not translated: its ``tgt`` is empty and its ``pred_score`` 0 (the log-probability of nothing)."""
+        texts = [item.src for item in items]
+        config = checked_config(texts)
+        results = await translate(texts, config, False)
+
+        def entry(text: str, hypotheses: list[Hypothesis], rank: int) -> dict[str, Any]:
+            hypothesis = hypotheses[rank] if hypotheses else Hypothesis("", [], 0.0)
+            return {"src": text, "tgt": hypothesis.text, "n_best": config.n_best, "pred_score": hypothesis.score}
+
+        return [[entry(text, hypotheses, rank) for text, hypotheses in zip(texts, results, strict=True)]
+                for rank in range(config.n_best)]
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        """``ready`` (200) or ``warming up`` (503), the loaded step and the compiled search shapes."""
+        shapes = [{"rows": entry["rows"], "src_len": entry["src_len"], "attention": entry["attention"],
+                   "beam_size": entry["settings"].beam_size, "n_best": entry["settings"].n_best,
+                   "default_settings": entry["settings"] == decoder.default_config} for entry in decoder.compiled]
+        body = {"status": decoder.status, "step": model.step, "compiled_programs": len(shapes),
+                "compiled": shapes, "row_buckets": list(decoder.rows), **decoder.counts()}
+        return JSONResponse(body, status_code=200 if decoder.status == "ready" else 503)
+
+    @app.get("/v1/info")
+    async def info() -> dict[str, Any]:
+        """The model and default decode configuration, the checkpoint's step and validation metrics, the limits."""
+        decode = {k: v for k, v in decoder.default_config.to_dict().items()
+                  if k not in ("sample", "temperature", "top_k", "top_p", "seed", "batch_size")}
+        return {"model": model.config.model.to_dict(), "decode": decode, "step": model.step,
+                "metrics": {k: v for k, v in model.metrics.items() if math.isfinite(v)},
+                "tokenizer": model.config.data.tokenizer,
+                "bucket_width": decoder.bucket_width, "row_buckets": list(decoder.rows),
+                "limits": dataclasses.asdict(limits)}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    return app
+
+
+def serve(workdir: str, checkpoint: str | int, host: str, port: int, limits: ServeLimits) -> int:
+    """Load, warm up in the background and serve until SIGTERM/SIGINT; returns 0 after a graceful shutdown."""
+    import uvicorn
+
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("seq2seq serve: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    model = load_model(workdir, checkpoint)
+    logger.info("loaded step %d of %s", model.step, workdir)
+    app = create_app(model, limits)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False,
+                                           timeout_graceful_shutdown=None))
+    # uvicorn re-raises the signal it shut down on once it is done; these handlers absorb it, so the process
+    # exits 0 after a graceful shutdown rather than being killed by the default handler.
+    for handled in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(handled, lambda *_: None)
+    server.run()
+    return 0 if server.started else 1
