@@ -17,7 +17,13 @@ import logging
 import sys
 from pathlib import Path
 
-from seq2seq_jax.config import ConfigError, DecodeConfig, ExperimentConfig
+from seq2seq_jax.common.decoding import decode_settings, format_line
+from seq2seq_jax.config import ConfigError, ExperimentConfig
+
+# Modules of each optional extra (pyproject.toml): a command that fails to import one names the extra to install.
+_EXTRA_OF_MODULE = {**dict.fromkeys(("jax", "jaxlib", "flax", "optax", "orbax", "ml_dtypes", "sacrebleu",
+                                     "rouge_score", "tqdm", "tensorboardX", "matplotlib"), "jax"), "torch": "torch"}
+_LIBRARY_NAMES = {"jax": "JAX", "jaxlib": "JAX", "flax": "JAX", "optax": "JAX", "orbax": "JAX", "torch": "PyTorch"}
 
 
 def _add_decode_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,14 +44,6 @@ def _add_decode_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--checkpoint", default="best", help="best, latest or a step number")
 
 
-def _decode_config(base: DecodeConfig, args: argparse.Namespace) -> DecodeConfig:
-    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(DecodeConfig)
-               if getattr(args, f.name, None) is not None}
-    if "beam_size" in changes and "n_best" not in changes:
-        changes["n_best"] = min(base.n_best, changes["beam_size"])
-    return dataclasses.replace(base, **changes)
-
-
 def _checkpoint_arg(value: str) -> str | int:
     return int(value) if value.isdigit() else value
 
@@ -61,7 +59,7 @@ def _load_translator(args: argparse.Namespace):
     from seq2seq_jax.workdir import load_trained
 
     trained = load_trained(args.workdir, _checkpoint_arg(args.checkpoint))
-    decode_config = _decode_config(trained.config.decode, args)
+    decode_config = decode_settings(trained.config.decode, args)
     translator = Translator(trained.graphdef, trained.params, trained.src_tokenizer, trained.tgt_tokenizer,
                             decode_config, trained.config.data.bucket_width)
     return trained, translator
@@ -116,10 +114,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
         for hypotheses in results:
-            if translator.config.n_best > 1:
-                out.write("\t".join(f"{h.text}\t{h.score:.6f}" for h in hypotheses) + "\n")
-            else:
-                out.write(hypotheses[0].text + "\n")
+            out.write(format_line(hypotheses, translator.config.n_best) + "\n")
     finally:
         if args.output:
             out.close()
@@ -338,4 +333,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"seq2seq {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as error:
+        extra = _EXTRA_OF_MODULE.get((error.name or "").split(".")[0])
+        if extra is None:
+            raise
+        library = _LIBRARY_NAMES.get(error.name.split(".")[0], error.name.split(".")[0])
+        print(f"seq2seq {args.command} needs {library}: install the {extra} extra "
+              f"(pip install 'seq2seq-jax[{extra}]')", file=sys.stderr)
         return 2

@@ -8,7 +8,6 @@ setting, never per sentence; ``Translator.compiled_programs`` counts them.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -17,23 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from seq2seq_jax.common.decoding import Hypothesis, output_ids
 from seq2seq_jax.config import DecodeConfig
 from seq2seq_jax.data import round_up, source_batches
 from seq2seq_jax.decode import beam_search, greedy_search, max_len_bound_for, sample
 from seq2seq_jax.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class Hypothesis:
-    """One output: detokenized ``text``, its ``tokens`` (ids, EOS excluded), ``score`` and, when asked,
-    ``attention [len(tokens) + 1, src_len]`` (the last row is the EOS step)."""
-
-    text: str
-    tokens: list[int]
-    score: float
-    attention: np.ndarray | None = None
 
 
 class Translator:
@@ -124,9 +113,7 @@ class Translator:
                 hypotheses = []
                 for rank in range(tokens.shape[1]):
                     length = int(lengths[row, rank])
-                    ids = [int(t) for t in tokens[row, rank, :length]]
-                    if ids and ids[-1] == 3:
-                        ids = ids[:-1]
+                    ids = output_ids(tokens[row, rank], length)
                     weights = None
                     if with_attention and attention is not None:
                         weights = np.asarray(attention[row, rank, :length, : int(src_len[row])])
