@@ -334,11 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"seq2seq {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except ModuleNotFoundError as error:
-        extra = _EXTRA_OF_MODULE.get((error.name or "").split(".")[0])
-        if extra is None:
+    except ModuleNotFoundError as error:  # an install without the extra this command needs
+        module = (error.name or "").split(".")[0]
+        if module not in _EXTRA_OF_MODULE:
             raise
-        library = _LIBRARY_NAMES.get(error.name.split(".")[0], error.name.split(".")[0])
-        print(f"seq2seq {args.command} needs {library}: install the {extra} extra "
+        extra = _EXTRA_OF_MODULE[module]
+        print(f"seq2seq {args.command} needs {_LIBRARY_NAMES.get(module, module)}: install the {extra} extra "
               f"(pip install 'seq2seq-jax[{extra}]')", file=sys.stderr)
         return 2
