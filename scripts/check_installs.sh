@@ -22,11 +22,10 @@ trap 'rm -rf "$WORK"' EXIT
 fail() { echo "check_installs: FAILED: $*" >&2; exit 1; }
 full() { PYTHONPATH="$REPO" "$FULL/bin/python" "$@"; }   # the full environment runs the checkout's code
 
-# A wheel of the checkout's own files (tracked and untracked, not ignored): no stale build/ directory in it.
+# A wheel built from a copy of what it is made of: an in-tree build would leave build/ behind, whose stale
+# modules a later build would package.
 mkdir "$WORK/src"
-git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' path; do
-  [ -e "$path" ] && printf '%s\0' "$path"
-done | xargs -0 cp --parents -t "$WORK/src"
+cp -r pyproject.toml README.md seq2seq_jax torch_ref "$WORK/src"
 "$FULL/bin/python" -m pip wheel -q --no-deps -w "$WORK/wheel" "$WORK/src"
 WHEEL=$(ls "$WORK"/wheel/seq2seq_jax-*.whl)
 
