@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import Any, get_type_hints
+
+from seq2seq_jax.common.decoding import max_len_for
+from seq2seq_jax.common.json_files import read_json
 
 ATTENTION_SCORES = ("additive", "dot", "general")
 DECODER_STYLES = ("bahdanau", "luong")
@@ -289,7 +291,7 @@ class DecodeConfig(_JsonConfig):
 
     def max_len(self, src_len: int) -> int:
         """Largest number of generated tokens (EOS included) for a source of ``src_len`` tokens."""
-        return max(1, math.ceil(self.max_len_a * src_len + self.max_len_b))
+        return max_len_for(src_len, self.max_len_a, self.max_len_b)
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "decode": DecodeConfig}
@@ -336,15 +338,7 @@ class ExperimentConfig(_JsonConfig):
 
     @classmethod
     def load(cls, path: str | Path) -> ExperimentConfig:
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as error:
-            raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"{path}:{error.lineno}: invalid JSON: {error.msg}") from None
+        values = read_json(path, ConfigError)
         try:
             return cls.from_dict(values)
         except (ConfigError, TypeError) as error:

@@ -19,7 +19,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from seq2seq_jax.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
+from seq2seq_jax.common.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from seq2seq_jax.tokenizer import Tokenizer
 
 ENCODING_ERRORS = ("strict", "replace")
 UTF8_BOM = b"\xef\xbb\xbf"

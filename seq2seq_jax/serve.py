@@ -36,7 +36,6 @@ request, exit 0. Sampling is not served: a workdir's ``decode.sample`` is ignore
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import concurrent.futures
@@ -375,7 +374,7 @@ class BodySizeLimit:
 
 def create_app(model: TrainedModel, limits: ServeLimits) -> FastAPI:
     """The FastAPI application serving ``model`` (its decoding thread starts and stops with the app)."""
-    from seq2seq_jax.cli import _decode_config  # the command line's overlay of settings on the workdir's
+    from seq2seq_jax.api import with_decode_overrides  # the overlay of a request's settings on the workdir's
 
     decoder = BatchingDecoder(model, limits)
     page = importlib.resources.files("seq2seq_jax").joinpath("static", "index.html").read_text(encoding="utf-8")
@@ -422,7 +421,7 @@ def create_app(model: TrainedModel, limits: ServeLimits) -> FastAPI:
                 raise HTTPException(422, f"texts.{index}: {len(text)} characters, more than this server's limit "
                                          f"of {limits.max_chars}")
         try:
-            config = _decode_config(decoder.default_config, argparse.Namespace(**settings))
+            config = with_decode_overrides(decoder.default_config, **settings)
         except ConfigError as error:
             raise HTTPException(422, str(error)) from None
         largest = max(limits.max_beam_size, decoder.default_config.beam_size)

@@ -224,7 +224,7 @@ def test_package_top_and_torch_side_stay_jax_free():
     import no JAX."""
     import subprocess
 
-    code = ("import sys, seq2seq_jax, seq2seq_jax.pair_scores, torch_ref.ensemble, torch_ref.score, "
+    code = ("import sys, seq2seq_jax, seq2seq_jax.common.pair_scores, torch_ref.ensemble, torch_ref.score, "
             "torch_ref.translate; print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax')))")
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
                                env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
