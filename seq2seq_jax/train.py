@@ -167,8 +167,9 @@ def make_grad_accumulation(graphdef: nnx.GraphDef, optimizer: optax.GradientTran
     """
 
     def zero_accumulator(params):
-        return {"grads": jax.tree.map(jnp.zeros_like, params), "loss_sum": jnp.zeros((), jnp.float32),
-                "tokens": jnp.zeros((), jnp.float32)}
+        # Sums in the default float type: float32, float64 under x64 (as the loss of a float64 model).
+        return {"grads": jax.tree.map(jnp.zeros_like, params), "loss_sum": jnp.zeros((), float),
+                "tokens": jnp.zeros((), float)}
 
     def accumulate(state: TrainState, acc, batch: dict[str, jax.Array], micro_index: jax.Array):
         step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -180,8 +181,8 @@ def make_grad_accumulation(graphdef: nnx.GraphDef, optimizer: optax.GradientTran
 
         (loss_sum, tokens), grads = jax.value_and_grad(summed_loss, has_aux=True)(state.params)
         return {"grads": jax.tree.map(jnp.add, acc["grads"], grads),
-                "loss_sum": acc["loss_sum"] + loss_sum.astype(jnp.float32),
-                "tokens": acc["tokens"] + tokens.astype(jnp.float32)}
+                "loss_sum": acc["loss_sum"] + loss_sum.astype(acc["loss_sum"].dtype),
+                "tokens": acc["tokens"] + tokens.astype(acc["tokens"].dtype)}
 
     def apply_update(state: TrainState, acc):
         tokens = jnp.maximum(acc["tokens"], 1.0)
