@@ -1,17 +1,21 @@
 """Token-budget batches (``data.max_tokens``) and gradient accumulation (``train.grad_accum_steps``): budgets
 hold, every example once per epoch, shapes known in advance; k accumulated batches equal one batch of their
-rows; a run with both trains and resumes bit-identically after a kill."""
+rows; a run with both trains, resumes bit-identically after a kill, and runs on two devices as on one."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from run_support import step_losses, tiny_config
+from run_support import TINY, step_losses, tiny_config
 
 from seq2seq_jax import trainer as trainer_lib
 from seq2seq_jax.checkpoint import Checkpointer
@@ -218,3 +222,22 @@ def test_resume_after_kill_with_token_budget_and_accumulation_is_bit_identical(t
     resumed = step_losses(workdir)
     for step in range(5, 13):
         assert resumed[step] == uninterrupted[step], step  # bit-identical, not approximately equal
+
+
+def test_two_devices_train_like_one_with_token_budget_and_accumulation(tmp_path, uninterrupted_both):
+    # Rows of every bucket of this budget are even (16 x 16 and 8 x 32), so a data axis of 2 gets the
+    # batches one device gets; the accumulator is sharded like the parameters, the batch split in two.
+    uninterrupted, _ = uninterrupted_both
+    workdir = tmp_path / "run"
+    command = [sys.executable, "-m", "seq2seq_jax", "train", "--workdir", str(workdir)]
+    for pair in [*TINY, "train.max_steps=4", *BOTH]:
+        command += ["--set", pair]
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                               env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags,
+                                    "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "mesh data=2" in completed.stdout + completed.stderr
+    losses = step_losses(workdir)
+    for step in range(1, 5):
+        assert losses[step] == pytest.approx(uninterrupted[step], rel=1e-6), step
