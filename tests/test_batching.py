@@ -19,7 +19,7 @@ from run_support import TINY, step_losses, tiny_config
 
 from seq2seq_jax import trainer as trainer_lib
 from seq2seq_jax.checkpoint import Checkpointer
-from seq2seq_jax.config import ModelConfig
+from seq2seq_jax.config import ModelConfig, TrainConfig
 from seq2seq_jax.data import (
     BatchIterator,
     DataError,
@@ -34,6 +34,7 @@ from seq2seq_jax.train import (
     init_model,
     init_train_state,
     make_grad_accumulation,
+    make_optimizer,
     make_train_step,
 )
 
@@ -186,6 +187,27 @@ def test_accumulated_gradient_equals_the_concatenated_batch(dtype, tolerance):
         assert _largest_relative_error(accumulated, one) < tolerance
         np.testing.assert_allclose(acc_metrics["grad_norm"], one_metrics["grad_norm"], rtol=tolerance)
         np.testing.assert_allclose(acc_metrics["loss_sum"], one_metrics["loss_sum"], rtol=tolerance)
+
+
+def test_non_finite_accumulated_update_is_skipped():
+    # The NaN guard works per update: one non-finite micro-batch gradient makes the whole update non-finite,
+    # and the project's optimizer (apply_if_finite) leaves parameters and moments as they were.
+    graphdef, params = _model("float32")
+    optimizer = make_optimizer(TrainConfig())
+    state = init_train_state(params, optimizer, seed=0)
+    zero, _, apply_update = (jax.jit(f) for f in make_grad_accumulation(graphdef, optimizer, 0.0))
+    acc = zero(state.params)
+    acc = {"grads": jax.tree.map(lambda grad: grad.at[(0,) * grad.ndim].set(jnp.nan), acc["grads"]),
+           "loss_sum": acc["loss_sum"] + 7.0, "tokens": acc["tokens"] + 5.0}
+    after, metrics = apply_update(state, acc)
+    assert int(metrics["finite"]) == 0 and int(after.step) == 1
+    _assert_trees_equal(after.params, state.params)
+    _assert_trees_equal(after.opt_state.inner_state, state.opt_state.inner_state)
+
+
+def _assert_trees_equal(left, right):
+    for a, b in zip(jax.tree.leaves(left), jax.tree.leaves(right), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 # ------------------------------------------------------------------------------------------- the trainer
