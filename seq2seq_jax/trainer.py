@@ -341,6 +341,10 @@ def _prepare_data(config: ExperimentConfig, run: Workdir, main_process: bool, lo
             f"{len(shapes)} padded shapes (rows x source x target: "
             f"{' '.join('x'.join(map(str, shape)) for shape in sorted(shapes))}), so at most {len(shapes)} "
             "compiled train programs")
+        if valid_examples:  # a budget too small for a validation bucket fails now, not at the first validation
+            valid_shapes = data_lib.batch_shapes(valid_examples, data_cfg.batch_size, data_cfg.bucket_widths,
+                                                 data_cfg.max_tokens, row_quantum)
+            log(f"validation: {len(valid_shapes)} padded shapes")
     else:
         shapes = iterator.padded_shapes()
         log(f"batches: {iterator.batches_per_epoch} per epoch of {data_cfg.batch_size} rows; "
@@ -378,6 +382,9 @@ class TrainingUpdate:
         else:
             self.zero, self.accumulate, self.apply_update = parallel.jit_grad_accumulation(
                 *make_grad_accumulation(graphdef, optimizer, train_cfg.label_smoothing), mesh, state_shardings)
+            # Global (replicated) arrays, as a multi-process jit needs: one traced index, no recompiles.
+            self.micro_indices = [parallel.place(np.int32(index), parallel.replicated(mesh))
+                                  for index in range(self.accum_steps)]
 
     def _next_batch(self) -> dict[str, jax.Array]:
         batch = next(self.iterator)
@@ -388,8 +395,8 @@ class TrainingUpdate:
         if self.accum_steps == 1:
             return self.train_step(state, self._next_batch())
         acc = self.zero(state.params)
-        for micro_index in range(self.accum_steps):
-            acc = self.accumulate(state, acc, self._next_batch(), np.int32(micro_index))
+        for micro_index in self.micro_indices:
+            acc = self.accumulate(state, acc, self._next_batch(), micro_index)
         return self.apply_update(state, acc)
 
 
