@@ -16,6 +16,7 @@ import numpy as np
 import optax
 import pytest
 from run_support import TINY, step_losses, tiny_config
+from test_data import make_examples
 
 from seq2seq_jax import trainer as trainer_lib
 from seq2seq_jax.checkpoint import Checkpointer
@@ -23,7 +24,6 @@ from seq2seq_jax.config import ModelConfig, TrainConfig
 from seq2seq_jax.data import (
     BatchIterator,
     DataError,
-    Example,
     _make_batch,
     batch_shapes,
     eval_batches,
@@ -38,18 +38,10 @@ from seq2seq_jax.train import (
     make_train_step,
 )
 
-VOCAB = 30
+VOCAB = 30  # make_examples draws ids below 30
 
 
-def make_examples(count: int, seed: int = 0, max_src: int = 40, max_tgt: int = 30) -> list[Example]:
-    """Examples of lengths spread over several buckets (source up to ``max_src`` with EOS)."""
-    rng = np.random.default_rng(seed)
-    return [Example(np.array(list(rng.integers(4, VOCAB, rng.integers(1, max_src))) + [EOS_ID], dtype=np.int32),
-                    np.array(rng.integers(4, VOCAB, rng.integers(1, max_tgt)), dtype=np.int32))
-            for _ in range(count)]
-
-
-EXAMPLES = make_examples(300)
+EXAMPLES = make_examples(300, max_len=40)  # source lengths up to 40 with EOS: several buckets
 WIDTHS = (8, 4)
 
 
@@ -91,11 +83,13 @@ def test_token_budget_eval_batches_cover_every_example_once():
 
 
 def test_impossible_budget_names_the_bucket():
-    longest = max(len(example.src) for example in EXAMPLES)  # 40 with EOS: bucket 40 of width 8
-    assert longest == 40
+    # The longest sentences pad to 40 (sources of width 8, targets of width 4): 4 rows need 160 tokens.
+    assert max(max(len(example.src), len(example.tgt) + 1) for example in EXAMPLES) == 40
     with pytest.raises(DataError, match=r"max_tokens=150 cannot hold 4 row\(s\) of the bucket of padded lengths "
-                                        r"source 40, target \d+ .*max_tokens >= 160 or a smaller max_src_len"):
+                                        r"source \d+, target \d+ \(4 x 40 = 160 tokens\); use max_tokens >= 160 "
+                                        r"or a smaller max_src_len/max_tgt_len"):
         BatchIterator(EXAMPLES, 64, WIDTHS, seed=0, max_tokens=150, row_quantum=4)
+    BatchIterator(EXAMPLES, 64, WIDTHS, seed=0, max_tokens=160, row_quantum=4)  # one row-quantum fits
 
 
 def test_token_budget_state_restores_and_must_match():
@@ -132,7 +126,7 @@ def _model(dtype: str):
 
 def _micro_batches():
     """Two micro-batches of one padded shape but different token counts (the second has a padding row)."""
-    examples = make_examples(8, seed=5, max_src=12, max_tgt=12)
+    examples = make_examples(8, seed=5, max_len=12)
     first = _make_batch(examples, np.arange(0, 4), 4, 16).arrays()
     second = _make_batch(examples, np.arange(4, 7), 4, 16).arrays()
     assert first["tgt_len"].sum() != second["tgt_len"].sum()
