@@ -123,7 +123,9 @@ def test_cli_translate_with_prefix_and_ensemble(workdirs, tmp_path, capsys):
                              capsys, stdin)
     assert code == 0, err
     outputs = out.split("\n")[:-1]
-    assert len(outputs) == len(LINES) and all(o.startswith(p) for o, p in zip(outputs, PREFIXES, strict=True))
+    assert len(outputs) == len(LINES)
+    for line, output, prefix in zip(LINES, outputs, PREFIXES, strict=True):  # a blank line gives an empty line
+        assert output.startswith(prefix) if line.strip() else output == ""
     single = run_cli(["translate", "--workdir", first, "--beam-size", "3", "--n-best", "2"], capsys, stdin)
     doubled = run_cli(["translate", "--workdir", first, "--workdir", first, "--beam-size", "3", "--n-best", "2"],
                       capsys, stdin)

