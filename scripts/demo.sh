@@ -10,8 +10,7 @@ WORKDIR=${1:-runs/demo}
 if [ ! -x "$VENV/bin/seq2seq" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q "torch==2.13.0"   # the CPU build; see README
-  "$VENV/bin/python" -m pip install -q -e .
+  "$VENV/bin/python" -m pip install -q -e ".[jax]"   # training and translation: no torch (README "Install")
 fi
 start=$SECONDS
 "$VENV/bin/seq2seq" train --workdir "$WORKDIR"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build a fresh virtual environment from this checkout's own files, lint (ruff) and run the test suite in it.
+# Build a fresh virtual environment from this checkout's own files, lint (ruff), build and check the two
+# one-framework installs (scripts/check_installs.sh), and run the test suite.
 # Usage: bash scripts/test.sh [pytest arguments]      (VENV=path to choose where the environment goes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,4 +13,8 @@ python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q -e ".[test]"
 "$VENV/bin/python" -m pip list 2>/dev/null | grep -iE "^(jax|jaxlib|flax|optax|orbax-checkpoint|torch|numpy) "
 "$VENV/bin/ruff" check seq2seq_jax torch_ref tests scripts
+# The two one-framework installs (.venv-torch-only, .venv-jax-only), built and checked; SKIP_INSTALLS=1 leaves them out.
+if [ "${SKIP_INSTALLS:-0}" != 1 ]; then
+  bash scripts/check_installs.sh "$VENV"
+fi
 exec "$VENV/bin/python" -m pytest "$@"

@@ -1,7 +1,8 @@
 """seq2seq-jax: an attention LSTM encoder-decoder in JAX/Flax NNX.
 
-This package's top level imports nothing heavy: ``seq2seq_jax.config`` and ``seq2seq_jax.tokenizer`` stay
-free of JAX so that ``torch_ref`` can use them in a process without JAX. ``seq2seq_jax.load`` (the Python
+This package's top level imports nothing heavy: ``seq2seq_jax.common`` (what the JAX side and ``torch_ref``
+share), ``seq2seq_jax.config``, ``.tokenizer`` and ``.data`` stay free of JAX so that ``torch_ref`` can use them
+in an install without JAX (``pip install '.[torch]'``). ``seq2seq_jax.load`` (the Python
 API, ``seq2seq_jax.api``) imports JAX when it is first called.
 """
 

@@ -19,8 +19,9 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
+from seq2seq_jax.common.decoding import decode_settings
+from seq2seq_jax.common.pair_scores import PairScore
 from seq2seq_jax.config import DecodeConfig
-from seq2seq_jax.pair_scores import PairScore
 from seq2seq_jax.scoring import Scorer
 from seq2seq_jax.tokenizer import check_shared_tokenizers
 from seq2seq_jax.translate import Hypothesis, Translator
@@ -30,14 +31,11 @@ from seq2seq_jax.workdir import TrainedModel, load_trained
 def with_decode_overrides(base: DecodeConfig, **changes) -> DecodeConfig:
     """``base`` with the given fields changed (``None`` values ignored); a new ``beam_size`` without an
     ``n_best`` caps ``n_best`` at it."""
-    changes = {name: value for name, value in changes.items() if value is not None}
     unknown = sorted(set(changes) - {field.name for field in dataclasses.fields(DecodeConfig)})
     if unknown:
         raise TypeError(f"unknown decoding settings {unknown}; the DecodeConfig fields are "
                         f"{[field.name for field in dataclasses.fields(DecodeConfig)]}")
-    if "beam_size" in changes and "n_best" not in changes:
-        changes["n_best"] = min(base.n_best, changes["beam_size"])
-    return dataclasses.replace(base, **changes)
+    return decode_settings(base, changes)
 
 
 class Seq2SeqModel:
@@ -109,7 +107,8 @@ class Seq2SeqModel:
 
     def score(self, src: str | Sequence[str], tgt: str | Sequence[str]) -> PairScore | list[PairScore]:
         """Forced decoding: the ``PairScore`` (summed log-probability of the target pieces and EOS, count,
-        mean) of a pair of strings, or a list of them for two equally long lists (``seq2seq_jax.pair_scores``)."""
+        mean) of a pair of strings, or a list of them for two equally long lists
+        (``seq2seq_jax.common.pair_scores``)."""
         if isinstance(src, str) != isinstance(tgt, str):
             raise TypeError("give src and tgt both as strings or both as lists of strings")
         if isinstance(src, str):

@@ -20,7 +20,13 @@ import sys
 import traceback
 from pathlib import Path
 
-from seq2seq_jax.config import ConfigError, DecodeConfig, ExperimentConfig
+from seq2seq_jax.common.decoding import decode_settings, format_line
+from seq2seq_jax.config import ConfigError, ExperimentConfig
+
+# Modules of each optional extra (pyproject.toml): a command that fails to import one names the extra to install.
+_EXTRA_OF_MODULE = {**dict.fromkeys(("jax", "jaxlib", "flax", "optax", "orbax", "ml_dtypes", "sacrebleu",
+                                     "rouge_score", "tqdm", "tensorboardX", "matplotlib"), "jax"), "torch": "torch"}
+_LIBRARY_NAMES = {"jax": "JAX", "jaxlib": "JAX", "flax": "JAX", "optax": "JAX", "orbax": "JAX", "torch": "PyTorch"}
 
 
 def _add_decode_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,13 +47,6 @@ def _add_decode_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--checkpoint", default="best", help="best, latest or a step number")
 
 
-def _decode_config(base: DecodeConfig, args: argparse.Namespace) -> DecodeConfig:
-    from seq2seq_jax.api import with_decode_overrides
-
-    fields = dataclasses.fields(DecodeConfig)
-    return with_decode_overrides(base, **{field.name: getattr(args, field.name, None) for field in fields})
-
-
 def _checkpoint_arg(value: str) -> str | int:
     return int(value) if value.isdigit() else value
 
@@ -64,7 +63,7 @@ def _load_model(args: argparse.Namespace):
     from seq2seq_jax.api import load
 
     model = load(args.workdir, _checkpoint_arg(args.checkpoint))
-    model.decode_config = _decode_config(model.decode_config, args)
+    model.decode_config = decode_settings(model.decode_config, args)
     return model
 
 
@@ -119,17 +118,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_hypotheses(out, hypotheses, n_best: int) -> None:
-    """One output line: the best text, or ``text<TAB>score`` per hypothesis with ``n_best > 1``; empty for a blank
-    source (no hypotheses)."""
-    if not hypotheses:
-        out.write("\n")
-    elif n_best > 1:
-        out.write("\t".join(f"{h.text}\t{h.score:.6f}" for h in hypotheses) + "\n")
-    else:
-        out.write(hypotheses[0].text + "\n")
-
-
 def _translate_interactively(translator) -> int:
     """Answer each stdin line as soon as it is read (one-row searches unless --batch-size says otherwise)."""
     for number, raw in enumerate(iter(sys.stdin.buffer.readline, b""), start=1):
@@ -137,7 +125,7 @@ def _translate_interactively(translator) -> int:
             line = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
         except UnicodeDecodeError as error:
             raise ValueError(f"<stdin> line {number}: not valid UTF-8 ({error.reason})") from None
-        _write_hypotheses(sys.stdout, translator.translate([line])[0], translator.config.n_best)
+        sys.stdout.write(format_line(translator.translate([line])[0], translator.config.n_best) + "\n")
         sys.stdout.flush()
     return 0
 
@@ -162,7 +150,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
         for hypotheses in results:
-            _write_hypotheses(out, hypotheses, translator.config.n_best)
+            out.write(format_line(hypotheses, translator.config.n_best) + "\n")
     finally:
         if args.output:
             out.close()
@@ -179,8 +167,8 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from seq2seq_jax import data as data_lib
+    from seq2seq_jax.common.pair_scores import corpus_perplexity
     from seq2seq_jax.metrics import exact_match, rouge, translation_scores
-    from seq2seq_jax.pair_scores import corpus_perplexity
 
     model, translator = _load_translator(args)
     sources = list(data_lib.read_lines(args.src))
@@ -219,7 +207,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from seq2seq_jax.pair_scores import format_score, format_summary, read_pairs
+    from seq2seq_jax.common.pair_scores import format_score, format_summary, read_pairs
 
     sources, targets = read_pairs(args.src, args.tgt)
     model = _load_model(args)
@@ -419,4 +407,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seq2seq {args.command}: error: {error}", file=sys.stderr)
         if args.verbose:
             traceback.print_exc(file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as error:  # an install without the extra this command needs
+        module = (error.name or "").split(".")[0]
+        if module not in _EXTRA_OF_MODULE:
+            raise
+        extra = _EXTRA_OF_MODULE[module]
+        print(f"seq2seq {args.command} needs {_LIBRARY_NAMES.get(module, module)}: install the {extra} extra "
+              f"(pip install 'seq2seq-jax[{extra}]')", file=sys.stderr)
         return 2

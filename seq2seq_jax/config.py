@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import Any, get_type_hints
+
+from seq2seq_jax.common.decoding import max_len_for
+from seq2seq_jax.common.json_files import read_json
 
 ATTENTION_SCORES = ("additive", "dot", "general")
 DECODER_STYLES = ("bahdanau", "luong")
@@ -151,6 +153,11 @@ class DataConfig(_JsonConfig):
     ``user_symbols``: strings a sentencepiece tokenizer keeps as single pieces, with or without the word
     boundary before them (speaker tags such as ``#Person1#``). ``tgt_bucket_width``: the padding multiple of
     target lengths when it should differ from the source's ``bucket_width`` (0: the same).
+
+    ``max_tokens``: a token budget for training and validation batches instead of ``batch_size`` rows (0: off).
+    Each batch holds one (source bucket, target bucket) of padded lengths ``(S, T)`` and the largest multiple
+    of the mesh's data-axis size of rows with ``rows * max(S, T) <= max_tokens``, so long sentences come in
+    fewer rows and short ones in more; the shapes are known before training (``data.batch_shapes``).
     """
 
     task: str = "dates"
@@ -177,6 +184,7 @@ class DataConfig(_JsonConfig):
     batch_size: int = 64
     bucket_width: int = 8
     tgt_bucket_width: int = 0
+    max_tokens: int = 0
     seed: int = 0
 
     def __post_init__(self):
@@ -189,6 +197,8 @@ class DataConfig(_JsonConfig):
         for name in ("batch_size", "bucket_width", "max_src_len", "max_tgt_len", "vocab_size", "min_freq",
                      "max_vocab_size"):
             _check(getattr(self, name) > 0, f"data.{name} must be positive, got {getattr(self, name)}")
+        _check(self.max_tokens >= 0, f"data.max_tokens must be >= 0 (0: batches of batch_size rows), "
+               f"got {self.max_tokens}")
         _check(self.tgt_bucket_width >= 0,
                f"data.tgt_bucket_width must be positive (or 0: bucket_width), got {self.tgt_bucket_width}")
         if self.user_symbols:
@@ -214,7 +224,12 @@ class DataConfig(_JsonConfig):
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(_JsonConfig):
-    """Optimizer, schedule, loop length, validation, checkpointing and the NaN guard."""
+    """Optimizer, schedule, loop length, validation, checkpointing and the NaN guard.
+
+    ``grad_accum_steps``: batches per update (1: one). With k > 1 a step takes k batches and applies one update
+    with the gradient of the mean token loss over all their tokens, as one batch k times larger would; steps
+    (``max_steps``, the schedule, logging, validation and checkpoints) count updates.
+    """
 
     optimizer: str = "adam"
     learning_rate: float = 3e-3
@@ -234,6 +249,7 @@ class TrainConfig(_JsonConfig):
     best_metric: str = "valid_loss"
     patience: int = 0
     max_nonfinite_steps: int = 5
+    grad_accum_steps: int = 1
     valid_sample_size: int = 200
     seed: int = 0
 
@@ -246,7 +262,8 @@ class TrainConfig(_JsonConfig):
         _check(self.warmup_steps >= 0, "train.warmup_steps must be >= 0")
         _check(self.max_grad_norm >= 0, "train.max_grad_norm must be >= 0 (0 disables clipping)")
         _check_rate("train.label_smoothing", self.label_smoothing)
-        for name in ("log_every", "eval_every", "save_every", "keep_checkpoints", "max_nonfinite_steps"):
+        for name in ("log_every", "eval_every", "save_every", "keep_checkpoints", "max_nonfinite_steps",
+                     "grad_accum_steps"):
             _check(getattr(self, name) > 0, f"train.{name} must be positive")
         _check(self.best_metric in ("valid_loss", "valid_bleu", "valid_exact_match"),
                f"train.best_metric must be valid_loss, valid_bleu or valid_exact_match; got {self.best_metric!r}")
@@ -289,7 +306,7 @@ class DecodeConfig(_JsonConfig):
 
     def max_len(self, src_len: int) -> int:
         """Largest number of generated tokens (EOS included) for a source of ``src_len`` tokens."""
-        return max(1, math.ceil(self.max_len_a * src_len + self.max_len_b))
+        return max_len_for(src_len, self.max_len_a, self.max_len_b)
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "decode": DecodeConfig}
@@ -336,15 +353,7 @@ class ExperimentConfig(_JsonConfig):
 
     @classmethod
     def load(cls, path: str | Path) -> ExperimentConfig:
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as error:
-            raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"{path}:{error.lineno}: invalid JSON: {error.msg}") from None
+        values = read_json(path, ConfigError)
         try:
             return cls.from_dict(values)
         except (ConfigError, TypeError) as error:

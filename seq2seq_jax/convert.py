@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from seq2seq_jax.common.export_format import check_state_dict
 from seq2seq_jax.config import ModelConfig
 
 
@@ -117,33 +118,6 @@ def unflatten_params(flat: Mapping[str, np.ndarray]) -> dict[Any, Any]:
     return nested
 
 
-def _check_against(found: Mapping[str, np.ndarray], expected: dict[str, tuple[int, ...]], dtype: np.dtype,
-                    what: str) -> None:
-    problems = []
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    if missing:
-        problems.append(f"missing keys: {missing}")
-    if unexpected:
-        problems.append(f"unexpected keys: {unexpected}")
-    for key in sorted(set(expected) & set(found)):
-        array = found[key]
-        if tuple(array.shape) != expected[key]:
-            problems.append(f"{key}: shape {tuple(array.shape)}, expected {expected[key]}")
-        elif array.dtype != dtype:
-            problems.append(f"{key}: dtype {array.dtype}, expected {dtype}")
-    if problems:
-        raise ValueError(f"{what} does not match the model config: " + "; ".join(problems))
-
-
-def _param_dtype(config: ModelConfig) -> np.dtype:
-    if config.param_dtype == "bfloat16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(config.param_dtype)
-
-
 def to_torch_state_dict(params: Mapping[Any, Any], config: ModelConfig) -> dict[str, np.ndarray]:
     """Flax params (nested pure dict) -> ``torch_ref.Seq2Seq`` state_dict as numpy arrays.
 
@@ -152,7 +126,8 @@ def to_torch_state_dict(params: Mapping[Any, Any], config: ModelConfig) -> dict[
     """
     mappings = name_map(config)
     flat = flatten_params(params)
-    _check_against(flat, {m.flax_path: m.flax_shape for m in mappings}, _param_dtype(config), "Flax params")
+    check_state_dict(flat, {m.flax_path: (m.flax_shape, config.param_dtype) for m in mappings},
+                     "Flax params does not match the model config")
     state_dict = {}
     for m in mappings:
         array = flat[m.flax_path]
@@ -168,11 +143,11 @@ def from_torch_state_dict(state_dict: Mapping[str, np.ndarray], config: ModelCon
     With a tied output embedding, ``output.weight`` must be present and equal to ``tgt_embed.weight``.
     """
     mappings = name_map(config)
-    expected = {m.torch_key: m.torch_shape for m in mappings}
+    expected = {m.torch_key: (m.torch_shape, config.param_dtype) for m in mappings}
     if config.tie_output_embedding:
-        expected["output.weight"] = (config.tgt_vocab_size, config.tgt_embed_size)
+        expected["output.weight"] = ((config.tgt_vocab_size, config.tgt_embed_size), config.param_dtype)
     arrays = {key: np.asarray(value) for key, value in state_dict.items()}
-    _check_against(arrays, expected, _param_dtype(config), "PyTorch state_dict")
+    check_state_dict(arrays, expected, "PyTorch state_dict does not match the model config")
     if config.tie_output_embedding and not np.array_equal(arrays["output.weight"], arrays["tgt_embed.weight"]):
         raise ValueError("PyTorch state_dict: output.weight differs from tgt_embed.weight, but the config ties them")
     flat = {m.flax_path: np.array(arrays[m.torch_key].T if m.transpose else arrays[m.torch_key], order="C", copy=True)

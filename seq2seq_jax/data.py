@@ -7,7 +7,9 @@ the 1-based line, and nothing is dropped without being counted in a ``DataReport
 Batching: every batch has exactly ``batch_size`` rows (padding rows fill the last batch of a bucket) and its
 lengths rounded up to a multiple of ``bucket_width`` (one for both sides, or ``(source, target)``), so an
 epoch produces a small, known set of shapes (``padded_shapes``), i.e. a small number of compiled programs.
-Numpy only; no JAX here.
+With a token budget (``max_tokens > 0``) a batch holds one (source bucket, target bucket) and as many rows as
+the budget allows for that bucket (``TokenBudget``); the ``(rows, src, tgt)`` shapes are again known before
+training (``batch_shapes``). Numpy only; no JAX here.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from seq2seq_jax.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
+from seq2seq_jax.common.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from seq2seq_jax.tokenizer import Tokenizer
 
 ENCODING_ERRORS = ("strict", "replace")
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -305,9 +308,77 @@ def _plan_batches(order: np.ndarray, src_len: np.ndarray, tgt_len: np.ndarray, b
     return batches
 
 
+@dataclasses.dataclass(frozen=True)
+class TokenBudget:
+    """Rows per batch under a budget of padded tokens: for a bucket of padded lengths ``(src, tgt)`` the
+    largest multiple of ``row_quantum`` (the mesh's data-axis size, so that a batch shards evenly) with
+    ``rows * max(src, tgt) <= max_tokens``."""
+
+    max_tokens: int
+    row_quantum: int = 1
+
+    def __post_init__(self):
+        if self.max_tokens < 1 or self.row_quantum < 1:
+            raise ValueError(f"max_tokens and row_quantum must be positive, got {self.max_tokens} and "
+                             f"{self.row_quantum}")
+
+    def rows(self, src_padded: int, tgt_padded: int) -> int:
+        longer = max(src_padded, tgt_padded)
+        rows = self.max_tokens // longer // self.row_quantum * self.row_quantum
+        if rows == 0:
+            raise DataError(f"data.max_tokens={self.max_tokens} cannot hold {self.row_quantum} row(s) of the "
+                            f"bucket of padded lengths source {src_padded}, target {tgt_padded} "
+                            f"({self.row_quantum} x {longer} = {self.row_quantum * longer} tokens); use "
+                            f"max_tokens >= {self.row_quantum * longer} or a smaller max_src_len/max_tgt_len")
+        return rows
+
+
+def _plan_budget_batches(order: np.ndarray, src_len: np.ndarray, tgt_len: np.ndarray, budget: TokenBudget,
+                         bucket_width: BucketWidth) -> list[np.ndarray]:
+    """Cut ``order`` (example indices) into batches of one (source bucket, target bucket) each, of at most
+    ``budget.rows(bucket)`` indices; as in ``_plan_batches``, the shapes do not depend on ``order``."""
+    src_width, tgt_width = _widths(bucket_width)
+    src_bucket = round_up(src_len[order], src_width)
+    tgt_bucket = round_up(tgt_len[order], tgt_width)
+    by_bucket = np.lexsort((tgt_bucket, src_bucket))
+    sorted_order, src_bucket, tgt_bucket = order[by_bucket], src_bucket[by_bucket], tgt_bucket[by_bucket]
+    changes = (np.diff(src_bucket, prepend=-1) != 0) | (np.diff(tgt_bucket, prepend=-1) != 0)
+    group_starts = np.flatnonzero(changes)
+    group_ends = np.append(group_starts[1:], len(sorted_order))
+    batches = []
+    for start, end in zip(group_starts, group_ends, strict=True):
+        rows = budget.rows(int(src_bucket[start]), int(tgt_bucket[start]))
+        batches.extend(sorted_order[begin: min(begin + rows, end)] for begin in range(start, end, rows))
+    return batches
+
+
+def _batch_shape(indices: np.ndarray, src_len: np.ndarray, tgt_len: np.ndarray, batch_size: int,
+                 bucket_width: BucketWidth, budget: TokenBudget | None) -> tuple[int, int, int]:
+    """``(rows, src_len_padded, tgt_len_padded)`` of the batch of ``indices``."""
+    src_width, tgt_width = _widths(bucket_width)
+    src_padded = int(round_up(src_len[indices].max(), src_width))
+    tgt_padded = int(round_up(tgt_len[indices].max(), tgt_width))
+    rows = batch_size if budget is None else budget.rows(src_padded, tgt_padded)
+    return rows, src_padded, tgt_padded
+
+
+def _plan(order: np.ndarray, src_len: np.ndarray, tgt_len: np.ndarray, batch_size: int,
+          bucket_width: BucketWidth, budget: TokenBudget | None) -> list[np.ndarray]:
+    """Row batches (``_plan_batches``), or token-budget batches when there is a ``budget``."""
+    if budget is None:
+        return _plan_batches(order, src_len, tgt_len, batch_size, bucket_width)
+    return _plan_budget_batches(order, src_len, tgt_len, budget, bucket_width)
+
+
+def token_budget(max_tokens: int, row_quantum: int = 1) -> TokenBudget | None:
+    """The ``TokenBudget`` of ``data.max_tokens`` (None for 0: batches of ``batch_size`` rows)."""
+    return TokenBudget(max_tokens, row_quantum) if max_tokens else None
+
+
 def _make_batch(examples: Sequence[Example], indices: np.ndarray, batch_size: int,
                 bucket_width: BucketWidth) -> Batch:
-    """Pad ``examples[indices]`` into a ``Batch`` of ``batch_size`` rows, lengths rounded to the bucket."""
+    """Pad ``examples[indices]`` into a ``Batch`` of ``batch_size`` rows (the bucket's rows under a token
+    budget), lengths rounded to the bucket."""
     chosen = [examples[i] for i in indices]
     src_multiple, tgt_multiple = _widths(bucket_width)
     src_width = round_up(max(len(example.src) for example in chosen), src_multiple)
@@ -337,18 +408,24 @@ def _check_batching(batch_size: int, bucket_width: BucketWidth) -> None:
         raise ValueError(f"batch_size and bucket_width must be positive, got {batch_size} and {bucket_width}")
 
 
-def padded_shapes(examples: Sequence[Example], batch_size: int,
-                  bucket_width: BucketWidth) -> set[tuple[int, int]]:
-    """The ``(src_len_padded, tgt_len_padded)`` shapes that every training epoch (``BatchIterator``) and
-    ``eval_batches`` produce for ``examples``; each batch is ``[batch_size, ...]`` of one of these."""
+def batch_shapes(examples: Sequence[Example], batch_size: int, bucket_width: BucketWidth, max_tokens: int = 0,
+                 row_quantum: int = 1) -> set[tuple[int, int, int]]:
+    """The ``(rows, src_len_padded, tgt_len_padded)`` shapes that every training epoch (``BatchIterator``)
+    and ``eval_batches`` produce for ``examples``: rows are ``batch_size``, or with ``max_tokens`` those of
+    each bucket's ``TokenBudget``. Raises ``DataError`` when the budget cannot hold a bucket that occurs."""
     _check_batching(batch_size, bucket_width)
     if not examples:
         return set()
+    budget = token_budget(max_tokens, row_quantum)
     src_len, tgt_len = _lengths(examples)
-    batches = _plan_batches(np.arange(len(examples)), src_len, tgt_len, batch_size, bucket_width)
-    src_width, tgt_width = _widths(bucket_width)
-    return {(int(round_up(src_len[b].max(), src_width)), int(round_up(tgt_len[b].max(), tgt_width)))
-            for b in batches}
+    batches = _plan(np.arange(len(examples)), src_len, tgt_len, batch_size, bucket_width, budget)
+    return {_batch_shape(b, src_len, tgt_len, batch_size, bucket_width, budget) for b in batches}
+
+
+def padded_shapes(examples: Sequence[Example], batch_size: int, bucket_width: BucketWidth, max_tokens: int = 0,
+                  row_quantum: int = 1) -> set[tuple[int, int]]:
+    """The ``(src_len_padded, tgt_len_padded)`` shapes of ``batch_shapes`` (rows left out)."""
+    return {shape[1:] for shape in batch_shapes(examples, batch_size, bucket_width, max_tokens, row_quantum)}
 
 
 class BatchIterator:
@@ -356,13 +433,15 @@ class BatchIterator:
 
     Each epoch: a permutation drawn from ``(seed, epoch)``, examples grouped into length buckets (by source
     length first, then target length; see ``_plan_batches``), batches cut inside buckets, the batch order
-    shuffled. ``state()`` / ``restore(state)`` resume the exact sequence of batches.
+    shuffled. ``state()`` / ``restore(state)`` resume the exact sequence of batches. With ``max_tokens`` (0: off)
+    the batches are those of a ``TokenBudget`` of ``max_tokens`` padded tokens and ``row_quantum`` rows.
 
     ``epoch`` is the epoch the next batch comes from (0-based; it advances as soon as an epoch's last batch is
     given) and ``position`` the number of that epoch's batches already given.
     """
 
-    def __init__(self, examples: Sequence[Example], batch_size: int, bucket_width: BucketWidth, seed: int):
+    def __init__(self, examples: Sequence[Example], batch_size: int, bucket_width: BucketWidth, seed: int,
+                 max_tokens: int = 0, row_quantum: int = 1):
         _check_batching(batch_size, bucket_width)
         if not examples:
             raise DataError("no training examples to batch (every pair was empty or too long?)")
@@ -370,6 +449,8 @@ class BatchIterator:
         self.batch_size = batch_size
         self.bucket_width = _widths(bucket_width)
         self.seed = seed
+        self.max_tokens, self.row_quantum = max_tokens, row_quantum if max_tokens else 1
+        self._budget = token_budget(max_tokens, row_quantum)
         self._src_len, self._tgt_len = _lengths(examples)
         self.epoch = 0
         self.position = 0
@@ -377,8 +458,8 @@ class BatchIterator:
 
     def _epoch_plan(self, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
-        batches = _plan_batches(rng.permutation(len(self.examples)), self._src_len, self._tgt_len,
-                                self.batch_size, self.bucket_width)
+        batches = _plan(rng.permutation(len(self.examples)), self._src_len, self._tgt_len, self.batch_size,
+                        self.bucket_width, self._budget)
         return [batches[i] for i in rng.permutation(len(batches))]
 
     @property
@@ -386,7 +467,10 @@ class BatchIterator:
         return len(self._plan)
 
     def padded_shapes(self) -> set[tuple[int, int]]:
-        return padded_shapes(self.examples, self.batch_size, self.bucket_width)
+        return padded_shapes(self.examples, self.batch_size, self.bucket_width, self.max_tokens, self.row_quantum)
+
+    def batch_shapes(self) -> set[tuple[int, int, int]]:
+        return batch_shapes(self.examples, self.batch_size, self.bucket_width, self.max_tokens, self.row_quantum)
 
     def __iter__(self) -> BatchIterator:
         return self
@@ -397,23 +481,37 @@ class BatchIterator:
         if self.position == len(self._plan):
             self.epoch, self.position = self.epoch + 1, 0
             self._plan = self._epoch_plan(self.epoch)
-        return _make_batch(self.examples, indices, self.batch_size, self.bucket_width)
+        rows, _, _ = _batch_shape(indices, self._src_len, self._tgt_len, self.batch_size, self.bucket_width,
+                                  self._budget)
+        return _make_batch(self.examples, indices, rows, self.bucket_width)
 
-    def state(self) -> dict[str, int]:
-        """JSON-able position: ``epoch``, ``position``, and what must match on ``restore``."""
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "num_examples": len(self.examples), "batch_size": self.batch_size,
-                "bucket_width": list(self.bucket_width)}
+    def _settings(self) -> dict[str, Any]:
+        """What must match on ``restore``: the same examples batched the same way."""
+        return {"seed": self.seed, "num_examples": len(self.examples), "batch_size": self.batch_size,
+                "bucket_width": list(self.bucket_width), "max_tokens": self.max_tokens,
+                "row_quantum": self.row_quantum}
 
-    def restore(self, state: dict[str, int]) -> None:
+    def state(self) -> dict[str, Any]:
+        """JSON-able position: ``epoch``, ``position``, and what must match on ``restore`` (the token budget's
+        ``max_tokens`` and ``row_quantum`` only when there is one, so that row batching's state is as before)."""
+        settings = self._settings()
+        if not self.max_tokens:
+            del settings["max_tokens"], settings["row_quantum"]
+        return {"epoch": self.epoch, "position": self.position, **settings}
+
+    def restore(self, state: dict[str, Any]) -> None:
         """Continue from ``state`` (of an iterator over the same examples and settings)."""
         saved_state = dict(state)
         if "bucket_width" in saved_state:  # an int in runs saved before targets could have their own width
             saved_state["bucket_width"] = list(_widths(saved_state["bucket_width"]))
-        for key in ("seed", "num_examples", "batch_size", "bucket_width"):
-            if key in state and saved_state[key] != self.state()[key]:
-                raise DataError(f"cannot restore the data iterator: saved {key}={state[key]} but this run "
-                                f"has {key}={self.state()[key]} (the training data or data settings changed)")
+        saved_state.setdefault("max_tokens", 0)  # row batching (and runs saved before token budgets)
+        saved_state.setdefault("row_quantum", 1)
+        settings = self._settings()
+        for key, value in settings.items():
+            if key in saved_state and saved_state[key] != value:
+                saved = state.get(key, saved_state[key])
+                raise DataError(f"cannot restore the data iterator: saved {key}={saved} but this run has "
+                                f"{key}={value} (the training data or data settings changed)")
         epoch, position = int(state["epoch"]), int(state["position"])
         plan = self._epoch_plan(epoch)
         if not 0 <= position < len(plan):
@@ -422,15 +520,18 @@ class BatchIterator:
         self.epoch, self.position, self._plan = epoch, position, plan
 
 
-def eval_batches(examples: Sequence[Example], batch_size: int, bucket_width: BucketWidth) -> Iterator[Batch]:
+def eval_batches(examples: Sequence[Example], batch_size: int, bucket_width: BucketWidth, max_tokens: int = 0,
+                 row_quantum: int = 1) -> Iterator[Batch]:
     """One pass over ``examples``, each exactly once, grouped by length; ``Batch.index`` gives positions in
-    ``examples`` (-1 for padding rows). Shapes are those of ``padded_shapes``."""
+    ``examples`` (-1 for padding rows). Shapes are those of ``batch_shapes`` (same arguments)."""
     _check_batching(batch_size, bucket_width)
     if not examples:
         return
+    budget = token_budget(max_tokens, row_quantum)
     src_len, tgt_len = _lengths(examples)
-    for indices in _plan_batches(np.arange(len(examples)), src_len, tgt_len, batch_size, bucket_width):
-        yield _make_batch(examples, indices, batch_size, bucket_width)
+    for indices in _plan(np.arange(len(examples)), src_len, tgt_len, batch_size, bucket_width, budget):
+        rows, _, _ = _batch_shape(indices, src_len, tgt_len, batch_size, bucket_width, budget)
+        yield _make_batch(examples, indices, rows, bucket_width)
 
 
 def source_batches(src_id_lists: Sequence[Sequence[int]], batch_size: int,

@@ -17,7 +17,7 @@ after a step (``n = t + 1`` at step ``t = 0, 1, ...``).
 Beam search, pinned (the flax examples/wmt / tensor2tensor design, with fairseq's EOS rule):
 
 1. Per-sentence length limit: ``max_len_i = min(max_len_for(src_len_i, a, b), L)`` where
-   ``max_len_for(s, a, b) = max(1, ceil(a*s + b))`` in Python float64 -- exactly
+   ``max_len_for(s, a, b) = max(1, ceil(a*s + b))`` (``seq2seq_jax.common.decoding``) in Python float64 -- exactly
    ``DecodeConfig.max_len``. It depends only on the sentence's own real source length, so batch
    composition never changes results. (Inside jit the values come from a host-computed table.)
 2. Scores: log-probabilities are ``log_softmax(logits)`` in float32, or float64 when the model's logits
@@ -85,9 +85,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-PAD_ID = 0
-BOS_ID = 2
-EOS_ID = 3
+from seq2seq_jax.common.decoding import max_len_for
+from seq2seq_jax.common.tokens import BOS_ID, EOS_ID
 
 DecodeStep = Callable[[Any, jax.Array], tuple[jax.Array, Any]]
 
@@ -114,12 +113,6 @@ class BeamResult(NamedTuple):
 # ---------------------------------------------------------------------------------------------------------
 # Length limits and the length penalty (host side, Python float64)
 # ---------------------------------------------------------------------------------------------------------
-
-
-def max_len_for(src_len: int, max_len_a: float, max_len_b: float) -> int:
-    """Largest number of generated tokens (EOS included) for a source of ``src_len`` real tokens:
-    ``max(1, ceil(a * src_len + b))``, the same as ``DecodeConfig.max_len``."""
-    return max(1, math.ceil(max_len_a * int(src_len) + max_len_b))
 
 
 def max_len_bound_for(src_lengths: Sequence[int] | np.ndarray, max_len_a: float, max_len_b: float) -> int:

@@ -1,20 +1,15 @@
 """The export directory for PyTorch users, and importing one (or a bare ``torch_ref`` state_dict) back into a
 JAX workdir.
 
-Export directory layout (``format_version`` 1)::
+The directory layout, its version check, the strict state_dict check and the re-tying of a tied output
+embedding are ``seq2seq_jax.common.export_format`` (shared with ``torch_ref``). Tied output embedding: with
+``model.tie_output_embedding`` PyTorch's state_dict lists the one shared tensor as both ``tgt_embed.weight``
+and ``output.weight``; safetensors cannot store a tensor twice, so ``model.safetensors`` holds
+``tgt_embed.weight`` only and every loader (``torch_ref.load_pretrained``, ``import_torch``) re-ties
+``output.weight`` to it.
 
-    DIR/config.json        {"format_version": 1, "model": ModelConfig dict, "experiment": ExperimentConfig dict}
-    DIR/model.safetensors  the torch_ref.Seq2Seq state_dict (safetensors, CPU tensors)
-    DIR/tokenizer/         src.* and tgt.* tokenizer files (seq2seq_jax.tokenizer; loadable without JAX)
-    DIR/meta.json          step, checkpoint, validation metrics of that checkpoint, library versions
-
-Tied output embedding: with ``model.tie_output_embedding`` PyTorch's state_dict lists the one shared tensor
-as both ``tgt_embed.weight`` and ``output.weight``; safetensors cannot store a tensor twice, so
-``model.safetensors`` holds ``tgt_embed.weight`` only and every loader (``torch_ref.load_pretrained``,
-``import_torch``) re-ties ``output.weight`` to it.
-
-bfloat16 models: ``safetensors.numpy`` has no bfloat16, so such a state_dict is written (and read back)
-through ``safetensors.torch``; every other dtype goes through ``safetensors.numpy``.
+No torch here except to read a ``torch.save``-d ``.pt`` file: safetensors files of every dtype, bfloat16
+included (as ``ml_dtypes.bfloat16``), are written and read through ``safetensors.numpy``.
 
 Both directions write into a temporary sibling directory and rename it into place at the end, so a failure
 never leaves a half-written export or workdir that looks complete.
@@ -33,23 +28,24 @@ from typing import Any
 
 import numpy as np
 
-from seq2seq_jax.config import ConfigError, ExperimentConfig, ModelConfig
+from seq2seq_jax.common.export_format import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    META_FILE,
+    MODEL_FILE,
+    TIED_KEY,
+    TOKENIZER_DIR,
+    read_export_config,
+    retie,
+)
+from seq2seq_jax.common.export_format import ExportFormatError as ExportError
+from seq2seq_jax.common.json_files import read_json
+from seq2seq_jax.config import ConfigError
 from seq2seq_jax.staging import is_nonempty_dir, staged_directory
 from seq2seq_jax.workdir_lock import workdir_lock
 
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-MODEL_FILE = "model.safetensors"
-META_FILE = "meta.json"
-TOKENIZER_DIR = "tokenizer"
-TIED_KEY = "output.weight"
-TIED_SOURCE_KEY = "tgt_embed.weight"
 _VERSIONED_PACKAGES = ("seq2seq-jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "torch",
                        "safetensors", "sentencepiece")
-
-
-class ExportError(ValueError):
-    """An export or import that cannot be done; the message names the file or directory."""
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -74,63 +70,35 @@ def _write_json(path: Path, record: Mapping[str, Any]) -> None:
     path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ExportError(f"{path} is missing") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ExportError(f"cannot read {path}: {error}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ExportError(f"{path}:{error.lineno}: invalid JSON: {error.msg}") from None
-
-
-def _is_bfloat16(array: np.ndarray) -> bool:
-    return array.dtype.name == "bfloat16"
-
-
 def save_state_dict(state_dict: Mapping[str, np.ndarray], path: str | Path, tied: bool) -> None:
     """Write a numpy ``torch_ref`` state_dict as safetensors (``output.weight`` left out when ``tied``)."""
+    from safetensors.numpy import save_file
+
     arrays = {key: np.ascontiguousarray(value) for key, value in state_dict.items()
               if not (tied and key == TIED_KEY)}
-    metadata = {"format": "torch_ref"}  # one entry: safetensors orders several at random (non-reproducible bytes)
-    if any(_is_bfloat16(array) for array in arrays.values()):
-        import torch
-        from safetensors.torch import save_file as save_torch
-
-        tensors = {key: (torch.from_numpy(array.view(np.uint16)).view(torch.bfloat16) if _is_bfloat16(array)
-                         else torch.from_numpy(array)) for key, array in arrays.items()}
-        save_torch(tensors, str(path), metadata=metadata)
-    else:
-        from safetensors.numpy import save_file
-
-        save_file(arrays, str(path), metadata=metadata)
+    # One metadata entry: safetensors orders several at random (non-reproducible bytes).
+    save_file(arrays, str(path), metadata={"format": "torch_ref"})
 
 
 def read_state_dict_file(path: str | Path) -> dict[str, np.ndarray]:
-    """A ``torch_ref`` state_dict as numpy arrays from ``.safetensors`` or a ``torch.save``-d ``.pt``/``.pth``."""
+    """A ``torch_ref`` state_dict as numpy arrays from ``.safetensors`` or a ``torch.save``-d ``.pt``/``.pth``
+    (which needs torch: without it, an ``ExportError`` that says to install the torch extra)."""
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"state_dict file {path} is missing")
     if path.suffix == ".safetensors":
-        try:
-            from safetensors.numpy import load_file
+        from safetensors.numpy import load_file
 
+        try:
             return dict(load_file(str(path)))
-        except Exception as error:  # bfloat16 (no numpy dtype) or a corrupt file
-            numpy_error = error
-        try:
-            from safetensors.torch import load_file as load_torch
-
-            tensors = load_torch(str(path))
-        except Exception as error:
-            raise ExportError(f"{path}: cannot read safetensors file: {numpy_error or error}") from None
-        return {key: _torch_to_numpy(value) for key, value in tensors.items()}
+        except Exception as error:  # safetensors raises SafetensorError / OSError on a corrupt file
+            raise ExportError(f"{path}: cannot read safetensors file: {error}") from None
     if path.suffix in (".pt", ".pth", ".bin"):
-        import torch
-
+        try:
+            import torch
+        except ModuleNotFoundError:
+            raise ExportError(f"{path}: reading a torch.save file needs PyTorch: install the torch extra "
+                              "(pip install 'seq2seq-jax[torch]'), or import a .safetensors file") from None
         try:
             loaded = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as error:
@@ -151,18 +119,6 @@ def _torch_to_numpy(tensor) -> np.ndarray:
 
         return tensor.view(torch.uint16).numpy().view(ml_dtypes.bfloat16)
     return tensor.numpy()
-
-
-def retie(state_dict: dict[str, np.ndarray], config: ModelConfig, origin: str) -> dict[str, np.ndarray]:
-    """For a tied model, put ``output.weight`` back as ``tgt_embed.weight`` (checking it when present)."""
-    if not config.tie_output_embedding:
-        return state_dict
-    state_dict = dict(state_dict)
-    if TIED_SOURCE_KEY in state_dict:
-        if TIED_KEY in state_dict and not np.array_equal(state_dict[TIED_KEY], state_dict[TIED_SOURCE_KEY]):
-            raise ExportError(f"{origin}: {TIED_KEY} differs from {TIED_SOURCE_KEY}, but the config ties them")
-        state_dict[TIED_KEY] = state_dict[TIED_SOURCE_KEY]
-    return state_dict
 
 
 # ---------------------------------------------------------------------------------------------------- export
@@ -211,31 +167,6 @@ def export_torch(workdir: str | Path, out_dir: str | Path, checkpoint: str | int
 
 
 # ---------------------------------------------------------------------------------------------------- import
-
-
-def read_export_config(path: str | Path) -> ExperimentConfig:
-    """The ExperimentConfig of an export ``config.json`` (``format_version`` 1) or of a plain workdir
-    ``config.json`` (an ExperimentConfig dict)."""
-    path = Path(path)
-    record = _read_json(path)
-    if not isinstance(record, dict):
-        raise ExportError(f"{path}: expected a JSON object")
-    try:
-        if "format_version" in record:
-            if record["format_version"] != FORMAT_VERSION:
-                raise ExportError(f"{path}: unsupported format_version {record['format_version']!r}; "
-                                  f"this version reads {FORMAT_VERSION}")
-            if not isinstance(record.get("model"), dict):
-                raise ExportError(f"{path}: has no 'model' object")
-            model = ModelConfig.from_dict(record["model"])
-            experiment = record.get("experiment")
-            config = ExperimentConfig.from_dict(experiment) if isinstance(experiment, dict) else ExperimentConfig()
-            if config.model != model:
-                config = ExperimentConfig(model=model, data=config.data, train=config.train, decode=config.decode)
-            return config
-        return ExperimentConfig.from_dict(record)
-    except (ConfigError, TypeError) as error:
-        raise ExportError(f"{path}: {error}") from None
 
 
 def _locate_source(src: Path, config_path: str | Path | None) -> tuple[Path, Path, Path, Path | None]:
@@ -309,14 +240,14 @@ def _import_into(src: Path, workdir: Path, config: str | Path | None) -> int:
         raise ExportError(f"{tokenizer_dir}: tokenizer vocabulary sizes ({src_tok.vocab_size}, "
                           f"{tgt_tok.vocab_size}) differ from {config_file}'s model "
                           f"({model_config.src_vocab_size}, {model_config.tgt_vocab_size})")
-    meta = _read_json(meta_file) if meta_file else {}
+    meta = read_json(meta_file, ExportError) if meta_file else {}
     if not isinstance(meta, dict) or not isinstance(meta.get("step", 0), int) or meta.get("step", 0) < 0:
         raise ExportError(f"{meta_file}: expected a JSON object with a non-negative integer 'step'")
     step = int(meta.get("step", 0))
     recorded = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
     metrics = {str(k): float(v) for k, v in recorded.items() if isinstance(v, (int, float))}
 
-    state_dict = retie(read_state_dict_file(state_file), model_config, str(state_file))
+    state_dict = retie(read_state_dict_file(state_file), model_config.tie_output_embedding, str(state_file))
     try:
         flat = flatten_params(from_torch_state_dict(state_dict, model_config))
     except ValueError as error:

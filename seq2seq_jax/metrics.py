@@ -14,12 +14,13 @@ Hypothesis/reference count mismatches raise ``ValueError`` stating both counts.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU, CHRF
+
+from seq2seq_jax.common.pair_scores import perplexity
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
@@ -118,19 +119,6 @@ def rouge(hyps: Sequence[str], refs_lists: Sequence[str] | Sequence[Sequence[str
         for rouge_type in ROUGE_TYPES:
             totals[rouge_type] += max(score[rouge_type].fmeasure for score in scores)
     return {rouge_type: 100.0 * total / len(per_example) for rouge_type, total in totals.items()}
-
-
-def perplexity(loss_sum: float, token_count: int | float) -> float:
-    """``exp(loss_sum / token_count)`` from a summed token cross-entropy (nats); inf when it overflows."""
-    if not token_count > 0:
-        raise ValueError(f"metrics.py: perplexity needs a positive token count, got {token_count}")
-    mean_loss = float(loss_sum) / float(token_count)
-    if math.isnan(mean_loss):
-        return math.nan
-    try:
-        return math.exp(mean_loss)
-    except OverflowError:
-        return math.inf
 
 
 def exact_match(hyps: Sequence[str], refs: Sequence[str] | Sequence[Sequence[str]]) -> float:

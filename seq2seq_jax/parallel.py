@@ -276,6 +276,19 @@ def jit_train_step(train_step, mesh: Mesh, state_shardings: Any, donate: bool = 
                    out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0 if donate else ())
 
 
+def jit_grad_accumulation(zero_accumulator, accumulate, apply_update, mesh: Mesh, state_shardings: Any):
+    """``jax.jit`` the pure functions of ``train.make_grad_accumulation`` for ``mesh``: the accumulator's
+    gradients are sharded like the parameters (and donated from one micro-batch to the next), its sums and the
+    metrics replicated, the batch split along ``data``; ``apply_update`` donates the state."""
+    acc_shardings = {"grads": state_shardings.params, "loss_sum": replicated(mesh), "tokens": replicated(mesh)}
+    zero = jax.jit(zero_accumulator, in_shardings=(state_shardings.params,), out_shardings=acc_shardings)
+    add = jax.jit(accumulate, in_shardings=(state_shardings, acc_shardings, batch_sharding(mesh), replicated(mesh)),
+                  out_shardings=acc_shardings, donate_argnums=1)
+    update = jax.jit(apply_update, in_shardings=(state_shardings, acc_shardings),
+                     out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0)
+    return zero, add, update
+
+
 def jit_eval_step(eval_step, mesh: Mesh, param_shardings: Any):
     """``jax.jit`` a pure ``eval_step(params, batch) -> (loss_sum, tokens)`` for ``mesh``."""
     return jax.jit(eval_step, in_shardings=(param_shardings, batch_sharding(mesh)), out_shardings=replicated(mesh))
@@ -284,4 +297,5 @@ def jit_eval_step(eval_step, mesh: Mesh, param_shardings: Any):
 __all__ = ["DATA_AXIS", "MODEL_AXIS", "MODEL_PARALLEL_RULES", "ParallelError", "initialize_distributed",
            "is_main_process", "sync_processes", "any_process", "make_mesh", "data_size", "model_size", "describe",
            "check_batch_size", "replicated", "batch_sharding", "state_shardings", "place", "abstract_like",
-           "to_host", "local_copy", "process_rows", "shard_batch", "jit_train_step", "jit_eval_step"]
+           "to_host", "local_copy", "process_rows", "shard_batch", "jit_train_step",
+           "jit_grad_accumulation", "jit_eval_step"]

@@ -2,7 +2,7 @@
 
 One teacher-forced pass (``Seq2Seq.__call__``) per batch, jitted once per padded shape; batches are the length
 buckets of evaluation (``data.eval_batches``), with no length limit and no pair dropped. Per pair: the sum of
-``log_softmax`` at the target pieces and EOS, and their count (``seq2seq_jax.pair_scores``). An ensemble
+``log_softmax`` at the target pieces and EOS, and their count (``seq2seq_jax.common.pair_scores``). An ensemble
 scores with ``log mean_i p_i`` (``seq2seq_jax.ensemble.mean_log_probs``). ``torch_ref/score.py`` is the twin.
 """
 
@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from seq2seq_jax.common.pair_scores import PairScore
 from seq2seq_jax.data import BucketWidth, Example, eval_batches
 from seq2seq_jax.ensemble import mean_log_probs
-from seq2seq_jax.pair_scores import PairScore
 from seq2seq_jax.tokenizer import EOS_ID, Tokenizer
 
 

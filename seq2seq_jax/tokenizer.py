@@ -1,6 +1,6 @@
 """Tokenizers: characters, whitespace words, and sentencepiece unigram / BPE subwords.
 
-Every kind shares the fixed special ids ``PAD_ID = 0``, ``UNK_ID = 1``, ``BOS_ID = 2``, ``EOS_ID = 3``.
+Every kind shares the fixed special ids of ``seq2seq_jax.common.tokens`` (pad 0, unk 1, bos 2, eos 3).
 ``encode`` never adds BOS/EOS (batching does); ``decode`` skips pad/bos/eos wherever they appear and returns
 plain text.
 
@@ -26,17 +26,15 @@ from typing import Any
 
 import sentencepiece
 
-PAD_ID = 0
-UNK_ID = 1
-BOS_ID = 2
-EOS_ID = 3
-SPECIAL_PIECES = ("<pad>", "<unk>", "<s>", "</s>")
+from seq2seq_jax.common.json_files import read_json
+from seq2seq_jax.common.tokens import BOS_ID, EOS_ID, PAD_ID, SPECIAL_PIECES, UNK_ID
+
 NUM_SPECIALS = len(SPECIAL_PIECES)
 SKIPPED_IN_DECODE = frozenset((PAD_ID, BOS_ID, EOS_ID))
 
 KINDS = ("char", "word", "unigram", "bpe")
 SENTENCEPIECE_KINDS = ("unigram", "bpe")
-FORMAT_VERSION = 1
+TOKENIZER_FORMAT_VERSION = 1
 SENTENCEPIECE_SEED = 1234
 WORD_BOUNDARY = "\u2581"  # sentencepiece's "▁": the space before a piece
 SIDE_NAMES = ("src", "tgt")
@@ -102,7 +100,7 @@ class Tokenizer:
 
     def _write_metadata(self, directory: Path, name: str, extra: dict[str, Any]) -> Path:
         path = metadata_path(directory, name)
-        record = {"format_version": FORMAT_VERSION, "kind": self.kind, "vocab_size": self.vocab_size, **extra}
+        record = {"format_version": TOKENIZER_FORMAT_VERSION, "kind": self.kind, "vocab_size": self.vocab_size, **extra}
         _write_atomically(path, (json.dumps(record, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
         return path
 
@@ -255,21 +253,12 @@ def train_tokenizer(data_config, lines: Sequence[str]) -> Tokenizer:
 
 def _read_metadata(directory: str | Path, name: str) -> dict[str, Any]:
     path = metadata_path(directory, name)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TokenizerError(f"tokenizer file {path} is missing") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise TokenizerError(f"cannot read tokenizer file {path}: {error}") from None
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise TokenizerError(f"{path}:{error.lineno}: corrupt tokenizer file: {error.msg}") from None
+    record = read_json(path, TokenizerError, invalid="corrupt tokenizer file")
     if not isinstance(record, dict) or record.get("kind") not in KINDS:
         raise TokenizerError(f"{path}: corrupt tokenizer file: expected an object with 'kind' one of {KINDS}")
-    if record.get("format_version") != FORMAT_VERSION:
+    if record.get("format_version") != TOKENIZER_FORMAT_VERSION:
         raise TokenizerError(f"{path}: unsupported tokenizer format_version "
-                             f"{record.get('format_version')!r}; this version reads {FORMAT_VERSION}")
+                             f"{record.get('format_version')!r}; this version reads {TOKENIZER_FORMAT_VERSION}")
     return record
 
 

@@ -6,6 +6,13 @@ The step functions are pure: ``train_step(state, batch) -> (state, metrics)``; t
 parameters and is rebuilt inside the step with ``nnx.merge(graphdef, params)``.
 Per-step dropout randomness is ``fold_in(state.rng, state.step)``, so a resumed run draws exactly what an
 uninterrupted one would.
+
+Gradient accumulation (``train.grad_accum_steps`` k > 1) keeps the state as it is and the steps pure:
+``make_grad_accumulation`` gives ``zero_accumulator(params)``, ``accumulate(state, acc, batch, micro_index)``
+(jitted once per batch shape) that adds one micro-batch's gradient of its *summed* token loss, and
+``apply_update(state, acc)`` (jitted once) that divides by the total token count and updates. The accumulator
+lives only between two updates, so checkpoints (taken between updates) and the state structure do not change.
+Micro-batch ``i`` of step ``s`` draws dropout from ``fold_in(fold_in(state.rng, s), i)``.
 """
 
 from __future__ import annotations
@@ -107,6 +114,24 @@ def init_train_state(params: dict, optimizer: optax.GradientTransformation, seed
                       rng=jax.random.key_data(jax.random.key(seed)))
 
 
+def _batch_loss(graphdef: nnx.GraphDef, params, batch: dict[str, jax.Array], dropout_rng: jax.Array,
+                label_smoothing: float) -> tuple[jax.Array, jax.Array]:
+    """``(loss_sum, tokens)`` of the model ``params`` on ``batch``, with dropout drawn from ``dropout_rng``."""
+    model = nnx.merge(graphdef, params)
+    logits = model(batch["src"], batch["src_len"], batch["tgt_in"], dropout_rng=dropout_rng)
+    return sequence_loss(logits, batch["tgt_out"], batch["tgt_len"], label_smoothing)
+
+
+def _apply_gradients(state: TrainState, optimizer: optax.GradientTransformation, grads, loss_sum: jax.Array,
+                     tokens: jax.Array):
+    """One optimizer update with ``grads`` (of the mean token loss): ``(state, metrics)`` of a train step."""
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss_sum": loss_sum, "tokens": tokens, "grad_norm": optax.global_norm(grads),
+               "finite": (opt_state.last_finite & jnp.isfinite(loss_sum)).astype(jnp.int32)}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
 def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, label_smoothing: float):
     """Return the pure ``train_step(state, batch) -> (state, metrics)``.
 
@@ -119,19 +144,52 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
         dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
         def mean_loss(params):
-            model = nnx.merge(graphdef, params)
-            logits = model(batch["src"], batch["src_len"], batch["tgt_in"], dropout_rng=dropout_rng)
-            loss_sum, tokens = sequence_loss(logits, batch["tgt_out"], batch["tgt_len"], label_smoothing)
+            loss_sum, tokens = _batch_loss(graphdef, params, batch, dropout_rng, label_smoothing)
             return loss_sum / jnp.maximum(tokens, 1.0), (loss_sum, tokens)
 
         (_, (loss_sum, tokens)), grads = jax.value_and_grad(mean_loss, has_aux=True)(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"loss_sum": loss_sum, "tokens": tokens, "grad_norm": optax.global_norm(grads),
-                   "finite": (opt_state.last_finite & jnp.isfinite(loss_sum)).astype(jnp.int32)}
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        return _apply_gradients(state, optimizer, grads, loss_sum, tokens)
 
     return train_step
+
+
+def make_grad_accumulation(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
+                           label_smoothing: float):
+    """Return the pure ``(zero_accumulator, accumulate, apply_update)`` of one update over k micro-batches.
+
+    The accumulator is ``{"grads": like params, "loss_sum": [], "tokens": []}``: sums over the micro-batches so
+    far of the gradient of the summed token loss, the loss and the token count.
+    ``zero_accumulator(params) -> acc``; ``accumulate(state, acc, batch, micro_index) -> acc`` (``batch`` as in
+    ``make_train_step``, ``micro_index`` an int32 scalar); ``apply_update(state, acc) -> (state, metrics)``
+    applies the gradient of the mean token loss over all the micro-batches' tokens (the accumulated gradient
+    divided once by the token total, so micro-batches of different token counts weigh each token equally) and
+    returns the metrics of ``train_step`` for the whole update.
+    """
+
+    def zero_accumulator(params):
+        # Sums in the default float type: float32, float64 under x64 (as the loss of a float64 model).
+        return {"grads": jax.tree.map(jnp.zeros_like, params), "loss_sum": jnp.zeros((), float),
+                "tokens": jnp.zeros((), float)}
+
+    def accumulate(state: TrainState, acc, batch: dict[str, jax.Array], micro_index: jax.Array):
+        step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        dropout_rng = jax.random.fold_in(step_rng, micro_index)
+
+        def summed_loss(params):
+            loss_sum, tokens = _batch_loss(graphdef, params, batch, dropout_rng, label_smoothing)
+            return loss_sum, tokens
+
+        (loss_sum, tokens), grads = jax.value_and_grad(summed_loss, has_aux=True)(state.params)
+        return {"grads": jax.tree.map(jnp.add, acc["grads"], grads),
+                "loss_sum": acc["loss_sum"] + loss_sum.astype(acc["loss_sum"].dtype),
+                "tokens": acc["tokens"] + tokens.astype(acc["tokens"].dtype)}
+
+    def apply_update(state: TrainState, acc):
+        tokens = jnp.maximum(acc["tokens"], 1.0)
+        grads = jax.tree.map(lambda grad: (grad / tokens).astype(grad.dtype), acc["grads"])
+        return _apply_gradients(state, optimizer, grads, acc["loss_sum"], acc["tokens"])
+
+    return zero_accumulator, accumulate, apply_update
 
 
 def make_eval_step(graphdef: nnx.GraphDef):

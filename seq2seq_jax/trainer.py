@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
@@ -34,7 +35,7 @@ from seq2seq_jax.config import ExperimentConfig
 from seq2seq_jax.metrics import corpus_bleu, exact_match, perplexity
 from seq2seq_jax.tasks import task_splits
 from seq2seq_jax.tokenizer import Tokenizer, build_tokenizers, load_tokenizers
-from seq2seq_jax.train import make_eval_step, make_optimizer, make_train_step
+from seq2seq_jax.train import make_eval_step, make_grad_accumulation, make_optimizer, make_train_step
 from seq2seq_jax.translate import Translator
 from seq2seq_jax.workdir import Workdir, fresh_train_state
 from seq2seq_jax.workdir_lock import workdir_lock
@@ -238,11 +239,13 @@ class Validation:
         self.mesh, self.log = mesh, log
         self.sample = pairs[: config.train.valid_sample_size]
         self.batch_size, self.bucket_widths = config.data.batch_size, config.data.bucket_widths
+        self.max_tokens, self.row_quantum = config.data.max_tokens, parallel.data_size(mesh)
         self.batch_sharding = parallel.batch_sharding(mesh)
 
     def __call__(self, params) -> dict[str, float]:
         loss_sum = tokens = 0.0
-        for batch in data_lib.eval_batches(self.examples, self.batch_size, self.bucket_widths):
+        for batch in data_lib.eval_batches(self.examples, self.batch_size, self.bucket_widths, self.max_tokens,
+                                           self.row_quantum):
             batch_sum, batch_tokens = self.eval_step(params, parallel.shard_batch(batch.arrays(),
                                                                                   self.batch_sharding))
             loss_sum += float(batch_sum)
@@ -324,8 +327,10 @@ def _closed_on_abort(checkpoints: TrainingCheckpoints, metrics_log: MetricsLog, 
         raise
 
 
-def _prepare_data(config: ExperimentConfig, run: Workdir, main_process: bool, log) -> TrainingData:
-    """Tokenizers, config and encoded data, prepared by process 0 first (it writes the workdir)."""
+def _prepare_data(config: ExperimentConfig, run: Workdir, main_process: bool, log,
+                  row_quantum: int = 1) -> TrainingData:
+    """Tokenizers, config and encoded data, prepared by process 0 first (it writes the workdir); a token budget
+    gives batches of a multiple of ``row_quantum`` rows (the mesh's data-axis size)."""
     data_cfg = config.data
     if main_process:
         config, src_tok, tgt_tok, train_pairs, valid_pairs = prepare_run(config, run, log)
@@ -339,10 +344,22 @@ def _prepare_data(config: ExperimentConfig, run: Workdir, main_process: bool, lo
     if valid_report is not None:
         log(valid_report.summary())
     kept_valid_pairs = [valid_pairs[i] for i in valid_report.kept_indices] if valid_report else []
-    iterator = data_lib.BatchIterator(train_examples, data_cfg.batch_size, data_cfg.bucket_widths, data_cfg.seed)
-    shapes = iterator.padded_shapes()
-    log(f"batches: {iterator.batches_per_epoch} per epoch of {data_cfg.batch_size} rows; "
-        f"{len(shapes)} padded shapes, so at most {len(shapes)} compiled train programs")
+    iterator = data_lib.BatchIterator(train_examples, data_cfg.batch_size, data_cfg.bucket_widths, data_cfg.seed,
+                                      data_cfg.max_tokens, row_quantum)
+    if data_cfg.max_tokens:
+        shapes = iterator.batch_shapes()
+        log(f"batches: {iterator.batches_per_epoch} per epoch of at most {data_cfg.max_tokens} padded tokens; "
+            f"{len(shapes)} padded shapes (rows x source x target: "
+            f"{' '.join('x'.join(map(str, shape)) for shape in sorted(shapes))}), so at most {len(shapes)} "
+            "compiled train programs")
+        if valid_examples:  # a budget too small for a validation bucket fails now, not at the first validation
+            valid_shapes = data_lib.batch_shapes(valid_examples, data_cfg.batch_size, data_cfg.bucket_widths,
+                                                 data_cfg.max_tokens, row_quantum)
+            log(f"validation: {len(valid_shapes)} padded shapes")
+    else:
+        shapes = iterator.padded_shapes()
+        log(f"batches: {iterator.batches_per_epoch} per epoch of {data_cfg.batch_size} rows; "
+            f"{len(shapes)} padded shapes, so at most {len(shapes)} compiled train programs")
     return TrainingData(config, src_tok, tgt_tok, iterator, valid_examples, kept_valid_pairs)
 
 
@@ -355,6 +372,43 @@ def _initial_state(config: ExperimentConfig, run: Workdir, mesh: Mesh, checkpoin
         return graphdef, parallel.place(host_state, shardings), shardings
     log(f"resumed from step {restored[0]} in {run.path}")
     return graphdef, restored[1], shardings
+
+
+class TrainingUpdate:
+    """One training step: ``update(state) -> (state, metrics)`` takes ``train.grad_accum_steps`` batches from
+    the iterator and applies one update (``train_step``, or with k > 1 the pure functions of
+    ``make_grad_accumulation``). ``shapes`` collects the ``(rows, source, target)`` shapes seen, i.e. the
+    compiled train programs."""
+
+    def __init__(self, graphdef, config: ExperimentConfig, mesh: Mesh, state_shardings,
+                 iterator: data_lib.BatchIterator):
+        train_cfg = config.train
+        optimizer = make_optimizer(train_cfg)
+        self.iterator, self.accum_steps = iterator, train_cfg.grad_accum_steps
+        self.batch_sharding = parallel.batch_sharding(mesh)
+        self.shapes: set[tuple[int, int, int]] = set()
+        if self.accum_steps == 1:
+            self.train_step = parallel.jit_train_step(make_train_step(graphdef, optimizer, train_cfg.label_smoothing),
+                                                      mesh, state_shardings)
+        else:
+            self.zero, self.accumulate, self.apply_update = parallel.jit_grad_accumulation(
+                *make_grad_accumulation(graphdef, optimizer, train_cfg.label_smoothing), mesh, state_shardings)
+            # Global (replicated) arrays, as a multi-process jit needs: one traced index, no recompiles.
+            self.micro_indices = [parallel.place(np.int32(index), parallel.replicated(mesh))
+                                  for index in range(self.accum_steps)]
+
+    def _next_batch(self) -> dict[str, jax.Array]:
+        batch = next(self.iterator)
+        self.shapes.add(batch.src.shape + batch.tgt_in.shape[1:])
+        return parallel.shard_batch(batch.arrays(), self.batch_sharding)
+
+    def __call__(self, state):
+        if self.accum_steps == 1:
+            return self.train_step(state, self._next_batch())
+        acc = self.zero(state.params)
+        for micro_index in self.micro_indices:
+            acc = self.accumulate(state, acc, self._next_batch(), micro_index)
+        return self.apply_update(state, acc)
 
 
 def train(config: ExperimentConfig, workdir: str | Path, log=print, mesh: Mesh | None = None) -> dict[str, float]:
@@ -378,19 +432,22 @@ def _train(config: ExperimentConfig, workdir: str | Path, log=print, mesh: Mesh 
     mesh = parallel.make_mesh() if mesh is None else mesh
     main_process = parallel.is_main_process()
     log = log if main_process else _quiet
-    parallel.check_batch_size(config.data.batch_size, mesh)
+    if not config.data.max_tokens:  # a token budget makes rows a multiple of the data axis itself
+        parallel.check_batch_size(config.data.batch_size, mesh)
     run = Workdir(Path(workdir))
-    data = _prepare_data(config, run, main_process, log)
+    data = _prepare_data(config, run, main_process, log, parallel.data_size(mesh))
     config, train_cfg = data.config, data.config.train
-    log(f"{parallel.describe(mesh)}; {config.data.batch_size // parallel.data_size(mesh)} rows per device; "
+    rows = (f"at most {config.data.max_tokens} padded tokens per batch" if config.data.max_tokens else
+            f"{config.data.batch_size // parallel.data_size(mesh)} rows per device")
+    accumulation = (f"; {train_cfg.grad_accum_steps} batches per update" if train_cfg.grad_accum_steps > 1
+                    else "")
+    log(f"{parallel.describe(mesh)}; {rows}{accumulation}; "
         f"compute {config.model.compute_dtype}, parameters {config.model.param_dtype}")
 
     early_stopping = EarlyStopping(train_cfg.best_mode, train_cfg.patience)
     checkpoints = TrainingCheckpoints(run.checkpointer(config), data.iterator, early_stopping, config)
     graphdef, state, state_shardings = _initial_state(config, run, mesh, checkpoints, log)
-    batch_sharding = parallel.batch_sharding(mesh)
-    train_step = make_train_step(graphdef, make_optimizer(train_cfg), train_cfg.label_smoothing)
-    train_step = parallel.jit_train_step(train_step, mesh, state_shardings)
+    update = TrainingUpdate(graphdef, config, mesh, state_shardings, data.iterator)
     translator = Translator(graphdef, None, data.src_tokenizer, data.tgt_tokenizer, config.decode,
                             config.data.bucket_width)
     validate = Validation(parallel.jit_eval_step(make_eval_step(graphdef), mesh, state_shardings.params),
@@ -401,7 +458,6 @@ def _train(config: ExperimentConfig, workdir: str | Path, log=print, mesh: Mesh 
     step = int(state.step)
     last_metrics: dict[str, float] = {}
     window = MetricsWindow()
-    seen_shapes: set[tuple[int, int]] = set()
     stop_reason = "max_steps"
     progress = tqdm(total=train_cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
                     file=sys.stderr, disable=None if main_process else True)
@@ -410,9 +466,7 @@ def _train(config: ExperimentConfig, workdir: str | Path, log=print, mesh: Mesh 
             if parallel.any_process(sigterm.raised):  # every process stops at the same step
                 stop_reason = "SIGTERM"
                 break
-            batch = next(data.iterator)
-            seen_shapes.add(batch.src.shape[1:] + batch.tgt_in.shape[1:])
-            state, metrics = train_step(state, parallel.shard_batch(batch.arrays(), batch_sharding))
+            state, metrics = update(state)
             step += 1
             metrics = jax.device_get(metrics)
             if not guard.accept(metrics, step):
@@ -420,7 +474,7 @@ def _train(config: ExperimentConfig, workdir: str | Path, log=print, mesh: Mesh 
             window.add(metrics)
             progress.update(1)
             if _due(step, train_cfg.log_every, train_cfg.max_steps):
-                record = {**window.record(step), "compiled_train_programs": len(seen_shapes)}
+                record = {**window.record(step), "compiled_train_programs": len(update.shapes)}
                 metrics_log.write(record)
                 progress.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
                 window = MetricsWindow()
@@ -442,7 +496,7 @@ def _train(config: ExperimentConfig, workdir: str | Path, log=print, mesh: Mesh 
             checkpoints.save(step, state)
         checkpoints.close()
     metrics_log.close()
-    log(f"stopped at step {step} ({stop_reason}); compiled train programs: {len(seen_shapes)}; "
+    log(f"stopped at step {step} ({stop_reason}); compiled train programs: {len(update.shapes)}; "
         f"search programs: {translator.compiled_programs}; best {train_cfg.best_metric}: {early_stopping.value} "
         f"at step {early_stopping.step}")
     return last_metrics

@@ -16,7 +16,6 @@ one ensemble in one jitted search (``seq2seq_jax.ensemble``); the attention kept
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -25,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from seq2seq_jax.common.decoding import Hypothesis, output_ids
 from seq2seq_jax.config import DecodeConfig
 from seq2seq_jax.data import round_up, source_batches
 from seq2seq_jax.decode import EOS_ID, beam_search, greedy_search, max_len_bound_for, sample
@@ -32,17 +32,6 @@ from seq2seq_jax.ensemble import ensemble_search_state
 from seq2seq_jax.tokenizer import PAD_ID, Tokenizer
 
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class Hypothesis:
-    """One output: detokenized ``text``, its ``tokens`` (ids, EOS excluded), ``score`` and, when asked,
-    ``attention [len(tokens) + 1, src_len]`` (the last row is the EOS step)."""
-
-    text: str
-    tokens: list[int]
-    score: float
-    attention: np.ndarray | None = None
 
 
 class Translator:
@@ -194,9 +183,7 @@ class Translator:
                 hypotheses = []
                 for rank in range(tokens.shape[1]):
                     length = int(lengths[row, rank])
-                    ids = [int(t) for t in tokens[row, rank, :length]]
-                    if ids and ids[-1] == EOS_ID:
-                        ids = ids[:-1]
+                    ids = output_ids(tokens[row, rank], length)
                     weights = None
                     if with_attention and attention is not None:
                         weights = np.asarray(attention[row, rank, :length, : int(src_len[row])])

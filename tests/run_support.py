@@ -1,6 +1,10 @@
-"""A tiny experiment for tests that train: the dates task at a few hundred pairs and a model of width 8-16."""
+"""A tiny experiment for tests that train (the dates task at a few hundred pairs, a model of width 8-16) and
+the per-step losses a run logged."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 from seq2seq_jax.config import ExperimentConfig
 
@@ -15,3 +19,13 @@ TINY = [
 
 def tiny_config(*overrides: str) -> ExperimentConfig:
     return ExperimentConfig().with_overrides(TINY + list(overrides))
+
+
+def step_losses(workdir: Path) -> dict[int, float]:
+    """Per-step training loss from metrics.jsonl (the last record wins when steps were run twice)."""
+    losses = {}
+    for line in (workdir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "train_loss" in record:
+            losses[record["step"]] = record["train_loss"]
+    return losses

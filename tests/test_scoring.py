@@ -13,9 +13,9 @@ import pytest
 from flax import nnx
 from parity_support import jax_params, make_pair, precision, tiny_config
 
+from seq2seq_jax.common.pair_scores import PairScore, corpus_perplexity, format_score, read_pairs
 from seq2seq_jax.data import Example
 from seq2seq_jax.decode import beam_search, max_len_bound_for
-from seq2seq_jax.pair_scores import PairScore, corpus_perplexity, format_score, read_pairs
 from seq2seq_jax.scoring import Scorer
 from torch_ref.score import score_ids
 

@@ -3,34 +3,22 @@ early stopping, and the refusal to change the model of an existing workdir."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from run_support import TINY, tiny_config
+from run_support import TINY, step_losses, tiny_config
 
 from seq2seq_jax import data as data_lib
 from seq2seq_jax import trainer as trainer_lib
 from seq2seq_jax.checkpoint import Checkpointer
-
-
-def step_losses(workdir: Path) -> dict[int, float]:
-    """Per-step training loss from metrics.jsonl (the last record wins when steps were run twice)."""
-    losses = {}
-    for line in (workdir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if "train_loss" in record:
-            losses[record["step"]] = record["train_loss"]
-    return losses
 
 
 @pytest.fixture(scope="module")

@@ -8,87 +8,66 @@ with a tied output embedding the file holds ``tgt_embed.weight`` only (safetenso
 loading re-ties ``output.weight`` to it. Loading is strict: a missing, unexpected, misshapen or
 wrongly-typed tensor is an error naming the file and the keys.
 
-This module never imports JAX (``seq2seq_jax.config`` and ``seq2seq_jax.tokenizer`` are JAX-free).
+The format itself (file names, version check, strict check, re-tying) is ``seq2seq_jax.common.export_format``,
+shared with ``seq2seq import-torch``. This module never imports JAX (``seq2seq_jax.common``, ``.config`` and
+``.tokenizer`` are JAX-free).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from seq2seq_jax.config import ConfigError, DecodeConfig, ModelConfig
+from seq2seq_jax.common.export_format import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    META_FILE,
+    MODEL_FILE,
+    TOKENIZER_DIR,
+    ExportFormatError,
+    check_state_dict,
+    dtype_name,
+    read_export_config,
+    retie,
+)
+from seq2seq_jax.common.json_files import read_json_object
+from seq2seq_jax.config import ConfigError, DecodeConfig, ExperimentConfig, ModelConfig
 from seq2seq_jax.tokenizer import Tokenizer, load_tokenizers
 from torch_ref.model import Seq2Seq
 
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-MODEL_FILE = "model.safetensors"
-META_FILE = "meta.json"
-TOKENIZER_DIR = "tokenizer"
 
-
-class ExportFormatError(ValueError):
-    """An export directory that cannot be loaded; the message names the file (and line or keys)."""
-
-
-def read_config(directory: str | Path) -> dict[str, Any]:
-    """The checked ``config.json`` of an export directory (a dict with ``format_version``, ``model`` and,
-    usually, ``experiment``)."""
+def read_config(directory: str | Path) -> ExperimentConfig:
+    """The checked experiment config of an export directory (``config.json``: its ``format_version``, the
+    ``model`` and, usually, the ``experiment`` sections)."""
     if not Path(directory).is_dir():
         raise FileNotFoundError(f"export directory {directory} does not exist")
     path = Path(directory) / CONFIG_FILE
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: {directory} is not an export directory "
-                                "(write one with `seq2seq export-torch`)") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ExportFormatError(f"cannot read {path}: {error}") from None
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ExportFormatError(f"{path}:{error.lineno}: invalid JSON: {error.msg}") from None
-    if not isinstance(record, dict):
-        raise ExportFormatError(f"{path}: expected a JSON object")
-    if record.get("format_version") != FORMAT_VERSION:
-        raise ExportFormatError(f"{path}: unsupported format_version {record.get('format_version')!r}; "
-                                f"this version of torch_ref reads {FORMAT_VERSION}")
-    if not isinstance(record.get("model"), dict):
-        raise ExportFormatError(f"{path}: has no 'model' object")
-    return record
+                                "(write one with `seq2seq export-torch`)")
+    return read_export_config(path, export_only=True)
 
 
 def model_config(directory: str | Path) -> ModelConfig:
     """The ModelConfig of an export directory."""
-    path = Path(directory) / CONFIG_FILE
+    config = read_config(directory).model
     try:
-        return ModelConfig.from_dict(read_config(directory)["model"]).require_resolved()
-    except (ConfigError, TypeError) as error:
-        raise ExportFormatError(f"{path}: model: {error}") from None
+        return config.require_resolved()
+    except ConfigError as error:
+        raise ExportFormatError(f"{Path(directory) / CONFIG_FILE}: model: {error}") from None
 
 
 def decode_config(directory: str | Path) -> DecodeConfig:
     """The decode settings of the exported experiment (defaults when the export has none)."""
-    path = Path(directory) / CONFIG_FILE
-    decode = (read_config(directory).get("experiment") or {}).get("decode", {})
-    try:
-        return DecodeConfig.from_dict(decode)
-    except (ConfigError, TypeError) as error:
-        raise ExportFormatError(f"{path}: experiment.decode: {error}") from None
+    return read_config(directory).decode
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:
     """``meta.json`` (step, metrics, versions); ``{}`` when the file is absent."""
     path = Path(directory) / META_FILE
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ExportFormatError(f"{path}:{error.lineno}: invalid JSON: {error.msg}") from None
+    return read_json_object(path, ExportFormatError) if path.is_file() else {}
 
 
 def read_state_dict(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -104,32 +83,12 @@ def read_state_dict(path: str | Path, device: str | torch.device = "cpu") -> dic
         raise ExportFormatError(f"{path}: cannot read safetensors file: {error}") from None
 
 
-def check_state_dict(state_dict: dict[str, torch.Tensor], model: Seq2Seq, origin: str) -> dict[str, torch.Tensor]:
+def check_loadable(state_dict: dict[str, torch.Tensor], model: Seq2Seq, origin: str) -> dict[str, torch.Tensor]:
     """Re-tie a tied output embedding, then check keys, shapes and dtypes against ``model``; returns the
     state_dict to load with ``strict=True``. Every problem is listed, naming ``origin`` and the keys."""
-    state_dict = dict(state_dict)
-    if model.config.tie_output_embedding and "tgt_embed.weight" in state_dict:
-        if "output.weight" in state_dict and not torch.equal(state_dict["output.weight"],
-                                                             state_dict["tgt_embed.weight"]):
-            raise ExportFormatError(f"{origin}: output.weight differs from tgt_embed.weight, but config.json "
-                                    "ties them (model.tie_output_embedding)")
-        state_dict["output.weight"] = state_dict["tgt_embed.weight"]
-    expected = model.state_dict()
-    problems = []
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    if missing:
-        problems.append(f"missing keys: {missing}")
-    if unexpected:
-        problems.append(f"unexpected keys: {unexpected}")
-    for key in sorted(set(expected) & set(state_dict)):
-        found, want = state_dict[key], expected[key]
-        if tuple(found.shape) != tuple(want.shape):
-            problems.append(f"{key}: shape {tuple(found.shape)}, expected {tuple(want.shape)}")
-        elif found.dtype != want.dtype:
-            problems.append(f"{key}: dtype {found.dtype}, expected {want.dtype}")
-    if problems:
-        raise ExportFormatError(f"{origin} does not match the model of config.json: " + "; ".join(problems))
+    state_dict = retie(state_dict, model.config.tie_output_embedding, origin)
+    expected = {key: (tuple(value.shape), dtype_name(value)) for key, value in model.state_dict().items()}
+    check_state_dict(state_dict, expected, f"{origin} does not match the model of config.json")
     return state_dict
 
 
@@ -143,7 +102,7 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
     model_path = directory / MODEL_FILE
     state_dict = read_state_dict(model_path)
     model = Seq2Seq(config)
-    state_dict = check_state_dict(state_dict, model, str(model_path))
+    state_dict = check_loadable(state_dict, model, str(model_path))
     model.load_state_dict(state_dict, strict=True)
     src_tokenizer, tgt_tokenizer = load_tokenizers(directory / TOKENIZER_DIR)
     sizes = (src_tokenizer.vocab_size, tgt_tokenizer.vocab_size)
@@ -155,5 +114,5 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
     return model, src_tokenizer, tgt_tokenizer
 
 
-__all__ = ["load_pretrained", "read_config", "model_config", "decode_config", "read_meta", "check_state_dict",
+__all__ = ["load_pretrained", "read_config", "model_config", "decode_config", "read_meta", "check_loadable",
            "ExportFormatError", "FORMAT_VERSION"]

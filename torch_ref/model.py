@@ -16,9 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from seq2seq_jax.common.tokens import PAD_ID
 from seq2seq_jax.config import ModelConfig
-
-PAD_ID = 0
 
 _TORCH_DTYPES = {
     "float32": torch.float32,

@@ -3,7 +3,7 @@
     python -m torch_ref.score DIR [DIR ...] --src F --tgt F [--json] [--output F] [--batch-size B]
 
 Per pair, one teacher-forced pass from BOS, ``log_softmax``, and the sum of the log-probabilities of the
-target pieces and EOS (``seq2seq_jax.pair_scores``: formats, corpus perplexity on stderr). Several export
+target pieces and EOS (``seq2seq_jax.common.pair_scores``: formats, corpus perplexity on stderr). Several export
 directories score as an ensemble (the mean of the models' probabilities). No JAX anywhere.
 """
 
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 import torch
 
+from seq2seq_jax.common.pair_scores import PairScore, format_score, format_summary, read_pairs
 from seq2seq_jax.config import ConfigError
-from seq2seq_jax.pair_scores import PairScore, format_score, format_summary, read_pairs
 from seq2seq_jax.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, TokenizerError
 from torch_ref.ensemble import Ensemble, load_ensemble, mean_log_probs
 from torch_ref.model import Seq2Seq

@@ -27,9 +27,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-PAD_ID = 0
-BOS_ID = 2
-EOS_ID = 3
+from seq2seq_jax.common.decoding import max_len_for
+from seq2seq_jax.common.tokens import BOS_ID, EOS_ID, PAD_ID
 
 DecodeStep = Callable[[Any, torch.Tensor], tuple[torch.Tensor, Any]]
 
@@ -42,11 +41,6 @@ class BeamResult(NamedTuple):
     lengths: torch.Tensor
     scores: torch.Tensor
     attention: torch.Tensor | None
-
-
-def max_len_for(src_len: int, max_len_a: float, max_len_b: float) -> int:
-    """``max(1, ceil(a * src_len + b))`` in Python float64 (the same as ``DecodeConfig.max_len``)."""
-    return max(1, math.ceil(max_len_a * int(src_len) + max_len_b))
 
 
 def length_penalty_factor(length: int, alpha: float) -> float:

@@ -17,35 +17,28 @@ Several export directories decode as an ensemble (``torch_ref.ensemble``; decode
 ``--prefix F`` gives one target prefix per input line (an empty line for none) that every hypothesis starts
 with (rule 10 of the search).
 
-No JAX anywhere: this module imports torch, ``torch_ref`` and the JAX-free ``seq2seq_jax.config`` /
-``seq2seq_jax.tokenizer``.
+No JAX anywhere: this module imports torch, ``torch_ref`` and the JAX-free ``seq2seq_jax.common`` (the
+``Hypothesis``, the output line and the decode-settings overlay that ``seq2seq translate`` uses too),
+``seq2seq_jax.config``, ``.data`` and ``.tokenizer``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 
+from seq2seq_jax.common.decoding import Hypothesis, decode_settings, format_line, max_len_for, output_ids
+from seq2seq_jax.common.tokens import EOS_ID, PAD_ID
 from seq2seq_jax.config import ConfigError, DecodeConfig
 from seq2seq_jax.data import check_same_line_count, split_lines
-from seq2seq_jax.tokenizer import EOS_ID, PAD_ID, Tokenizer, TokenizerError
+from seq2seq_jax.tokenizer import Tokenizer, TokenizerError
 from torch_ref.ensemble import Ensemble, load_ensemble
 from torch_ref.load import decode_config as read_decode_config
 from torch_ref.model import Seq2Seq
-from torch_ref.search import beam_search, max_len_for
-
-
-class Hypothesis(NamedTuple):
-    """One output: detokenized ``text``, its ``tokens`` (EOS excluded) and its length-normalised ``score``."""
-
-    text: str
-    tokens: list[int]
-    score: float
+from torch_ref.search import beam_search
 
 
 def source_batches(src_ids: Sequence[Sequence[int]], batch_size: int):
@@ -108,25 +101,13 @@ def translate(model: Seq2Seq | Ensemble, src_tokenizer: Tokenizer, tgt_tokenizer
         for row, index in enumerate(indices):
             hypotheses = []
             for rank in range(result.tokens.shape[1]):
-                length = int(result.lengths[row, rank])
-                ids = [int(t) for t in result.tokens[row, rank, :length]]
-                if ids and ids[-1] == EOS_ID:
-                    ids = ids[:-1]
+                ids = output_ids(result.tokens[row, rank].tolist(), int(result.lengths[row, rank]))
                 hypotheses.append(Hypothesis(tgt_tokenizer.decode(ids), ids, float(result.scores[row, rank])))
             results[sources[index]] = hypotheses
     missing = [i for i, r in enumerate(results) if r is None]
     if missing:
         raise RuntimeError(f"internal error: no output for input lines {missing[:10]}")
     return results  # type: ignore[return-value]
-
-
-def format_line(hypotheses: Sequence[Hypothesis], n_best: int) -> str:
-    """``text`` (or ``text<TAB>score`` per hypothesis with ``n_best > 1``); empty when there are none (a blank line)."""
-    if not hypotheses:
-        return ""
-    if n_best > 1:
-        return "\t".join(f"{h.text}\t{h.score:.6f}" for h in hypotheses)
-    return hypotheses[0].text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,15 +129,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prefix", help="one target prefix per input line (an empty line for none)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     return parser
-
-
-def decode_settings(base: DecodeConfig, args: argparse.Namespace) -> DecodeConfig:
-    """The export's decode config with the command line's overrides (as ``seq2seq translate`` applies them)."""
-    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(DecodeConfig)
-               if getattr(args, f.name, None) is not None}
-    if "beam_size" in changes and "n_best" not in changes:
-        changes["n_best"] = min(base.n_best, changes["beam_size"])
-    return dataclasses.replace(base, **changes)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Scores of given translations (forced decoding), as ``seq2seq score`` and ``python -m torch_ref.score`` write
-them. JAX-free: ``torch_ref`` uses it too; the scoring itself is ``seq2seq_jax.scoring`` (JAX) and
-``torch_ref.score`` (PyTorch).
+them, and the perplexity of a summed loss. JAX-free: ``torch_ref`` uses it too; the scoring itself is
+``seq2seq_jax.scoring`` (JAX) and ``torch_ref.score`` (PyTorch).
 
 A pair's score is the sum of the log-probabilities of its target pieces *and the final EOS* under the model
 (teacher forcing from BOS), its ``count`` the number of pieces plus one. Every pair is scored: an empty target
@@ -34,10 +34,21 @@ class PairScore(NamedTuple):
         return self.log_prob / self.count
 
 
+def perplexity(loss_sum: float, token_count: int | float) -> float:
+    """``exp(loss_sum / token_count)`` from a summed token cross-entropy (nats); inf when it overflows."""
+    if not token_count > 0:
+        raise ValueError(f"perplexity needs a positive token count, got {token_count}")
+    mean_loss = float(loss_sum) / float(token_count)
+    if math.isnan(mean_loss):
+        return math.nan
+    try:
+        return math.exp(mean_loss)
+    except OverflowError:
+        return math.inf
+
+
 def corpus_perplexity(scores: Sequence[PairScore]) -> float:
     """``exp(-sum of log_prob / sum of count)`` over the pairs (nan without pairs, inf when it overflows)."""
-    from seq2seq_jax.metrics import perplexity
-
     pieces = sum(score.count for score in scores)
     return perplexity(-sum(score.log_prob for score in scores), pieces) if pieces else math.nan
 
