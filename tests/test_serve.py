@@ -359,7 +359,8 @@ def test_health_info_docs_and_page(server):
 
 
 def test_web_page_in_headless_chromium(server, tmp_path):
-    """Types a date, submits, reads the translation and checks the heatmap: one cell per (target, source) piece."""
+    """Types a date, submits, reads the translation and checks the heatmap: one cell per (target, source) piece;
+    then again with a target prefix."""
     executable = shutil.which("chromium")
     if executable is None:
         message = "Debian's chromium is not installed (apt-get install -y chromium; .ci/run does it in CI)"
@@ -391,6 +392,16 @@ def test_web_page_in_headless_chromium(server, tmp_path):
             assert page.get_attribute("#heatmap", "data-cols") == str(cols)
             labels = page.locator("#heatmap text").all_text_contents()
             assert labels == attention["source"] + attention["target"]
+            prefixed = post(f"{url}/v1/translate", {"texts": ["July 4, 1776"], "prefixes": ["17"], "beam_size": 2,
+                                                    "n_best": 2}).json()["translations"][0]
+            page.fill("#prefix", "17")
+            page.click("#submit")
+            assert all(h["text"].startswith("17") for h in prefixed)
+            page.wait_for_function("want => JSON.stringify([...document.querySelectorAll('li.hyp .text')]"
+                                   ".map(node => node.textContent)) === want",
+                                   arg=json.dumps([h["text"] for h in prefixed], separators=(",", ":"),
+                                                  ensure_ascii=False),
+                                   timeout=60_000)
             page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
             assert (tmp_path / "page.png").stat().st_size > 1000
         finally:
