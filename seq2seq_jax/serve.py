@@ -36,8 +36,8 @@ every row count and every padded source length up to ``warmup_src_len`` tokens, 
 request) for one row; other shapes and settings compile on first use. Row counts grow by a factor of four, not
 two (4 rather than 7 row counts for 64), to shorten the warm-up, at the price of a batch having up to four times
 the rows it needs rather than two. Requests that arrive during warm-up are queued and answered once it is done.
-One Translator per (settings, rows) is kept; beyond
-``CACHED_SETTINGS`` non-default settings the least recently used one is dropped with its programs.
+One Translator per (settings, rows) is kept; beyond ``CACHED_SETTINGS`` non-default settings the least recently
+used one is dropped with its programs.
 
 Limits: nothing in a request names a file, a workdir or code; request bodies over ``max_body_bytes`` get 413;
 a request holds at most ``max_texts`` texts of at most ``max_chars`` characters and asks for a beam of at most
