@@ -67,14 +67,19 @@ class Seq2SeqModel:
         """The ``Translator`` for these settings (default: the model's), one per distinct setting."""
         config = decode_config or self.decode_config
         if config not in self._translators:
-            first = self.models[0]
-            if self.is_ensemble:
-                graphdef, params = tuple(m.graphdef for m in self.models), tuple(m.params for m in self.models)
-            else:
-                graphdef, params = first.graphdef, first.params
-            self._translators[config] = Translator(graphdef, params, self.src_tokenizer, self.tgt_tokenizer, config,
-                                                   first.config.data.bucket_width)
+            self._translators[config] = self.new_translator(config)
         return self._translators[config]
+
+    def new_translator(self, decode_config: DecodeConfig) -> Translator:
+        """A new ``Translator`` (its own compiled programs, kept by the caller) for these settings: the ensemble's
+        search when several models are loaded. ``seq2seq serve`` keeps one per row count."""
+        first = self.models[0]
+        if self.is_ensemble:
+            graphdef, params = tuple(m.graphdef for m in self.models), tuple(m.params for m in self.models)
+        else:
+            graphdef, params = first.graphdef, first.params
+        return Translator(graphdef, params, self.src_tokenizer, self.tgt_tokenizer, decode_config,
+                          first.config.data.bucket_width)
 
     def translate(self, lines: str | Sequence[str], beam_size: int | None = None, n_best: int | None = None,
                   prefix: str | Sequence[str] | None = None, with_attention: bool = False, **decode_overrides

@@ -7,7 +7,7 @@
     seq2seq score     --workdir W [--workdir W2 ...] --src F --tgt F [--json] [--output F]
     seq2seq plot      --workdir W [--out F] [--attention "source sentence" --attention-out F]
     seq2seq average   --workdir W --out W2 [--last N | --steps S1,S2,...]
-    seq2seq serve     --workdir W [--host 127.0.0.1] [--port 5000] [--max-batch 64] ...
+    seq2seq serve     --workdir W [--workdir W2 ...] [--host 127.0.0.1] [--port 5000] [--max-batch 64] ...
 """
 
 from __future__ import annotations
@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     average.set_defaults(handler=cmd_average)
 
     serve = commands.add_parser("serve", help="HTTP translation server with dynamic batching and a web page")
-    serve.add_argument("--workdir", required=True)
+    serve.add_argument("--workdir", required=True, action="append", help=ensemble_help)
     serve.add_argument("--checkpoint", default="best", help="best, latest or a step number")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     serve.add_argument("--port", type=int, default=5000)
@@ -386,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="largest beam a request may ask for (at least the workdir's own)")
     serve.add_argument("--fixed-rows", action="store_true",
                        help="every search has --max-batch rows: scores bit-identical to a text's score alone "
-                            "(default: 1, 2, 4, ... rows, whichever holds the batch; equal texts, scores within "
+                            "(default: 1, 4, 16, ... rows, whichever holds the batch; equal texts, scores within "
                             "float32 rounding)")
     serve.add_argument("--warmup-src-len", type=int, default=32, metavar="TOKENS",
                        help="compile the default settings' searches for sources up to this length at start-up")

@@ -1,30 +1,43 @@
 """``seq2seq serve``: a translation server (FastAPI on uvicorn) with dynamic batching, and its web page.
 
-    POST /v1/translate          {"texts": [...], "beam_size", "n_best", "length_penalty", "min_len",
-                                 "no_repeat_ngram_size", "attention"}  (all but texts optional: the workdir's
-                                 decode config) -> {"translations": [[{"text", "score", "attention"?}, ...], ...]}
+    POST /v1/translate          {"texts": [...], "prefixes": [...], "beam_size", "n_best", "length_penalty",
+                                 "min_len", "no_repeat_ngram_size", "attention"}  (all but texts optional: the
+                                 workdir's decode config; prefixes: one target prefix per text, "" for none)
+                                 -> {"translations": [[{"text", "score", "attention"?}, ...], ...]}
     POST /translator/translate  OpenNMT-py's onmt_server format: [{"src": "...", "id": 100}, ...] ->
                                  [[{"src", "tgt", "n_best", "pred_score"}, ...per input] ...per n-best rank]
     GET  /health                ready / warming up (503), the loaded step, the compiled shapes
-    GET  /v1/info               model and decode config, the checkpoint's validation metrics, the limits
+    GET  /v1/info               model and decode config, the checkpoint's validation metrics (every model's for
+                                 an ensemble), the limits
     GET  /                      the web page (static/index.html: text box, n-best list, attention heatmap)
     GET  /docs                  FastAPI's OpenAPI page
+
+Models: one workdir (trained, averaged or imported), or several ``--workdir`` decoded as one ensemble, loaded and
+searched exactly as ``seq2seq translate --workdir A --workdir B`` does (``seq2seq_jax.load``); the attention the
+page draws is the first model's.
 
 Batching: one decoding thread takes requests from a queue. Once it is free and holds the oldest request, it waits
 at most ``max_wait_ms`` for others with the same decode settings and attention flag,
 takes whole requests in arrival order up to ``max_batch`` texts, and decodes them together in one search, padded
 to the longest of them (a multiple of ``data.bucket_width``), with the smallest row count of ``row_buckets``
-(1, 2, 4, ..., max_batch) that holds them. A row's search does not depend on the other rows' contents, so a text
-gets the same tokens whatever it is merged with (``tests/test_decode.py``); its score is the same up to float32
-rounding: XLA:CPU's matmuls round differently for different row counts and padded lengths, by a few 1e-6 of the
-score. With ``fixed_rows`` every search has ``max_batch`` rows and texts of one padded length, so every answer
-is bit-identical to the one the text gets alone, at the price of a lone request paying for ``max_batch`` rows.
+(1, 4, 16, ..., max_batch) that holds them. Target prefixes are per row, so requests with prefixes merge with
+the others of the same settings: a batch with any prefix pads every row's to its longest (rounded up to 8 pieces,
+"" for a row without one), which adds that width to the compiled program's key; a prefix longer than its text's
+output limit is refused with 422 before it is queued. A row's search does not depend on the other rows' contents,
+so a text (with its prefix) gets the same tokens whatever it is merged with (``tests/test_decode.py``); its score
+is the same up to float32 rounding: XLA:CPU's matmuls round differently for different row counts and padded
+lengths, by a few 1e-6 of the score. With ``fixed_rows`` every search has ``max_batch`` rows and texts of one
+padded source and prefix length, so every answer is bit-identical to the one the text gets alone, at the price
+of a lone request paying for ``max_batch`` rows.
 The event loop only awaits futures: ``/health`` answers while a batch decodes.
 
-Warm-up: before ``/health`` reports ready, the default settings' searches are compiled for every row count and
-every padded source length up to ``warmup_src_len`` tokens, and with attention (the web page's request) for the
-smallest row count; other shapes and settings compile on first use. One Translator per (settings, rows) is kept; beyond
-``CACHED_SETTINGS`` non-default settings the least recently used one is dropped with its programs.
+Warm-up: before ``/health`` reports ready, the default settings' searches (without prefixes) are compiled for
+every row count and every padded source length up to ``warmup_src_len`` tokens, and with attention (the web page's
+request) for one row; other shapes and settings compile on first use. Row counts grow by a factor of four, not
+two (4 rather than 7 row counts for 64), to shorten the warm-up, at the price of a batch having up to four times
+the rows it needs rather than two. Requests that arrive during warm-up are queued and answered once it is done.
+One Translator per (settings, rows) is kept; beyond ``CACHED_SETTINGS`` non-default settings the least recently
+used one is dropped with its programs.
 
 Limits: nothing in a request names a file, a workdir or code; request bodies over ``max_body_bytes`` get 413;
 a request holds at most ``max_texts`` texts of at most ``max_chars`` characters and asks for a beam of at most
@@ -47,6 +60,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import numpy as np
@@ -56,10 +70,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from seq2seq_jax.api import Seq2SeqModel, load, with_decode_overrides
 from seq2seq_jax.config import ConfigError, DecodeConfig
 from seq2seq_jax.data import round_up
 from seq2seq_jax.translate import Hypothesis, Translator
-from seq2seq_jax.workdir import TrainedModel, load_trained
 
 logger = logging.getLogger(__name__)
 
@@ -89,22 +103,23 @@ class ServeLimits:
 
 
 def row_buckets(max_batch: int, fixed_rows: bool = False) -> tuple[int, ...]:
-    """Row counts of the compiled searches: the powers of two below ``max_batch``, and ``max_batch``
-    (64 -> 1, 2, 4, 8, 16, 32, 64); only ``max_batch`` with ``fixed_rows``."""
+    """Row counts of the compiled searches: the powers of four below ``max_batch``, and ``max_batch``
+    (64 -> 1, 4, 16, 64); only ``max_batch`` with ``fixed_rows``."""
     if fixed_rows:
         return (max_batch,)
-    return tuple(sorted({max_batch} | {2 ** k for k in range(max_batch.bit_length()) if 2 ** k < max_batch}))
+    return tuple(sorted({max_batch} | {4 ** k for k in range(max_batch.bit_length()) if 4 ** k < max_batch}))
 
 
-def load_model(workdir: str, checkpoint: str | int) -> TrainedModel:
-    """The served model: one workdir's checkpoint (trained, averaged or imported), its config and tokenizers.
-    The one place that loads; ensembles and per-text prefixes extend it."""
-    return load_trained(workdir, checkpoint)
+def load_model(workdirs: Sequence[str], checkpoint: str | int) -> Seq2SeqModel:
+    """The served model: one workdir's checkpoint (trained, averaged or imported), or several workdirs' as an
+    ensemble, loaded as ``seq2seq translate`` loads them (``seq2seq_jax.load``). The one place that loads."""
+    return load(list(workdirs), checkpoint)
 
 
 @dataclasses.dataclass
 class _Job:
     texts: list[str]
+    prefixes: list[str] | None  # one target prefix per text ("" for none), or None
     config: DecodeConfig
     attention: bool
     future: concurrent.futures.Future
@@ -118,12 +133,12 @@ class _Job:
 class BatchingDecoder:
     """Merges concurrent requests into compiled searches on one decoding thread (module docstring)."""
 
-    def __init__(self, model: TrainedModel, limits: ServeLimits):
+    def __init__(self, model: Seq2SeqModel, limits: ServeLimits):
         self.model = model
         self.limits = limits
-        self.default_config = dataclasses.replace(model.config.decode, sample=False, batch_size=limits.max_batch)
+        self.default_config = dataclasses.replace(model.decode_config, sample=False, batch_size=limits.max_batch)
         self.rows = row_buckets(limits.max_batch, limits.fixed_rows)
-        self.bucket_width = model.config.data.bucket_width
+        self.bucket_width = model.models[0].config.data.bucket_width
         self.status = "warming up"
         self.compiled: list[dict[str, Any]] = []
         self._translators: collections.OrderedDict[DecodeConfig, dict[int, Translator]] = collections.OrderedDict()
@@ -148,13 +163,16 @@ class BatchingDecoder:
             self._condition.notify_all()
         self._thread.join()
 
-    def submit(self, texts: list[str], config: DecodeConfig, attention: bool) -> concurrent.futures.Future:
-        """Queue ``texts``; the future gets one list of hypotheses (best first) per text, in order."""
+    def submit(self, texts: list[str], config: DecodeConfig, attention: bool,
+               prefixes: list[str] | None = None) -> concurrent.futures.Future:
+        """Queue ``texts`` (with one target prefix each, or none); the future gets one list of hypotheses (best
+        first) per text, in order. Accepted during warm-up too: answered once it is done."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._condition:
             if self._stopping:
                 raise RuntimeError("the server is shutting down")
-            self._queue.append(_Job(list(texts), config, attention, future, time.monotonic()))
+            self._queue.append(_Job(list(texts), None if prefixes is None else list(prefixes), config, attention,
+                                    future, time.monotonic()))
             self.in_flight += 1
             self._condition.notify_all()
         return future
@@ -188,8 +206,11 @@ class BatchingDecoder:
                 continue
             self.merged_batches += 1
             self.merged_requests += len(jobs)
+            prefixes = None  # one per text of the batch when any request has them
+            if any(job.prefixes is not None for job in jobs):
+                prefixes = [prefix for job in jobs for prefix in (job.prefixes or [""] * len(job.texts))]
             try:
-                results = self._translate([text for job in jobs for text in job.texts], *jobs[0].key)
+                results = self._translate([text for job in jobs for text in job.texts], prefixes, *jobs[0].key)
             except Exception as error:  # every request of the batch gets the error
                 logger.exception("decoding failed")
                 for job in jobs:
@@ -247,23 +268,34 @@ class BatchingDecoder:
                 self._queue.remove(job)
             return jobs
 
-    def _translate(self, texts: list[str], config: DecodeConfig, attention: bool) -> list[list[Hypothesis]]:
+    def _translate(self, texts: list[str], prefixes: list[str] | None, config: DecodeConfig,
+                   attention: bool) -> list[list[Hypothesis]]:
         """Decode ``texts`` (at most ``max_batch`` per search) with the smallest row count that holds them, padded
-        to their longest source; with ``fixed_rows``, ``max_batch`` rows and one search per padded source length."""
+        to their longest source and their longest target prefix (rounded up to 8 pieces; none without prefixes);
+        with ``fixed_rows``, ``max_batch`` rows and one search per padded source and prefix length."""
         tokenizer = self.model.src_tokenizer
         widths = [int(round_up(len(tokenizer.encode(text)) + 1, self.bucket_width)) for text in texts]
+        prefix_widths = [0] * len(texts)
+        if prefixes is not None:
+            prefix_widths = [int(round_up(len(self.model.tgt_tokenizer.encode(prefix)), 8)) if text.strip() else 0
+                             for text, prefix in zip(texts, prefixes, strict=True)]
+        shapes = list(zip(widths, prefix_widths, strict=True))
         groups = [list(range(len(texts)))]
         if self.limits.fixed_rows:
-            groups = [[index for index, w in enumerate(widths) if w == width] for width in sorted(set(widths))]
+            groups = [[index for index, s in enumerate(shapes) if s == shape] for shape in sorted(set(shapes))]
         results: list[list[Hypothesis] | None] = [None] * len(texts)
         for group in groups:
             group.sort(key=lambda index: widths[index])  # the Translator's own batches, made here to record them
             for start in range(0, len(group), self.limits.max_batch):
                 chunk = group[start: start + self.limits.max_batch]
                 rows = next(r for r in self.rows if r >= len(chunk))
-                outputs = self._translator(config, rows).translate([texts[i] for i in chunk],
-                                                                   with_attention=attention)
-                self._record(config, rows, widths[chunk[-1]], attention)
+                outputs = self._translator(config, rows).translate(
+                    [texts[i] for i in chunk], with_attention=attention,
+                    prefixes=None if prefixes is None else [prefixes[i] for i in chunk], prefix_name="prefixes")
+                translated = [i for i in chunk if texts[i].strip()]  # blank texts are not decoded
+                if translated:
+                    self._record(config, rows, widths[translated[-1]], attention,
+                                 max(prefix_widths[i] for i in translated))
                 for index, hypotheses in zip(chunk, outputs, strict=True):
                     results[index] = hypotheses
         return results  # type: ignore[return-value]
@@ -277,23 +309,23 @@ class BatchingDecoder:
         translators = self._translators.setdefault(settings, {})
         self._translators.move_to_end(settings)
         if rows not in translators:
-            model = self.model
-            translators[rows] = Translator(model.graphdef, model.params, model.src_tokenizer, model.tgt_tokenizer,
-                                           dataclasses.replace(config, batch_size=rows), self.bucket_width)
+            translators[rows] = self.model.new_translator(dataclasses.replace(config, batch_size=rows))
         others = [key for key in self._translators if key != self.default_config]
         if len(others) > CACHED_SETTINGS:  # drop the least recently used settings with their programs
             del self._translators[others[0]]
             self.compiled = [entry for entry in self.compiled if entry["settings"] != others[0]]
         return translators[rows]
 
-    def _record(self, config: DecodeConfig, rows: int, width: int, attention: bool) -> None:
+    def _record(self, config: DecodeConfig, rows: int, width: int, attention: bool, prefix_width: int = 0) -> None:
         settings = self._settings(config)
-        if not any(entry["settings"] == settings and (entry["rows"], entry["src_len"], entry["attention"]) == (
-                rows, width, attention) for entry in self.compiled):
-            self.compiled.append({"settings": settings, "rows": rows, "src_len": width, "attention": attention})
+        shape = {"rows": rows, "src_len": width, "attention": attention, "prefix_len": prefix_width}
+        if not any(entry["settings"] == settings and all(entry[k] == v for k, v in shape.items())
+                   for entry in self.compiled):
+            self.compiled.append({"settings": settings, **shape})
             if self.status == "ready":  # compiled on first use, after the warm-up
-                logger.info("compiled a search for %d rows, sources of %d tokens, beam %d%s", rows, width,
-                            config.beam_size, ", with attention" if attention else "")
+                logger.info("compiled a search for %d rows, sources of %d tokens, beam %d%s%s", rows, width,
+                            config.beam_size, ", with attention" if attention else "",
+                            f", target prefixes of {prefix_width} pieces" if prefix_width else "")
 
 
 # -- requests and answers ---------------------------------------------------------------------------------------
@@ -304,6 +336,7 @@ class TranslateRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     texts: list[StrictStr] = Field(min_length=1)
+    prefixes: list[StrictStr] | None = None
     beam_size: StrictInt | None = Field(None, ge=1)
     n_best: StrictInt | None = Field(None, ge=1)
     length_penalty: float | None = Field(None, strict=True, allow_inf_nan=False)
@@ -320,7 +353,7 @@ class OnmtItem(BaseModel):
     id: StrictInt = ONMT_ID
 
 
-def _hypothesis_json(model: TrainedModel, source: str, hypothesis: Hypothesis) -> dict[str, Any]:
+def _hypothesis_json(model: Seq2SeqModel, source: str, hypothesis: Hypothesis) -> dict[str, Any]:
     answer: dict[str, Any] = {"text": hypothesis.text, "score": hypothesis.score}
     if hypothesis.attention is not None:
         weights = hypothesis.attention
@@ -372,11 +405,10 @@ class BodySizeLimit:
         return await self.app(scope, replay, send)
 
 
-def create_app(model: TrainedModel, limits: ServeLimits) -> FastAPI:
+def create_app(model: Seq2SeqModel, limits: ServeLimits) -> FastAPI:
     """The FastAPI application serving ``model`` (its decoding thread starts and stops with the app)."""
-    from seq2seq_jax.api import with_decode_overrides  # the overlay of a request's settings on the workdir's
-
     decoder = BatchingDecoder(model, limits)
+    prefix_checker = model.new_translator(decoder.default_config)  # never decodes: checks prefixes' lengths
     page = importlib.resources.files("seq2seq_jax").joinpath("static", "index.html").read_text(encoding="utf-8")
 
     @contextlib.asynccontextmanager
@@ -390,6 +422,7 @@ def create_app(model: TrainedModel, limits: ServeLimits) -> FastAPI:
                               "compiled search; every answer equals the one its text gets alone.")
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
     app.state.decoder = decoder
+    first = model.models[0]  # an ensemble's first model gives the tokenizers, decode defaults and attention
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError):
@@ -412,14 +445,17 @@ def create_app(model: TrainedModel, limits: ServeLimits) -> FastAPI:
     async def internal_error(_request: Request, error: Exception):
         return _error(500, f"internal error: {type(error).__name__}: {error}")
 
+    def check_lengths(name: str, texts: list[str]) -> None:
+        for index, text in enumerate(texts):
+            if len(text) > limits.max_chars:
+                raise HTTPException(422, f"{name}.{index}: {len(text)} characters, more than this server's limit "
+                                         f"of {limits.max_chars}")
+
     def checked_config(texts: list[str], **settings: Any) -> DecodeConfig:
         if len(texts) > limits.max_texts:
             raise HTTPException(422, f"texts: {len(texts)} texts, more than this server's limit of "
                                      f"{limits.max_texts} per request")
-        for index, text in enumerate(texts):
-            if len(text) > limits.max_chars:
-                raise HTTPException(422, f"texts.{index}: {len(text)} characters, more than this server's limit "
-                                         f"of {limits.max_chars}")
+        check_lengths("texts", texts)
         try:
             config = with_decode_overrides(decoder.default_config, **settings)
         except ConfigError as error:
@@ -429,9 +465,22 @@ def create_app(model: TrainedModel, limits: ServeLimits) -> FastAPI:
             raise HTTPException(422, f"beam_size: {config.beam_size} is more than this server's limit of {largest}")
         return config
 
-    async def translate(texts: list[str], config: DecodeConfig, attention: bool) -> list[list[Hypothesis]]:
+    def check_prefixes(texts: list[str], prefixes: list[str]) -> None:
+        """One prefix per text, each within ``max_chars`` and its text's output limit (the decode config's
+        ``max_len_a * source tokens + max_len_b``, which requests cannot change)."""
+        if len(prefixes) != len(texts):
+            raise HTTPException(422, f"prefixes: {len(prefixes)} prefixes for {len(texts)} texts: give one per text "
+                                     '("" for none)')
+        check_lengths("prefixes", prefixes)
         try:
-            future = decoder.submit(texts, config, attention)
+            prefix_checker.encode_prefixes(texts, prefixes, prefix_name="prefixes")
+        except ValueError as error:
+            raise HTTPException(422, str(error)) from None
+
+    async def translate(texts: list[str], config: DecodeConfig, attention: bool,
+                        prefixes: list[str] | None = None) -> list[list[Hypothesis]]:
+        try:
+            future = decoder.submit(texts, config, attention, prefixes)
         except RuntimeError as error:
             raise HTTPException(503, str(error)) from None
         return await asyncio.wrap_future(future)
@@ -439,10 +488,13 @@ def create_app(model: TrainedModel, limits: ServeLimits) -> FastAPI:
     @app.post("/v1/translate")
     async def translate_v1(request: TranslateRequest) -> dict[str, Any]:
         """Per text, in order, its hypotheses best first: text, score and, when asked, the attention weights
-        ``[target pieces (+ </s>), source pieces + </s>]`` with the pieces they refer to."""
-        settings = request.model_dump(exclude={"texts", "attention"}, exclude_none=True)
+        ``[target pieces (+ </s>), source pieces + </s>]`` with the pieces they refer to. ``prefixes``: one target
+        prefix per text (``""`` for none) that each of its hypotheses starts with (included in text and score)."""
+        settings = request.model_dump(exclude={"texts", "prefixes", "attention"}, exclude_none=True)
         config = checked_config(request.texts, **settings)
-        results = await translate(request.texts, config, request.attention)
+        if request.prefixes is not None:
+            check_prefixes(request.texts, request.prefixes)
+        results = await translate(request.texts, config, request.attention, request.prefixes)
         return {"translations": [[_hypothesis_json(model, text, h) for h in hypotheses]
                                  for text, hypotheses in zip(request.texts, results, strict=True)]}
 
@@ -463,22 +515,28 @@ def create_app(model: TrainedModel, limits: ServeLimits) -> FastAPI:
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        """``ready`` (200) or ``warming up`` (503), the loaded step and the compiled search shapes."""
+        """``ready`` (200) or ``warming up`` (503; requests are queued meanwhile and answered after it), the
+        loaded step (the first model's; ``steps``: every model's) and the compiled search shapes."""
         shapes = [{"rows": entry["rows"], "src_len": entry["src_len"], "attention": entry["attention"],
-                   "beam_size": entry["settings"].beam_size, "n_best": entry["settings"].n_best,
+                   "prefix_len": entry["prefix_len"], "beam_size": entry["settings"].beam_size,
+                   "n_best": entry["settings"].n_best,
                    "default_settings": entry["settings"] == decoder.default_config} for entry in decoder.compiled]
-        body = {"status": decoder.status, "step": model.step, "compiled_programs": len(shapes),
+        body = {"status": decoder.status, "step": first.step, "steps": [m.step for m in model.models],
+                "compiled_programs": len(shapes),
                 "compiled": shapes, "row_buckets": list(decoder.rows), **decoder.counts()}
         return JSONResponse(body, status_code=200 if decoder.status == "ready" else 503)
 
     @app.get("/v1/info")
     async def info() -> dict[str, Any]:
-        """The model and default decode configuration, the checkpoint's step and validation metrics, the limits."""
+        """The model and default decode configuration, the checkpoint's step and validation metrics, the limits;
+        ``models``: those of every model of an ensemble (``model``, ``step`` and ``metrics``: the first's)."""
         decode = {k: v for k, v in decoder.default_config.to_dict().items()
                   if k not in ("sample", "temperature", "top_k", "top_p", "seed", "batch_size")}
-        return {"model": model.config.model.to_dict(), "decode": decode, "step": model.step,
-                "metrics": {k: v for k, v in model.metrics.items() if math.isfinite(v)},
-                "tokenizer": model.config.data.tokenizer,
+        models = [{"workdir": name, "model": m.config.model.to_dict(), "step": m.step,
+                   "metrics": {k: v for k, v in m.metrics.items() if math.isfinite(v)}}
+                  for name, m in zip(model.names, model.models, strict=True)]
+        return {**{k: models[0][k] for k in ("model", "step", "metrics")}, "decode": decode,
+                "ensemble": model.is_ensemble, "models": models, "tokenizer": first.config.data.tokenizer,
                 "bucket_width": decoder.bucket_width, "row_buckets": list(decoder.rows),
                 "limits": dataclasses.asdict(limits)}
 
@@ -489,7 +547,7 @@ def create_app(model: TrainedModel, limits: ServeLimits) -> FastAPI:
     return app
 
 
-def serve(workdir: str, checkpoint: str | int, host: str, port: int, limits: ServeLimits) -> int:
+def serve(workdirs: Sequence[str], checkpoint: str | int, host: str, port: int, limits: ServeLimits) -> int:
     """Load, warm up in the background and serve until SIGTERM/SIGINT; returns 0 after a graceful shutdown."""
     import uvicorn
 
@@ -499,8 +557,11 @@ def serve(workdir: str, checkpoint: str | int, host: str, port: int, limits: Ser
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
-    model = load_model(workdir, checkpoint)
-    logger.info("loaded step %d of %s", model.step, workdir)
+    model = load_model(workdirs, checkpoint)
+    for name, trained in zip(model.names, model.models, strict=True):
+        logger.info("loaded step %d of %s", trained.step, name)
+    if model.is_ensemble:
+        logger.info("serving an ensemble of %d models", len(model.models))
     app = create_app(model, limits)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False,
                                            timeout_graceful_shutdown=None))

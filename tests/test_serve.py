@@ -1,5 +1,6 @@
 """``seq2seq serve`` as users run it: a subprocess on a free loopback port, serving a tiny trained workdir, talked
-to over HTTP. Its answers equal ``seq2seq translate``'s; 64 concurrent clients get their serial answers; bad
+to over HTTP. Its answers equal ``seq2seq translate``'s, with target prefixes and for an ensemble of two workdirs
+too (a request sent during warm-up is answered after it); 64 concurrent clients get their serial answers; bad
 requests get a 4xx and the server keeps serving; the web page draws the attention heatmap in headless Chromium;
 SIGTERM finishes the requests in flight and exits 0 (the module's last test: it ends the shared server). Also
 ``seq2seq translate --interactive`` through a pipe."""
@@ -49,15 +50,27 @@ def workdir(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def second_workdir(tmp_path_factory):
+    """Another tiny model (another seed, the same tokenizers): the ensemble's second member."""
+    path = tmp_path_factory.mktemp("serve") / "run2"
+    train(tiny_config("train.max_steps=8", "train.eval_every=8", "train.seed=1"), path, log=lambda *_: None)
+    return path
+
+
 @contextlib.contextmanager
-def running_server(workdir, log_dir: Path, *options: str):
-    """``seq2seq serve`` on a free port; yields (base URL, process, log path) once /health says ready."""
+def running_server(workdir, log_dir: Path, *options: str, during_warm_up: dict | None = None):
+    """``seq2seq serve`` on a free port; yields (base URL, process, log path) once /health says ready. With
+    ``during_warm_up``, that ``/v1/translate`` body is posted as soon as /health says "warming up" and the log path
+    is followed by ``(the health status it was sent at, its response)``, once answered."""
     port = free_port()
     log = log_dir / "server.log"
     command = [sys.executable, "-m", "seq2seq_jax", "serve", "--workdir", str(workdir), "--port", str(port),
                "--warmup-src-len", "32", *options] + [f"--{k.replace('_', '-')}={v}" for k, v in LIMITS.items()]
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environment())
+    early: list = []  # (the health status when the request was sent, its response)
+    sender = threading.Thread(target=lambda: early.append(post(f"{url}/v1/translate", during_warm_up)))
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 240
@@ -65,12 +78,21 @@ def running_server(workdir, log_dir: Path, *options: str):
             assert process.poll() is None, f"the server exited with {process.returncode}:\n{log.read_text()}"
             assert time.monotonic() < deadline, f"the server did not get ready:\n{log.read_text()}"
             try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                health = httpx.get(f"{url}/health", timeout=5)
+                if health.status_code == 200:
                     break
+                if during_warm_up is not None and not early:
+                    early.append(health.json()["status"])
+                    sender.start()
             except httpx.TransportError:
                 pass
-            time.sleep(0.5)
-        yield url, process, log
+            time.sleep(0.2)
+        if during_warm_up is None:
+            yield url, process, log
+        else:
+            assert early, "the server was ready before /health first answered: no request during warm-up"
+            sender.join(timeout=240)
+            yield url, process, log, tuple(early)
     finally:
         if process.poll() is None:
             process.kill()
@@ -81,6 +103,14 @@ def running_server(workdir, log_dir: Path, *options: str):
 def server(workdir, tmp_path_factory):
     """The default server: searches of 1, 2, 4, ... or 64 rows."""
     with running_server(workdir, tmp_path_factory.mktemp("serve-log")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def ensemble_server(workdir, second_workdir, tmp_path_factory):
+    """``--workdir A --workdir B``: an ensemble, sent ``SOURCES`` during its warm-up."""
+    with running_server(workdir, tmp_path_factory.mktemp("serve-log"), "--workdir", str(second_workdir),
+                        during_warm_up={"texts": SOURCES}) as running:
         yield running
 
 
@@ -106,16 +136,85 @@ def post(url: str, body, **kwargs) -> httpx.Response:
     return httpx.post(url, json=body, timeout=120, **kwargs)
 
 
+def assert_same_as_translate(expected: list[str], translations: list, texts: list[str], n_best: int) -> None:
+    """``/v1/translate``'s translations equal ``seq2seq translate``'s output lines (the text with ``n_best`` 1, else
+    text and score, 6 decimals, per hypothesis); a blank text has no hypothesis (an empty line)."""
+    assert len(translations) == len(texts) == len(expected)
+    for text, line, hypotheses in zip(texts, expected, translations, strict=True):
+        if not text.strip():
+            assert hypotheses == [] and line == ""
+            continue
+        assert len(hypotheses) == n_best and hypotheses[0]["score"] >= hypotheses[-1]["score"]
+        if n_best == 1:
+            assert line == hypotheses[0]["text"]
+        else:
+            assert line == "\t".join(f"{h['text']}\t{h['score']:.6f}" for h in hypotheses)
+
+
+PREFIXES = ["2021-", "", "19", "1999-1", "", "2005-04"]  # the third text is blank: no translation, whatever prefix
+
+
+def test_prefixes_answers_equal_translate_with_prefix(server, workdir, capsys, tmp_path):
+    url = server[0]
+    (tmp_path / "prefixes").write_text("\n".join(PREFIXES) + "\n", encoding="utf-8")
+    expected = cli_translate(workdir, capsys, SOURCES, "--beam-size", "3", "--n-best", "2",
+                             "--prefix", str(tmp_path / "prefixes"))
+    answer = post(f"{url}/v1/translate", {"texts": SOURCES, "prefixes": PREFIXES, "beam_size": 3, "n_best": 2})
+    assert answer.status_code == 200, answer.text
+    translations = answer.json()["translations"]
+    assert_same_as_translate(expected, translations, SOURCES, 2)
+    for prefix, hypotheses in zip(PREFIXES, translations, strict=True):
+        assert all(h["text"].startswith(prefix) for h in hypotheses)
+    # Requests with and without prefixes, sent at once, merge and get their answers alone.
+    bodies = [{"texts": [text], "prefixes": [prefix]} for text, prefix in zip(SOURCES, PREFIXES, strict=True)]
+    bodies += [{"texts": [text]} for text in SOURCES]
+    serial = [post(f"{url}/v1/translate", body).json()["translations"] for body in bodies]
+    answers: list = [None] * len(bodies)
+    threads = [threading.Thread(target=lambda i=i: answers.__setitem__(i, post(f"{url}/v1/translate", bodies[i])))
+               for i in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=180)
+    for alone, merged in zip(serial, answers, strict=True):
+        assert merged.status_code == 200, merged.text
+        assert [[h["text"] for h in hyps] for hyps in merged.json()["translations"]] == [
+            [h["text"] for h in hyps] for hyps in alone]
+    health = httpx.get(f"{url}/health").json()
+    assert {s["prefix_len"] for s in health["compiled"]} >= {0, 8}
+
+
+def test_ensemble_answers_equal_translate_with_two_workdirs(ensemble_server, workdir, second_workdir, capsys,
+                                                            tmp_path):
+    url, _, _, (status, early) = ensemble_server
+    both = ["--workdir", str(second_workdir)]
+    assert status == "warming up" and early.status_code == 200, early.text  # queued during warm-up, then answered
+    assert_same_as_translate(cli_translate(workdir, capsys, SOURCES, *both), early.json()["translations"],
+                             SOURCES, 1)
+    expected = cli_translate(workdir, capsys, SOURCES, *both, "--beam-size", "3", "--n-best", "2")
+    answer = post(f"{url}/v1/translate", {"texts": SOURCES, "beam_size": 3, "n_best": 2})
+    assert answer.status_code == 200, answer.text
+    assert_same_as_translate(expected, answer.json()["translations"], SOURCES, 2)
+    # Not the first model alone: the ensemble's scores differ from it.
+    assert expected != cli_translate(workdir, capsys, SOURCES, "--beam-size", "3", "--n-best", "2")
+    (tmp_path / "prefixes").write_text("\n".join(PREFIXES) + "\n", encoding="utf-8")
+    expected = cli_translate(workdir, capsys, SOURCES, *both, "--prefix", str(tmp_path / "prefixes"))
+    answer = post(f"{url}/v1/translate", {"texts": SOURCES, "prefixes": PREFIXES})
+    assert_same_as_translate(expected, answer.json()["translations"], SOURCES, 1)
+    info = httpx.get(f"{url}/v1/info").json()
+    assert info["ensemble"] and [m["workdir"] for m in info["models"]] == [str(workdir), str(second_workdir)]
+    assert [m["step"] for m in info["models"]] == [8, 8] and all("valid_loss" in m["metrics"] for m in info["models"])
+    attention = post(f"{url}/v1/translate", {"texts": ["May 1, 2000"], "attention": True}).json()
+    assert attention["translations"][0][0]["attention"]["source"] == list("May 1, 2000") + ["</s>"]
+
+
 def test_answers_equal_the_translate_command(server, workdir, capsys):
     url = server[0]
     expected = cli_translate(workdir, capsys, SOURCES, "--beam-size", "3", "--n-best", "2")
     answer = post(f"{url}/v1/translate", {"texts": SOURCES, "beam_size": 3, "n_best": 2})
     assert answer.status_code == 200, answer.text
     translations = answer.json()["translations"]
-    assert len(translations) == len(SOURCES)
-    for line, hypotheses in zip(expected, translations, strict=True):
-        assert [len(hypotheses)] == [2] and hypotheses[0]["score"] >= hypotheses[1]["score"]
-        assert line == "\t".join(f"{h['text']}\t{h['score']:.6f}" for h in hypotheses)
+    assert_same_as_translate(expected, translations, SOURCES, 2)
     # OpenNMT-py's format, with the workdir's default settings (greedy, one hypothesis).
     expected = cli_translate(workdir, capsys, SOURCES)
     answer = post(f"{url}/translator/translate", [{"src": text, "id": 100} for text in SOURCES])
@@ -124,6 +223,7 @@ def test_answers_equal_the_translate_command(server, workdir, capsys):
     assert [item["tgt"] for item in ranks] == expected
     assert [item["src"] for item in ranks] == SOURCES
     assert all(item["n_best"] == 1 and isinstance(item["pred_score"], float) for item in ranks)
+    assert ranks[2] == {"src": "", "tgt": "", "n_best": 1, "pred_score": 0.0}  # a blank source is not translated
     single = post(f"{url}/v1/translate", {"texts": [SOURCES[0]]}).json()["translations"][0][0]
     assert single["score"] == ranks[0]["pred_score"] and single["text"] == ranks[0]["tgt"]
 
@@ -205,6 +305,11 @@ BAD_REQUESTS = [  # (endpoint, raw body, status, a part of the error message)
     ("/v1/translate", b'{"texts": ["a"], "beam_size": 99}', 422, "more than this server's limit of 16"),
     ("/v1/translate", b'{"texts": ["a"], "length_penalty": true}', 422, "length_penalty"),
     ("/v1/translate", b'{"texts": ["a"], "workdir": "/etc"}', 422, "workdir: Extra inputs are not permitted"),
+    ("/v1/translate", b'{"texts": ["a", "b"], "prefixes": ["x"]}', 422, "prefixes: 1 prefixes for 2 texts"),
+    ("/v1/translate", b'{"texts": ["a"], "prefixes": [3]}', 422, "prefixes.0: Input should be a valid string"),
+    ("/v1/translate", b'{"texts": ["a"], "prefixes": ["' + b"1" * 41 + b'"]}', 422, "prefixes.0: 41 characters"),
+    ("/v1/translate", json.dumps({"texts": ["", "May 1"], "prefixes": ["1" * 20] * 2}).encode(), 422,
+     "prefixes:2: the prefix has 20 target pieces, more than the 19 tokens"),
     ("/v1/translate", json.dumps({"texts": ["a" * 40] * 120}).encode(), 413, "over the 4096-byte limit"),
     ("/translator/translate", b'[]', 422, "List should have at least 1 item"),
     ("/translator/translate", b'[{"id": 100}]', 422, "0.src: Field required"),
@@ -239,9 +344,9 @@ def test_body_cap_without_content_length_and_json_only(server):
 def test_health_info_docs_and_page(server):
     url = server[0]
     health = httpx.get(f"{url}/health").json()
-    assert health["status"] == "ready" and health["step"] == 8 and health["row_buckets"] == [1, 2, 4, 8, 16, 32, 64]
+    assert health["status"] == "ready" and health["step"] == 8 and health["row_buckets"] == [1, 4, 16, 64]
     warmed = {(s["rows"], s["src_len"], s["attention"]) for s in health["compiled"] if s["default_settings"]}
-    assert {(rows, width, False) for rows in (1, 2, 4, 8, 16, 32, 64) for width in (16, 32)} <= warmed
+    assert {(rows, width, False) for rows in (1, 4, 16, 64) for width in (16, 32)} <= warmed
     assert {(1, 16, True), (1, 32, True)} <= warmed
     info = httpx.get(f"{url}/v1/info").json()
     assert info["step"] == 8 and info["model"]["dec_hidden_size"] == 16 and info["decode"]["beam_size"] == 1
@@ -254,7 +359,8 @@ def test_health_info_docs_and_page(server):
 
 
 def test_web_page_in_headless_chromium(server, tmp_path):
-    """Types a date, submits, reads the translation and checks the heatmap: one cell per (target, source) piece."""
+    """Types a date, submits, reads the translation and checks the heatmap: one cell per (target, source) piece;
+    then again with a target prefix."""
     executable = shutil.which("chromium")
     if executable is None:
         message = "Debian's chromium is not installed (apt-get install -y chromium; .ci/run does it in CI)"
@@ -286,6 +392,16 @@ def test_web_page_in_headless_chromium(server, tmp_path):
             assert page.get_attribute("#heatmap", "data-cols") == str(cols)
             labels = page.locator("#heatmap text").all_text_contents()
             assert labels == attention["source"] + attention["target"]
+            prefixed = post(f"{url}/v1/translate", {"texts": ["July 4, 1776"], "prefixes": ["17"], "beam_size": 2,
+                                                    "n_best": 2}).json()["translations"][0]
+            page.fill("#prefix", "17")
+            page.click("#submit")
+            assert all(h["text"].startswith("17") for h in prefixed)
+            page.wait_for_function("want => JSON.stringify([...document.querySelectorAll('li.hyp .text')]"
+                                   ".map(node => node.textContent)) === want",
+                                   arg=json.dumps([h["text"] for h in prefixed], separators=(",", ":"),
+                                                  ensure_ascii=False),
+                                   timeout=60_000)
             page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
             assert (tmp_path / "page.png").stat().st_size > 1000
         finally:
