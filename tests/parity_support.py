@@ -16,6 +16,7 @@ from flax import nnx
 
 import torch_ref
 from seq2seq_jax import data as data_lib
+from seq2seq_jax.common.tokens import EOS_ID
 from seq2seq_jax.config import ModelConfig
 from seq2seq_jax.convert import from_torch_state_dict, to_torch_state_dict
 from seq2seq_jax.model import Seq2Seq
@@ -100,6 +101,24 @@ def pair_from_jax(config: ModelConfig, seed: int = 0) -> tuple[torch_ref.Seq2Seq
 
 def make_pair(config: ModelConfig, direction: str, seed: int = 0):
     return pair_from_torch(config, seed) if direction == "torch->flax" else pair_from_jax(config, seed)
+
+
+def eos_prone_pair(dtype: str, copy: bool = False, tgt_vocab_size: int = 13):
+    """``(config, torch_ref model, JAX model)`` for the search parity tests: a 2-layer Luong/general model whose
+    EOS is likely enough that hypotheses end both by EOS and by length; with ``copy``, a Bahdanau model with copy
+    attention (the search then ranks mixture log-probabilities)."""
+    if copy:
+        config = tiny_config(dtype, copy_attention=True, src_vocab_size=13)
+    else:
+        config = tiny_config(dtype, decoder_style="luong", attention="general", enc_layers=2, dec_layers=2,
+                             tgt_vocab_size=tgt_vocab_size)
+    reference, _ = make_pair(config, "torch->flax", seed=7)
+    with torch.no_grad():
+        reference.output.bias[EOS_ID] += 2.0
+    params = from_torch_state_dict({k: v.numpy() for k, v in reference.state_dict().items()}, config)
+    with precision(dtype):
+        model = jax_model(config, params)
+    return config, reference, model
 
 
 class Batch(data_lib.Batch):

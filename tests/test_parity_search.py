@@ -17,9 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from parity_support import jax_model, make_batch, make_pair, precision, tiny_config
+from parity_support import eos_prone_pair, make_batch, precision
 
-from seq2seq_jax.convert import from_torch_state_dict
 from seq2seq_jax.decode import beam_search, greedy_search, max_len_bound_for, max_len_for
 from torch_ref.search import beam_search as torch_beam_search
 
@@ -27,25 +26,9 @@ EOS = 3
 SRC_LENS = (5, 2, 4, 1, 3)
 
 
-def _model_pair(dtype: str, copy: bool = False):
-    """A Luong/general model whose EOS is likely enough that hypotheses end both by EOS and by length; with
-    ``copy``, a Bahdanau model with copy attention (the search then ranks mixture log-probabilities)."""
-    if copy:
-        config = tiny_config(dtype, copy_attention=True, src_vocab_size=13)
-    else:
-        config = tiny_config(dtype, decoder_style="luong", attention="general", enc_layers=2, dec_layers=2)
-    reference, _ = make_pair(config, "torch->flax", seed=7)
-    with torch.no_grad():
-        reference.output.bias[EOS] += 2.0
-    params = from_torch_state_dict({k: v.numpy() for k, v in reference.state_dict().items()}, config)
-    with precision(dtype):
-        model = jax_model(config, params)
-    return config, reference, model
-
-
 @functools.cache
 def _models(dtype: str, copy: bool = False):
-    return _model_pair(dtype, copy)
+    return eos_prone_pair(dtype, copy)
 
 
 def _jax_search(dtype, src, src_len, copy=False, **settings):

@@ -11,9 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from parity_support import jax_model, make_batch, make_pair, precision, tiny_config
+from parity_support import eos_prone_pair, make_batch, precision
 
-from seq2seq_jax.convert import from_torch_state_dict
 from seq2seq_jax.decode import beam_search, greedy_search, max_len_bound_for, max_len_for, sample
 from torch_ref.search import beam_search as torch_beam_search
 from torch_ref.search import greedy_search as torch_greedy_search
@@ -27,15 +26,7 @@ PREFIX_LENS = (3, 0, 1, 2, 0)
 def _models(dtype: str, tgt_vocab_size: int = 13):
     """A Luong model whose EOS is likely (hypotheses end both by EOS and by length). With a vocabulary of 200,
     beam search's top-k runs over chunks (decode._top_k) while forced steps leave one finite candidate."""
-    config = tiny_config(dtype, decoder_style="luong", attention="general", enc_layers=2, dec_layers=2,
-                         tgt_vocab_size=tgt_vocab_size)
-    reference, _ = make_pair(config, "torch->flax", seed=7)
-    with torch.no_grad():
-        reference.output.bias[EOS] += 2.0
-    params = from_torch_state_dict({k: v.numpy() for k, v in reference.state_dict().items()}, config)
-    with precision(dtype):
-        model = jax_model(config, params)
-    return config, reference, model
+    return eos_prone_pair(dtype, tgt_vocab_size=tgt_vocab_size)
 
 
 def _prefixes(config, lengths=PREFIX_LENS, seed=4, width=4):
