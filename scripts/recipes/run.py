@@ -136,6 +136,17 @@ def decode_and_score(workdir: Path | tuple[Path, ...], decode: dict, sources: li
     return score(metric, hyps, refs), hyps, time.perf_counter() - start
 
 
+def score_test_set(recipe: Recipe, data: Path, workdir: Path | tuple[Path, ...], decode: dict, hyp_path: Path
+                   ) -> tuple[dict, list[str]]:
+    """Decode ``recipe.test`` once with ``decode``, write the hypotheses to ``hyp_path``; returns the report entry
+    and the sources."""
+    test_src, test_ref = read_pair(data, recipe.test)
+    scores, hyps, seconds = decode_and_score(workdir, decode, test_src, test_ref, recipe.metric,
+                                             recipe.decode_bucket_width)
+    hyp_path.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+    return {"set": recipe.test[1], **scores, "sentences": len(hyps), "seconds": round(seconds, 1)}, test_src
+
+
 def read_pair(data: Path, pair: tuple[str, str]) -> tuple[list[str], list[str]]:
     from seq2seq_jax.data import read_lines
 
@@ -245,12 +256,8 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
 
     # 4. the final score: test once, or validation for the summarization recipe
     if recipe.test is not None:
-        test_src, test_ref = read_pair(data, recipe.test)
-        scores, hyps, seconds = decode_and_score(chosen, current, test_src, test_ref, recipe.metric,
-                                                 recipe.decode_bucket_width)
-        report["test"] = {"set": recipe.test[1], **scores, "sentences": len(hyps), "seconds": round(seconds, 1)}
-        (results / f"{label}.test.hyp").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
-        log(f"{name}: test BLEU {scores['bleu']:.2f} chrF {scores['chrf']:.2f}")
+        report["test"], _ = score_test_set(recipe, data, chosen, current, results / f"{label}.test.hyp")
+        log(f"{name}: test BLEU {report['test']['bleu']:.2f} chrF {report['test']['chrf']:.2f}")
     else:
         report["valid"] = best["valid"]
         # The same numbers without the validation dialogues that also occur (up to whitespace) in train.
@@ -313,12 +320,8 @@ def run_ensemble(name: str, data: Path, workdir: Path, results: Path, seeds: lis
         "translate_command": "seq2seq translate" + "".join(f" --workdir {model}" for model in models) + "".join(
             f" --{key.replace('_', '-')} {value}" for key, value in current.items())}
     if recipe.test is not None:
-        test_src, test_ref = read_pair(data, recipe.test)
-        scores, hyps, seconds = decode_and_score(models, current, test_src, test_ref, recipe.metric,
-                                                 recipe.decode_bucket_width)
-        report["test"] = {"set": recipe.test[1], **scores, "sentences": len(hyps), "seconds": round(seconds, 1)}
-        (results / f"{name}-ensemble.test.hyp").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
-        log(f"{name}: ensemble test BLEU {scores['bleu']:.2f}")
+        report["test"], test_src = score_test_set(recipe, data, models, current, results / f"{name}-ensemble.test.hyp")
+        log(f"{name}: ensemble test BLEU {report['test']['bleu']:.2f}")
         report["speed"] = {"sentences": len(test_src), "decode": current, "bucket_width": recipe.decode_bucket_width,
                            "ensemble": decode_seconds(models, current, test_src, recipe.decode_bucket_width),
                            "first_model": decode_seconds(models[0], current, test_src, recipe.decode_bucket_width)}
