@@ -182,7 +182,7 @@ def test_uncommitted_tmp_directory_is_never_listed_or_restored(tmp_path):
 
 def test_process_killed_mid_save_leaves_nothing_restorable(tmp_path):
     script = textwrap.dedent(f"""
-        import os, signal, sys
+        import glob, os, signal, sys, time
         import jax.numpy as jnp
         from seq2seq_jax.checkpoint import Checkpointer
         ckpt = Checkpointer({str(tmp_path)!r}, keep=3)
@@ -190,6 +190,10 @@ def test_process_killed_mid_save_leaves_nothing_restorable(tmp_path):
         ckpt.wait_until_finished()
         big = {{f"w{{i}}": jnp.ones((1_000_000,)) for i in range(8)}}  # 32 MB: the write outlives the kill
         ckpt.save(2, big, {{"done": 2}})
+        # Kill once the background write has started (its tmp directory exists), however loaded the machine.
+        deadline = time.monotonic() + 60
+        while not glob.glob(os.path.join({str(tmp_path / "checkpoints")!r}, "2.*tmp*")) and time.monotonic() < deadline:
+            time.sleep(0.001)
         os.kill(os.getpid(), signal.SIGKILL)
     """)
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, timeout=120)
