@@ -9,13 +9,16 @@ lengths rounded up to a multiple of ``bucket_width`` (one for both sides, or ``(
 epoch produces a small, known set of shapes (``padded_shapes``), i.e. a small number of compiled programs.
 With a token budget (``max_tokens > 0``) a batch holds one (source bucket, target bucket) and as many rows as
 the budget allows for that bucket (``TokenBudget``); the ``(rows, src, tgt)`` shapes are again known before
-training (``batch_shapes``). Numpy only; no JAX here.
+training (``batch_shapes``). Batches are planned from the examples' lengths alone (``[n, 2]``, as a
+preprocessed corpus stores them) over any random-access source of examples; only the examples of a batch's
+rows (with several processes: of this process's rows) are read, by grain, when it is built. Numpy and grain;
+no JAX here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -251,7 +254,10 @@ class Batch(NamedTuple):
     tgt_in   [batch, tgt_len_padded] int32   BOS y_1 .. y_n, then PAD
     tgt_out  [batch, tgt_len_padded] int32   y_1 .. y_n EOS, then PAD
     tgt_len  [batch] int32                   n + 1 (0 for padding rows)
-    index    [batch] int64                   position of the example in the list batched; -1 for padding rows
+    index    [batch] int64                   position of the example in the source batched; -1 for padding rows
+
+    ``global_rows``: the rows of the global batch these rows are part of, when they are one process's rows of
+    it (``BatchIterator(local_rows=...)``); None when the batch is whole.
     """
 
     src: np.ndarray
@@ -260,6 +266,7 @@ class Batch(NamedTuple):
     tgt_out: np.ndarray
     tgt_len: np.ndarray
     index: np.ndarray
+    global_rows: int | None = None
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The model's inputs and targets by name (``index`` left out): what the train and eval steps take."""
@@ -271,11 +278,31 @@ def round_up(length: int | np.ndarray, multiple: int) -> int | np.ndarray:
     return -(-length // multiple) * multiple
 
 
-def _lengths(examples: Sequence[Example]) -> tuple[np.ndarray, np.ndarray]:
-    """``src_len [n]`` (EOS included) and ``tgt_len [n]`` (n + 1: the decoder's steps) of every example."""
-    src_len = np.fromiter((len(example.src) for example in examples), dtype=np.int64, count=len(examples))
-    tgt_len = np.fromiter((len(example.tgt) + 1 for example in examples), dtype=np.int64, count=len(examples))
-    return src_len, tgt_len
+def example_lengths(examples: Sequence[Example]) -> np.ndarray:
+    """``[n, 2] int32``: ``len(src)`` (EOS included) and ``len(tgt)`` (no BOS/EOS) of every example; reads
+    each of them once. A preprocessed corpus stores this array, so its batches are planned without reading."""
+    lengths = np.empty((len(examples), 2), dtype=np.int32)
+    for i, example in enumerate(examples):
+        lengths[i] = len(example.src), len(example.tgt)
+    return lengths
+
+
+def _source_lengths(source: Sequence[Example], lengths: np.ndarray | None) -> np.ndarray:
+    """``lengths`` checked against ``source``; default ``source.lengths`` where it has them, else computed."""
+    if lengths is None:
+        lengths = getattr(source, "lengths", None)
+    if lengths is None:
+        return example_lengths(source)
+    lengths = np.asarray(lengths)
+    if lengths.shape != (len(source), 2):
+        raise DataError(f"lengths of shape {lengths.shape} do not describe {len(source)} examples "
+                        f"(expected ({len(source)}, 2))")
+    return lengths
+
+
+def _lengths(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``src_len [n]`` (EOS included) and ``tgt_len [n]`` (n + 1: the decoder's steps) of ``lengths [n, 2]``."""
+    return lengths[:, 0].astype(np.int64), lengths[:, 1].astype(np.int64) + 1
 
 
 BucketWidth = int | tuple[int, int]  # one width for both sides, or (source, target)
@@ -375,32 +402,86 @@ def token_budget(max_tokens: int, row_quantum: int = 1) -> TokenBudget | None:
     return TokenBudget(max_tokens, row_quantum) if max_tokens else None
 
 
+def _read(source: Sequence[Example], indices: np.ndarray) -> list[Example]:
+    """``source[i]`` for each of ``indices``, in order (one ``__getitems__`` call where the source has one,
+    as grain's data sources do)."""
+    wanted = indices.tolist()
+    getitems = getattr(source, "__getitems__", None)
+    return list(getitems(wanted)) if getitems is not None else [source[i] for i in wanted]
+
+
+def _fill_batch(chosen: Sequence[Example], indices: np.ndarray, rows: int, src_width: int, tgt_width: int,
+                global_rows: int | None = None) -> Batch:
+    """``chosen`` (the examples at ``indices``) padded into a ``Batch`` of ``rows`` rows and padded lengths
+    ``src_width`` x ``tgt_width``; the rows after ``len(chosen)`` are padding rows. The ids are copied from one
+    flat buffer per side through a row-major mask, not row by row."""
+    count = len(chosen)
+    src = np.full((rows, src_width), PAD_ID, dtype=np.int32)
+    src[:, 0] = EOS_ID
+    src_len = np.ones(rows, dtype=np.int32)
+    tgt_in = np.full((rows, tgt_width), PAD_ID, dtype=np.int32)
+    tgt_out = np.full((rows, tgt_width), PAD_ID, dtype=np.int32)
+    tgt_len = np.zeros(rows, dtype=np.int32)
+    index = np.full(rows, -1, dtype=np.int64)
+    if count:
+        n_src = np.fromiter((len(example.src) for example in chosen), dtype=np.int64, count=count)
+        n_tgt = np.fromiter((len(example.tgt) for example in chosen), dtype=np.int64, count=count)
+        if n_src.max() > src_width or n_tgt.max() + 1 > tgt_width:
+            raise DataError(f"examples {indices.tolist()} are longer than their lengths say (padded source "
+                            f"{src_width}, target {tgt_width}): the lengths do not belong to this source")
+        src[:count][np.arange(src_width) < n_src[:, None]] = np.concatenate([example.src for example in chosen])
+        flat_tgt = np.concatenate([example.tgt for example in chosen])
+        tgt_in[:count, 0] = BOS_ID
+        tgt_in[:count, 1:][np.arange(tgt_width - 1) < n_tgt[:, None]] = flat_tgt
+        tgt_out[:count][np.arange(tgt_width) < n_tgt[:, None]] = flat_tgt
+        tgt_out[np.arange(count), n_tgt] = EOS_ID
+        src_len[:count] = n_src
+        tgt_len[:count] = n_tgt + 1
+        index[:count] = indices
+    return Batch(src, src_len, tgt_in, tgt_out, tgt_len, index, global_rows)
+
+
 def _make_batch(examples: Sequence[Example], indices: np.ndarray, batch_size: int,
                 bucket_width: BucketWidth) -> Batch:
     """Pad ``examples[indices]`` into a ``Batch`` of ``batch_size`` rows (the bucket's rows under a token
     budget), lengths rounded to the bucket."""
-    chosen = [examples[i] for i in indices]
+    chosen = _read(examples, np.asarray(indices))
     src_multiple, tgt_multiple = _widths(bucket_width)
     src_width = round_up(max(len(example.src) for example in chosen), src_multiple)
     tgt_width = round_up(max(len(example.tgt) + 1 for example in chosen), tgt_multiple)
-    src = np.full((batch_size, src_width), PAD_ID, dtype=np.int32)
-    src[:, 0] = EOS_ID
-    src_len = np.ones(batch_size, dtype=np.int32)
-    tgt_in = np.full((batch_size, tgt_width), PAD_ID, dtype=np.int32)
-    tgt_out = np.full((batch_size, tgt_width), PAD_ID, dtype=np.int32)
-    tgt_len = np.zeros(batch_size, dtype=np.int32)
-    index = np.full(batch_size, -1, dtype=np.int64)
-    for row, (example_index, example) in enumerate(zip(indices, chosen, strict=True)):
-        n_src, n_tgt = len(example.src), len(example.tgt)
-        src[row, :n_src] = example.src
-        src_len[row] = n_src
-        tgt_in[row, 0] = BOS_ID
-        tgt_in[row, 1: n_tgt + 1] = example.tgt
-        tgt_out[row, :n_tgt] = example.tgt
-        tgt_out[row, n_tgt] = EOS_ID
-        tgt_len[row] = n_tgt + 1
-        index[row] = example_index
-    return Batch(src, src_len, tgt_in, tgt_out, tgt_len, index)
+    return _fill_batch(chosen, np.asarray(indices), batch_size, src_width, tgt_width)
+
+
+LocalRows = Callable[[int], slice]  # global rows of a batch -> this process's rows of it
+
+
+class _BatchBuilder:
+    """Planned batch (example indices) -> ``Batch``: its shape from the lengths alone, then only the examples
+    of this process's rows (``local_rows``; None: every row) read from ``source``."""
+
+    def __init__(self, source: Sequence[Example], src_len: np.ndarray, tgt_len: np.ndarray, batch_size: int,
+                 bucket_width: BucketWidth, budget: TokenBudget | None, local_rows: LocalRows | None):
+        self.source, self.src_len, self.tgt_len = source, src_len, tgt_len
+        self.batch_size, self.bucket_width, self.budget = batch_size, bucket_width, budget
+        self.local_rows = local_rows
+        self._slices: dict[int, slice] = {}
+
+    def rows_of(self, global_rows: int) -> slice:
+        """This process's rows of a batch of ``global_rows`` rows."""
+        if self.local_rows is None:
+            return slice(0, global_rows)
+        if global_rows not in self._slices:
+            self._slices[global_rows] = self.local_rows(global_rows)
+        return self._slices[global_rows]
+
+    def __call__(self, indices: np.ndarray) -> Batch:
+        rows, src_width, tgt_width = _batch_shape(indices, self.src_len, self.tgt_len, self.batch_size,
+                                                  self.bucket_width, self.budget)
+        if self.local_rows is None:
+            return _fill_batch(_read(self.source, indices), indices, rows, src_width, tgt_width)
+        mine = self.rows_of(rows)
+        local = indices[mine]
+        return _fill_batch(_read(self.source, local), local, mine.stop - mine.start, src_width, tgt_width, rows)
 
 
 def _check_batching(batch_size: int, bucket_width: BucketWidth) -> None:
@@ -409,85 +490,122 @@ def _check_batching(batch_size: int, bucket_width: BucketWidth) -> None:
 
 
 def batch_shapes(examples: Sequence[Example], batch_size: int, bucket_width: BucketWidth, max_tokens: int = 0,
-                 row_quantum: int = 1) -> set[tuple[int, int, int]]:
+                 row_quantum: int = 1, lengths: np.ndarray | None = None) -> set[tuple[int, int, int]]:
     """The ``(rows, src_len_padded, tgt_len_padded)`` shapes that every training epoch (``BatchIterator``)
     and ``eval_batches`` produce for ``examples``: rows are ``batch_size``, or with ``max_tokens`` those of
-    each bucket's ``TokenBudget``. Raises ``DataError`` when the budget cannot hold a bucket that occurs."""
+    each bucket's ``TokenBudget``. Raises ``DataError`` when the budget cannot hold a bucket that occurs.
+    ``lengths`` as in ``BatchIterator`` (given, or the source's own, no example is read)."""
     _check_batching(batch_size, bucket_width)
-    if not examples:
+    if not len(examples):
         return set()
     budget = token_budget(max_tokens, row_quantum)
-    src_len, tgt_len = _lengths(examples)
+    src_len, tgt_len = _lengths(_source_lengths(examples, lengths))
     batches = _plan(np.arange(len(examples)), src_len, tgt_len, batch_size, bucket_width, budget)
     return {_batch_shape(b, src_len, tgt_len, batch_size, bucket_width, budget) for b in batches}
 
 
 def padded_shapes(examples: Sequence[Example], batch_size: int, bucket_width: BucketWidth, max_tokens: int = 0,
-                  row_quantum: int = 1) -> set[tuple[int, int]]:
+                  row_quantum: int = 1, lengths: np.ndarray | None = None) -> set[tuple[int, int]]:
     """The ``(src_len_padded, tgt_len_padded)`` shapes of ``batch_shapes`` (rows left out)."""
-    return {shape[1:] for shape in batch_shapes(examples, batch_size, bucket_width, max_tokens, row_quantum)}
+    return {shape[1:] for shape in batch_shapes(examples, batch_size, bucket_width, max_tokens, row_quantum,
+                                                lengths)}
 
 
 class BatchIterator:
-    """Endless training batches, epoch after epoch.
+    """Endless training batches, epoch after epoch, over any random-access ``source`` of examples
+    (``len(source)``, ``source[i] -> Example``: a list, or a preprocessed corpus split).
 
     Each epoch: a permutation drawn from ``(seed, epoch)``, examples grouped into length buckets (by source
     length first, then target length; see ``_plan_batches``), batches cut inside buckets, the batch order
-    shuffled. ``state()`` / ``restore(state)`` resume the exact sequence of batches. With ``max_tokens`` (0: off)
-    the batches are those of a ``TokenBudget`` of ``max_tokens`` padded tokens and ``row_quantum`` rows.
+    shuffled. The plan needs only ``lengths [n, 2] int32`` (``len(src)`` with EOS, ``len(tgt)`` without
+    BOS/EOS; default ``source.lengths`` where the source has them, else read from every example once): the
+    iterator keeps no examples, and reads those of a batch when it builds it. ``state()`` / ``restore(state)``
+    resume the exact sequence of batches. With ``max_tokens`` (0: off) the batches are those of a
+    ``TokenBudget`` of ``max_tokens`` padded tokens and ``row_quantum`` rows.
+
+    ``local_rows`` (e.g. ``functools.partial(parallel.process_rows, sharding)``) makes each batch only this
+    process's rows of the global batch (``Batch.global_rows`` says how many the global batch has), reading only
+    their examples, with the global batch's padded lengths: every process plans the same global batches and
+    builds its own part. Batches are built by grain (``MapDataset`` over the epoch's plan) with
+    ``read_threads`` background threads and ``prefetch`` batches built ahead (0 and 0: built when asked for).
 
     ``epoch`` is the epoch the next batch comes from (0-based; it advances as soon as an epoch's last batch is
     given) and ``position`` the number of that epoch's batches already given.
     """
 
-    def __init__(self, examples: Sequence[Example], batch_size: int, bucket_width: BucketWidth, seed: int,
-                 max_tokens: int = 0, row_quantum: int = 1):
+    def __init__(self, source: Sequence[Example], batch_size: int, bucket_width: BucketWidth, seed: int,
+                 max_tokens: int = 0, row_quantum: int = 1, lengths: np.ndarray | None = None,
+                 local_rows: LocalRows | None = None, read_threads: int = 0, prefetch: int = 0):
         _check_batching(batch_size, bucket_width)
-        if not examples:
+        if not len(source):
             raise DataError("no training examples to batch (every pair was empty or too long?)")
-        self.examples = examples
+        if read_threads < 0 or prefetch < 0:
+            raise ValueError(f"read_threads and prefetch must be >= 0, got {read_threads} and {prefetch}")
+        self.source = source
+        self.num_examples = len(source)
         self.batch_size = batch_size
         self.bucket_width = _widths(bucket_width)
         self.seed = seed
         self.max_tokens, self.row_quantum = max_tokens, row_quantum if max_tokens else 1
+        self.read_threads, self.prefetch = read_threads, prefetch
         self._budget = token_budget(max_tokens, row_quantum)
-        self._src_len, self._tgt_len = _lengths(examples)
+        self.lengths = _source_lengths(source, lengths)
+        self._src_len, self._tgt_len = _lengths(self.lengths)
+        self._build = _BatchBuilder(source, self._src_len, self._tgt_len, batch_size, self.bucket_width,
+                                    self._budget, local_rows)
         self.epoch = 0
         self.position = 0
         self._plan = self._epoch_plan(0)
+        self._batches = None  # grain's iterator over the rest of the epoch, opened by the first __next__
 
     def _epoch_plan(self, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
-        batches = _plan(rng.permutation(len(self.examples)), self._src_len, self._tgt_len, self.batch_size,
+        batches = _plan(rng.permutation(self.num_examples), self._src_len, self._tgt_len, self.batch_size,
                         self.bucket_width, self._budget)
         return [batches[i] for i in rng.permutation(len(batches))]
+
+    def _open(self):
+        """grain's iterator over the batches of ``self._plan`` from ``self.position`` on."""
+        import grain
+
+        options = grain.ReadOptions(num_threads=self.read_threads, prefetch_buffer_size=self.prefetch)
+        dataset = grain.MapDataset.source(self._plan).slice(slice(self.position, None)).map(self._build)
+        return iter(dataset.to_iter_dataset(options))
+
+    def close(self) -> None:
+        """Stop building batches ahead (``__next__`` opens a new reader)."""
+        if self._batches is not None:
+            self._batches.close()
+            self._batches = None
 
     @property
     def batches_per_epoch(self) -> int:
         return len(self._plan)
 
     def padded_shapes(self) -> set[tuple[int, int]]:
-        return padded_shapes(self.examples, self.batch_size, self.bucket_width, self.max_tokens, self.row_quantum)
+        return {shape[1:] for shape in self.batch_shapes()}
 
     def batch_shapes(self) -> set[tuple[int, int, int]]:
-        return batch_shapes(self.examples, self.batch_size, self.bucket_width, self.max_tokens, self.row_quantum)
+        return batch_shapes(self.source, self.batch_size, self.bucket_width, self.max_tokens, self.row_quantum,
+                            self.lengths)
 
     def __iter__(self) -> BatchIterator:
         return self
 
     def __next__(self) -> Batch:
-        indices = self._plan[self.position]
+        if self._batches is None:
+            self._batches = self._open()
+        batch = next(self._batches)
         self.position += 1
         if self.position == len(self._plan):
+            self.close()
             self.epoch, self.position = self.epoch + 1, 0
             self._plan = self._epoch_plan(self.epoch)
-        rows, _, _ = _batch_shape(indices, self._src_len, self._tgt_len, self.batch_size, self.bucket_width,
-                                  self._budget)
-        return _make_batch(self.examples, indices, rows, self.bucket_width)
+        return batch
 
     def _settings(self) -> dict[str, Any]:
         """What must match on ``restore``: the same examples batched the same way."""
-        return {"seed": self.seed, "num_examples": len(self.examples), "batch_size": self.batch_size,
+        return {"seed": self.seed, "num_examples": self.num_examples, "batch_size": self.batch_size,
                 "bucket_width": list(self.bucket_width), "max_tokens": self.max_tokens,
                 "row_quantum": self.row_quantum}
 
@@ -517,21 +635,24 @@ class BatchIterator:
         if not 0 <= position < len(plan):
             raise DataError(f"cannot restore the data iterator: position {position} is outside epoch {epoch} "
                             f"of {len(plan)} batches")
+        self.close()
         self.epoch, self.position, self._plan = epoch, position, plan
 
 
 def eval_batches(examples: Sequence[Example], batch_size: int, bucket_width: BucketWidth, max_tokens: int = 0,
-                 row_quantum: int = 1) -> Iterator[Batch]:
+                 row_quantum: int = 1, lengths: np.ndarray | None = None,
+                 local_rows: LocalRows | None = None) -> Iterator[Batch]:
     """One pass over ``examples``, each exactly once, grouped by length; ``Batch.index`` gives positions in
-    ``examples`` (-1 for padding rows). Shapes are those of ``batch_shapes`` (same arguments)."""
+    ``examples`` (-1 for padding rows). Shapes are those of ``batch_shapes`` (same arguments); ``lengths`` and
+    ``local_rows`` as in ``BatchIterator``."""
     _check_batching(batch_size, bucket_width)
-    if not examples:
+    if not len(examples):
         return
     budget = token_budget(max_tokens, row_quantum)
-    src_len, tgt_len = _lengths(examples)
+    src_len, tgt_len = _lengths(_source_lengths(examples, lengths))
+    build = _BatchBuilder(examples, src_len, tgt_len, batch_size, bucket_width, budget, local_rows)
     for indices in _plan(np.arange(len(examples)), src_len, tgt_len, batch_size, bucket_width, budget):
-        rows, _, _ = _batch_shape(indices, src_len, tgt_len, batch_size, bucket_width, budget)
-        yield _make_batch(examples, indices, rows, bucket_width)
+        yield build(indices)
 
 
 def source_batches(src_id_lists: Sequence[Sequence[int]], batch_size: int,

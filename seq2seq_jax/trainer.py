@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import signal
 import sys
@@ -39,6 +40,9 @@ from seq2seq_jax.train import make_eval_step, make_grad_accumulation, make_optim
 from seq2seq_jax.translate import Translator
 from seq2seq_jax.workdir import Workdir, fresh_train_state
 from seq2seq_jax.workdir_lock import workdir_lock
+
+# Training batches are built by one background thread, a few ahead, while the device runs the step.
+READ_THREADS, PREFETCH_BATCHES = 1, 4
 
 
 class TrainingAborted(RuntimeError):
@@ -241,13 +245,14 @@ class Validation:
         self.batch_size, self.bucket_widths = config.data.batch_size, config.data.bucket_widths
         self.max_tokens, self.row_quantum = config.data.max_tokens, parallel.data_size(mesh)
         self.batch_sharding = parallel.batch_sharding(mesh)
+        self.local_rows = functools.partial(parallel.process_rows, self.batch_sharding)
 
     def __call__(self, params) -> dict[str, float]:
         loss_sum = tokens = 0.0
         for batch in data_lib.eval_batches(self.examples, self.batch_size, self.bucket_widths, self.max_tokens,
-                                           self.row_quantum):
-            batch_sum, batch_tokens = self.eval_step(params, parallel.shard_batch(batch.arrays(),
-                                                                                  self.batch_sharding))
+                                           self.row_quantum, local_rows=self.local_rows):
+            batch_sum, batch_tokens = self.eval_step(params, parallel.shard_batch(batch.arrays(), self.batch_sharding,
+                                                                                  batch.global_rows))
             loss_sum += float(batch_sum)
             tokens += float(batch_tokens)
         # Every process decodes the whole sample on one of its own devices (the same numbers everywhere, so
@@ -327,10 +332,11 @@ def _closed_on_abort(checkpoints: TrainingCheckpoints, metrics_log: MetricsLog, 
         raise
 
 
-def _prepare_data(config: ExperimentConfig, run: Workdir, main_process: bool, log,
-                  row_quantum: int = 1) -> TrainingData:
+def _prepare_data(config: ExperimentConfig, run: Workdir, main_process: bool, log, row_quantum: int = 1,
+                  local_rows: data_lib.LocalRows | None = None) -> TrainingData:
     """Tokenizers, config and encoded data, prepared by process 0 first (it writes the workdir); a token budget
-    gives batches of a multiple of ``row_quantum`` rows (the mesh's data-axis size)."""
+    gives batches of a multiple of ``row_quantum`` rows (the mesh's data-axis size). The iterator builds only
+    this process's ``local_rows`` of each global batch (None: all), ahead of the step in a grain thread."""
     data_cfg = config.data
     if main_process:
         config, src_tok, tgt_tok, train_pairs, valid_pairs = prepare_run(config, run, log)
@@ -345,7 +351,8 @@ def _prepare_data(config: ExperimentConfig, run: Workdir, main_process: bool, lo
         log(valid_report.summary())
     kept_valid_pairs = [valid_pairs[i] for i in valid_report.kept_indices] if valid_report else []
     iterator = data_lib.BatchIterator(train_examples, data_cfg.batch_size, data_cfg.bucket_widths, data_cfg.seed,
-                                      data_cfg.max_tokens, row_quantum)
+                                      data_cfg.max_tokens, row_quantum, local_rows=local_rows,
+                                      read_threads=READ_THREADS, prefetch=PREFETCH_BATCHES)
     if data_cfg.max_tokens:
         shapes = iterator.batch_shapes()
         log(f"batches: {iterator.batches_per_epoch} per epoch of at most {data_cfg.max_tokens} padded tokens; "
@@ -399,8 +406,9 @@ class TrainingUpdate:
 
     def _next_batch(self) -> dict[str, jax.Array]:
         batch = next(self.iterator)
-        self.shapes.add(batch.src.shape + batch.tgt_in.shape[1:])
-        return parallel.shard_batch(batch.arrays(), self.batch_sharding)
+        rows = batch.src.shape[0] if batch.global_rows is None else batch.global_rows
+        self.shapes.add((rows, *batch.src.shape[1:], *batch.tgt_in.shape[1:]))
+        return parallel.shard_batch(batch.arrays(), self.batch_sharding, batch.global_rows)
 
     def __call__(self, state):
         if self.accum_steps == 1:
@@ -435,7 +443,8 @@ def _train(config: ExperimentConfig, workdir: str | Path, log=print, mesh: Mesh 
     if not config.data.max_tokens:  # a token budget makes rows a multiple of the data axis itself
         parallel.check_batch_size(config.data.batch_size, mesh)
     run = Workdir(Path(workdir))
-    data = _prepare_data(config, run, main_process, log, parallel.data_size(mesh))
+    data = _prepare_data(config, run, main_process, log, parallel.data_size(mesh),
+                         functools.partial(parallel.process_rows, parallel.batch_sharding(mesh)))
     config, train_cfg = data.config, data.config.train
     rows = (f"at most {config.data.max_tokens} padded tokens per batch" if config.data.max_tokens else
             f"{config.data.batch_size // parallel.data_size(mesh)} rows per device")
@@ -495,6 +504,7 @@ def _train(config: ExperimentConfig, workdir: str | Path, log=print, mesh: Mesh 
         if checkpoints.latest_step() != step:
             checkpoints.save(step, state)
         checkpoints.close()
+    data.iterator.close()
     metrics_log.close()
     log(f"stopped at step {step} ({stop_reason}); compiled train programs: {len(update.shapes)}; "
         f"search programs: {translator.compiled_programs}; best {train_cfg.best_metric}: {early_stopping.value} "
