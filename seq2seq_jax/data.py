@@ -17,6 +17,7 @@ no JAX here.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -455,15 +456,20 @@ def _make_batch(examples: Sequence[Example], indices: np.ndarray, batch_size: in
 LocalRows = Callable[[int], slice]  # global rows of a batch -> this process's rows of it
 
 
+READ_SIZE = 2048  # examples read in one call: a store such as ArrayRecord has a large cost per call
+
+
 class _BatchBuilder:
-    """Planned batch (example indices) -> ``Batch``: its shape from the lengths alone, then only the examples
-    of this process's rows (``local_rows``; None: every row) read from ``source``."""
+    """Planned batches (example indices) -> ``Batch``es: each batch's shape from the lengths alone, then only
+    the examples of this process's rows (``local_rows``; None: every row) read from ``source``, those of a run
+    of consecutive batches (``groups``) in one read."""
 
     def __init__(self, source: Sequence[Example], src_len: np.ndarray, tgt_len: np.ndarray, batch_size: int,
-                 bucket_width: BucketWidth, budget: TokenBudget | None, local_rows: LocalRows | None):
+                 bucket_width: BucketWidth, budget: TokenBudget | None, local_rows: LocalRows | None,
+                 read_size: int = READ_SIZE):
         self.source, self.src_len, self.tgt_len = source, src_len, tgt_len
         self.batch_size, self.bucket_width, self.budget = batch_size, bucket_width, budget
-        self.local_rows = local_rows
+        self.local_rows, self.read_size = local_rows, read_size
         self._slices: dict[int, slice] = {}
 
     def rows_of(self, global_rows: int) -> slice:
@@ -474,14 +480,39 @@ class _BatchBuilder:
             self._slices[global_rows] = self.local_rows(global_rows)
         return self._slices[global_rows]
 
-    def __call__(self, indices: np.ndarray) -> Batch:
+    def _part(self, indices: np.ndarray) -> tuple[np.ndarray, int, int, int, int | None]:
+        """``(indices of this process's rows, its rows, src width, tgt width, global rows or None)``."""
         rows, src_width, tgt_width = _batch_shape(indices, self.src_len, self.tgt_len, self.batch_size,
                                                   self.bucket_width, self.budget)
         if self.local_rows is None:
-            return _fill_batch(_read(self.source, indices), indices, rows, src_width, tgt_width)
+            return indices, rows, src_width, tgt_width, None
         mine = self.rows_of(rows)
-        local = indices[mine]
-        return _fill_batch(_read(self.source, local), local, mine.stop - mine.start, src_width, tgt_width, rows)
+        return indices[mine], mine.stop - mine.start, src_width, tgt_width, rows
+
+    def groups(self, batches: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+        """``batches`` cut into runs of consecutive batches that read at least ``read_size`` examples here
+        (the last run may read fewer)."""
+        groups, current, count = [], [], 0
+        for indices in batches:
+            current.append(indices)
+            count += len(self._part(indices)[0])
+            if count >= self.read_size:
+                groups.append(current)
+                current, count = [], 0
+        if current:
+            groups.append(current)
+        return groups
+
+    def __call__(self, batches: Sequence[np.ndarray]) -> list[Batch]:
+        """The ``Batch`` of each of ``batches``, their examples read in one call."""
+        parts = [self._part(indices) for indices in batches]
+        examples = _read(self.source, np.concatenate([part[0] for part in parts]))
+        built, start = [], 0
+        for local, rows, src_width, tgt_width, global_rows in parts:
+            built.append(_fill_batch(examples[start: start + len(local)], local, rows, src_width, tgt_width,
+                                     global_rows))
+            start += len(local)
+        return built
 
 
 def _check_batching(batch_size: int, bucket_width: BucketWidth) -> None:
@@ -526,8 +557,9 @@ class BatchIterator:
     ``local_rows`` (e.g. ``functools.partial(parallel.process_rows, sharding)``) makes each batch only this
     process's rows of the global batch (``Batch.global_rows`` says how many the global batch has), reading only
     their examples, with the global batch's padded lengths: every process plans the same global batches and
-    builds its own part. Batches are built by grain (``MapDataset`` over the epoch's plan) with
-    ``read_threads`` background threads and ``prefetch`` batches built ahead (0 and 0: built when asked for).
+    builds its own part. Batches are built by grain (``MapDataset`` over the epoch's plan) in groups of
+    consecutive batches whose examples are read in one call (about ``READ_SIZE``), with ``read_threads``
+    background threads and ``prefetch`` groups built ahead (0 and 0: built when asked for).
 
     ``epoch`` is the epoch the next batch comes from (0-based; it advances as soon as an epoch's last batch is
     given) and ``position`` the number of that epoch's batches already given.
@@ -556,7 +588,8 @@ class BatchIterator:
         self.epoch = 0
         self.position = 0
         self._plan = self._epoch_plan(0)
-        self._batches = None  # grain's iterator over the rest of the epoch, opened by the first __next__
+        self._groups = None  # grain's iterator over the rest of the epoch in groups, opened by __next__
+        self._built: collections.deque[Batch] = collections.deque()  # the current group's batches not yet given
 
     def _epoch_plan(self, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
@@ -565,18 +598,19 @@ class BatchIterator:
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def _open(self):
-        """grain's iterator over the batches of ``self._plan`` from ``self.position`` on."""
+        """grain's iterator over the batches of ``self._plan`` from ``self.position`` on, in groups read at once
+        (``_BatchBuilder.groups``)."""
         import grain
 
         options = grain.ReadOptions(num_threads=self.read_threads, prefetch_buffer_size=self.prefetch)
-        dataset = grain.MapDataset.source(self._plan).slice(slice(self.position, None)).map(self._build)
-        return iter(dataset.to_iter_dataset(options))
+        groups = self._build.groups(self._plan[self.position:])
+        return iter(grain.MapDataset.source(groups).map(self._build).to_iter_dataset(options))
 
     def close(self) -> None:
         """Stop building batches ahead (``__next__`` opens a new reader)."""
-        if self._batches is not None:
-            self._batches.close()
-            self._batches = None
+        if self._groups is not None:
+            self._groups.close()
+        self._groups, self._built = None, collections.deque()
 
     @property
     def batches_per_epoch(self) -> int:
@@ -593,9 +627,11 @@ class BatchIterator:
         return self
 
     def __next__(self) -> Batch:
-        if self._batches is None:
-            self._batches = self._open()
-        batch = next(self._batches)
+        if not self._built:
+            if self._groups is None:
+                self._groups = self._open()
+            self._built.extend(next(self._groups))
+        batch = self._built.popleft()
         self.position += 1
         if self.position == len(self._plan):
             self.close()
@@ -651,8 +687,8 @@ def eval_batches(examples: Sequence[Example], batch_size: int, bucket_width: Buc
     budget = token_budget(max_tokens, row_quantum)
     src_len, tgt_len = _lengths(_source_lengths(examples, lengths))
     build = _BatchBuilder(examples, src_len, tgt_len, batch_size, bucket_width, budget, local_rows)
-    for indices in _plan(np.arange(len(examples)), src_len, tgt_len, batch_size, bucket_width, budget):
-        yield build(indices)
+    for group in build.groups(_plan(np.arange(len(examples)), src_len, tgt_len, batch_size, bucket_width, budget)):
+        yield from build(group)
 
 
 def source_batches(src_id_lists: Sequence[Sequence[int]], batch_size: int,
