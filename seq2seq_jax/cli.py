@@ -25,7 +25,8 @@ from seq2seq_jax.config import ConfigError, ExperimentConfig
 
 # Modules of each optional extra (pyproject.toml): a command that fails to import one names the extra to install.
 _EXTRA_OF_MODULE = {**dict.fromkeys(("jax", "jaxlib", "flax", "optax", "orbax", "ml_dtypes", "sacrebleu",
-                                     "rouge_score", "tqdm", "tensorboardX", "matplotlib"), "jax"), "torch": "torch"}
+                                     "rouge_score", "tqdm", "tensorboardX", "matplotlib", "grain",
+                                     "array_record"), "jax"), "torch": "torch"}
 _LIBRARY_NAMES = {"jax": "JAX", "jaxlib": "JAX", "flax": "JAX", "optax": "JAX", "orbax": "JAX", "torch": "PyTorch"}
 
 
