@@ -189,7 +189,7 @@ class _Encoding:
             self.pool.join()
 
 
-def _chunks(pairs, size: int = CHUNK_PAIRS) -> Iterator[list]:
+def _chunks(pairs, size: int) -> Iterator[list]:
     chunk = []
     for pair in pairs:
         chunk.append(pair)
@@ -247,7 +247,7 @@ def _write_split(name: str, source: PairSource, directory: Path, encoding: _Enco
     bar = tqdm(total=total, desc=f"preprocess {name}", unit="pair", dynamic_ncols=True, file=sys.stderr,
                disable=None if progress else True)
     try:
-        for chunk, (records, chunk_lengths, kept, chunk_report) in encoding.map(_chunks(source), name):
+        for chunk, (records, chunk_lengths, kept, chunk_report) in encoding.map(_chunks(source, CHUNK_PAIRS), name):
             chunk_report.replaced_lines = sum(replaced for _, _, replaced in chunk)
             report.add(chunk_report)
             for record in records:
