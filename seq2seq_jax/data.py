@@ -83,20 +83,69 @@ def _read_raw_lines(path: str | Path) -> list[bytes]:
     return [line[:-1] if line.endswith(b"\r") else line for line in lines]
 
 
+def _decode_line(path: Path, line_number: int, raw: bytes, encoding_errors: str) -> tuple[str, bool]:
+    """``(text, replaced)`` of one raw line: invalid UTF-8 is a ``DataError`` naming the file and line with
+    ``"strict"``, U+FFFD with ``"replace"`` (then ``replaced`` is True)."""
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError as error:
+        if encoding_errors == "strict":
+            raise DataError(f"{path}:{line_number}: invalid UTF-8 at byte {error.start + 1} of the line "
+                            f"({raw[error.start:error.end]!r}); fix the file or set "
+                            f"data.encoding_errors=replace") from None
+        return raw.decode("utf-8", errors="replace"), True
+
+
 def _decode_lines(path: Path, raw_lines: list[bytes], encoding_errors: str) -> TextLines:
     lines = []
     replaced = []
     for line_number, raw in enumerate(raw_lines, start=1):
-        try:
-            lines.append(raw.decode("utf-8"))
-        except UnicodeDecodeError as error:
-            if encoding_errors == "strict":
-                raise DataError(f"{path}:{line_number}: invalid UTF-8 at byte {error.start + 1} of the line "
-                                f"({raw[error.start:error.end]!r}); fix the file or set "
-                                f"data.encoding_errors=replace") from None
-            lines.append(raw.decode("utf-8", errors="replace"))
+        text, was_replaced = _decode_line(path, line_number, raw, encoding_errors)
+        lines.append(text)
+        if was_replaced:
             replaced.append(line_number)
     return TextLines(lines, path, replaced)
+
+
+def _iter_raw_lines(path: Path) -> Iterator[bytes]:
+    """The lines of ``path`` as ``_read_raw_lines`` gives them, read one at a time (binary files split on
+    ``\\n`` only)."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot read: {error.strerror}") from None
+    with handle:
+        for line_number, line in enumerate(handle, start=1):
+            if line_number == 1 and line.startswith(UTF8_BOM):
+                line = line[len(UTF8_BOM):]
+            line = line[:-1] if line.endswith(b"\n") else line
+            yield line[:-1] if line.endswith(b"\r") else line
+
+
+def iter_parallel(src_path: str | Path, tgt_path: str | Path,
+                  encoding_errors: str = "strict") -> Iterator[tuple[str, str, bool]]:
+    """``(source, target, replaced)`` of two line-aligned files, read line by line in step (``read_parallel``
+    without holding the files: memory does not grow with them). ``replaced``: invalid UTF-8 was replaced on
+    either side. A file that ends before the other is a ``DataError`` naming both and the line with no
+    counterpart, raised when it is reached."""
+    _check_encoding_errors(encoding_errors)
+    src_path, tgt_path = Path(src_path), Path(tgt_path)
+    src_lines, tgt_lines = _iter_raw_lines(src_path), _iter_raw_lines(tgt_path)
+    line_number = 0
+    while True:
+        src_raw, tgt_raw = next(src_lines, None), next(tgt_lines, None)
+        line_number += 1
+        if src_raw is None and tgt_raw is None:
+            return
+        if src_raw is None or tgt_raw is None:
+            ended, longer = (src_path, tgt_path) if src_raw is None else (tgt_path, src_path)
+            raise DataError(f"parallel files differ in line count: {ended} ends after line {line_number - 1} "
+                            f"but {longer} goes on: line {line_number} of {longer} has no counterpart")
+        source, src_replaced = _decode_line(src_path, line_number, src_raw, encoding_errors)
+        target, tgt_replaced = _decode_line(tgt_path, line_number, tgt_raw, encoding_errors)
+        yield source, target, src_replaced or tgt_replaced
 
 
 def read_lines(path: str | Path, encoding_errors: str = "strict") -> TextLines:
@@ -149,18 +198,28 @@ def check_same_line_count(first_name: str, first: Sequence[str], second_name: st
                         f"{min(len(first), len(second)) + 1} of {longer} has no counterpart")
 
 
-def read_tsv(path: str | Path, encoding_errors: str = "strict") -> ParallelPairs:
-    """(source, target) pairs from ``source<TAB>target`` lines; a line without exactly one tab is an error."""
-    lines = read_lines(path, encoding_errors)
-    pairs = []
-    for line_number, line in enumerate(lines, start=1):
+def iter_tsv(path: str | Path, encoding_errors: str = "strict") -> Iterator[tuple[str, str, bool]]:
+    """``(source, target, replaced)`` of ``source<TAB>target`` lines, read one at a time; a line without
+    exactly one tab is an error naming the file and line."""
+    _check_encoding_errors(encoding_errors)
+    path = Path(path)
+    for line_number, raw in enumerate(_iter_raw_lines(path), start=1):
+        line, replaced = _decode_line(path, line_number, raw, encoding_errors)
         tabs = line.count("\t")
         if tabs != 1:
             raise DataError(f"{path}:{line_number}: expected exactly one tab (source<TAB>target), "
                             f"found {tabs}")
         source, target = line.split("\t")
+        yield source, target, replaced
+
+
+def read_tsv(path: str | Path, encoding_errors: str = "strict") -> ParallelPairs:
+    """(source, target) pairs from ``source<TAB>target`` lines; a line without exactly one tab is an error."""
+    pairs, replaced_lines = [], 0
+    for source, target, replaced in iter_tsv(path, encoding_errors):
         pairs.append((source, target))
-    return ParallelPairs(pairs, lines.replaced_lines, str(path))
+        replaced_lines += replaced
+    return ParallelPairs(pairs, replaced_lines, str(path))
 
 
 class Example(NamedTuple):
@@ -205,44 +264,75 @@ class DataReport:
                  f"{self.tgt_unk}/{self.tgt_tokens} target"]
         return ", ".join(parts)
 
+    def add(self, other: DataReport) -> None:
+        """Add the counts of ``other`` (the report of a further part of the same split) to these."""
+        for name in COUNT_FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-able values, ``kept_indices`` left out (``from_dict`` reads it back)."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
+                if field.name != "kept_indices"}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DataReport:
+        return cls(**values)
+
+
+COUNT_FIELDS = ("total", "kept", "dropped_empty", "dropped_long", "cropped", "replaced_lines", "src_tokens",
+                "tgt_tokens", "src_unk", "tgt_unk")
+
+
+def encode_pair(source: str, target: str, src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer, data_config,
+                report: DataReport) -> Example | None:
+    """The ``Example`` of one pair, or None when it is dropped: an empty source or target, or longer than
+    ``max_src_len`` / ``max_tgt_len`` (counting the EOS on each side) under ``long_pair_policy="drop"`` (with
+    ``"crop"`` it is cropped). Adds the pair to ``report``'s counts (all but ``kept_indices``)."""
+    max_src, max_tgt = data_config.max_src_len, data_config.max_tgt_len
+    report.total += 1
+    src_ids, tgt_ids = src_tokenizer.encode(source), tgt_tokenizer.encode(target)
+    if not src_ids or not tgt_ids:
+        report.dropped_empty += 1
+        return None
+    if len(src_ids) + 1 > max_src or len(tgt_ids) + 1 > max_tgt:
+        if data_config.long_pair_policy != "crop" or max_src < 2 or max_tgt < 2:
+            report.dropped_long += 1
+            return None
+        src_ids, tgt_ids = src_ids[: max_src - 1], tgt_ids[: max_tgt - 1]
+        report.cropped += 1
+    report.kept += 1
+    report.src_tokens += len(src_ids)
+    report.tgt_tokens += len(tgt_ids)
+    report.src_unk += src_ids.count(UNK_ID)
+    report.tgt_unk += tgt_ids.count(UNK_ID)
+    return Example(np.array(src_ids + [EOS_ID], dtype=np.int32), np.array(tgt_ids, dtype=np.int32))
+
+
+def new_report(data_config, name: str, replaced_lines: int = 0) -> DataReport:
+    """An empty ``DataReport`` of split ``name`` under ``data_config``'s length limits."""
+    return DataReport(name=name, replaced_lines=replaced_lines, max_src_len=data_config.max_src_len,
+                      max_tgt_len=data_config.max_tgt_len, long_pair_policy=data_config.long_pair_policy)
+
 
 def encode_pairs(pairs: Sequence[tuple[str, str]], src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer,
                  data_config, name: str = "train",
                  replaced_lines: int | None = None) -> tuple[list[Example], DataReport]:
-    """Token ids of ``pairs``: ``Example(src_ids + [EOS], tgt_ids)`` as int32 arrays.
+    """Token ids of ``pairs``: ``Example(src_ids + [EOS], tgt_ids)`` as int32 arrays, by ``encode_pair``.
 
     Pairs with an empty source or target are dropped; pairs longer than ``max_src_len`` / ``max_tgt_len``
     (counting the EOS on each side) are dropped or cropped per ``data_config.long_pair_policy``. Every such
     decision is counted in the returned ``DataReport``; ``replaced_lines`` defaults to the count carried by
     ``ParallelPairs``.
     """
-    max_src, max_tgt = data_config.max_src_len, data_config.max_tgt_len
-    crop = data_config.long_pair_policy == "crop"
     if replaced_lines is None:
         replaced_lines = getattr(pairs, "replaced_lines", 0)
-    report = DataReport(name=name, total=len(pairs), replaced_lines=replaced_lines, max_src_len=max_src,
-                        max_tgt_len=max_tgt, long_pair_policy=data_config.long_pair_policy)
+    report = new_report(data_config, name, replaced_lines)
     examples = []
     for pair_index, (source, target) in enumerate(pairs):
-        src_ids, tgt_ids = src_tokenizer.encode(source), tgt_tokenizer.encode(target)
-        if not src_ids or not tgt_ids:
-            report.dropped_empty += 1
-            continue
-        too_long = len(src_ids) + 1 > max_src or len(tgt_ids) + 1 > max_tgt
-        if too_long:
-            if not crop or max_src < 2 or max_tgt < 2:
-                report.dropped_long += 1
-                continue
-            src_ids, tgt_ids = src_ids[: max_src - 1], tgt_ids[: max_tgt - 1]
-            report.cropped += 1
-        report.src_tokens += len(src_ids)
-        report.tgt_tokens += len(tgt_ids)
-        report.src_unk += src_ids.count(UNK_ID)
-        report.tgt_unk += tgt_ids.count(UNK_ID)
-        report.kept_indices.append(pair_index)
-        examples.append(Example(np.array(src_ids + [EOS_ID], dtype=np.int32),
-                                np.array(tgt_ids, dtype=np.int32)))
-    report.kept = len(examples)
+        example = encode_pair(source, target, src_tokenizer, tgt_tokenizer, data_config, report)
+        if example is not None:
+            report.kept_indices.append(pair_index)
+            examples.append(example)
     return examples, report
 
 
