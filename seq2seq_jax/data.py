@@ -392,8 +392,14 @@ def _source_lengths(source: Sequence[Example], lengths: np.ndarray | None) -> np
 
 
 def _lengths(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``src_len [n]`` (EOS included) and ``tgt_len [n]`` (n + 1: the decoder's steps) of ``lengths [n, 2]``."""
-    return lengths[:, 0].astype(np.int64), lengths[:, 1].astype(np.int64) + 1
+    """``src_len [n]`` (EOS included) and ``tgt_len [n]`` (n + 1: the decoder's steps) of ``lengths [n, 2]``,
+    int32: the plan of a corpus of millions of pairs is the part of the loader's memory that grows with it."""
+    return lengths[:, 0].astype(np.int32), lengths[:, 1].astype(np.int32) + 1
+
+
+def _positions(order: np.ndarray) -> np.ndarray:
+    """Example indices in the plan's dtype: int32 (half the memory) while they fit."""
+    return order.astype(np.int32) if len(order) < 2 ** 31 else order
 
 
 BucketWidth = int | tuple[int, int]  # one width for both sides, or (source, target)
@@ -621,7 +627,7 @@ def batch_shapes(examples: Sequence[Example], batch_size: int, bucket_width: Buc
         return set()
     budget = token_budget(max_tokens, row_quantum)
     src_len, tgt_len = _lengths(_source_lengths(examples, lengths))
-    batches = _plan(np.arange(len(examples)), src_len, tgt_len, batch_size, bucket_width, budget)
+    batches = _plan(_positions(np.arange(len(examples))), src_len, tgt_len, batch_size, bucket_width, budget)
     return {_batch_shape(b, src_len, tgt_len, batch_size, bucket_width, budget) for b in batches}
 
 
@@ -683,7 +689,7 @@ class BatchIterator:
 
     def _epoch_plan(self, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
-        batches = _plan(rng.permutation(self.num_examples), self._src_len, self._tgt_len, self.batch_size,
+        batches = _plan(_positions(rng.permutation(self.num_examples)), self._src_len, self._tgt_len, self.batch_size,
                         self.bucket_width, self._budget)
         return [batches[i] for i in rng.permutation(len(batches))]
 
@@ -777,7 +783,8 @@ def eval_batches(examples: Sequence[Example], batch_size: int, bucket_width: Buc
     budget = token_budget(max_tokens, row_quantum)
     src_len, tgt_len = _lengths(_source_lengths(examples, lengths))
     build = _BatchBuilder(examples, src_len, tgt_len, batch_size, bucket_width, budget, local_rows)
-    for group in build.groups(_plan(np.arange(len(examples)), src_len, tgt_len, batch_size, bucket_width, budget)):
+    batches = _plan(_positions(np.arange(len(examples))), src_len, tgt_len, batch_size, bucket_width, budget)
+    for group in build.groups(batches):
         yield from build(group)
 
 
