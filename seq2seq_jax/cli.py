@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -105,11 +106,15 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     else:  # the workdir's settings (its tokenizers' kind and limits), or the defaults
         config = run.load_config() if run is not None else ExperimentConfig()
     config = config.with_overrides(list(args.set or []) + _data_flag_overrides(args))
+    start = time.perf_counter()
     corpus = preprocess(config, args.out, workers=args.workers,
                         tokenizer_dir=run.tokenizer_dir if run is not None else None)
+    elapsed = time.perf_counter() - start
+    pairs = sum(report.total for report in corpus.reports().values())
     counts = ", ".join(f"{name} {entry['records']} records in {len(entry['shards'])} shards"
                        for name, entry in corpus.manifest["splits"].items())
-    print(f"wrote {corpus.path}: {counts} (train with: seq2seq train --data {corpus.path} --workdir W)")
+    print(f"wrote {corpus.path}: {counts}; {pairs} pairs in {elapsed:.1f} s ({pairs / max(elapsed, 1e-9):.0f} "
+          f"pairs/s) (train with: seq2seq train --data {corpus.path} --workdir W)")
     return 0
 
 

@@ -8,8 +8,9 @@ are bit-identical to those of an uninterrupted run.
 The same loop runs on one device, many, or many hosts (``seq2seq_jax.parallel``): the state is placed on a
 ``(data, model)`` mesh, each global batch is split along ``data`` (every process builds the same batch plan
 and hands over only its own rows), and the steps are jitted with those shardings. Process 0 alone writes
-``config.json``, the tokenizers, metrics and the progress bar; every process takes part in checkpointing
-(orbax writes collectively) and decides to stop (SIGTERM, early stopping, the NaN guard) together.
+the corpus (``W/data``, unless ``data.preprocessed_dir`` names one), ``config.json``, the tokenizers, metrics
+and the progress bar; every process takes part in checkpointing (orbax writes collectively) and decides to
+stop (SIGTERM, early stopping, the NaN guard) together.
 """
 
 from __future__ import annotations

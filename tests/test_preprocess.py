@@ -27,6 +27,7 @@ from seq2seq_jax.corpus import MANIFEST_FILE, decode_record, encode_record, open
 from seq2seq_jax.data import DataError
 from seq2seq_jax.preprocess import preprocess, reservoir_sample
 from seq2seq_jax.tokenizer import load_tokenizers
+from seq2seq_jax.workdir import Workdir
 
 SOURCES = ["the cat sat", "a dog", "", "birds fly south in winter and come back", "x", "the end\r", "ok", "b c"]
 TARGETS = ["le chat", "un chien", "vide", "les oiseaux", "", "la fin", "bien", "b c d e f g h i j k"]
@@ -230,6 +231,22 @@ def test_train_from_files_goes_through_the_workdir_corpus(tmp_path, capsys):
     with pytest.raises(DataError, match=f"{workdir / 'data'} holds the corpus this workdir was trained on.*"
                                         "the source files differ"):
         trainer_lib.train(config.with_overrides(["train.max_steps=4"]), workdir, log=quiet)
+
+
+def test_a_workdir_with_tokenizers_keeps_them_and_refuses_a_corpus_made_with_others(tmp_path, made):
+    _, other = made  # word tokenizers
+    run = Workdir(tmp_path / "W")  # as import-torch leaves it: tokenizers (of another task here), no data
+    src_tok, tgt_tok = preprocess(tiny_config("data.task=reverse"), tmp_path / "reverse", log=quiet,
+                                  progress=False).tokenizers()
+    src_tok.save(run.tokenizer_dir, "src")
+    tgt_tok.save(run.tokenizer_dir, "tgt")
+    corpus = trainer_lib.prepare_corpus(tiny_config(), run, log=quiet)  # the dates task, with W's tokenizers
+    assert corpus.path == run.path / "data"
+    assert corpus_files(corpus.path / "tokenizer") == corpus_files(run.tokenizer_dir)
+    assert corpus.reports()["train"].src_unk > 0  # letters only: the digits of dates are unknown
+    with pytest.raises(DataError, match=f"the src tokenizer of {other.path} differs from that of "
+                                        f"{run.tokenizer_dir}"):
+        trainer_lib.prepare_run(tiny_config(), run, other, log=quiet)
 
 
 @pytest.fixture(scope="module")
