@@ -44,8 +44,9 @@ from seq2seq_jax.translate import Translator
 from seq2seq_jax.workdir import Workdir, fresh_train_state
 from seq2seq_jax.workdir_lock import workdir_lock
 
-# Training batches are built by one background thread, a few ahead, while the device runs the step.
-READ_THREADS, PREFETCH_BATCHES = 1, 4
+# Training batches are built by one background thread while the device runs the step, up to 4 reads ahead
+# (each the examples of a run of batches, about data.READ_SIZE).
+READ_THREADS, PREFETCH_READS = 1, 4
 
 
 class TrainingAborted(RuntimeError):
@@ -378,7 +379,7 @@ def _prepare_data(config: ExperimentConfig, run: Workdir, main_process: bool, lo
     kept_valid_pairs = corpus.valid_pairs()
     iterator = data_lib.BatchIterator(train_examples, data_cfg.batch_size, data_cfg.bucket_widths, data_cfg.seed,
                                       data_cfg.max_tokens, row_quantum, local_rows=local_rows,
-                                      read_threads=READ_THREADS, prefetch=PREFETCH_BATCHES)
+                                      read_threads=READ_THREADS, prefetch=PREFETCH_READS)
     if data_cfg.max_tokens:
         shapes = iterator.batch_shapes()
         log(f"batches: {iterator.batches_per_epoch} per epoch of at most {data_cfg.max_tokens} padded tokens; "
