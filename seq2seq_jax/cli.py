@@ -1,7 +1,9 @@
 """The ``seq2seq`` command line: parses arguments and calls the library. No logic of its own.
 
-    seq2seq train     --workdir W [--train-src F --train-tgt F --valid-src F --valid-tgt F] [--task NAME]
+    seq2seq train     --workdir W [--train-src F --train-tgt F --valid-src F --valid-tgt F | --data D] [--task NAME]
                       [--config FILE] [--set SECTION.KEY=VALUE ...]
+    seq2seq preprocess --out D [--train-src F --train-tgt F --valid-src F --valid-tgt F] [--config FILE]
+                      [--set data.KEY=VALUE ...] [--workers N] [--workdir W]
     seq2seq translate --workdir W [--workdir W2 ...] [--beam-size K] [--input F] [--output F] [--prefix F] ...
     seq2seq evaluate  --workdir W [--workdir W2 ...] --src F --ref F [--ref F ...] [--beam-size K] [--rouge] [--json]
     seq2seq score     --workdir W [--workdir W2 ...] --src F --tgt F [--json] [--output F]
@@ -17,6 +19,7 @@ import dataclasses
 import json
 import logging
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -25,7 +28,8 @@ from seq2seq_jax.config import ConfigError, ExperimentConfig
 
 # Modules of each optional extra (pyproject.toml): a command that fails to import one names the extra to install.
 _EXTRA_OF_MODULE = {**dict.fromkeys(("jax", "jaxlib", "flax", "optax", "orbax", "ml_dtypes", "sacrebleu",
-                                     "rouge_score", "tqdm", "tensorboardX", "matplotlib"), "jax"), "torch": "torch"}
+                                     "rouge_score", "tqdm", "tensorboardX", "matplotlib", "grain",
+                                     "array_record"), "jax"), "torch": "torch"}
 _LIBRARY_NAMES = {"jax": "JAX", "jaxlib": "JAX", "flax": "JAX", "optax": "JAX", "orbax": "JAX", "torch": "PyTorch"}
 
 
@@ -83,6 +87,37 @@ def _plot_hypothesis_attention(trained, source: str, hypothesis, path: Path) -> 
     plot_attention(weights, src_tokens, tgt_tokens, path)
 
 
+_DATA_FLAGS = (("train_src", "data.train_src"), ("train_tgt", "data.train_tgt"), ("valid_src", "data.valid_src"),
+               ("valid_tgt", "data.valid_tgt"), ("task", "data.task"))
+
+
+def _data_flag_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` pairs of the data flags given (``--train-src F`` is ``--set data.train_src=F``)."""
+    return [f"{key}={getattr(args, flag)}" for flag, key in _DATA_FLAGS if getattr(args, flag, None) is not None]
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from seq2seq_jax.preprocess import preprocess
+    from seq2seq_jax.workdir import Workdir
+
+    run = Workdir(Path(args.workdir)) if args.workdir else None
+    if args.config:
+        config = ExperimentConfig.load(args.config)
+    else:  # the workdir's settings (its tokenizers' kind and limits), or the defaults
+        config = run.load_config() if run is not None else ExperimentConfig()
+    config = config.with_overrides(list(args.set or []) + _data_flag_overrides(args))
+    start = time.perf_counter()
+    corpus = preprocess(config, args.out, workers=args.workers,
+                        tokenizer_dir=run.tokenizer_dir if run is not None else None)
+    elapsed = time.perf_counter() - start
+    pairs = sum(report.total for report in corpus.reports().values())
+    counts = ", ".join(f"{name} {entry['records']} records in {len(entry['shards'])} shards"
+                       for name, entry in corpus.manifest["splits"].items())
+    print(f"wrote {corpus.path}: {counts}; {pairs} pairs in {elapsed:.1f} s ({pairs / max(elapsed, 1e-9):.0f} "
+          f"pairs/s) (train with: seq2seq train --data {corpus.path} --workdir W)")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from seq2seq_jax.workdir_lock import refuse_if_locked
 
@@ -106,12 +141,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         config = ExperimentConfig.load(args.config) if args.config else ExperimentConfig()
     overrides = list(args.set or [])
-    for flag, key in (("train_src", "data.train_src"), ("train_tgt", "data.train_tgt"),
-                      ("valid_src", "data.valid_src"), ("valid_tgt", "data.valid_tgt"), ("task", "data.task")):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    config = config.with_overrides(overrides)
+    if args.data is not None:
+        given = [flag for flag, _ in _DATA_FLAGS if getattr(args, flag) is not None]
+        if given:
+            raise ConfigError(f"--data trains from a preprocessed corpus: no --{given[0].replace('_', '-')} "
+                              "beside it (its data settings are the corpus's)")
+        if not run.exists():  # the corpus's data section; --set may change how batches are cut
+            from seq2seq_jax.corpus import open_corpus
+
+            config = dataclasses.replace(config, data=open_corpus(args.data).config().data)
+        overrides.insert(0, f"data.preprocessed_dir={Path(args.data).resolve()}")
+    config = config.with_overrides(overrides + _data_flag_overrides(args))
     if run.exists() and config.model != run.load_config().model:
         raise ConfigError(f"{run.config_path}: model settings cannot change when resuming; use a new --workdir")
     train(config, args.workdir, mesh=mesh)
@@ -293,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--valid-src")
     train.add_argument("--valid-tgt")
     train.add_argument("--task", help="built-in generated task (dates, numbers, reverse)")
+    train.add_argument("--data", metavar="D", help="train from this directory of seq2seq preprocess (its data "
+                       "settings and tokenizers) instead of --train-src/--train-tgt or --task")
     train.add_argument("--config", help="JSON file with model/data/train/decode sections")
     train.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting")
     devices = train.add_argument_group(
@@ -308,6 +350,21 @@ def build_parser() -> argparse.ArgumentParser:
                          help="multi-host with whatever jax.distributed.initialize detects from the cluster "
                               "(Cloud TPU pods, SLURM, Open MPI, Kubernetes); flags given beside it take precedence")
     train.set_defaults(handler=cmd_train)
+
+    preprocess = commands.add_parser("preprocess", help="tokenize a corpus once into ArrayRecord shards "
+                                     "(seq2seq train --data)")
+    preprocess.add_argument("--out", required=True, metavar="D", help="new directory for the corpus")
+    preprocess.add_argument("--train-src")
+    preprocess.add_argument("--train-tgt")
+    preprocess.add_argument("--valid-src")
+    preprocess.add_argument("--valid-tgt")
+    preprocess.add_argument("--task", help="built-in generated task (dates, numbers, reverse) when no files")
+    preprocess.add_argument("--config", help="JSON file with a data section (the other sections are kept too)")
+    preprocess.add_argument("--set", action="append", metavar="data.KEY=VALUE", help="override one setting")
+    preprocess.add_argument("--workers", type=int, default=1, metavar="N", help="tokenizing processes")
+    preprocess.add_argument("--workdir", metavar="W", help="reuse this workdir's tokenizers (and, without "
+                            "--config, its settings)")
+    preprocess.set_defaults(handler=cmd_preprocess)
 
     ensemble_help = "trained workdir (repeat for an ensemble; decoding defaults come from the first)"
     translate = commands.add_parser("translate", help="translate stdin (or --input) line by line")

@@ -158,6 +158,10 @@ class DataConfig(_JsonConfig):
     Each batch holds one (source bucket, target bucket) of padded lengths ``(S, T)`` and the largest multiple
     of the mesh's data-axis size of rows with ``rows * max(S, T) <= max_tokens``, so long sentences come in
     fewer rows and short ones in more; the shapes are known before training (``data.batch_shapes``).
+
+    ``preprocessed_dir``: train from this directory of ``seq2seq preprocess`` (``train --data``) instead of
+    preprocessing the files or task above into the workdir. ``tokenizer_sample_size``: the tokenizers are
+    trained on a reservoir sample of at most this many training pairs (all of them when there are fewer).
     """
 
     task: str = "dates"
@@ -186,6 +190,8 @@ class DataConfig(_JsonConfig):
     tgt_bucket_width: int = 0
     max_tokens: int = 0
     seed: int = 0
+    preprocessed_dir: str = ""
+    tokenizer_sample_size: int = 1_000_000
 
     def __post_init__(self):
         _check(self.tokenizer in ("char", "word", "unigram", "bpe"),
@@ -195,7 +201,7 @@ class DataConfig(_JsonConfig):
         _check(self.encoding_errors in ("strict", "replace"),
                f"data.encoding_errors must be 'strict' or 'replace', got {self.encoding_errors!r}")
         for name in ("batch_size", "bucket_width", "max_src_len", "max_tgt_len", "vocab_size", "min_freq",
-                     "max_vocab_size"):
+                     "max_vocab_size", "tokenizer_sample_size"):
             _check(getattr(self, name) > 0, f"data.{name} must be positive, got {getattr(self, name)}")
         _check(self.max_tokens >= 0, f"data.max_tokens must be >= 0 (0: batches of batch_size rows), "
                f"got {self.max_tokens}")

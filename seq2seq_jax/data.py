@@ -9,13 +9,17 @@ lengths rounded up to a multiple of ``bucket_width`` (one for both sides, or ``(
 epoch produces a small, known set of shapes (``padded_shapes``), i.e. a small number of compiled programs.
 With a token budget (``max_tokens > 0``) a batch holds one (source bucket, target bucket) and as many rows as
 the budget allows for that bucket (``TokenBudget``); the ``(rows, src, tgt)`` shapes are again known before
-training (``batch_shapes``). Numpy only; no JAX here.
+training (``batch_shapes``). Batches are planned from the examples' lengths alone (``[n, 2]``, as a
+preprocessed corpus stores them) over any random-access source of examples; only the examples of a batch's
+rows (with several processes: of this process's rows) are read, by grain, when it is built. Numpy and grain;
+no JAX here.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -79,20 +83,69 @@ def _read_raw_lines(path: str | Path) -> list[bytes]:
     return [line[:-1] if line.endswith(b"\r") else line for line in lines]
 
 
+def _decode_line(path: Path, line_number: int, raw: bytes, encoding_errors: str) -> tuple[str, bool]:
+    """``(text, replaced)`` of one raw line: invalid UTF-8 is a ``DataError`` naming the file and line with
+    ``"strict"``, U+FFFD with ``"replace"`` (then ``replaced`` is True)."""
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError as error:
+        if encoding_errors == "strict":
+            raise DataError(f"{path}:{line_number}: invalid UTF-8 at byte {error.start + 1} of the line "
+                            f"({raw[error.start:error.end]!r}); fix the file or set "
+                            f"data.encoding_errors=replace") from None
+        return raw.decode("utf-8", errors="replace"), True
+
+
 def _decode_lines(path: Path, raw_lines: list[bytes], encoding_errors: str) -> TextLines:
     lines = []
     replaced = []
     for line_number, raw in enumerate(raw_lines, start=1):
-        try:
-            lines.append(raw.decode("utf-8"))
-        except UnicodeDecodeError as error:
-            if encoding_errors == "strict":
-                raise DataError(f"{path}:{line_number}: invalid UTF-8 at byte {error.start + 1} of the line "
-                                f"({raw[error.start:error.end]!r}); fix the file or set "
-                                f"data.encoding_errors=replace") from None
-            lines.append(raw.decode("utf-8", errors="replace"))
+        text, was_replaced = _decode_line(path, line_number, raw, encoding_errors)
+        lines.append(text)
+        if was_replaced:
             replaced.append(line_number)
     return TextLines(lines, path, replaced)
+
+
+def _iter_raw_lines(path: Path) -> Iterator[bytes]:
+    """The lines of ``path`` as ``_read_raw_lines`` gives them, read one at a time (binary files split on
+    ``\\n`` only)."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot read: {error.strerror}") from None
+    with handle:
+        for line_number, line in enumerate(handle, start=1):
+            if line_number == 1 and line.startswith(UTF8_BOM):
+                line = line[len(UTF8_BOM):]
+            line = line[:-1] if line.endswith(b"\n") else line
+            yield line[:-1] if line.endswith(b"\r") else line
+
+
+def iter_parallel(src_path: str | Path, tgt_path: str | Path,
+                  encoding_errors: str = "strict") -> Iterator[tuple[str, str, bool]]:
+    """``(source, target, replaced)`` of two line-aligned files, read line by line in step (``read_parallel``
+    without holding the files: memory does not grow with them). ``replaced``: invalid UTF-8 was replaced on
+    either side. A file that ends before the other is a ``DataError`` naming both and the line with no
+    counterpart, raised when it is reached."""
+    _check_encoding_errors(encoding_errors)
+    src_path, tgt_path = Path(src_path), Path(tgt_path)
+    src_lines, tgt_lines = _iter_raw_lines(src_path), _iter_raw_lines(tgt_path)
+    line_number = 0
+    while True:
+        src_raw, tgt_raw = next(src_lines, None), next(tgt_lines, None)
+        line_number += 1
+        if src_raw is None and tgt_raw is None:
+            return
+        if src_raw is None or tgt_raw is None:
+            ended, longer = (src_path, tgt_path) if src_raw is None else (tgt_path, src_path)
+            raise DataError(f"parallel files differ in line count: {ended} ends after line {line_number - 1} "
+                            f"but {longer} goes on: line {line_number} of {longer} has no counterpart")
+        source, src_replaced = _decode_line(src_path, line_number, src_raw, encoding_errors)
+        target, tgt_replaced = _decode_line(tgt_path, line_number, tgt_raw, encoding_errors)
+        yield source, target, src_replaced or tgt_replaced
 
 
 def read_lines(path: str | Path, encoding_errors: str = "strict") -> TextLines:
@@ -145,18 +198,28 @@ def check_same_line_count(first_name: str, first: Sequence[str], second_name: st
                         f"{min(len(first), len(second)) + 1} of {longer} has no counterpart")
 
 
-def read_tsv(path: str | Path, encoding_errors: str = "strict") -> ParallelPairs:
-    """(source, target) pairs from ``source<TAB>target`` lines; a line without exactly one tab is an error."""
-    lines = read_lines(path, encoding_errors)
-    pairs = []
-    for line_number, line in enumerate(lines, start=1):
+def iter_tsv(path: str | Path, encoding_errors: str = "strict") -> Iterator[tuple[str, str, bool]]:
+    """``(source, target, replaced)`` of ``source<TAB>target`` lines, read one at a time; a line without
+    exactly one tab is an error naming the file and line."""
+    _check_encoding_errors(encoding_errors)
+    path = Path(path)
+    for line_number, raw in enumerate(_iter_raw_lines(path), start=1):
+        line, replaced = _decode_line(path, line_number, raw, encoding_errors)
         tabs = line.count("\t")
         if tabs != 1:
             raise DataError(f"{path}:{line_number}: expected exactly one tab (source<TAB>target), "
                             f"found {tabs}")
         source, target = line.split("\t")
+        yield source, target, replaced
+
+
+def read_tsv(path: str | Path, encoding_errors: str = "strict") -> ParallelPairs:
+    """(source, target) pairs from ``source<TAB>target`` lines; a line without exactly one tab is an error."""
+    pairs, replaced_lines = [], 0
+    for source, target, replaced in iter_tsv(path, encoding_errors):
         pairs.append((source, target))
-    return ParallelPairs(pairs, lines.replaced_lines, str(path))
+        replaced_lines += replaced
+    return ParallelPairs(pairs, replaced_lines, str(path))
 
 
 class Example(NamedTuple):
@@ -201,44 +264,75 @@ class DataReport:
                  f"{self.tgt_unk}/{self.tgt_tokens} target"]
         return ", ".join(parts)
 
+    def add(self, other: DataReport) -> None:
+        """Add the counts of ``other`` (the report of a further part of the same split) to these."""
+        for name in COUNT_FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-able values, ``kept_indices`` left out (``from_dict`` reads it back)."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
+                if field.name != "kept_indices"}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DataReport:
+        return cls(**values)
+
+
+COUNT_FIELDS = ("total", "kept", "dropped_empty", "dropped_long", "cropped", "replaced_lines", "src_tokens",
+                "tgt_tokens", "src_unk", "tgt_unk")
+
+
+def encode_pair(source: str, target: str, src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer, data_config,
+                report: DataReport) -> Example | None:
+    """The ``Example`` of one pair, or None when it is dropped: an empty source or target, or longer than
+    ``max_src_len`` / ``max_tgt_len`` (counting the EOS on each side) under ``long_pair_policy="drop"`` (with
+    ``"crop"`` it is cropped). Adds the pair to ``report``'s counts (all but ``kept_indices``)."""
+    max_src, max_tgt = data_config.max_src_len, data_config.max_tgt_len
+    report.total += 1
+    src_ids, tgt_ids = src_tokenizer.encode(source), tgt_tokenizer.encode(target)
+    if not src_ids or not tgt_ids:
+        report.dropped_empty += 1
+        return None
+    if len(src_ids) + 1 > max_src or len(tgt_ids) + 1 > max_tgt:
+        if data_config.long_pair_policy != "crop" or max_src < 2 or max_tgt < 2:
+            report.dropped_long += 1
+            return None
+        src_ids, tgt_ids = src_ids[: max_src - 1], tgt_ids[: max_tgt - 1]
+        report.cropped += 1
+    report.kept += 1
+    report.src_tokens += len(src_ids)
+    report.tgt_tokens += len(tgt_ids)
+    report.src_unk += src_ids.count(UNK_ID)
+    report.tgt_unk += tgt_ids.count(UNK_ID)
+    return Example(np.array(src_ids + [EOS_ID], dtype=np.int32), np.array(tgt_ids, dtype=np.int32))
+
+
+def new_report(data_config, name: str, replaced_lines: int = 0) -> DataReport:
+    """An empty ``DataReport`` of split ``name`` under ``data_config``'s length limits."""
+    return DataReport(name=name, replaced_lines=replaced_lines, max_src_len=data_config.max_src_len,
+                      max_tgt_len=data_config.max_tgt_len, long_pair_policy=data_config.long_pair_policy)
+
 
 def encode_pairs(pairs: Sequence[tuple[str, str]], src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer,
                  data_config, name: str = "train",
                  replaced_lines: int | None = None) -> tuple[list[Example], DataReport]:
-    """Token ids of ``pairs``: ``Example(src_ids + [EOS], tgt_ids)`` as int32 arrays.
+    """Token ids of ``pairs``: ``Example(src_ids + [EOS], tgt_ids)`` as int32 arrays, by ``encode_pair``.
 
     Pairs with an empty source or target are dropped; pairs longer than ``max_src_len`` / ``max_tgt_len``
     (counting the EOS on each side) are dropped or cropped per ``data_config.long_pair_policy``. Every such
     decision is counted in the returned ``DataReport``; ``replaced_lines`` defaults to the count carried by
     ``ParallelPairs``.
     """
-    max_src, max_tgt = data_config.max_src_len, data_config.max_tgt_len
-    crop = data_config.long_pair_policy == "crop"
     if replaced_lines is None:
         replaced_lines = getattr(pairs, "replaced_lines", 0)
-    report = DataReport(name=name, total=len(pairs), replaced_lines=replaced_lines, max_src_len=max_src,
-                        max_tgt_len=max_tgt, long_pair_policy=data_config.long_pair_policy)
+    report = new_report(data_config, name, replaced_lines)
     examples = []
     for pair_index, (source, target) in enumerate(pairs):
-        src_ids, tgt_ids = src_tokenizer.encode(source), tgt_tokenizer.encode(target)
-        if not src_ids or not tgt_ids:
-            report.dropped_empty += 1
-            continue
-        too_long = len(src_ids) + 1 > max_src or len(tgt_ids) + 1 > max_tgt
-        if too_long:
-            if not crop or max_src < 2 or max_tgt < 2:
-                report.dropped_long += 1
-                continue
-            src_ids, tgt_ids = src_ids[: max_src - 1], tgt_ids[: max_tgt - 1]
-            report.cropped += 1
-        report.src_tokens += len(src_ids)
-        report.tgt_tokens += len(tgt_ids)
-        report.src_unk += src_ids.count(UNK_ID)
-        report.tgt_unk += tgt_ids.count(UNK_ID)
-        report.kept_indices.append(pair_index)
-        examples.append(Example(np.array(src_ids + [EOS_ID], dtype=np.int32),
-                                np.array(tgt_ids, dtype=np.int32)))
-    report.kept = len(examples)
+        example = encode_pair(source, target, src_tokenizer, tgt_tokenizer, data_config, report)
+        if example is not None:
+            report.kept_indices.append(pair_index)
+            examples.append(example)
     return examples, report
 
 
@@ -251,7 +345,10 @@ class Batch(NamedTuple):
     tgt_in   [batch, tgt_len_padded] int32   BOS y_1 .. y_n, then PAD
     tgt_out  [batch, tgt_len_padded] int32   y_1 .. y_n EOS, then PAD
     tgt_len  [batch] int32                   n + 1 (0 for padding rows)
-    index    [batch] int64                   position of the example in the list batched; -1 for padding rows
+    index    [batch] int64                   position of the example in the source batched; -1 for padding rows
+
+    ``global_rows``: the rows of the global batch these rows are part of, when they are one process's rows of
+    it (``BatchIterator(local_rows=...)``); None when the batch is whole.
     """
 
     src: np.ndarray
@@ -260,6 +357,7 @@ class Batch(NamedTuple):
     tgt_out: np.ndarray
     tgt_len: np.ndarray
     index: np.ndarray
+    global_rows: int | None = None
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The model's inputs and targets by name (``index`` left out): what the train and eval steps take."""
@@ -271,11 +369,37 @@ def round_up(length: int | np.ndarray, multiple: int) -> int | np.ndarray:
     return -(-length // multiple) * multiple
 
 
-def _lengths(examples: Sequence[Example]) -> tuple[np.ndarray, np.ndarray]:
-    """``src_len [n]`` (EOS included) and ``tgt_len [n]`` (n + 1: the decoder's steps) of every example."""
-    src_len = np.fromiter((len(example.src) for example in examples), dtype=np.int64, count=len(examples))
-    tgt_len = np.fromiter((len(example.tgt) + 1 for example in examples), dtype=np.int64, count=len(examples))
-    return src_len, tgt_len
+def example_lengths(examples: Sequence[Example]) -> np.ndarray:
+    """``[n, 2] int32``: ``len(src)`` (EOS included) and ``len(tgt)`` (no BOS/EOS) of every example; reads
+    each of them once. A preprocessed corpus stores this array, so its batches are planned without reading."""
+    lengths = np.empty((len(examples), 2), dtype=np.int32)
+    for i, example in enumerate(examples):
+        lengths[i] = len(example.src), len(example.tgt)
+    return lengths
+
+
+def _source_lengths(source: Sequence[Example], lengths: np.ndarray | None) -> np.ndarray:
+    """``lengths`` checked against ``source``; default ``source.lengths`` where it has them, else computed."""
+    if lengths is None:
+        lengths = getattr(source, "lengths", None)
+    if lengths is None:
+        return example_lengths(source)
+    lengths = np.asarray(lengths)
+    if lengths.shape != (len(source), 2):
+        raise DataError(f"lengths of shape {lengths.shape} do not describe {len(source)} examples "
+                        f"(expected ({len(source)}, 2))")
+    return lengths
+
+
+def _lengths(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``src_len [n]`` (EOS included) and ``tgt_len [n]`` (n + 1: the decoder's steps) of ``lengths [n, 2]``,
+    int32: the plan of a corpus of millions of pairs is the part of the loader's memory that grows with it."""
+    return lengths[:, 0].astype(np.int32), lengths[:, 1].astype(np.int32) + 1
+
+
+def _positions(order: np.ndarray) -> np.ndarray:
+    """Example indices in the plan's dtype: int32 (half the memory) while they fit."""
+    return order.astype(np.int32) if len(order) < 2 ** 31 else order
 
 
 BucketWidth = int | tuple[int, int]  # one width for both sides, or (source, target)
@@ -375,32 +499,116 @@ def token_budget(max_tokens: int, row_quantum: int = 1) -> TokenBudget | None:
     return TokenBudget(max_tokens, row_quantum) if max_tokens else None
 
 
+def _read(source: Sequence[Example], indices: np.ndarray) -> list[Example]:
+    """``source[i]`` for each of ``indices``, in order (one ``__getitems__`` call where the source has one,
+    as grain's data sources do)."""
+    wanted = indices.tolist()
+    getitems = getattr(source, "__getitems__", None)
+    return list(getitems(wanted)) if getitems is not None else [source[i] for i in wanted]
+
+
+def _fill_batch(chosen: Sequence[Example], indices: np.ndarray, rows: int, src_width: int, tgt_width: int,
+                global_rows: int | None = None) -> Batch:
+    """``chosen`` (the examples at ``indices``) padded into a ``Batch`` of ``rows`` rows and padded lengths
+    ``src_width`` x ``tgt_width``; the rows after ``len(chosen)`` are padding rows. The ids are copied from one
+    flat buffer per side through a row-major mask, not row by row."""
+    count = len(chosen)
+    src = np.full((rows, src_width), PAD_ID, dtype=np.int32)
+    src[:, 0] = EOS_ID
+    src_len = np.ones(rows, dtype=np.int32)
+    tgt_in = np.full((rows, tgt_width), PAD_ID, dtype=np.int32)
+    tgt_out = np.full((rows, tgt_width), PAD_ID, dtype=np.int32)
+    tgt_len = np.zeros(rows, dtype=np.int32)
+    index = np.full(rows, -1, dtype=np.int64)
+    if count:
+        n_src = np.fromiter((len(example.src) for example in chosen), dtype=np.int64, count=count)
+        n_tgt = np.fromiter((len(example.tgt) for example in chosen), dtype=np.int64, count=count)
+        if n_src.max() > src_width or n_tgt.max() + 1 > tgt_width:
+            raise DataError(f"examples {indices.tolist()} are longer than their lengths say (padded source "
+                            f"{src_width}, target {tgt_width}): the lengths do not belong to this source")
+        src[:count][np.arange(src_width) < n_src[:, None]] = np.concatenate([example.src for example in chosen])
+        flat_tgt = np.concatenate([example.tgt for example in chosen])
+        tgt_in[:count, 0] = BOS_ID
+        tgt_in[:count, 1:][np.arange(tgt_width - 1) < n_tgt[:, None]] = flat_tgt
+        tgt_out[:count][np.arange(tgt_width) < n_tgt[:, None]] = flat_tgt
+        tgt_out[np.arange(count), n_tgt] = EOS_ID
+        src_len[:count] = n_src
+        tgt_len[:count] = n_tgt + 1
+        index[:count] = indices
+    return Batch(src, src_len, tgt_in, tgt_out, tgt_len, index, global_rows)
+
+
 def _make_batch(examples: Sequence[Example], indices: np.ndarray, batch_size: int,
                 bucket_width: BucketWidth) -> Batch:
     """Pad ``examples[indices]`` into a ``Batch`` of ``batch_size`` rows (the bucket's rows under a token
     budget), lengths rounded to the bucket."""
-    chosen = [examples[i] for i in indices]
+    chosen = _read(examples, np.asarray(indices))
     src_multiple, tgt_multiple = _widths(bucket_width)
     src_width = round_up(max(len(example.src) for example in chosen), src_multiple)
     tgt_width = round_up(max(len(example.tgt) + 1 for example in chosen), tgt_multiple)
-    src = np.full((batch_size, src_width), PAD_ID, dtype=np.int32)
-    src[:, 0] = EOS_ID
-    src_len = np.ones(batch_size, dtype=np.int32)
-    tgt_in = np.full((batch_size, tgt_width), PAD_ID, dtype=np.int32)
-    tgt_out = np.full((batch_size, tgt_width), PAD_ID, dtype=np.int32)
-    tgt_len = np.zeros(batch_size, dtype=np.int32)
-    index = np.full(batch_size, -1, dtype=np.int64)
-    for row, (example_index, example) in enumerate(zip(indices, chosen, strict=True)):
-        n_src, n_tgt = len(example.src), len(example.tgt)
-        src[row, :n_src] = example.src
-        src_len[row] = n_src
-        tgt_in[row, 0] = BOS_ID
-        tgt_in[row, 1: n_tgt + 1] = example.tgt
-        tgt_out[row, :n_tgt] = example.tgt
-        tgt_out[row, n_tgt] = EOS_ID
-        tgt_len[row] = n_tgt + 1
-        index[row] = example_index
-    return Batch(src, src_len, tgt_in, tgt_out, tgt_len, index)
+    return _fill_batch(chosen, np.asarray(indices), batch_size, src_width, tgt_width)
+
+
+LocalRows = Callable[[int], slice]  # global rows of a batch -> this process's rows of it
+
+
+READ_SIZE = 2048  # examples read in one call: a store such as ArrayRecord has a large cost per call
+
+
+class _BatchBuilder:
+    """Planned batches (example indices) -> ``Batch``es: each batch's shape from the lengths alone, then only
+    the examples of this process's rows (``local_rows``; None: every row) read from ``source``, those of a run
+    of consecutive batches (``groups``) in one read."""
+
+    def __init__(self, source: Sequence[Example], src_len: np.ndarray, tgt_len: np.ndarray, batch_size: int,
+                 bucket_width: BucketWidth, budget: TokenBudget | None, local_rows: LocalRows | None,
+                 read_size: int = READ_SIZE):
+        self.source, self.src_len, self.tgt_len = source, src_len, tgt_len
+        self.batch_size, self.bucket_width, self.budget = batch_size, bucket_width, budget
+        self.local_rows, self.read_size = local_rows, read_size
+        self._slices: dict[int, slice] = {}
+
+    def rows_of(self, global_rows: int) -> slice:
+        """This process's rows of a batch of ``global_rows`` rows."""
+        if self.local_rows is None:
+            return slice(0, global_rows)
+        if global_rows not in self._slices:
+            self._slices[global_rows] = self.local_rows(global_rows)
+        return self._slices[global_rows]
+
+    def _part(self, indices: np.ndarray) -> tuple[np.ndarray, int, int, int, int | None]:
+        """``(indices of this process's rows, its rows, src width, tgt width, global rows or None)``."""
+        rows, src_width, tgt_width = _batch_shape(indices, self.src_len, self.tgt_len, self.batch_size,
+                                                  self.bucket_width, self.budget)
+        if self.local_rows is None:
+            return indices, rows, src_width, tgt_width, None
+        mine = self.rows_of(rows)
+        return indices[mine], mine.stop - mine.start, src_width, tgt_width, rows
+
+    def groups(self, batches: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+        """``batches`` cut into runs of consecutive batches that read at least ``read_size`` examples here
+        (the last run may read fewer)."""
+        groups, current, count = [], [], 0
+        for indices in batches:
+            current.append(indices)
+            count += len(self._part(indices)[0])
+            if count >= self.read_size:
+                groups.append(current)
+                current, count = [], 0
+        if current:
+            groups.append(current)
+        return groups
+
+    def __call__(self, batches: Sequence[np.ndarray]) -> list[Batch]:
+        """The ``Batch`` of each of ``batches``, their examples read in one call."""
+        parts = [self._part(indices) for indices in batches]
+        examples = _read(self.source, np.concatenate([part[0] for part in parts]))
+        built, start = [], 0
+        for local, rows, src_width, tgt_width, global_rows in parts:
+            built.append(_fill_batch(examples[start: start + len(local)], local, rows, src_width, tgt_width,
+                                     global_rows))
+            start += len(local)
+        return built
 
 
 def _check_batching(batch_size: int, bucket_width: BucketWidth) -> None:
@@ -409,85 +617,127 @@ def _check_batching(batch_size: int, bucket_width: BucketWidth) -> None:
 
 
 def batch_shapes(examples: Sequence[Example], batch_size: int, bucket_width: BucketWidth, max_tokens: int = 0,
-                 row_quantum: int = 1) -> set[tuple[int, int, int]]:
+                 row_quantum: int = 1, lengths: np.ndarray | None = None) -> set[tuple[int, int, int]]:
     """The ``(rows, src_len_padded, tgt_len_padded)`` shapes that every training epoch (``BatchIterator``)
     and ``eval_batches`` produce for ``examples``: rows are ``batch_size``, or with ``max_tokens`` those of
-    each bucket's ``TokenBudget``. Raises ``DataError`` when the budget cannot hold a bucket that occurs."""
+    each bucket's ``TokenBudget``. Raises ``DataError`` when the budget cannot hold a bucket that occurs.
+    ``lengths`` as in ``BatchIterator`` (given, or the source's own, no example is read)."""
     _check_batching(batch_size, bucket_width)
-    if not examples:
+    if not len(examples):
         return set()
     budget = token_budget(max_tokens, row_quantum)
-    src_len, tgt_len = _lengths(examples)
-    batches = _plan(np.arange(len(examples)), src_len, tgt_len, batch_size, bucket_width, budget)
+    src_len, tgt_len = _lengths(_source_lengths(examples, lengths))
+    batches = _plan(_positions(np.arange(len(examples))), src_len, tgt_len, batch_size, bucket_width, budget)
     return {_batch_shape(b, src_len, tgt_len, batch_size, bucket_width, budget) for b in batches}
 
 
 def padded_shapes(examples: Sequence[Example], batch_size: int, bucket_width: BucketWidth, max_tokens: int = 0,
-                  row_quantum: int = 1) -> set[tuple[int, int]]:
+                  row_quantum: int = 1, lengths: np.ndarray | None = None) -> set[tuple[int, int]]:
     """The ``(src_len_padded, tgt_len_padded)`` shapes of ``batch_shapes`` (rows left out)."""
-    return {shape[1:] for shape in batch_shapes(examples, batch_size, bucket_width, max_tokens, row_quantum)}
+    return {shape[1:] for shape in batch_shapes(examples, batch_size, bucket_width, max_tokens, row_quantum,
+                                                lengths)}
 
 
 class BatchIterator:
-    """Endless training batches, epoch after epoch.
+    """Endless training batches, epoch after epoch, over any random-access ``source`` of examples
+    (``len(source)``, ``source[i] -> Example``: a list, or a preprocessed corpus split).
 
     Each epoch: a permutation drawn from ``(seed, epoch)``, examples grouped into length buckets (by source
     length first, then target length; see ``_plan_batches``), batches cut inside buckets, the batch order
-    shuffled. ``state()`` / ``restore(state)`` resume the exact sequence of batches. With ``max_tokens`` (0: off)
-    the batches are those of a ``TokenBudget`` of ``max_tokens`` padded tokens and ``row_quantum`` rows.
+    shuffled. The plan needs only ``lengths [n, 2] int32`` (``len(src)`` with EOS, ``len(tgt)`` without
+    BOS/EOS; default ``source.lengths`` where the source has them, else read from every example once): the
+    iterator keeps no examples, and reads those of a batch when it builds it. ``state()`` / ``restore(state)``
+    resume the exact sequence of batches. With ``max_tokens`` (0: off) the batches are those of a
+    ``TokenBudget`` of ``max_tokens`` padded tokens and ``row_quantum`` rows.
+
+    ``local_rows`` (e.g. ``functools.partial(parallel.process_rows, sharding)``) makes each batch only this
+    process's rows of the global batch (``Batch.global_rows`` says how many the global batch has), reading only
+    their examples, with the global batch's padded lengths: every process plans the same global batches and
+    builds its own part. Batches are built by grain (``MapDataset`` over the epoch's plan) in groups of
+    consecutive batches whose examples are read in one call (about ``READ_SIZE``), with ``read_threads``
+    background threads and ``prefetch`` groups built ahead (0 and 0: built when asked for).
 
     ``epoch`` is the epoch the next batch comes from (0-based; it advances as soon as an epoch's last batch is
     given) and ``position`` the number of that epoch's batches already given.
     """
 
-    def __init__(self, examples: Sequence[Example], batch_size: int, bucket_width: BucketWidth, seed: int,
-                 max_tokens: int = 0, row_quantum: int = 1):
+    def __init__(self, source: Sequence[Example], batch_size: int, bucket_width: BucketWidth, seed: int,
+                 max_tokens: int = 0, row_quantum: int = 1, lengths: np.ndarray | None = None,
+                 local_rows: LocalRows | None = None, read_threads: int = 0, prefetch: int = 0):
         _check_batching(batch_size, bucket_width)
-        if not examples:
+        if not len(source):
             raise DataError("no training examples to batch (every pair was empty or too long?)")
-        self.examples = examples
+        if read_threads < 0 or prefetch < 0:
+            raise ValueError(f"read_threads and prefetch must be >= 0, got {read_threads} and {prefetch}")
+        self.source = source
+        self.num_examples = len(source)
         self.batch_size = batch_size
         self.bucket_width = _widths(bucket_width)
         self.seed = seed
         self.max_tokens, self.row_quantum = max_tokens, row_quantum if max_tokens else 1
+        self.read_threads, self.prefetch = read_threads, prefetch
         self._budget = token_budget(max_tokens, row_quantum)
-        self._src_len, self._tgt_len = _lengths(examples)
+        self.lengths = _source_lengths(source, lengths)
+        self._src_len, self._tgt_len = _lengths(self.lengths)
+        self._build = _BatchBuilder(source, self._src_len, self._tgt_len, batch_size, self.bucket_width,
+                                    self._budget, local_rows)
         self.epoch = 0
         self.position = 0
         self._plan = self._epoch_plan(0)
+        self._groups = None  # grain's iterator over the rest of the epoch in groups, opened by __next__
+        self._built: collections.deque[Batch] = collections.deque()  # the current group's batches not yet given
 
     def _epoch_plan(self, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
-        batches = _plan(rng.permutation(len(self.examples)), self._src_len, self._tgt_len, self.batch_size,
+        batches = _plan(_positions(rng.permutation(self.num_examples)), self._src_len, self._tgt_len, self.batch_size,
                         self.bucket_width, self._budget)
         return [batches[i] for i in rng.permutation(len(batches))]
+
+    def _open(self):
+        """grain's iterator over the batches of ``self._plan`` from ``self.position`` on, in groups read at once
+        (``_BatchBuilder.groups``)."""
+        import grain
+
+        options = grain.ReadOptions(num_threads=self.read_threads, prefetch_buffer_size=self.prefetch)
+        groups = self._build.groups(self._plan[self.position:])
+        return iter(grain.MapDataset.source(groups).map(self._build).to_iter_dataset(options))
+
+    def close(self) -> None:
+        """Stop building batches ahead (``__next__`` opens a new reader)."""
+        if self._groups is not None:
+            self._groups.close()
+        self._groups, self._built = None, collections.deque()
 
     @property
     def batches_per_epoch(self) -> int:
         return len(self._plan)
 
     def padded_shapes(self) -> set[tuple[int, int]]:
-        return padded_shapes(self.examples, self.batch_size, self.bucket_width, self.max_tokens, self.row_quantum)
+        return {shape[1:] for shape in self.batch_shapes()}
 
     def batch_shapes(self) -> set[tuple[int, int, int]]:
-        return batch_shapes(self.examples, self.batch_size, self.bucket_width, self.max_tokens, self.row_quantum)
+        return batch_shapes(self.source, self.batch_size, self.bucket_width, self.max_tokens, self.row_quantum,
+                            self.lengths)
 
     def __iter__(self) -> BatchIterator:
         return self
 
     def __next__(self) -> Batch:
-        indices = self._plan[self.position]
+        if not self._built:
+            if self._groups is None:
+                self._groups = self._open()
+            self._built.extend(next(self._groups))
+        batch = self._built.popleft()
         self.position += 1
         if self.position == len(self._plan):
+            self.close()
             self.epoch, self.position = self.epoch + 1, 0
             self._plan = self._epoch_plan(self.epoch)
-        rows, _, _ = _batch_shape(indices, self._src_len, self._tgt_len, self.batch_size, self.bucket_width,
-                                  self._budget)
-        return _make_batch(self.examples, indices, rows, self.bucket_width)
+        return batch
 
     def _settings(self) -> dict[str, Any]:
         """What must match on ``restore``: the same examples batched the same way."""
-        return {"seed": self.seed, "num_examples": len(self.examples), "batch_size": self.batch_size,
+        return {"seed": self.seed, "num_examples": self.num_examples, "batch_size": self.batch_size,
                 "bucket_width": list(self.bucket_width), "max_tokens": self.max_tokens,
                 "row_quantum": self.row_quantum}
 
@@ -517,21 +767,25 @@ class BatchIterator:
         if not 0 <= position < len(plan):
             raise DataError(f"cannot restore the data iterator: position {position} is outside epoch {epoch} "
                             f"of {len(plan)} batches")
+        self.close()
         self.epoch, self.position, self._plan = epoch, position, plan
 
 
 def eval_batches(examples: Sequence[Example], batch_size: int, bucket_width: BucketWidth, max_tokens: int = 0,
-                 row_quantum: int = 1) -> Iterator[Batch]:
+                 row_quantum: int = 1, lengths: np.ndarray | None = None,
+                 local_rows: LocalRows | None = None) -> Iterator[Batch]:
     """One pass over ``examples``, each exactly once, grouped by length; ``Batch.index`` gives positions in
-    ``examples`` (-1 for padding rows). Shapes are those of ``batch_shapes`` (same arguments)."""
+    ``examples`` (-1 for padding rows). Shapes are those of ``batch_shapes`` (same arguments); ``lengths`` and
+    ``local_rows`` as in ``BatchIterator``."""
     _check_batching(batch_size, bucket_width)
-    if not examples:
+    if not len(examples):
         return
     budget = token_budget(max_tokens, row_quantum)
-    src_len, tgt_len = _lengths(examples)
-    for indices in _plan(np.arange(len(examples)), src_len, tgt_len, batch_size, bucket_width, budget):
-        rows, _, _ = _batch_shape(indices, src_len, tgt_len, batch_size, bucket_width, budget)
-        yield _make_batch(examples, indices, rows, bucket_width)
+    src_len, tgt_len = _lengths(_source_lengths(examples, lengths))
+    build = _BatchBuilder(examples, src_len, tgt_len, batch_size, bucket_width, budget, local_rows)
+    batches = _plan(_positions(np.arange(len(examples))), src_len, tgt_len, batch_size, bucket_width, budget)
+    for group in build.groups(batches):
+        yield from build(group)
 
 
 def source_batches(src_id_lists: Sequence[Sequence[int]], batch_size: int,

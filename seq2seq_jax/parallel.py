@@ -13,9 +13,10 @@ moments get the sharding of the parameter they belong to (the rules match the en
 which an optax moment shares with its parameter).
 
 Multi-host: ``initialize_distributed`` calls ``jax.distributed.initialize`` before any computation. Every
-process then builds the same global batch plan, and ``shard_batch`` hands each process's rows of it (only
-those) to ``jax.make_array_from_process_local_data``; the global batch is the one a single process would
-see, so losses match a one-process run up to floating-point reduction order.
+process then plans the same global batches from the examples' lengths, builds and reads only its own rows of
+each (``data.BatchIterator(local_rows=...)`` with ``process_rows``), and ``shard_batch`` hands them to
+``jax.make_array_from_process_local_data`` with the global shape; the global batch is the one a single
+process would see, so losses match a one-process run up to floating-point reduction order.
 
 The step functions in ``train.py`` know nothing of any of this: the caller jits them with the shardings
 made here (``jax.jit(..., in_shardings=..., out_shardings=...)``).
@@ -254,17 +255,31 @@ def process_rows(sharding: NamedSharding, global_rows: int) -> slice:
     return slice(start, stop)
 
 
-def shard_batch(arrays: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-    """The global batch (the same plan on every process) as global arrays split along ``sharding``'s data
-    axis. Each process reads only its own rows of each array (``process_rows``)."""
+def shard_batch(arrays: dict[str, np.ndarray], sharding: NamedSharding,
+                global_rows: int | None = None) -> dict[str, jax.Array]:
+    """A batch as global arrays split along ``sharding``'s data axis.
+
+    ``global_rows=None``: ``arrays`` are the whole global batch (the same on every process) and each process
+    hands over only its own rows of them (``process_rows``). Otherwise ``arrays`` are already this process's
+    rows (``process_rows(sharding, global_rows)``, e.g. from ``BatchIterator(local_rows=...)``) of a global
+    batch of ``global_rows`` rows, the other dimensions as given."""
     sizes = {int(np.shape(value)[0]) for value in arrays.values()}
     if len(sizes) != 1:
         raise ParallelError(f"batch arrays disagree on the batch size: { {k: np.shape(v) for k, v in arrays.items()} }")
-    global_rows = sizes.pop()
+    rows_given = sizes.pop()
+    if global_rows is None:
+        global_rows = rows_given
     check_batch_size(global_rows, sharding.mesh, what="batch size")
     rows = process_rows(sharding, global_rows)
-    return {name: jax.make_array_from_process_local_data(sharding, np.asarray(value)[rows], np.shape(value))
-            for name, value in arrays.items()}
+    if rows_given == global_rows:
+        local = {name: np.asarray(value)[rows] for name, value in arrays.items()}
+    elif rows_given == rows.stop - rows.start:
+        local = {name: np.asarray(value) for name, value in arrays.items()}
+    else:
+        raise ParallelError(f"process {jax.process_index()} holds rows {rows.start}:{rows.stop} of a "
+                            f"{global_rows}-row batch but was given {rows_given} rows")
+    return {name: jax.make_array_from_process_local_data(sharding, value, (global_rows, *value.shape[1:]))
+            for name, value in local.items()}
 
 
 # ---------------------------------------------------------------------------------------------- steps

@@ -8,18 +8,21 @@ are bit-identical to those of an uninterrupted run.
 The same loop runs on one device, many, or many hosts (``seq2seq_jax.parallel``): the state is placed on a
 ``(data, model)`` mesh, each global batch is split along ``data`` (every process builds the same batch plan
 and hands over only its own rows), and the steps are jitted with those shardings. Process 0 alone writes
-``config.json``, the tokenizers, metrics and the progress bar; every process takes part in checkpointing
-(orbax writes collectively) and decides to stop (SIGTERM, early stopping, the NaN guard) together.
+the corpus (``W/data``, unless ``data.preprocessed_dir`` names one), ``config.json``, the tokenizers, metrics
+and the progress bar; every process takes part in checkpointing (orbax writes collectively) and decides to
+stop (SIGTERM, early stopping, the NaN guard) together.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -32,35 +35,22 @@ from seq2seq_jax import data as data_lib
 from seq2seq_jax import parallel
 from seq2seq_jax.checkpoint import CheckpointError
 from seq2seq_jax.config import ExperimentConfig
+from seq2seq_jax.corpus import Corpus, open_corpus
 from seq2seq_jax.metrics import corpus_bleu, exact_match, perplexity
-from seq2seq_jax.tasks import task_splits
-from seq2seq_jax.tokenizer import Tokenizer, build_tokenizers, load_tokenizers
+from seq2seq_jax.preprocess import corpus_mismatch, preprocess
+from seq2seq_jax.tokenizer import SIDE_NAMES, Tokenizer, load_tokenizers, same_tokenizer
 from seq2seq_jax.train import make_eval_step, make_grad_accumulation, make_optimizer, make_train_step
 from seq2seq_jax.translate import Translator
 from seq2seq_jax.workdir import Workdir, fresh_train_state
 from seq2seq_jax.workdir_lock import workdir_lock
 
+# Training batches are built by one background thread while the device runs the step, up to 4 reads ahead
+# (each the examples of a run of batches, about data.READ_SIZE).
+READ_THREADS, PREFETCH_READS = 1, 4
+
 
 class TrainingAborted(RuntimeError):
     """Training cannot go on (e.g. too many non-finite steps in a row)."""
-
-
-def load_pairs(config: ExperimentConfig):
-    """``(train_pairs, valid_pairs)`` from the configured files or built-in task; valid may be empty."""
-    data = config.data
-    if not data.uses_files:
-        return task_splits(data.task, data.task_train_size, data.task_valid_size, data.task_seed)
-    if data.train_tsv:
-        train = data_lib.read_tsv(data.train_tsv, data.encoding_errors)
-    else:
-        train = data_lib.read_parallel(data.train_src, data.train_tgt, data.encoding_errors)
-    if data.valid_tsv:
-        valid = data_lib.read_tsv(data.valid_tsv, data.encoding_errors)
-    elif data.valid_src:
-        valid = data_lib.read_parallel(data.valid_src, data.valid_tgt, data.encoding_errors)
-    else:
-        valid = []
-    return train, valid
 
 
 class MetricsLog:
@@ -110,20 +100,60 @@ class _SigtermFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def prepare_run(config: ExperimentConfig, run: Workdir, log=print, write: bool = True):
-    """Resolve the config against the workdir: tokenizers (built once, then reused), vocabulary sizes,
-    and ``config.json``. Returns ``(config, src_tokenizer, tgt_tokenizer, train_pairs, valid_pairs)``.
+def corpus_directory(config: ExperimentConfig, run: Workdir) -> Path:
+    """Where the run's preprocessed corpus is: ``data.preprocessed_dir`` (``train --data``), else ``W/data``."""
+    return Path(config.data.preprocessed_dir) if config.data.preprocessed_dir else run.path / "data"
+
+
+def prepare_corpus(config: ExperimentConfig, run: Workdir, log=print) -> Corpus:
+    """The run's corpus (process 0): ``data.preprocessed_dir``, whose data settings must be this run's; or
+    ``W/data``, preprocessed from the configured files or task the first time (with the workdir's tokenizers when
+    it has them) and reused when its manifest matches (same source files and sizes, same data settings)."""
+    directory = corpus_directory(config, run)
+    if config.data.preprocessed_dir:
+        corpus = open_corpus(directory)
+        mismatch = corpus_mismatch(corpus, config.data, sources=False)
+        if mismatch:
+            raise data_lib.DataError(f"{directory}: the corpus was made with other data settings than this run's "
+                                     f"({mismatch}); leave them unset with --data, or preprocess again")
+        log(f"data: {directory}")
+        return corpus
+    if not directory.is_dir() or not any(directory.iterdir()):
+        has_tokenizers = (run.tokenizer_dir / "src.tokenizer.json").is_file()
+        corpus = preprocess(config, directory, tokenizer_dir=run.tokenizer_dir if has_tokenizers else None,
+                            log=_quiet)
+        log(f"data: preprocessed into {directory}" + (f" with the tokenizers of {run.tokenizer_dir}"
+                                                      if has_tokenizers else ""))
+        return corpus
+    corpus = open_corpus(directory)
+    mismatch = corpus_mismatch(corpus, config.data)
+    if mismatch:
+        raise data_lib.DataError(f"{directory} holds the corpus this workdir was trained on, and this run's data "
+                                 f"differs: {mismatch}; use a new --workdir for other data")
+    log(f"data: {directory} (preprocessed before)")
+    return corpus
+
+
+def prepare_run(config: ExperimentConfig, run: Workdir, corpus: Corpus, log=print, write: bool = True):
+    """Resolve the config against the workdir and the corpus: the corpus's tokenizers (copied into the workdir,
+    or checked against those it already has), vocabulary sizes, and ``config.json``. Returns ``(config,
+    src_tokenizer, tgt_tokenizer)``.
 
     ``write=False`` (the other processes of a multi-host run, after process 0 has prepared the workdir)
-    only reads: the tokenizers must exist, and ``config.json`` is not written."""
+    only reads: ``config.json`` and the tokenizers are not written."""
     if write:
         run.path.mkdir(parents=True, exist_ok=True)
-    train_pairs, valid_pairs = load_pairs(config)
-    if (run.tokenizer_dir / "src.tokenizer.json").is_file() or not write:
-        src_tok, tgt_tok = load_tokenizers(run.tokenizer_dir)
-    else:
-        src_tok, tgt_tok = build_tokenizers(config.data, [s for s, _ in train_pairs], [t for _, t in train_pairs],
-                                            run.tokenizer_dir)
+    src_tok, tgt_tok = corpus.tokenizers()
+    if (run.tokenizer_dir / "src.tokenizer.json").is_file():
+        for side, ours, theirs in zip(SIDE_NAMES, load_tokenizers(run.tokenizer_dir), (src_tok, tgt_tok),
+                                      strict=True):
+            if not same_tokenizer(ours, theirs):
+                raise data_lib.DataError(
+                    f"the {side} tokenizer of {corpus.path} differs from that of {run.tokenizer_dir}: the corpus was "
+                    f"made with other tokenizers (seq2seq preprocess --workdir {run.path} reuses this workdir's)")
+    elif write:
+        src_tok.save(run.tokenizer_dir, "src")
+        tgt_tok.save(run.tokenizer_dir, "tgt")
     config = config.with_vocab_sizes(src_tok.vocab_size, tgt_tok.vocab_size)
     if run.exists():
         saved = run.load_config()
@@ -133,7 +163,7 @@ def prepare_run(config: ExperimentConfig, run: Workdir, log=print, write: bool =
     if write:
         config.save(run.config_path)
     log(f"vocabulary: source {src_tok.vocab_size} ({src_tok.kind}), target {tgt_tok.vocab_size} ({tgt_tok.kind})")
-    return config, src_tok, tgt_tok, train_pairs, valid_pairs
+    return config, src_tok, tgt_tok
 
 
 def _quiet(*_args, **_kwargs) -> None:
@@ -241,13 +271,14 @@ class Validation:
         self.batch_size, self.bucket_widths = config.data.batch_size, config.data.bucket_widths
         self.max_tokens, self.row_quantum = config.data.max_tokens, parallel.data_size(mesh)
         self.batch_sharding = parallel.batch_sharding(mesh)
+        self.local_rows = functools.partial(parallel.process_rows, self.batch_sharding)
 
     def __call__(self, params) -> dict[str, float]:
         loss_sum = tokens = 0.0
         for batch in data_lib.eval_batches(self.examples, self.batch_size, self.bucket_widths, self.max_tokens,
-                                           self.row_quantum):
-            batch_sum, batch_tokens = self.eval_step(params, parallel.shard_batch(batch.arrays(),
-                                                                                  self.batch_sharding))
+                                           self.row_quantum, local_rows=self.local_rows):
+            batch_sum, batch_tokens = self.eval_step(params, parallel.shard_batch(batch.arrays(), self.batch_sharding,
+                                                                                  batch.global_rows))
             loss_sum += float(batch_sum)
             tokens += float(batch_tokens)
         # Every process decodes the whole sample on one of its own devices (the same numbers everywhere, so
@@ -303,7 +334,7 @@ class TrainingData(NamedTuple):
     src_tokenizer: Tokenizer
     tgt_tokenizer: Tokenizer
     iterator: data_lib.BatchIterator  # the training batches
-    valid_examples: list              # encoded validation pairs
+    valid_examples: Sequence          # encoded validation pairs (a CorpusSplit, or [] without validation)
     valid_pairs: list[tuple[str, str]]  # the text of those that were kept
 
 
@@ -327,25 +358,28 @@ def _closed_on_abort(checkpoints: TrainingCheckpoints, metrics_log: MetricsLog, 
         raise
 
 
-def _prepare_data(config: ExperimentConfig, run: Workdir, main_process: bool, log,
-                  row_quantum: int = 1) -> TrainingData:
+def _prepare_data(config: ExperimentConfig, run: Workdir, main_process: bool, log, row_quantum: int = 1,
+                  local_rows: data_lib.LocalRows | None = None) -> TrainingData:
     """Tokenizers, config and encoded data, prepared by process 0 first (it writes the workdir); a token budget
-    gives batches of a multiple of ``row_quantum`` rows (the mesh's data-axis size)."""
+    gives batches of a multiple of ``row_quantum`` rows (the mesh's data-axis size). The iterator builds only
+    this process's ``local_rows`` of each global batch (None: all), ahead of the step in a grain thread."""
     data_cfg = config.data
     if main_process:
-        config, src_tok, tgt_tok, train_pairs, valid_pairs = prepare_run(config, run, log)
-    parallel.sync_processes("seq2seq_jax: workdir prepared")  # process 0 has written tokenizers and config
+        corpus = prepare_corpus(config, run, log)
+        config, src_tok, tgt_tok = prepare_run(config, run, corpus, log)
+    parallel.sync_processes("seq2seq_jax: workdir prepared")  # process 0 has written corpus, tokenizers, config
     if not main_process:
-        config, src_tok, tgt_tok, train_pairs, valid_pairs = prepare_run(config, run, log, write=False)
-    train_examples, report = data_lib.encode_pairs(train_pairs, src_tok, tgt_tok, data_cfg, name="train")
-    log(report.summary())
-    valid_examples, valid_report = (data_lib.encode_pairs(valid_pairs, src_tok, tgt_tok, data_cfg, name="valid")
-                                    if valid_pairs else ([], None))
-    if valid_report is not None:
-        log(valid_report.summary())
-    kept_valid_pairs = [valid_pairs[i] for i in valid_report.kept_indices] if valid_report else []
+        corpus = open_corpus(corpus_directory(config, run))
+        config, src_tok, tgt_tok = prepare_run(config, run, corpus, log, write=False)
+    reports = corpus.reports()
+    for name in corpus.splits:
+        log(reports[name].summary())
+    train_examples = corpus.split("train")
+    valid_examples = corpus.split("valid") if corpus.has_split("valid") else []
+    kept_valid_pairs = corpus.valid_pairs()
     iterator = data_lib.BatchIterator(train_examples, data_cfg.batch_size, data_cfg.bucket_widths, data_cfg.seed,
-                                      data_cfg.max_tokens, row_quantum)
+                                      data_cfg.max_tokens, row_quantum, local_rows=local_rows,
+                                      read_threads=READ_THREADS, prefetch=PREFETCH_READS)
     if data_cfg.max_tokens:
         shapes = iterator.batch_shapes()
         log(f"batches: {iterator.batches_per_epoch} per epoch of at most {data_cfg.max_tokens} padded tokens; "
@@ -399,8 +433,9 @@ class TrainingUpdate:
 
     def _next_batch(self) -> dict[str, jax.Array]:
         batch = next(self.iterator)
-        self.shapes.add(batch.src.shape + batch.tgt_in.shape[1:])
-        return parallel.shard_batch(batch.arrays(), self.batch_sharding)
+        rows = batch.src.shape[0] if batch.global_rows is None else batch.global_rows
+        self.shapes.add((rows, *batch.src.shape[1:], *batch.tgt_in.shape[1:]))
+        return parallel.shard_batch(batch.arrays(), self.batch_sharding, batch.global_rows)
 
     def __call__(self, state):
         if self.accum_steps == 1:
@@ -435,7 +470,8 @@ def _train(config: ExperimentConfig, workdir: str | Path, log=print, mesh: Mesh 
     if not config.data.max_tokens:  # a token budget makes rows a multiple of the data axis itself
         parallel.check_batch_size(config.data.batch_size, mesh)
     run = Workdir(Path(workdir))
-    data = _prepare_data(config, run, main_process, log, parallel.data_size(mesh))
+    data = _prepare_data(config, run, main_process, log, parallel.data_size(mesh),
+                         functools.partial(parallel.process_rows, parallel.batch_sharding(mesh)))
     config, train_cfg = data.config, data.config.train
     rows = (f"at most {config.data.max_tokens} padded tokens per batch" if config.data.max_tokens else
             f"{config.data.batch_size // parallel.data_size(mesh)} rows per device")
@@ -495,6 +531,7 @@ def _train(config: ExperimentConfig, workdir: str | Path, log=print, mesh: Mesh 
         if checkpoints.latest_step() != step:
             checkpoints.save(step, state)
         checkpoints.close()
+    data.iterator.close()
     metrics_log.close()
     log(f"stopped at step {step} ({stop_reason}); compiled train programs: {len(update.shapes)}; "
         f"search programs: {translator.compiled_programs}; best {train_cfg.best_metric}: {early_stopping.value} "

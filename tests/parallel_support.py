@@ -5,12 +5,15 @@
                                                             saves a checkpoint of the 2x2-sharded state
     python tests/parallel_support.py restore CKPT_DIR OUT_DIR   (any device count) restores that checkpoint
                                                             onto this process's mesh and compares values
+    python tests/parallel_support.py read_shards HOST:PORT N I  process I of N (jax.distributed): one epoch
+                                                            read and trained from this process's rows only
 
 Each prints one JSON line (the last line of stdout) with what it measured.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import tempfile
@@ -36,10 +39,9 @@ STEPS = 3
 VOCAB_MULTIPLE = 4  # vocabularies rounded up so that a model axis of 2 shards them (the extra rows go unused)
 
 
-def experiment(*overrides: str):
+def encoded_experiment(*overrides: str):
     """The tiny test experiment (dropout on; ``overrides`` as ``--set`` strings) with resolved,
-    model-axis-divisible vocabularies, and its first ``STEPS`` global batches of one padded shape (one compiled
-    program per mesh) as numpy arrays."""
+    model-axis-divisible vocabularies, and its encoded training examples."""
     config = tiny_config("data.batch_size=16", *overrides)
     train_pairs, _ = task_splits(config.data.task, config.data.task_train_size, 1, config.data.task_seed)
     src_tok, tgt_tok = build_tokenizers(config.data, [s for s, _ in train_pairs], [t for _, t in train_pairs],
@@ -47,6 +49,13 @@ def experiment(*overrides: str):
     config = config.with_vocab_sizes(data_lib.round_up(src_tok.vocab_size, VOCAB_MULTIPLE),
                                      data_lib.round_up(tgt_tok.vocab_size, VOCAB_MULTIPLE))
     examples, _ = data_lib.encode_pairs(train_pairs, src_tok, tgt_tok, config.data)
+    return config, examples
+
+
+def experiment(*overrides: str):
+    """``encoded_experiment``'s config and its first ``STEPS`` global batches of one padded shape (one compiled
+    program per mesh) as numpy arrays."""
+    config, examples = encoded_experiment(*overrides)
     iterator = data_lib.BatchIterator(examples, config.data.batch_size, config.data.bucket_widths, config.data.seed)
     batches = []
     while len(batches) < STEPS:
@@ -71,8 +80,10 @@ def run_steps(config, batches, mesh, optimizer=None):
     step_fn = parallel.jit_train_step(make_train_step(graphdef, optimizer, config.train.label_smoothing),
                                       mesh, shardings)
     losses, snapshots = [], []
-    for batch in batches:
-        state, metrics = step_fn(state, parallel.shard_batch(batch, parallel.batch_sharding(mesh)))
+    for batch in batches:  # global arrays, or a data.Batch of this process's rows
+        arrays, global_rows = (batch.arrays(), batch.global_rows) if isinstance(batch, data_lib.Batch) else (batch,
+                                                                                                            None)
+        state, metrics = step_fn(state, parallel.shard_batch(arrays, parallel.batch_sharding(mesh), global_rows))
         metrics = jax.device_get(metrics)
         assert int(metrics["finite"]) == 1
         losses.append(float(metrics["loss_sum"]) / float(metrics["tokens"]))
@@ -187,11 +198,57 @@ def cmd_restore(checkpoint_workdir: Path, out_dir: Path) -> dict:
             "output_kernel_shards": len(state.params["output"]["kernel"].addressable_shards)}
 
 
+# The per-process reading check: a token budget, so that the global batches have different row counts.
+READING = ("data.task_train_size=96", "data.max_tokens=256")
+
+
+class RecordingSource:
+    """A list of examples that records which ones were read (``read``) and offers its ``lengths``, as a
+    preprocessed corpus split does, so that planning reads nothing."""
+
+    def __init__(self, examples):
+        self.examples, self.read = examples, []
+        self.lengths = data_lib.example_lengths(examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int):
+        self.read.append(index)
+        return self.examples[index]
+
+
+def reading_batches(config, source, local_rows=None, read_threads: int = 0) -> data_lib.BatchIterator:
+    data = config.data
+    return data_lib.BatchIterator(source, data.batch_size, data.bucket_widths, data.seed, data.max_tokens,
+                                  row_quantum=4, local_rows=local_rows, read_threads=read_threads, prefetch=2)
+
+
+def cmd_read_shards(coordinator: str, num_processes: int, process_id: int) -> dict:
+    """One epoch of training batches on a 4-device mesh across the processes, each process reading only the
+    examples of its rows of every global batch (in a grain thread); the steps are the trainer's."""
+    parallel.initialize_distributed(coordinator, num_processes, process_id)
+    config, examples = encoded_experiment(*READING)
+    mesh = parallel.make_mesh()
+    source = RecordingSource(examples)
+    iterator = reading_batches(config, source, functools.partial(parallel.process_rows,
+                                                                 parallel.batch_sharding(mesh)), read_threads=1)
+    batches = [next(iterator) for _ in range(iterator.batches_per_epoch)]
+    iterator.close()
+    losses, _, _ = run_steps(config, batches, mesh)
+    return {"process": jax.process_index(), "devices": jax.device_count(), "mesh": parallel.describe(mesh),
+            "read": source.read, "losses": losses, "epoch": iterator.epoch,
+            "rows": [[len(batch.index), batch.global_rows] for batch in batches],
+            "real_rows": [int((batch.index >= 0).sum()) for batch in batches]}
+
+
 def main(argv: list[str]) -> None:
     if argv[0] == "steps":
         result = cmd_steps(Path(argv[1]))
     elif argv[0] == "restore":
         result = cmd_restore(Path(argv[1]), Path(argv[2]))
+    elif argv[0] == "read_shards":
+        result = cmd_read_shards(argv[1], int(argv[2]), int(argv[3]))
     else:
         raise SystemExit(f"unknown command {argv[0]!r}")
     print(json.dumps(result))
