@@ -1,6 +1,7 @@
 """Throughput and latency of ``seq2seq serve``: dynamic batching against ``--max-batch 1``.
 
     python scripts/serve_benchmark.py [--workdir W] [--seconds 30] [--clients 1,8,64] [--out benchmarks/serve.json]
+        [--max-batches 64,1] [--max-wait-ms 10] [--server-options "--refill-share 0"] [--shared-pool]
 
 The served model is ``scripts/benchmark.py``'s main configuration (embedding 256, bidirectional LSTM 512, decoder
 512, additive attention 512, vocabulary 8000 on both sides) with freshly initialised weights, written as a
@@ -14,8 +15,11 @@ loopback port, waits until ``/health`` reports ready (the warm-up compiles the s
 each client count, runs that many concurrent clients for ``--seconds``: each client sends single-sentence
 ``POST /v1/translate`` requests (random sentences of 20-30 words) one after the other. Reported: completed
 requests per second and the 50th / 99th percentile latency of the requests that completed in the window
-(requests still in flight at its end are not counted). Clients are asyncio tasks on one ``httpx.AsyncClient``
-in this process, which shares the machine with the server.
+(requests still in flight at its end are not counted). Clients are asyncio tasks in this process, which shares
+the machine with the server, each with its own ``httpx.AsyncClient`` (one keep-alive connection, as separate users
+have). ``--shared-pool`` puts them all on one client's pool of as many connections, as docs/benchmarks.md's
+earlier serving tables were measured: httpx then checks every connection of the pool on each request, which makes
+the benchmark's own process the slowest part of a round trip at 64 clients (docs/benchmarks.md, Serving).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -77,13 +82,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(workdir: Path, max_batch: int, max_wait_ms: float, log: Path) -> tuple[subprocess.Popen, str, float]:
-    """``seq2seq serve`` on a free port; returns (process, URL, seconds until ready)."""
+def start_server(workdir: Path, max_batch: int, max_wait_ms: float, log: Path,
+                 options: Sequence[str] = ()) -> tuple[subprocess.Popen, str, float]:
+    """``seq2seq serve`` (with extra ``options``) on a free port; returns (process, URL, seconds until ready)."""
     import httpx
 
     port = free_port()
     command = [sys.executable, "-m", "seq2seq_jax", "serve", "--workdir", str(workdir), "--port", str(port),
-               "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--warmup-src-len", "32"]
+               "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--warmup-src-len", "32", *options]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -99,29 +105,36 @@ def start_server(workdir: Path, max_batch: int, max_wait_ms: float, log: Path) -
         time.sleep(1)
 
 
-async def drive(url: str, clients: int, seconds: float, pool: list[str]) -> dict:
-    """``clients`` concurrent loops of single-sentence requests for ``seconds``."""
+async def drive(url: str, clients: int, seconds: float, pool: list[str], shared_pool: bool = False) -> dict:
+    """``clients`` concurrent loops of single-sentence requests for ``seconds``, each on its own connection (its
+    own ``httpx.AsyncClient``), or with ``shared_pool`` on one client's pool of ``clients`` connections."""
     import httpx
 
     latencies: list[float] = []
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
-        end = time.perf_counter() + seconds
+    shared = httpx.AsyncClient(timeout=600, limits=limits) if shared_pool else None
+    own = [] if shared_pool else [httpx.AsyncClient(timeout=600) for _ in range(clients)]
+    end = time.perf_counter() + seconds
 
-        async def loop(index: int) -> None:
-            rng = np.random.default_rng(index)
-            while time.perf_counter() < end:
-                text = pool[int(rng.integers(len(pool)))]
-                start = time.perf_counter()
-                answer = await client.post(f"{url}/v1/translate", json={"texts": [text]})
-                done = time.perf_counter()
-                answer.raise_for_status()
-                if done <= end:
-                    latencies.append(done - start)
+    async def loop(index: int) -> None:
+        client = shared or own[index]
+        rng = np.random.default_rng(index)
+        while time.perf_counter() < end:
+            text = pool[int(rng.integers(len(pool)))]
+            start = time.perf_counter()
+            answer = await client.post(f"{url}/v1/translate", json={"texts": [text]})
+            done = time.perf_counter()
+            answer.raise_for_status()
+            if done <= end:
+                latencies.append(done - start)
 
-        begin = time.perf_counter()
+    begin = time.perf_counter()
+    try:
         await asyncio.gather(*(loop(i) for i in range(clients)))
-        elapsed = time.perf_counter() - begin
+    finally:
+        for client in own if shared is None else [shared]:
+            await client.aclose()
+    elapsed = time.perf_counter() - begin
     return {"clients": clients, "seconds": seconds, "wall_s": elapsed, "requests": len(latencies),
             "requests_per_s": len(latencies) / seconds,
             "p50_s": float(np.percentile(latencies, 50)) if latencies else None,
@@ -138,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", default="1,8,64")
     parser.add_argument("--max-batches", default="64,1", help="server --max-batch settings to compare")
     parser.add_argument("--max-wait-ms", type=float, default=10.0, help="the server's --max-wait-ms")
+    parser.add_argument("--server-options", default="", help="more `seq2seq serve` options, e.g. '--refill-share 0'")
+    parser.add_argument("--shared-pool", action="store_true",
+                        help="all clients on one httpx.AsyncClient's connection pool (the earlier measurements)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "serve.json")
     args = parser.parse_args(argv)
     if not (args.workdir / "config.json").is_file():
@@ -150,16 +166,18 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for max_batch in [int(b) for b in args.max_batches.split(",")]:
         log = args.workdir / f"serve-max-batch-{max_batch}.log"
-        process, url, ready_s = start_server(args.workdir, max_batch, args.max_wait_ms, log)
+        process, url, ready_s = start_server(args.workdir, max_batch, args.max_wait_ms, log,
+                                             args.server_options.split())
         try:
             health = httpx.get(f"{url}/health").json()
             print(f"--max-batch {max_batch}: ready after {ready_s:.0f} s, {health['compiled_programs']} programs",
                   flush=True)
             for clients in [int(c) for c in args.clients.split(",")]:
                 before = httpx.get(f"{url}/health").json()
-                run = asyncio.run(drive(url, clients, args.seconds, pool))
+                run = asyncio.run(drive(url, clients, args.seconds, pool, args.shared_pool))
                 after = httpx.get(f"{url}/health").json()
-                run.update(max_batch=max_batch, max_wait_ms=args.max_wait_ms, ready_s=ready_s,
+                run.update(max_batch=max_batch, max_wait_ms=args.max_wait_ms, server_options=args.server_options,
+                           shared_pool=args.shared_pool, ready_s=ready_s,
                            load_average=os.getloadavg(),
                            **{key: after[key] - before[key] for key in ("merged_batches", "merged_requests")})
                 results["runs"].append(run)

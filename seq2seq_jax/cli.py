@@ -313,7 +313,8 @@ def cmd_average(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from seq2seq_jax.serve import ServeLimits, serve
 
-    limits = ServeLimits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_chars=args.max_chars,
+    limits = ServeLimits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, refill_share=args.refill_share,
+                         max_chars=args.max_chars,
                          max_texts=args.max_texts, max_body_bytes=args.max_body_bytes,
                          max_beam_size=args.max_beam_size, warmup_src_len=args.warmup_src_len,
                          fixed_rows=args.fixed_rows)
@@ -436,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch", type=int, default=64, help="most texts merged into one search")
     serve.add_argument("--max-wait-ms", type=float, default=10.0,
                        help="longest wait for more requests to merge with the oldest one")
+    serve.add_argument("--refill-share", type=float, default=0.25, metavar="SHARE",
+                       help="after a search, wait up to this share of its duration for the clients it answered to "
+                            "send again, so that they join the next search (0: off)")
     serve.add_argument("--max-chars", type=int, default=2000, help="most characters per text")
     serve.add_argument("--max-texts", type=int, default=64, help="most texts per request")
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")

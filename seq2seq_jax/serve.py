@@ -17,18 +17,25 @@ searched exactly as ``seq2seq translate --workdir A --workdir B`` does (``seq2se
 page draws is the first model's.
 
 Batching: one decoding thread takes requests from a queue. Once it is free and holds the oldest request, it waits
-at most ``max_wait_ms`` for others with the same decode settings and attention flag,
-takes whole requests in arrival order up to ``max_batch`` texts, and decodes them together in one search, padded
-to the longest of them (a multiple of ``data.bucket_width``), with the smallest row count of ``row_buckets``
-(1, 4, 16, ..., max_batch) that holds them. Target prefixes are per row, so requests with prefixes merge with
-the others of the same settings: a batch with any prefix pads every row's to its longest (rounded up to 8 pieces,
-"" for a row without one), which adds that width to the compiled program's key; a prefix longer than its text's
-output limit is refused with 422 before it is queued. A row's search does not depend on the other rows' contents,
-so a text (with its prefix) gets the same tokens whatever it is merged with (``tests/test_decode.py``); its score
-is the same up to float32 rounding: XLA:CPU's matmuls round differently for different row counts and padded
-lengths, by a few 1e-6 of the score. With ``fixed_rows`` every search has ``max_batch`` rows and texts of one
-padded source and prefix length, so every answer is bit-identical to the one the text gets alone, at the price
-of a lone request paying for ``max_batch`` rows.
+for others with the same decode settings and attention flag (``seconds_to_wait``): ``max_wait_ms`` from when both
+the oldest request and the free decoder are there; right after a search with those settings, until as many texts
+are queued as that search answered plus those that had queued behind it, for at most ``refill_share`` of that
+search's duration (at least ``max_wait_ms``) from its end; never once ``max_batch`` texts are waiting. Clients that
+send their next request when answered take a while to do so (HTTP and JSON in Python on both ends); a short fixed
+wait starts the next search without them, and then two groups of clients alternate, each waiting for the other's
+search, which costs almost what one search of both groups does. The refill wait keeps them in one search. The
+decoder waits at most ``max(max_wait_ms, refill_share * the last search's duration)`` past the later of the oldest
+request's arrival and the end of the last search. It then takes whole requests in arrival order up to
+``max_batch`` texts, and decodes them together in one search, padded to the longest of them (a multiple of
+``data.bucket_width``), with the smallest row count of ``row_buckets`` (1, 4, 16, ..., max_batch) that holds them.
+Target prefixes are per row, so requests with prefixes merge with the others of the same settings: a batch with any
+prefix pads every row's to its longest (rounded up to 8 pieces, "" for a row without one), which adds that width to
+the compiled program's key; a prefix longer than its text's output limit is refused with 422 before it is queued. A
+row's search does not depend on the other rows' contents, so a text (with its prefix) gets the same tokens whatever
+it is merged with (``tests/test_decode.py``); its score is the same up to float32 rounding: XLA:CPU's matmuls round
+differently for different row counts and padded lengths, by a few 1e-6 of the score. With ``fixed_rows`` every
+search has ``max_batch`` rows and texts of one padded source and prefix length, so every answer is bit-identical to
+the one the text gets alone, at the price of a lone request paying for ``max_batch`` rows.
 The event loop only awaits futures: ``/health`` answers while a batch decodes.
 
 Warm-up: before ``/health`` reports ready, the default settings' searches (without prefixes) are compiled for
@@ -87,6 +94,7 @@ class ServeLimits:
 
     max_batch: int = 64
     max_wait_ms: float = 10.0
+    refill_share: float = 0.25
     max_chars: int = 2000
     max_texts: int = 64
     max_body_bytes: int = 1 << 20
@@ -98,8 +106,8 @@ class ServeLimits:
         for name in ("max_batch", "max_chars", "max_texts", "max_body_bytes", "max_beam_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.max_wait_ms < 0 or self.warmup_src_len < 0:
-            raise ValueError("--max-wait-ms and --warmup-src-len must be >= 0")
+        if self.max_wait_ms < 0 or self.warmup_src_len < 0 or self.refill_share < 0:
+            raise ValueError("--max-wait-ms, --refill-share and --warmup-src-len must be >= 0")
 
 
 def row_buckets(max_batch: int, fixed_rows: bool = False) -> tuple[int, ...]:
@@ -114,6 +122,39 @@ def load_model(workdirs: Sequence[str], checkpoint: str | int) -> Seq2SeqModel:
     """The served model: one workdir's checkpoint (trained, averaged or imported), or several workdirs' as an
     ensemble, loaded as ``seq2seq translate`` loads them (``seq2seq_jax.load``). The one place that loads."""
     return load(list(workdirs), checkpoint)
+
+
+@dataclasses.dataclass(frozen=True)
+class LastSearch:
+    """The decoder's latest search, as the batching policy sees it (times: ``time.monotonic()``)."""
+
+    key: tuple[DecodeConfig, bool]  # its decode settings and attention flag
+    ended: float  # when its answers were handed out and the decoder was free again
+    seconds: float  # how long it took
+    texts: int  # texts it answered: their clients may send again
+    queued: int  # texts with its key already queued when it ended
+
+
+def seconds_to_wait(now: float, first_enqueued: float, key: tuple[DecodeConfig, bool], waiting: int,
+                    last: LastSearch | None, limits: ServeLimits) -> float:
+    """How much longer the free decoder waits before taking the batch headed by the oldest request (enqueued at
+    ``first_enqueued``, ``waiting`` texts with its ``key`` queued); 0 or less: take it now. The policy (module
+    docstring): ``max_wait_ms`` from when both the oldest request and the decoder are there; after a search of the
+    same key that ended within its refill window (``refill_share`` of its duration, at least ``max_wait_ms``), up to
+    the end of that window, but no longer than until the texts it answered are queued again (with those that
+    were queued when it ended); never once ``max_batch`` texts are waiting."""
+    if waiting >= limits.max_batch:
+        return 0.0
+    max_wait = limits.max_wait_ms / 1000.0
+    free = last.ended if last is not None else -math.inf
+    deadline = max(first_enqueued, free) + max_wait
+    if last is not None and last.key == key and last.texts and limits.refill_share:
+        refill_end = last.ended + max(max_wait, limits.refill_share * last.seconds)
+        if first_enqueued <= refill_end:  # the oldest request came while the answered clients were expected back
+            if waiting >= min(limits.max_batch, last.queued + last.texts):
+                return 0.0
+            deadline = max(deadline, refill_end)
+    return deadline - now
 
 
 @dataclasses.dataclass
@@ -145,7 +186,7 @@ class BatchingDecoder:
         self._queue: collections.deque[_Job] = collections.deque()
         self._condition = threading.Condition()
         self._stopping = False
-        self._free_since = 0.0  # when the decoding thread finished its last batch (time.monotonic)
+        self._last: LastSearch | None = None  # the latest search (the batching policy's input)
         self.in_flight = 0  # requests accepted and not yet answered
         self.merged_batches = 0  # decoding rounds, each serving ``merged_requests`` / ``merged_batches`` requests
         self.merged_requests = 0
@@ -182,10 +223,14 @@ class BatchingDecoder:
             return {"queued_texts": sum(len(job.texts) for job in self._queue), "in_flight_requests": self.in_flight,
                     "merged_batches": self.merged_batches, "merged_requests": self.merged_requests}
 
-    def _finished(self, jobs: list[_Job]) -> None:
+    def _finished(self, jobs: list[_Job], started: float | None = None) -> None:
+        """``jobs`` are answered; with ``started``, by a search that began then (recorded for the policy)."""
         with self._condition:
             self.in_flight -= len(jobs)
-            self._free_since = time.monotonic()
+            if started is not None and jobs:
+                key, now = jobs[0].key, time.monotonic()
+                self._last = LastSearch(key, now, now - started, sum(len(job.texts) for job in jobs),
+                                        sum(len(job.texts) for job in self._queue if job.key == key))
 
     # -- the decoding thread -----------------------------------------------------------------------------------
 
@@ -206,6 +251,7 @@ class BatchingDecoder:
                 continue
             self.merged_batches += 1
             self.merged_requests += len(jobs)
+            started = time.monotonic()
             prefixes = None  # one per text of the batch when any request has them
             if any(job.prefixes is not None for job in jobs):
                 prefixes = [prefix for job in jobs for prefix in (job.prefixes or [""] * len(job.texts))]
@@ -215,13 +261,13 @@ class BatchingDecoder:
                 logger.exception("decoding failed")
                 for job in jobs:
                     job.future.set_exception(error)
-                self._finished(jobs)
+                self._finished(jobs, started)
                 continue
             start = 0
             for job in jobs:
                 job.future.set_result(results[start: start + len(job.texts)])
                 start += len(job.texts)
-            self._finished(jobs)
+            self._finished(jobs, started)
 
     def _warm_up(self) -> None:
         widths = range(self.bucket_width, round_up(self.limits.warmup_src_len, self.bucket_width) + 1,
@@ -239,22 +285,20 @@ class BatchingDecoder:
         logger.info("warm-up done in %.1f s: %d programs", time.perf_counter() - start, len(self.compiled))
 
     def _next_jobs(self) -> list[_Job] | None:
-        """The next batch: the oldest request and, after waiting for more (``max_wait_ms`` from when both it and
-        the decoder were there), every later one with the same settings, in order, while the texts fit in
-        ``max_batch``. None once stopped and empty."""
+        """The next batch: the oldest request and, after waiting for more as ``seconds_to_wait`` says, every
+        later one with the same settings, in order, while the texts fit in ``max_batch``. None once stopped and
+        empty."""
         with self._condition:
             while not self._queue:
                 if self._stopping:
                     return None
                 self._condition.wait()
             first = self._queue[0]
-            # Waiting starts when both the oldest request and the decoder are there: a request that queued behind
-            # a batch still gets its chance to be merged with the requests that come in meanwhile or just after.
-            deadline = max(first.enqueued, self._free_since) + self.limits.max_wait_ms / 1000.0
             while not self._stopping:
                 waiting = sum(len(job.texts) for job in self._queue if job.key == first.key)
-                remaining = deadline - time.monotonic()
-                if waiting >= self.limits.max_batch or remaining <= 0:
+                remaining = seconds_to_wait(time.monotonic(), first.enqueued, first.key, waiting, self._last,
+                                            self.limits)
+                if remaining <= 0:
                     break
                 self._condition.wait(remaining)
             jobs, total = [], 0

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from run_support import tiny_config
 
@@ -289,6 +290,49 @@ def test_64_concurrent_clients_get_bit_identical_answers_with_fixed_rows(exact_s
     serial, answers, batches = concurrent_and_serial_answers(exact_server[0], texts)
     assert batches < len(texts)
     assert answers == serial
+
+
+def test_batching_policy_waits_for_the_clients_a_search_answered():
+    """``seconds_to_wait`` on a fake clock: the time a free decoder still waits before taking the batch."""
+    from seq2seq_jax.serve import LastSearch, ServeLimits, seconds_to_wait
+
+    limits = ServeLimits(max_batch=64, max_wait_ms=10, refill_share=0.25)
+    key, other = ("settings", False), ("settings", True)
+
+    def wait(now, enqueued, waiting, last, request_key=key, policy=limits):
+        return seconds_to_wait(now, enqueued, request_key, waiting, last, policy)
+
+    # No search yet: max_wait_ms from the oldest request's arrival; none once max_batch texts wait.
+    assert wait(100.004, 100.0, 1, None) == pytest.approx(0.006)
+    assert wait(100.011, 100.0, 63, None) < 0
+    assert wait(100.0, 100.0, 64, None) == 0
+    # A search of 0.8 s answered 30 texts at t=100 while 34 queued behind it: wait for those 30 to come back, at
+    # most a quarter of the search (0.2 s), then take what is there.
+    last = LastSearch(key, ended=100.0, seconds=0.8, texts=30, queued=34)
+    assert wait(100.0, 99.5, 34, last) == pytest.approx(0.2)
+    assert wait(100.15, 99.5, 63, last) == pytest.approx(0.05)
+    assert wait(100.15, 99.5, 64, last) == 0
+    assert wait(100.2, 99.5, 40, last) == pytest.approx(0)
+    # The earlier policy (refill_share 0): max_wait_ms from when the decoder is free.
+    assert wait(100.0, 99.5, 34, last, policy=ServeLimits(refill_share=0)) == pytest.approx(0.01)
+    # A lone closed-loop client: its next request is all that was expected, so it goes at once.
+    lone = LastSearch(key, ended=100.0, seconds=0.07, texts=1, queued=0)
+    assert wait(100.003, 100.003, 1, lone) == 0
+    # Two clients answered, one back: wait for the other up to max_wait_ms (a quarter of 0.02 s is less).
+    pair = LastSearch(key, ended=100.0, seconds=0.02, texts=2, queued=0)
+    assert wait(100.003, 100.003, 1, pair) == pytest.approx(0.010)
+    # Other settings, or a request long after the refill window: max_wait_ms, as if nothing were expected.
+    assert wait(100.0, 99.5, 34, last, request_key=other) == pytest.approx(0.01)
+    assert wait(200.0, 200.0, 1, lone) == pytest.approx(0.01)
+    # Bounded: never past max(max_wait_ms, refill_share * search) after the later of the request and the free
+    # decoder.
+    rng = np.random.default_rng(0)
+    for _ in range(1000):
+        ended, seconds = rng.uniform(0, 10), rng.uniform(0, 5)
+        enqueued, texts, queued = rng.uniform(0, 12), int(rng.integers(0, 65)), int(rng.integers(0, 65))
+        search = LastSearch(key, ended, seconds, texts, queued)
+        bound = max(enqueued, ended) + max(0.01, 0.25 * seconds)
+        assert wait(0.0, enqueued, int(rng.integers(1, 64)), search) <= bound + 1e-12
 
 
 BAD_REQUESTS = [  # (endpoint, raw body, status, a part of the error message)
