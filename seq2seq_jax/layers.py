@@ -90,18 +90,14 @@ class EncoderLayer(nnx.Module):
 
         Returns ``outputs [B, S, D·H]`` (zero at padded positions), and the final states
         ``h_n, c_n [D, B, H]``: per direction, the state after its last real token.
-        """
-        outputs, h_n, c_n = self.time_major(x.transpose(1, 0, 2), lengths)
-        return outputs.transpose(1, 0, 2), h_n, c_n
 
-    def time_major(self, x: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """``__call__`` on time-major ``x [S, B, in]`` -> ``outputs [S, B, D·H]``, ``h_n, c_n [D, B, H]``.
-
-        All directions share one ``lax.scan``; their input projections are computed before it (one
-        matmul each over all steps), and only ``h @ w_hh`` runs per step. The backward direction reads
-        the sequence flipped in time: its state stays zero over the (now leading) padding and starts at
-        the last real token, what ``pack_padded_sequence`` does, without any per-length gather.
+        The layer runs time-major (``[S, B, ...]``, the axis ``lax.scan`` steps over): all directions share one
+        scan; their input projections are computed before it (one matmul each over all steps), and only
+        ``h @ w_hh`` runs per step. The backward direction reads the sequence flipped in time: its state stays
+        zero over the (now leading) padding and starts at the last real token, what ``pack_padded_sequence``
+        does, without any per-length gather.
         """
+        x = x.transpose(1, 0, 2)  # [S, B, in]
         directions = self.directions()
         src_len = x.shape[0]
         valid = jnp.arange(src_len)[:, None] < lengths[None, :]  # [S, B]
@@ -126,7 +122,7 @@ class EncoderLayer(nnx.Module):
         outputs = [outputs[0]] + ([jnp.flip(outputs[1], 0)] if self.bidirectional else [])
         h_n = jnp.stack([h for h, _ in finals])
         c_n = jnp.stack([c for _, c in finals])
-        return jnp.concatenate(outputs, axis=-1), h_n, c_n
+        return jnp.concatenate(outputs, axis=-1).transpose(1, 0, 2), h_n, c_n
 
 
 class Attention(nnx.Module):
