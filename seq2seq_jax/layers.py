@@ -86,18 +86,17 @@ class EncoderLayer(nnx.Module):
         return [self.fwd, self.bwd] if self.bidirectional else [self.fwd]
 
     def __call__(self, x: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Run the layer over ``x [B, S, in]`` with real lengths ``lengths [B]``.
+        """Run the layer over the time-major ``x [S, B, in]`` with real lengths ``lengths [B]``.
 
-        Returns ``outputs [B, S, D·H]`` (zero at padded positions), and the final states
+        Returns ``outputs [S, B, D·H]`` (zero at padded positions), and the final states
         ``h_n, c_n [D, B, H]``: per direction, the state after its last real token.
 
-        The layer runs time-major (``[S, B, ...]``, the axis ``lax.scan`` steps over): all directions share one
+        Time-major is the layout ``lax.scan`` steps over, so the encoder stays in it: all directions share one
         scan; their input projections are computed before it (one matmul each over all steps), and only
         ``h @ w_hh`` runs per step. The backward direction reads the sequence flipped in time: its state stays
         zero over the (now leading) padding and starts at the last real token, what ``pack_padded_sequence``
         does, without any per-length gather.
         """
-        x = x.transpose(1, 0, 2)  # [S, B, in]
         directions = self.directions()
         src_len = x.shape[0]
         valid = jnp.arange(src_len)[:, None] < lengths[None, :]  # [S, B]
@@ -122,7 +121,7 @@ class EncoderLayer(nnx.Module):
         outputs = [outputs[0]] + ([jnp.flip(outputs[1], 0)] if self.bidirectional else [])
         h_n = jnp.stack([h for h, _ in finals])
         c_n = jnp.stack([c for _, c in finals])
-        return jnp.concatenate(outputs, axis=-1).transpose(1, 0, 2), h_n, c_n
+        return jnp.concatenate(outputs, axis=-1), h_n, c_n
 
 
 class Attention(nnx.Module):

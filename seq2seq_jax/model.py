@@ -54,11 +54,11 @@ class Encoder(nnx.Module):
         self.rnn_dropout = config.rnn_dropout
 
     def __call__(self, x: jax.Array, src_len: jax.Array, dropout_rng: jax.Array | None = None):
-        """``x [B, S, E_src]`` -> ``memory [B, S, M]``, ``h_n, c_n [L_enc, D, B, H_enc]``."""
+        """Time-major ``x [S, B, E_src]`` -> ``memory [S, B, M]``, ``h_n, c_n [L_enc, D, B, H_enc]``."""
         finals_h, finals_c = [], []
         for index, layer in enumerate(self.layers):
             if index > 0 and dropout_rng is not None:
-                x = dropout(x, self.rnn_dropout, jax.random.fold_in(dropout_rng, index))
+                x = _dropout_time_major(x, self.rnn_dropout, jax.random.fold_in(dropout_rng, index))
             x, h_n, c_n = layer(x, src_len)
             finals_h.append(h_n)
             finals_c.append(c_n)
@@ -110,8 +110,9 @@ class Seq2Seq(nnx.Module):
         """``src [B, S]``, ``src_len [B]`` -> ``memory [B, S, M]`` and decoder initial ``h0, c0 [L, B, H]``."""
         config = self.config
         rng_embed, rng_encoder = _split(dropout_rng, 2)
-        x = dropout(self.src_embed(src), config.embed_dropout, rng_embed)  # [B, S, E_src]
+        x = _dropout_time_major(self.src_embed(src.T), config.embed_dropout, rng_embed)  # [S, B, E_src]
         memory, h_n, c_n = self.encoder(x, src_len, rng_encoder)  # h_n: [L_enc, D, B, H_enc]
+        memory = memory.transpose(1, 0, 2)  # [B, S, M]: attention reads it batch-major
         batch = src.shape[0]
         shape = (config.dec_layers, batch, config.dec_hidden_size)
         if config.bridge == "zero":
