@@ -396,45 +396,31 @@ def decode_sources(vocab: int, count: int, seed: int, width: int):
 
 
 class JaxSearch:
-    """``search_state`` + beam/greedy search in one jit, as ``seq2seq_jax.translate.Translator`` compiles."""
+    """The search ``seq2seq_jax.translate.Translator`` runs (``make_search``), compiled ahead of time per input
+    shape."""
 
     def __init__(self, graphdef, params, beam_size: int, decode_config, bound: int):
         import jax
-        from flax import nnx
 
-        from seq2seq_jax.decode import beam_search, greedy_search
+        from seq2seq_jax.translate import make_search
 
-        common = dict(min_len=decode_config.min_len, max_len_a=decode_config.max_len_a,
-                      max_len_b=decode_config.max_len_b, max_len_bound=bound,
-                      no_repeat_ngram_size=decode_config.no_repeat_ngram_size)
-
-        def search(params, kernels_t, src, src_len):
-            model = nnx.merge(graphdef, params)
-            state, decode_step = model.search_state(src, src_len, with_attention=False, kernels_t=kernels_t)
-            if beam_size == 1:
-                result = greedy_search(decode_step, state, src_len,
-                                       length_penalty=decode_config.length_penalty, **common)
-            else:
-                result = beam_search(decode_step, state, src_len, beam_size=beam_size,
-                                     length_penalty=decode_config.length_penalty, n_best=1, **common)
-            return result.tokens, result.lengths, result.scores, result.attention
-
+        config = dataclasses.replace(decode_config, beam_size=beam_size, n_best=1)
         self.params = params
-        # built once per model, as Translator does
-        self.kernels_t = jax.jit(lambda params: nnx.merge(graphdef, params).decode_kernels())(params)
-        self.fn = jax.jit(search)
+        self.fn = jax.jit(make_search(graphdef, config, bound, with_attention=False))
+        self.rng = jax.random.key(config.seed)
         self.compiled = {}
 
     def compile(self, src, src_len) -> float:
         """Compile ahead of time for this input shape; returns the seconds it took."""
         start = now()
-        self.compiled[src.shape] = self.fn.lower(self.params, self.kernels_t, src, src_len).compile()
+        self.compiled[src.shape] = self.fn.lower(self.params, src, src_len, self.rng, None, None).compile()
         return now() - start
 
     def __call__(self, src, src_len):
         import jax
 
-        tokens, lengths, _, _ = jax.device_get(self.compiled[src.shape](self.params, self.kernels_t, src, src_len))
+        tokens, lengths, _, _ = jax.device_get(self.compiled[src.shape](self.params, src, src_len, self.rng, None,
+                                                                        None))
         return [list(tokens[row, 0, : lengths[row, 0]]) for row in range(tokens.shape[0])]
 
 

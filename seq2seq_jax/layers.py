@@ -86,21 +86,16 @@ class EncoderLayer(nnx.Module):
         return [self.fwd, self.bwd] if self.bidirectional else [self.fwd]
 
     def __call__(self, x: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Run the layer over ``x [B, S, in]`` with real lengths ``lengths [B]``.
+        """Run the layer over the time-major ``x [S, B, in]`` with real lengths ``lengths [B]``.
 
-        Returns ``outputs [B, S, D·H]`` (zero at padded positions), and the final states
+        Returns ``outputs [S, B, D·H]`` (zero at padded positions), and the final states
         ``h_n, c_n [D, B, H]``: per direction, the state after its last real token.
-        """
-        outputs, h_n, c_n = self.time_major(x.transpose(1, 0, 2), lengths)
-        return outputs.transpose(1, 0, 2), h_n, c_n
 
-    def time_major(self, x: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """``__call__`` on time-major ``x [S, B, in]`` -> ``outputs [S, B, D·H]``, ``h_n, c_n [D, B, H]``.
-
-        All directions share one ``lax.scan``; their input projections are computed before it (one
-        matmul each over all steps), and only ``h @ w_hh`` runs per step. The backward direction reads
-        the sequence flipped in time: its state stays zero over the (now leading) padding and starts at
-        the last real token, what ``pack_padded_sequence`` does, without any per-length gather.
+        Time-major is the layout ``lax.scan`` steps over, so the encoder stays in it: all directions share one
+        scan; their input projections are computed before it (one matmul each over all steps), and only
+        ``h @ w_hh`` runs per step. The backward direction reads the sequence flipped in time: its state stays
+        zero over the (now leading) padding and starts at the last real token, what ``pack_padded_sequence``
+        does, without any per-length gather.
         """
         directions = self.directions()
         src_len = x.shape[0]

@@ -36,18 +36,13 @@ class OutputLayer(nnx.Module):
         self.tied = config.tie_output_embedding
         self.compute_dtype = jnp.dtype(config.compute_dtype)
 
-    def __call__(self, readout: jax.Array, tgt_embedding: jax.Array) -> jax.Array:
-        """``readout [..., R] -> logits [..., V]``; ``tgt_embedding [V, E]`` is used when tied."""
-        kernel = tgt_embedding.T if self.tied else self.kernel[...]
-        return self._add_bias(jnp.matmul(readout, kernel.astype(self.compute_dtype)))
+    def matrix(self, tgt_embedding: jax.Array) -> jax.Array:
+        """``W_o [R, V]`` in the compute dtype; ``tgt_embedding [V, E]`` is it, transposed, when tied."""
+        return (tgt_embedding.T if self.tied else self.kernel[...]).astype(self.compute_dtype)
 
-    def from_transposed(self, readout: jax.Array, kernel_t: jax.Array) -> jax.Array:
-        """``readout [N, R] -> logits [N, V]`` for a few rows, with ``W_o^T [V, R]`` given
-        (``Seq2Seq.decode_kernels``; see ``_matmul_transposed``)."""
-        return self._add_bias(_matmul_transposed(readout.astype(self.compute_dtype), kernel_t))
-
-    def _add_bias(self, logits: jax.Array) -> jax.Array:
-        return logits + self.bias[...].astype(self.compute_dtype)
+    def __call__(self, readout: jax.Array, matrix: jax.Array) -> jax.Array:
+        """``readout [..., R] -> logits [..., V]`` with ``matrix``, ``W_o`` (``matrix()``)."""
+        return readout.astype(self.compute_dtype) @ matrix + self.bias[...].astype(self.compute_dtype)
 
 
 class Encoder(nnx.Module):
@@ -58,13 +53,13 @@ class Encoder(nnx.Module):
         self.layers = nnx.List([EncoderLayer(size, config, rngs=rngs) for size in sizes])
         self.rnn_dropout = config.rnn_dropout
 
-    def time_major(self, x: jax.Array, src_len: jax.Array, dropout_rng: jax.Array | None = None):
+    def __call__(self, x: jax.Array, src_len: jax.Array, dropout_rng: jax.Array | None = None):
         """Time-major ``x [S, B, E_src]`` -> ``memory [S, B, M]``, ``h_n, c_n [L_enc, D, B, H_enc]``."""
         finals_h, finals_c = [], []
         for index, layer in enumerate(self.layers):
             if index > 0 and dropout_rng is not None:
                 x = _dropout_time_major(x, self.rnn_dropout, jax.random.fold_in(dropout_rng, index))
-            x, h_n, c_n = layer.time_major(x, src_len)
+            x, h_n, c_n = layer(x, src_len)
             finals_h.append(h_n)
             finals_c.append(c_n)
         return x, jnp.stack(finals_h), jnp.stack(finals_c)
@@ -113,15 +108,11 @@ class Seq2Seq(nnx.Module):
     # ----------------------------------------------------------------------------------------- encoder
     def encode(self, src: jax.Array, src_len: jax.Array, dropout_rng: jax.Array | None = None):
         """``src [B, S]``, ``src_len [B]`` -> ``memory [B, S, M]`` and decoder initial ``h0, c0 [L, B, H]``."""
-        memory, h0, c0 = self._encode_time_major(src, src_len, dropout_rng)
-        return memory.transpose(1, 0, 2), h0, c0
-
-    def _encode_time_major(self, src: jax.Array, src_len: jax.Array, dropout_rng: jax.Array | None):
-        """``encode`` with the memory time-major, ``[S, B, M]`` (the encoder scans over time)."""
         config = self.config
         rng_embed, rng_encoder = _split(dropout_rng, 2)
         x = _dropout_time_major(self.src_embed(src.T), config.embed_dropout, rng_embed)  # [S, B, E_src]
-        memory, h_n, c_n = self.encoder.time_major(x, src_len, rng_encoder)  # h_n: [L_enc, D, B, H_enc]
+        memory, h_n, c_n = self.encoder(x, src_len, rng_encoder)  # h_n: [L_enc, D, B, H_enc]
+        memory = memory.transpose(1, 0, 2)  # [B, S, M]: attention reads it batch-major
         batch = src.shape[0]
         shape = (config.dec_layers, batch, config.dec_hidden_size)
         if config.bridge == "zero":
@@ -138,36 +129,34 @@ class Seq2Seq(nnx.Module):
         return memory, h0, c0
 
     # ----------------------------------------------------------------------------------------- decoder
-    def _loop_kernels(self, embedding_rows: bool = False) -> list[tuple[jax.Array, jax.Array | None]]:
-        """Per decoder layer, what the time loop multiplies: ``(kernel, bias)``.
+    def _layer_kernels(self, embedding_rows: bool) -> list[tuple[jax.Array, jax.Array]]:
+        """Per decoder layer, ``(kernel, bias)`` of ``gates = [input_l; h_l] @ kernel + bias``, in the compute dtype.
 
         ``kernel = [w_ih[rows]; w_hh]`` ``[in_l + H, 4H]`` multiplies ``[input_l; h_l]`` in one matmul and
-        ``bias = b_ih + b_hh``. For layer 0 without ``embedding_rows`` (teacher forcing) ``rows`` are only the
-        context (Bahdanau) or ``r_{t-1}`` (Luong) rows: the embedding rows and both biases were applied to all
-        steps before the loop (``bias`` is None). Built once per call, outside any loop over time, so that the
+        ``bias = b_ih + b_hh``. Layer 0's ``input_0`` starts with the embedding, unless ``embedding_rows`` is
+        false (teacher forcing): then ``rows`` are only the context (Bahdanau) or ``r_{t-1}`` (Luong) rows, and
+        the embedding's projection with both biases is computed for all steps before the loop (and given to
+        ``_recurrent_step`` as layer 0's bias). Built once per call, outside any loop over time, so that the
         loop neither slices nor concatenates parameters.
         """
         kernels = []
         for index, layer in enumerate(self.decoder.layers):
-            if index == 0 and not embedding_rows:
-                kernel = jnp.concatenate([layer.w_ih[...][self.config.tgt_embed_size:], layer.w_hh[...]], axis=0)
-                kernels.append((kernel.astype(layer.compute_dtype), None))
-                continue
-            kernel = jnp.concatenate([layer.w_ih[...], layer.w_hh[...]], axis=0).astype(layer.compute_dtype)
+            w_ih = layer.w_ih[...] if index > 0 or embedding_rows else layer.w_ih[...][self.config.tgt_embed_size:]
+            kernel = jnp.concatenate([w_ih, layer.w_hh[...]], axis=0).astype(layer.compute_dtype)
             kernels.append((kernel, (layer.b_ih[...] + layer.b_hh[...]).astype(layer.compute_dtype)))
         return kernels
 
-    def _recurrent_step(self, h, c, feed, gates_x0, attend, kernels, rng, embedded=None, matmul=jnp.matmul):
+    def _recurrent_step(self, carry, embedded, attend, layers, rng):
         """One decoder time step before the output layer.
 
-        ``h, c``: tuples of ``L`` arrays ``[B, H]``; ``feed [B, R]`` (Luong's ``r_{t-1}``);
-        ``attend(query) -> (context, weights)``; ``kernels`` from ``_loop_kernels``. Layer 0's input projection
-        of the embedding is either given, with both biases, as ``gates_x0 [B, 4H]`` (teacher forcing) or
-        computed here from ``embedded [B, E]`` (``_loop_kernels(embedding_rows=True)``, decoding).
-        ``matmul`` multiplies by the kernels (``_matmul_transposed`` for transposed decode kernels).
-        Returns the new ``h, c`` (tuples), the top output ``s [B, H]``, the context ``[B, M]``, the attention
-        weights ``[B, S]`` and, for Luong, the readout ``r [B, R]``.
+        ``carry = (h, c, feed)``: ``h, c`` tuples of ``L`` arrays ``[B, H]``, ``feed [B, R]`` (Luong's
+        ``r_{t-1}``); ``embedded [B, E]``, the step's target embedding, or None when ``layers`` (``(kernel,
+        bias)`` per layer, ``_layer_kernels``) leave it out and layer 0's bias ``[B, 4H]`` holds its projection;
+        ``attend(query) -> (context, weights)``; ``rng`` drives dropout (None: inference).
+        Returns the new carry (Luong's ``feed`` is the step's readout ``r [B, R]``) and ``(top, context,
+        weights)``: the top output ``s [B, H]``, the context ``[B, M]`` and the attention weights ``[B, S]``.
         """
+        h, c, feed = carry
         config = self.config
         if config.decoder_style == "bahdanau":
             context, weights = attend(h[-1])
@@ -175,38 +164,34 @@ class Seq2Seq(nnx.Module):
         else:
             layer_input = feed
         new_h, new_c = [], []
-        for index, (kernel, bias) in enumerate(kernels):
+        for index, (kernel, bias) in enumerate(layers):
             parts = [layer_input.astype(kernel.dtype), h[index]]
             if index == 0 and embedded is not None:
                 parts.insert(0, embedded.astype(kernel.dtype))
             if index > 0 and rng is not None:
                 parts[0] = dropout(parts[0], config.rnn_dropout, jax.random.fold_in(rng, index))
-            gates = matmul(jnp.concatenate(parts, axis=-1), kernel)
-            gates = gates + (gates_x0 if bias is None else bias)
-            h_l, c_l = lstm_cell(gates, c[index])
+            h_l, c_l = lstm_cell(jnp.concatenate(parts, axis=-1) @ kernel + bias, c[index])
             new_h.append(h_l)
             new_c.append(c_l)
             layer_input = h_l
         top = new_h[-1]
-        readout = None
         if config.decoder_style == "luong":
             context, weights = attend(top)
-            readout = jnp.tanh(_linear(self.readout, jnp.concatenate([context, top], axis=-1)))
+            feed = jnp.tanh(self.readout(jnp.concatenate([context, top], axis=-1)))
             if rng is not None:
-                readout = dropout(readout, config.readout_dropout, jax.random.fold_in(rng, 0))
-        return tuple(new_h), tuple(new_c), top, context, weights, readout
+                feed = dropout(feed, config.readout_dropout, jax.random.fold_in(rng, 0))
+        return (tuple(new_h), tuple(new_c), feed), (top, context, weights)
 
     def _bahdanau_readout(self, top, context, embedded, rng):
         """``r = tanh(W_r [s; c; emb] + b_r)`` on any leading shape ``[..., R]``."""
         readout = jnp.concatenate([top, context, embedded.astype(top.dtype)], axis=-1)
-        readout = jnp.tanh(_linear(self.readout, readout))
-        return dropout(readout, self.config.readout_dropout, rng)
+        return dropout(jnp.tanh(self.readout(readout)), self.config.readout_dropout, rng)
 
     def _copy(self, logits: jax.Array, readout: jax.Array, weights: jax.Array, src: jax.Array) -> jax.Array:
         """Copy attention's output ``log p [B, T, V]`` (``copy_log_probs``) from ``logits [B, T, V]``, the readout
         ``[B, T, R]`` (the gate's input), the attention ``weights [B, T, S]`` and the source ids ``src [B, S]``.
         ``T`` is the target length in teacher forcing and a sentence's hypotheses in ``decode_step``."""
-        return copy_log_probs(logits, _linear(self.copy_gate, readout), weights, src)
+        return copy_log_probs(logits, self.copy_gate(readout), weights, src)
 
     def init_decode_state(self, src: jax.Array, src_len: jax.Array) -> dict[str, jax.Array]:
         """Encode and build the decoder state of ``docs/model.md`` (every leaf batch-leading); with
@@ -225,20 +210,17 @@ class Seq2Seq(nnx.Module):
             "attention": jnp.zeros((batch, src_size), jnp.float32 if memory.dtype != jnp.float64 else memory.dtype),
         }
 
-    def decode_kernels(self) -> dict:
-        """The kernels ``decode_step`` multiplies a few rows by, transposed: ``{"loop": [(kernel^T [4H, in + H],
-        bias)] per decoder layer, "output": W_o^T [V, R]}``.
-
-        With a few hypothesis rows (``1 < N <= SKINNY_ROWS``, a beam of one sentence) XLA:CPU computes
-        ``kernel^T · x^T`` faster than ``x · kernel`` (``_matmul_transposed``). Built once per model --
-        ``Translator`` does -- and handed to ``search_state``, so that no search call transposes them again.
+    def decode_weights(self) -> dict:
+        """The matrices ``decode_step`` multiplies, with what it adds to their products, in the compute dtype:
+        ``{"layers": [(kernel [in_l + H, 4H], bias [4H])] per decoder layer (``_layer_kernels``, embedding rows
+        included), "output": W_o [R, V]}``. ``search_state`` builds them once per search, outside its loop, so
+        that no step slices, concatenates or transposes parameters.
         """
-        output_t = self.tgt_embed.embedding[...] if self.output.tied else self.output.kernel[...].T
-        return {"loop": [(kernel.T, bias) for kernel, bias in self._loop_kernels(embedding_rows=True)],
-                "output": output_t.astype(self.compute_dtype)}
+        return {"layers": self._layer_kernels(embedding_rows=True),
+                "output": self.output.matrix(self.tgt_embed.embedding[...])}
 
     def decode_step(self, state: dict[str, jax.Array], tokens: jax.Array,
-                    kernels_t: dict | None = None) -> tuple[jax.Array, dict]:
+                    weights: dict | None = None) -> tuple[jax.Array, dict]:
         """Inference step: ``tokens [N]`` (the previous output) -> ``logits [N, V]`` and the next state.
         With ``copy_attention`` the "logits" are the log-probabilities of the copy mechanism (normalised, so a
         ``log_softmax`` of them changes nothing).
@@ -246,9 +228,10 @@ class Seq2Seq(nnx.Module):
         ``h, c [N, L, H]`` and ``feed [N, R]`` have a row per hypothesis. ``memory``, ``keys``, ``src_mask``
         (and ``src``) have a row per sentence, ``[B, ...]`` with ``N = B·G``: rows ``b·G .. b·G + G - 1`` are
         sentence ``b``'s hypotheses (``G = 1`` in teacher-forced use). ``attention [N, S]``, the step's
-        weights, is written only when the state holds it. ``kernels_t``: ``decode_kernels()``, used for a few
-        rows (``1 < N <= SKINNY_ROWS``); without them they are transposed here, in every call.
+        weights, is written only when the state holds it. ``weights``: ``decode_weights()`` (built here when
+        None).
         """
+        weights = self.decode_weights() if weights is None else weights
         embedded = self.tgt_embed(tokens)
         layers = range(self.config.dec_layers)
         h = tuple(state["h"][:, index] for index in layers)
@@ -261,52 +244,43 @@ class Seq2Seq(nnx.Module):
             if rows == sentences:
                 return self.attention(query, state["keys"], state["memory"], state["src_mask"])
             grouped = query.reshape(sentences, rows // sentences, query.shape[-1])
-            context, weights = self.attention(grouped, state["keys"], state["memory"], state["src_mask"])
-            return context.reshape(rows, -1), weights.reshape(rows, -1)
+            context, alignment = self.attention(grouped, state["keys"], state["memory"], state["src_mask"])
+            return context.reshape(rows, -1), alignment.reshape(rows, -1)
 
-        few_rows = 1 < rows <= SKINNY_ROWS
-        if few_rows and kernels_t is None:
-            # The barrier keeps XLA from folding the transposes back into the products.
-            kernels_t = jax.lax.optimization_barrier(self.decode_kernels())
-        if few_rows:
-            kernels, matmul = kernels_t["loop"], _matmul_transposed
-        else:
-            kernels, matmul = self._loop_kernels(embedding_rows=True), jnp.matmul
-        h, c, top, context, weights, readout = self._recurrent_step(
-            h, c, state["feed"], None, attend, kernels, None, embedded, matmul=matmul)
-        if readout is None:
+        (h, c, readout), (top, context, attention) = self._recurrent_step(
+            (h, c, state["feed"]), embedded, attend, weights["layers"], None)
+        if self.config.decoder_style == "bahdanau":
             readout = self._bahdanau_readout(top, context, embedded, None)
-        if few_rows:
-            logits = self.output.from_transposed(readout, kernels_t["output"])
-        else:
-            logits = self.output(readout, self.tgt_embed.embedding[...])
+        logits = self.output(readout, weights["output"])
         if self.config.copy_attention:  # the hypotheses of a sentence share its one row of source ids
             grouped = (sentences, rows // sentences, -1)
-            logits = self._copy(logits.reshape(grouped), readout.reshape(grouped), weights.reshape(grouped),
+            logits = self._copy(logits.reshape(grouped), readout.reshape(grouped), attention.reshape(grouped),
                                 state["src"]).reshape(rows, -1)
         new_state = dict(state, h=jnp.stack(h, axis=1), c=jnp.stack(c, axis=1), feed=readout)
         if "attention" in state:
-            new_state["attention"] = weights.astype(state["attention"].dtype)
+            new_state["attention"] = attention.astype(state["attention"].dtype)
         return logits, new_state
 
     def search_state(self, src: jax.Array, src_len: jax.Array, with_attention: bool = True,
-                     kernels_t: dict | None = None):
+                     weights: dict | None = None):
         """Encode once and split the decode state for ``seq2seq_jax.decode``: ``(state, step)``.
 
         ``state`` holds what each hypothesis carries and search copies per beam and reorders every step:
         ``h, c [B, L, H]``, ``feed [B, R]`` and, when ``with_attention``, ``attention [B, S]``.
         ``step(state, tokens)`` is ``decode_step`` closed over the sentence-level ``memory``, ``keys``,
         ``src_mask`` (and ``src`` for copy attention; ``[B, ...]``, one copy per sentence however many
-        hypotheses); it returns the per-hypothesis state only, so that search never copies or reorders the
-        ``[B, S, ...]`` encoder tensors per beam. ``kernels_t``: ``decode_kernels()``, computed once outside the search.
+        hypotheses) and over ``weights`` (``decode_weights()``, built here, once per search, when None); it
+        returns the per-hypothesis state only, so that search never copies or reorders the ``[B, S, ...]``
+        encoder tensors per beam.
         """
         full = self.init_decode_state(src, src_len)
         sentence = {name: full[name] for name in SENTENCE_STATE if name in full}
         state = {name: value for name, value in full.items()
                  if name not in SENTENCE_STATE and (with_attention or name != "attention")}
+        weights = self.decode_weights() if weights is None else weights
 
         def step(state: dict[str, jax.Array], tokens: jax.Array) -> tuple[jax.Array, dict]:
-            logits, new_state = self.decode_step({**state, **sentence}, tokens, kernels_t)
+            logits, new_state = self.decode_step({**state, **sentence}, tokens, weights)
             return logits, {name: new_state[name] for name in state}
 
         return state, step
@@ -325,8 +299,7 @@ class Seq2Seq(nnx.Module):
         """
         config = self.config
         rng_encode, rng_embed, rng_steps, rng_readout = _split(dropout_rng, 4)
-        memory, h0, c0 = self._encode_time_major(src, src_len, rng_encode)
-        memory = memory.transpose(1, 0, 2)  # [B, S, M]: attention reads it per sentence
+        memory, h0, c0 = self.encode(src, src_len, rng_encode)  # memory [B, S, M]: attention reads it per sentence
         keys = self.attention.precompute_keys(memory)
         src_mask = jnp.arange(src.shape[1])[None, :] < src_len[:, None]
         embedded = _dropout_time_major(self.tgt_embed(tgt_in.T), config.embed_dropout, rng_embed)  # [T, B, E]
@@ -334,16 +307,16 @@ class Seq2Seq(nnx.Module):
         steps = tgt_in.shape[1]
         step_rngs = None if rng_steps is None else jax.random.split(rng_steps, steps)
         feed0 = jnp.zeros((src.shape[0], config.readout_size), memory.dtype)
-        kernels = self._loop_kernels()
+        (kernel0, _), *upper = self._layer_kernels(embedding_rows=False)
         attend = jax.checkpoint(lambda query: self.attention(query, keys, memory, src_mask))
 
         def step(carry, inputs_t):
-            h, c, feed = carry
-            gates_t, rng_t = inputs_t
-            h, c, top, context, weights, readout = self._recurrent_step(h, c, feed, gates_t, attend, kernels, rng_t)
-            if readout is None:
-                return (h, c, feed), (top, context, weights)
-            return (h, c, readout), (readout, weights)
+            gates_t, rng_t = inputs_t  # layer 0: the embedding's projection with both biases
+            carry, (top, context, weights) = self._recurrent_step(carry, None, attend, [(kernel0, gates_t), *upper],
+                                                                  rng_t)
+            if config.decoder_style == "luong":
+                return carry, (carry[2], weights)
+            return carry, (top, context, weights)
 
         carry = (tuple(h0), tuple(c0), feed0)
         _, outputs = jax.lax.scan(step, carry, (gates_x0, step_rngs))
@@ -354,7 +327,7 @@ class Seq2Seq(nnx.Module):
         else:
             readout, weights = outputs
             readout = readout.transpose(1, 0, 2)
-        logits = self.output(readout, self.tgt_embed.embedding[...])
+        logits = self.output(readout, self.output.matrix(self.tgt_embed.embedding[...]))
         weights = weights.transpose(1, 0, 2)  # [B, T, S]
         if config.copy_attention:
             logits = self._copy(logits, readout, weights, src)
@@ -363,25 +336,6 @@ class Seq2Seq(nnx.Module):
 
 # What ``decode_step`` reads per sentence and never changes (``search_state`` keeps it out of the beam).
 SENTENCE_STATE = ("memory", "keys", "src_mask", "src")
-
-# With more than one and up to this many rows (the beam of one sentence), ``decode_step`` multiplies by the
-# transposed kernels of ``decode_kernels`` (``_matmul_transposed``). One row (greedy search of one sentence) is
-# a matrix-vector product that XLA already does well, and many rows a real GEMM: plain matmul.
-SKINNY_ROWS = 32
-
-
-def _matmul_transposed(x: jax.Array, kernel_t: jax.Array) -> jax.Array:
-    """``x [N, K] @ kernel_t.T`` for a kernel given transposed, ``kernel_t [M, K]`` (``Seq2Seq.decode_kernels``),
-    computed as ``(kernel_t · x^T)^T``: for a few rows XLA:CPU runs that product over the kernel's long side,
-    faster than ``x · kernel`` (docs/benchmarks.md, "Few-row products")."""
-    return jax.lax.dot_general(kernel_t, x, (((1,), (1,)), ((), ()))).T
-
-
-def _linear(layer: nnx.Linear, x: jax.Array) -> jax.Array:
-    """``layer(x)`` for an ``nnx.Linear`` with ``dtype`` set, as one ``jnp.matmul`` on any leading shape."""
-    dtype = layer.dtype
-    y = jnp.matmul(x.astype(dtype), layer.kernel[...].astype(dtype))
-    return y if layer.bias is None else y + layer.bias[...].astype(dtype)
 
 
 def _concat_directions(states: jax.Array) -> jax.Array:

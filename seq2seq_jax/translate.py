@@ -53,69 +53,18 @@ class Translator:
         self._compiled: dict[tuple, object] = {}
 
     @property
-    def params(self):
-        return self._params
-
-    @params.setter
-    def params(self, params) -> None:
-        """New parameters (the trainer sets them before each validation) also drop their decode kernels."""
-        self._params = params
-        self._kernels_t = None
-
-    @property
     def compiled_programs(self) -> int:
         return len(self._compiled)
 
     def _search_fn(self, src_size: int, max_len_bound: int, with_attention: bool, prefix_size: int = 0):
-        """One jitted search per (padded source length, output bound, attention kept or not, padded prefix
-        length); the settings are fixed per Translator. Without attention the search carries no
-        ``[B, K, L, S]`` attention buffers (for long sources they cost more than the model); the encoder
-        memory is never copied per beam (``Seq2Seq.search_state``)."""
+        """One jitted ``make_search`` per (padded source length, output bound, attention kept or not, padded prefix
+        length); the settings are fixed per Translator."""
         key = (src_size, max_len_bound, with_attention, prefix_size)
         if key not in self._compiled:
-            config, graphdef, ensemble = self.config, self.graphdef, self.ensemble
-
-            def search(params, kernels_t, src, src_len, rng, prefix, prefix_len):
-                if ensemble:
-                    state, decode_step = ensemble_search_state([
-                        nnx.merge(model_graphdef, model_params).search_state(
-                            src, src_len, with_attention=with_attention and index == 0, kernels_t=model_kernels)
-                        for index, (model_graphdef, model_params, model_kernels)
-                        in enumerate(zip(graphdef, params, kernels_t, strict=True))])
-                else:
-                    state, decode_step = nnx.merge(graphdef, params).search_state(
-                        src, src_len, with_attention=with_attention, kernels_t=kernels_t)
-                common = dict(min_len=config.min_len, max_len_a=config.max_len_a, max_len_b=config.max_len_b,
-                              max_len_bound=max_len_bound, no_repeat_ngram_size=config.no_repeat_ngram_size,
-                              prefix=prefix, prefix_len=prefix_len)
-                if config.sample:
-                    tokens, lengths, scores, attention = sample(
-                        decode_step, state, src_len, rng, temperature=config.temperature, top_k=config.top_k,
-                        top_p=config.top_p, **common)
-                    expand = lambda x: None if x is None else x[:, None]
-                    return tokens[:, None], lengths[:, None], scores[:, None], expand(attention)
-                if config.beam_size == 1:  # greedy: the plain argmax loop, whatever the length penalty
-                    result = greedy_search(decode_step, state, src_len, length_penalty=config.length_penalty,
-                                           **common)
-                else:
-                    result = beam_search(decode_step, state, src_len, beam_size=config.beam_size,
-                                         length_penalty=config.length_penalty, n_best=config.n_best, **common)
-                return result.tokens, result.lengths, result.scores, result.attention
-
-            self._compiled[key] = jax.jit(search)
+            self._compiled[key] = jax.jit(make_search(self.graphdef, self.config, max_len_bound, with_attention))
             logger.info("compiling search for source length %d, output bound %d%s (%d programs)", src_size,
                         max_len_bound, " with attention" if with_attention else "", len(self._compiled))
         return self._compiled[key]
-
-    def _decode_kernels(self):
-        """``Seq2Seq.decode_kernels()`` of these parameters, built once rather than in every search call."""
-        if self._kernels_t is None:
-            if self.ensemble:
-                self._kernels_t = tuple(_decode_kernels(graphdef, params)
-                                        for graphdef, params in zip(self.graphdef, self.params, strict=True))
-            else:
-                self._kernels_t = _decode_kernels(self.graphdef, self.params)
-        return self._kernels_t
 
     def _output_bound(self, src_size: int) -> int:
         """The output buffer's length for sources padded to ``src_size``: a function of the padded length (rounded
@@ -129,7 +78,7 @@ class Translator:
         src[:, 0] = EOS_ID
         src_len = np.ones(self.config.batch_size, dtype=np.int32)
         search = self._search_fn(src_size, self._output_bound(src_size), with_attention, 0)
-        jax.block_until_ready(search(self.params, self._decode_kernels(), jnp.asarray(src), jnp.asarray(src_len),
+        jax.block_until_ready(search(self.params, jnp.asarray(src), jnp.asarray(src_len),
                                      jax.random.key(self.config.seed), None, None))
 
     def encode_prefixes(self, lines: Sequence[str], prefixes: Sequence[str] | None,
@@ -174,7 +123,7 @@ class Translator:
             search = self._search_fn(src.shape[1], self._output_bound(src.shape[1]), with_attention,
                                      prefix.shape[1])
             tokens, lengths, scores, attention = jax.device_get(search(
-                self.params, self._decode_kernels(), jnp.asarray(src), jnp.asarray(src_len),
+                self.params, jnp.asarray(src), jnp.asarray(src_len),
                 jax.random.fold_in(rng, batch_number), None if prefix.shape[1] == 0 else jnp.asarray(prefix),
                 None if prefix.shape[1] == 0 else jnp.asarray(prefix_len)))
             for row, line_index in enumerate(index):
@@ -200,9 +149,44 @@ class Translator:
         return [hypotheses[0].text if hypotheses else "" for hypotheses in self.translate(lines)]
 
 
-def _decode_kernels(graphdef: nnx.GraphDef, params):
-    """``Seq2Seq.decode_kernels()`` of one model's parameters, built once rather than in every search call."""
-    return jax.jit(lambda params: nnx.merge(graphdef, params).decode_kernels())(params)
+def make_search(graphdef: nnx.GraphDef | tuple[nnx.GraphDef, ...], config: DecodeConfig, max_len_bound: int,
+                with_attention: bool):
+    """The search ``Translator`` jits, for one model (``graphdef``) or an ensemble (a tuple of them):
+    ``search(params, src [B, S], src_len [B], rng, prefix [B, P] | None, prefix_len [B] | None) ->
+    (tokens [B, n, L], lengths [B, n], scores [B, n], attention [B, n, L, S] | None)`` with ``n = n_best``
+    (1 when sampling), ``L = max_len_bound``.
+
+    ``params``: the model's (a tuple of the models' for an ensemble). Without attention the search carries no
+    ``[B, K, L, S]`` attention buffers (for long sources they cost more than the model); the encoder memory is
+    never copied per beam (``Seq2Seq.search_state``).
+    """
+    ensemble = isinstance(graphdef, tuple)
+
+    def search(params, src, src_len, rng, prefix, prefix_len):
+        if ensemble:
+            state, decode_step = ensemble_search_state([
+                nnx.merge(model_graphdef, model_params).search_state(
+                    src, src_len, with_attention=with_attention and index == 0)
+                for index, (model_graphdef, model_params) in enumerate(zip(graphdef, params, strict=True))])
+        else:
+            state, decode_step = nnx.merge(graphdef, params).search_state(src, src_len, with_attention=with_attention)
+        common = dict(min_len=config.min_len, max_len_a=config.max_len_a, max_len_b=config.max_len_b,
+                      max_len_bound=max_len_bound, no_repeat_ngram_size=config.no_repeat_ngram_size,
+                      prefix=prefix, prefix_len=prefix_len)
+        if config.sample:
+            tokens, lengths, scores, attention = sample(
+                decode_step, state, src_len, rng, temperature=config.temperature, top_k=config.top_k,
+                top_p=config.top_p, **common)
+            expand = lambda x: None if x is None else x[:, None]
+            return tokens[:, None], lengths[:, None], scores[:, None], expand(attention)
+        if config.beam_size == 1:  # greedy: the plain argmax loop, whatever the length penalty
+            result = greedy_search(decode_step, state, src_len, length_penalty=config.length_penalty, **common)
+        else:
+            result = beam_search(decode_step, state, src_len, beam_size=config.beam_size,
+                                 length_penalty=config.length_penalty, n_best=config.n_best, **common)
+        return result.tokens, result.lengths, result.scores, result.attention
+
+    return search
 
 
 def _prefix_batch(prefix_ids: list[list[int]] | None, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

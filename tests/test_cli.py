@@ -125,8 +125,8 @@ def test_unknown_setting_is_a_clear_error(tmp_path, capsys, monkeypatch):
 
 
 def test_translator_decodes_with_the_parameters_it_was_last_given(workdir):
-    """The trainer hands one Translator new parameters before each validation: a beam of a few rows (which
-    multiplies by transposed kernels built once per parameters) must decode with the new ones."""
+    """The trainer hands one Translator new parameters before each validation: its compiled searches must decode
+    with the new ones (the parameters are an argument of every search call, nothing derived from them is kept)."""
     trained = load_trained(workdir)
     decode = dataclasses.replace(trained.config.decode, beam_size=3, n_best=1, batch_size=2)  # 6 rows
     lines = [source for source, _ in generate_task("dates", 4, seed=11)]

@@ -27,7 +27,8 @@ def test_lstm_layer(direction, bidirectional):
     inputs = rng.normal(size=(3, 6, config.src_embed_size))
     lengths = np.array([6, 2, 4])
     with precision(DTYPE):
-        outputs, h_n, c_n = model.encoder.layers[0](jnp.asarray(inputs), jnp.asarray(lengths))
+        outputs, h_n, c_n = model.encoder.layers[0](jnp.asarray(inputs).transpose(1, 0, 2), jnp.asarray(lengths))
+        outputs = outputs.transpose(1, 0, 2)  # the layer is time-major
     packed = pack_padded_sequence(torch.from_numpy(inputs), torch.from_numpy(lengths), batch_first=True,
                                   enforce_sorted=False)
     with torch.no_grad():

@@ -36,8 +36,7 @@ def _jax_search(dtype, src, src_len, copy=False, **settings):
     bound = max_len_bound_for(src_len, settings["max_len_a"], settings["max_len_b"])
     with precision(dtype):
         # What Translator runs: memory, keys and mask once per sentence, only h, c, feed, attention per beam.
-        state, decode_step = model.search_state(jnp.asarray(src), jnp.asarray(src_len),
-                                                kernels_t=model.decode_kernels())
+        state, decode_step = model.search_state(jnp.asarray(src), jnp.asarray(src_len))
         if settings.get("greedy"):
             settings = {k: v for k, v in settings.items() if k not in ("greedy", "beam_size", "n_best")}
             return greedy_search(decode_step, state, jnp.asarray(src_len), max_len_bound=bound, **settings)

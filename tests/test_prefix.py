@@ -41,7 +41,7 @@ def _jax_search(dtype, src, src_len, prefix, prefix_len, kind="beam", vocab=13, 
     _, _, model = _models(dtype, vocab)
     bound = max_len_bound_for(src_len, settings["max_len_a"], settings["max_len_b"])
     with precision(dtype):
-        state, step = model.search_state(jnp.asarray(src), jnp.asarray(src_len), kernels_t=model.decode_kernels())
+        state, step = model.search_state(jnp.asarray(src), jnp.asarray(src_len))
         extra = dict(max_len_bound=bound, prefix=jnp.asarray(prefix), prefix_len=jnp.asarray(prefix_len))
         if kind == "greedy":
             return jax.device_get(greedy_search(step, state, jnp.asarray(src_len), **settings, **extra))

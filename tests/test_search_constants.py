@@ -93,7 +93,7 @@ def test_translator_search_reduces_no_constants(beam_size, with_attention):
                             DecodeConfig(beam_size=beam_size, batch_size=128, max_len_a=1.5, max_len_b=10))
     search = translator._search_fn(16, 40, with_attention, 0)  # no target prefix
     batch = 128
-    jaxpr = jax.make_jaxpr(search)(translator.params, translator._decode_kernels(), jnp.ones((batch, 16), jnp.int32),
+    jaxpr = jax.make_jaxpr(search)(translator.params, jnp.ones((batch, 16), jnp.int32),
                                    jnp.full((batch,), 16, jnp.int32), jax.random.key(0), None, None)
     found = constant_reductions(jaxpr)
     assert found == [], found
