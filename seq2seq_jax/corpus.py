@@ -3,7 +3,7 @@
 A directory ``D`` holds, beside a workdir's ``config.json`` (the resolved config, vocabulary sizes included) and
 ``tokenizer/``:
 
-    D/train-00000-of-00002.array_record   ArrayRecord shards (``group_size:1``: random access), one record per
+    D/train-00000-of-00002.array_record   ArrayRecord shards (``group_size:1``, uncompressed), one record per
     D/train-00001-of-00002.array_record   kept pair: int32 little-endian [len(src), *src, *tgt], i.e. an
                                           ``Example`` (src ends with EOS; tgt has no BOS/EOS)
     D/train.lengths.npy                   int32 [N, 2]: len(src) and len(tgt) of record i, to plan batches
@@ -45,7 +45,9 @@ SPLITS = ("train", "valid")
 # Data settings that do not change the records (how batches are cut, where the corpus is): every other field of
 # DataConfig must be the same to reuse a corpus.
 BATCHING_FIELDS = ("batch_size", "bucket_width", "tgt_bucket_width", "max_tokens", "seed", "preprocessed_dir")
-WRITER_OPTIONS = "group_size:1"  # one record per chunk: reading a record decodes only that record
+# One record per chunk (reading a record decodes only that record), stored as is: compression saves little on
+# records of ~100 bytes and makes every read decompress one. Readers read both (a file names its options).
+WRITER_OPTIONS = "group_size:1,uncompressed"
 RECORD_DTYPE = np.dtype("<i4")
 
 
