@@ -12,7 +12,7 @@ sentences (a benchmark script, not a test). Run it alone on the machine:
 2. **Preprocessing**: ``seq2seq preprocess`` of the corpus with 1 and with 2 workers (the Multi30k recipe's data
    settings: unigram tokenizers of 8,000 pieces): pairs/s (wall clock) and the peak RSS of its process tree
    (the sum over the process and its workers, sampled every 50 ms).
-3. **Loader**: ``data.BatchIterator`` over the preprocessed training split (ArrayRecord, read through grain),
+3. **Loader**: ``data.BatchIterator`` over the preprocessed training split (``corpus.CorpusSplit``: ArrayRecord),
    pinned to one core, building finished batches as the trainer asks for them: target tokens/s (real target
    tokens: ``tgt_len`` summed) for row batches and token budgets, with no background thread and with the
    trainer's one; and the same over the examples held in memory (a list), the loader's own cost.

@@ -3,7 +3,7 @@
 A directory ``D`` holds, beside a workdir's ``config.json`` (the resolved config, vocabulary sizes included) and
 ``tokenizer/``:
 
-    D/train-00000-of-00002.array_record   ArrayRecord shards (``group_size:1``: random access), one record per
+    D/train-00000-of-00002.array_record   ArrayRecord shards (``group_size:1``, uncompressed), one record per
     D/train-00001-of-00002.array_record   kept pair: int32 little-endian [len(src), *src, *tgt], i.e. an
                                           ``Example`` (src ends with EOS; tgt has no BOS/EOS)
     D/train.lengths.npy                   int32 [N, 2]: len(src) and len(tgt) of record i, to plan batches
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,9 @@ SPLITS = ("train", "valid")
 # Data settings that do not change the records (how batches are cut, where the corpus is): every other field of
 # DataConfig must be the same to reuse a corpus.
 BATCHING_FIELDS = ("batch_size", "bucket_width", "tgt_bucket_width", "max_tokens", "seed", "preprocessed_dir")
-WRITER_OPTIONS = "group_size:1"  # one record per chunk: reading a record decodes only that record
+# One record per chunk (reading a record decodes only that record), stored as is: compression saves little on
+# records of ~100 bytes and makes every read decompress one. Readers read both (a file names its options).
+WRITER_OPTIONS = "group_size:1,uncompressed"
 RECORD_DTYPE = np.dtype("<i4")
 
 
@@ -69,9 +72,29 @@ def encode_record(example: Example) -> bytes:
 
 def decode_record(record: bytes) -> Example:
     """The ``Example`` of ``encode_record``'s bytes."""
-    ids = np.frombuffer(record, dtype=RECORD_DTYPE).astype(np.int32)
-    src_len = int(ids[0])
-    return Example(ids[1: 1 + src_len], ids[1 + src_len:])
+    return decode_records([record])[0]
+
+
+def decode_records(records: Sequence[bytes]) -> list[Example]:
+    """The ``Example`` of each of ``encode_record``'s ``records``, decoded together: one join of the bytes and
+    one int32 array that every example's ids are views of. A record whose size or length word does not fit the
+    format is a ``DataError``."""
+    if not records:
+        return []
+    sizes = np.fromiter(map(len, records), dtype=np.int64, count=len(records))
+    if np.any(sizes % RECORD_DTYPE.itemsize) or np.any(sizes == 0):
+        bad = int(np.flatnonzero((sizes % RECORD_DTYPE.itemsize) | (sizes == 0))[0])
+        raise DataError(f"record {bad} of a read has {sizes[bad]} bytes: not int32 [len(src), *src, *tgt]")
+    ids = np.frombuffer(b"".join(records), dtype=RECORD_DTYPE).astype(np.int32)
+    ends = np.cumsum(sizes // RECORD_DTYPE.itemsize)
+    starts = ends - sizes // RECORD_DTYPE.itemsize
+    src_ends = starts + 1 + ids[starts]
+    if np.any(src_ends <= starts) or np.any(src_ends > ends):
+        bad = int(np.flatnonzero((src_ends <= starts) | (src_ends > ends))[0])
+        raise DataError(f"record {bad} of a read has a source length {ids[starts[bad]]} that does not fit its "
+                        f"{ends[bad] - starts[bad] - 1} ids")
+    return [Example(ids[start + 1: src_end], ids[src_end: end])
+            for start, src_end, end in zip(starts.tolist(), src_ends.tolist(), ends.tolist(), strict=True)]
 
 
 def _array_record_reader(path: Path):
@@ -80,46 +103,80 @@ def _array_record_reader(path: Path):
     return ArrayRecordReader(str(path))
 
 
+# Random access as grain opens its readers: no read-ahead (records are read at scattered positions).
+READER_OPTIONS = "readahead_buffer_size:0"
+READER_BUFFER_BYTES = 32768
+
+
 class CorpusSplit(Sequence):
-    """The ``Example``s of one split, read from its shards on demand through grain's ``ArrayRecordDataSource``
-    (opened at the first read, and again after pickling: a process that receives the split opens its own).
+    """The ``Example``s of one split, read from its shards on demand by ArrayRecord readers (opened at the first
+    read, and again after pickling: a process that receives the split opens its own).
 
     ``lengths``: int32 ``[N, 2]``, ``len(src)`` (EOS included) and ``len(tgt)`` (no BOS/EOS) of each example.
     """
 
     def __init__(self, name: str, shard_paths: Sequence[Path], lengths: np.ndarray):
         self.name, self.shard_paths, self.lengths = name, list(shard_paths), lengths
-        self._source = None
+        self._readers = None
+        self._shard_starts = None  # int64 [shards + 1]: the index of each shard's first record, then N
+        self._lock = threading.Lock()
 
-    def _records(self):
-        if self._source is None:
-            from grain.sources import ArrayRecordDataSource  # imported at the first read: workers never need it
+    def _open(self) -> None:
+        with self._lock:
+            if self._readers is not None:
+                return
+            from array_record.python.array_record_module import ArrayRecordReader
 
-            self._source = ArrayRecordDataSource([str(path) for path in self.shard_paths])
-        return self._source
+            readers = [ArrayRecordReader(str(path), options=READER_OPTIONS,
+                                         file_reader_buffer_size=READER_BUFFER_BYTES) for path in self.shard_paths]
+            counts = [reader.num_records() for reader in readers]
+            if sum(counts) != len(self):
+                raise DataError(f"{self.name}: the shards hold {sum(counts)} records, the lengths describe "
+                                f"{len(self)}")
+            self._shard_starts = np.cumsum([0, *counts])
+            self._readers = readers
 
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def _check_index(self, index: int) -> int:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"{self.name}: index {index} out of range for {len(self)} examples")
-        return index % len(self)
-
     def __getitem__(self, index: int) -> Example:  # type: ignore[override]
-        return decode_record(self._records()[self._check_index(int(index))])
+        return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: Sequence[int]) -> list[Example]:
-        """The examples at ``indices``, in order, read in one call (much cheaper per record than one by one)."""
-        wanted = [self._check_index(int(index)) for index in indices]
-        return [decode_record(record) for record in self._records().__getitems__(wanted)] if wanted else []
+        """The examples at ``indices``, in order, read in one call per shard (much cheaper per record than one by
+        one) and decoded together (``decode_records``)."""
+        wanted = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if not len(wanted):
+            return []
+        outside = (wanted < -len(self)) | (wanted >= len(self))
+        if outside.any():
+            raise IndexError(f"{self.name}: index {wanted[outside][0]} out of range for {len(self)} examples")
+        wanted = wanted % len(self)
+        if self._readers is None:
+            self._open()
+        if len(self._readers) == 1:
+            return decode_records(self._readers[0].read(wanted.tolist()))
+        shard = np.searchsorted(self._shard_starts, wanted, side="right") - 1
+        order = np.argsort(shard, kind="stable")
+        records = []
+        for index in np.unique(shard).tolist():
+            positions = wanted[order[shard[order] == index]] - self._shard_starts[index]
+            records += self._readers[index].read(positions.tolist())
+        examples = decode_records(records)
+        in_order = [None] * len(examples)
+        for position, example in zip(order.tolist(), examples, strict=True):
+            in_order[position] = example
+        return in_order
 
     def __iter__(self) -> Iterator[Example]:
         for start in range(0, len(self), 4096):
             yield from self.__getitems__(range(start, min(start + 4096, len(self))))
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_source": None}
+        return {**self.__dict__, "_readers": None, "_shard_starts": None, "_lock": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
 
     def __repr__(self) -> str:
         return f"CorpusSplit({self.name!r}, {len(self)} examples, {len(self.shard_paths)} shards)"
@@ -238,4 +295,4 @@ def open_corpus(path: str | Path) -> Corpus:
 
 
 __all__ = ["Corpus", "CorpusSplit", "open_corpus", "record_settings", "encode_record", "decode_record",
-           "shard_name", "lengths_name", "FORMAT_VERSION", "BATCHING_FIELDS"]
+           "decode_records", "shard_name", "lengths_name", "FORMAT_VERSION", "BATCHING_FIELDS"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from seq2seq_jax import data as data_lib
 from seq2seq_jax import preprocess as preprocess_lib
 from seq2seq_jax import trainer as trainer_lib
 from seq2seq_jax.config import ExperimentConfig
-from seq2seq_jax.corpus import MANIFEST_FILE, decode_record, encode_record, open_corpus
+from seq2seq_jax.corpus import MANIFEST_FILE, decode_record, decode_records, encode_record, open_corpus
 from seq2seq_jax.data import DataError
 from seq2seq_jax.preprocess import preprocess, reservoir_sample
 from seq2seq_jax.tokenizer import load_tokenizers
@@ -109,6 +110,29 @@ def test_record_format_round_trip():
     assert record == np.array([3, 5, 6, 3, 7], "<i4").tobytes()
     decoded = decode_record(record)
     assert decoded.src.tolist() == [5, 6, 3] and decoded.tgt.tolist() == [7]
+
+
+def test_bulk_reads_across_shards_keep_the_order_asked_for(made):
+    _, corpus = made
+    split = corpus.split("train")
+    one_by_one = [split[i] for i in range(len(split))]
+    wanted = np.random.default_rng(0).permutation(np.concatenate([np.arange(len(split)), [3, -1, -len(split)]]))
+    for got, index in zip(split.__getitems__(wanted), wanted.tolist(), strict=True):
+        assert np.array_equal(got.src, one_by_one[index].src) and np.array_equal(got.tgt, one_by_one[index].tgt)
+    assert wanted.min() < 0  # the caller's indices are not changed in place
+    with pytest.raises(IndexError, match=f"index {len(split)} out of range for {len(split)} examples"):
+        split.__getitems__([0, len(split)])
+    restored = pickle.loads(pickle.dumps(split))
+    assert np.array_equal(restored[5].tgt, one_by_one[5].tgt)
+
+
+def test_records_that_do_not_fit_the_format_are_errors():
+    decoded = decode_records([np.array([1, 3, 7, 8], "<i4").tobytes(), np.array([2, 4, 3], "<i4").tobytes()])
+    assert [(e.src.tolist(), e.tgt.tolist()) for e in decoded] == [([3], [7, 8]), ([4, 3], [])]
+    with pytest.raises(DataError, match="record 1 of a read has 6 bytes"):
+        decode_records([np.array([1, 3], "<i4").tobytes(), b"\x01" * 6])
+    with pytest.raises(DataError, match="record 0 of a read has a source length 5 that does not fit its 2 ids"):
+        decode_records([np.array([5, 3, 4], "<i4").tobytes()])
 
 
 def test_one_and_two_workers_write_identical_corpora(tmp_path, monkeypatch):
