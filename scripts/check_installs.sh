@@ -21,6 +21,11 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/seq2seq-installs.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 fail() { echo "check_installs: FAILED: $*" >&2; exit 1; }
 full() { PYTHONPATH="$REPO" "$FULL/bin/python" "$@"; }   # the full environment runs the checkout's code
+# same_translations REFERENCE FILE WHAT: FILE, written by WHAT, has the 200 lines of REFERENCE
+same_translations() {
+  [ "$(wc -l < "$2")" = 200 ] || fail "$3 wrote $(wc -l < "$2") lines"
+  cmp -s "$1" "$2" || { diff "$1" "$2" | head; fail "$3: $2 differs from $1"; }
+}
 
 # A wheel built from a copy of what it is made of: an in-tree build would leave build/ behind, whose stale
 # modules a later build would package.
@@ -68,8 +73,7 @@ for beam in 1 5; do
   "$JAX_VENV/bin/seq2seq" translate --workdir jax --beam-size "$beam" --input inputs.txt --output "jax.$beam.txt" 2>/dev/null
   "$JAX_VENV/bin/seq2seq" translate --workdir jax-imported --beam-size "$beam" --input inputs.txt \
     --output "imported.$beam.txt" 2>/dev/null
-  [ "$(wc -l < "jax.$beam.txt")" = 200 ] || fail "seq2seq translate wrote $(wc -l < "jax.$beam.txt") lines"
-  cmp -s "jax.$beam.txt" "imported.$beam.txt" || { diff "jax.$beam.txt" "imported.$beam.txt" | head; fail "beam $beam differs after import"; }
+  same_translations "jax.$beam.txt" "imported.$beam.txt" "seq2seq translate of the imported workdir, beam $beam"
   echo "beam $beam: 200 identical lines before and after export + import"
 done
 
@@ -79,8 +83,7 @@ cmp -s export/model.safetensors jax-export/model.safetensors || fail "the two en
 for beam in 1 5; do
   "$TORCH_VENV/bin/python" -m torch_ref.translate export --beam-size "$beam" --input inputs.txt \
     --output "torch.$beam.txt" 2>/dev/null
-  [ "$(wc -l < "torch.$beam.txt")" = 200 ] || fail "torch_ref.translate wrote $(wc -l < "torch.$beam.txt") lines"
-  cmp -s "jax.$beam.txt" "torch.$beam.txt" || { diff "jax.$beam.txt" "torch.$beam.txt" | head; fail "beam $beam differs"; }
+  same_translations "jax.$beam.txt" "torch.$beam.txt" "torch_ref.translate, beam $beam"
   echo "beam $beam: 200 lines identical to seq2seq translate"
 done
 
