@@ -68,19 +68,7 @@ def _check_encoding_errors(encoding_errors: str) -> None:
 def _read_raw_lines(path: str | Path) -> list[bytes]:
     """The lines of ``path`` as bytes: split on ``\\n`` only, no extra empty line after a final ``\\n``, one
     trailing ``\\r`` (CRLF) removed per line, a UTF-8 byte order mark at the start removed."""
-    path = Path(path)
-    try:
-        content = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except OSError as error:
-        raise DataError(f"{path}: cannot read: {error.strerror}") from None
-    if content.startswith(UTF8_BOM):
-        content = content[len(UTF8_BOM):]
-    lines = content.split(b"\n")
-    if lines[-1] == b"":
-        lines.pop()
-    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+    return list(_iter_raw_lines(Path(path)))
 
 
 def _decode_line(path: Path, line_number: int, raw: bytes, encoding_errors: str) -> tuple[str, bool]:
@@ -108,8 +96,8 @@ def _decode_lines(path: Path, raw_lines: list[bytes], encoding_errors: str) -> T
 
 
 def _iter_raw_lines(path: Path) -> Iterator[bytes]:
-    """The lines of ``path`` as ``_read_raw_lines`` gives them, read one at a time (binary files split on
-    ``\\n`` only)."""
+    """The lines of ``path`` (``_read_raw_lines``'s rules), read one at a time: binary files split on ``\\n``
+    only."""
     try:
         handle = path.open("rb")
     except FileNotFoundError:
