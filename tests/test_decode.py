@@ -23,6 +23,7 @@ from seq2seq_jax.decode import (
     EOS_ID,
     _top_k,
     beam_search,
+    first_max_index,
     greedy_search,
     max_len_bound_for,
     max_len_for,
@@ -470,3 +471,21 @@ def test_top_k_without_sort_equals_lax_top_k(width, k):
     got_values, got_indices = jax.jit(_top_k, static_argnums=1)(jnp.asarray(values), k)
     np.testing.assert_array_equal(np.asarray(got_indices), np.asarray(expected_indices))
     np.testing.assert_array_equal(np.asarray(got_values), np.asarray(expected_values))
+
+
+def test_first_max_index_equals_argmax():
+    """``first_max_index`` is ``argmax``: the first maximum (ties, +inf), index 0 for a row of -inf, the first
+    NaN in a row holding one."""
+    rng = np.random.default_rng(3)
+    values = rng.integers(0, 4, (8, 300)).astype(np.float32)  # many ties
+    values[1] = -np.inf
+    values[2, [7, 250]] = np.inf
+    values[3, [40, 9]] = np.nan
+    values[4, [5, 6]] = [np.inf, np.nan]
+    values[5] = rng.normal(size=300)
+    expected = np.asarray(jnp.argmax(jnp.asarray(values), axis=-1))
+    got = np.asarray(jax.jit(first_max_index)(jnp.asarray(values)))
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, expected)
+    assert got[:5].tolist() == [expected[0], 0, 7, 9, 6]
+
