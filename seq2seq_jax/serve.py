@@ -43,6 +43,11 @@ every row count and every padded source length up to ``warmup_src_len`` tokens, 
 request) for one row; other shapes and settings compile on first use. Row counts grow by a factor of four, not
 two (4 rather than 7 row counts for 64), to shorten the warm-up, at the price of a batch having up to four times
 the rows it needs rather than two. Requests that arrive during warm-up are queued and answered once it is done.
+Then the objects the server holds for good (the model, its compiled programs, the tokenizers, the libraries'
+own) are collected once and frozen (``gc.freeze``): Python's full garbage collections would otherwise scan them
+all, which stopped the server for about 170 ms at a time while it served, long enough for the next search to
+leave without the clients whose answers were still being sent (docs/benchmarks.md, Serving); ``/health``
+reports how many objects are frozen.
 One Translator per (settings, rows) is kept; beyond ``CACHED_SETTINGS`` non-default settings the least recently
 used one is dropped with its programs.
 
@@ -61,6 +66,7 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import gc
 import importlib.resources
 import logging
 import math
@@ -237,6 +243,8 @@ class BatchingDecoder:
     def _run(self) -> None:
         try:
             self._warm_up()
+            gc.collect()
+            gc.freeze()  # out of the full collections' sight: the long-lived objects (module docstring)
             self.status = "ready"
         except Exception as error:  # reported by /health; requests still get their own errors
             logger.exception("warm-up failed")
@@ -567,7 +575,8 @@ def create_app(model: Seq2SeqModel, limits: ServeLimits) -> FastAPI:
                    "default_settings": entry["settings"] == decoder.default_config} for entry in decoder.compiled]
         body = {"status": decoder.status, "step": first.step, "steps": [m.step for m in model.models],
                 "compiled_programs": len(shapes),
-                "compiled": shapes, "row_buckets": list(decoder.rows), **decoder.counts()}
+                "compiled": shapes, "row_buckets": list(decoder.rows), "gc_frozen_objects": gc.get_freeze_count(),
+                **decoder.counts()}
         return JSONResponse(body, status_code=200 if decoder.status == "ready" else 503)
 
     @app.get("/v1/info")
