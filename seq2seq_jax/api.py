@@ -70,16 +70,17 @@ class Seq2SeqModel:
             self._translators[config] = self.new_translator(config)
         return self._translators[config]
 
-    def new_translator(self, decode_config: DecodeConfig) -> Translator:
+    def new_translator(self, decode_config: DecodeConfig, compact: bool = True) -> Translator:
         """A new ``Translator`` (its own compiled programs, kept by the caller) for these settings: the ensemble's
-        search when several models are loaded. ``seq2seq serve`` keeps one per row count."""
+        search when several models are loaded. ``seq2seq serve`` keeps one per row count. ``compact``: see
+        ``Translator``."""
         first = self.models[0]
         if self.is_ensemble:
             graphdef, params = tuple(m.graphdef for m in self.models), tuple(m.params for m in self.models)
         else:
             graphdef, params = first.graphdef, first.params
         return Translator(graphdef, params, self.src_tokenizer, self.tgt_tokenizer, decode_config,
-                          first.config.data.bucket_width)
+                          first.config.data.bucket_width, compact)
 
     def translate(self, lines: str | Sequence[str], beam_size: int | None = None, n_best: int | None = None,
                   prefix: str | Sequence[str] | None = None, with_attention: bool = False, **decode_overrides

@@ -72,7 +72,10 @@ Beam search, pinned (the flax examples/wmt / tensor2tensor design, with fairseq'
 
 Greedy search is ``beam_search(..., beam_size=1)``; with ``length_penalty = 0`` it equals the plain
 argmax loop ``greedy_search`` (for ``length_penalty != 0`` a K = 1 beam may keep searching past an
-argmax EOS for a better-normalised hypothesis, as beam search should).
+argmax EOS for a better-normalised hypothesis, as beam search should). ``greedy_search(..., compact=True)``
+runs the same loop but moves the unfinished rows to a loop over half as many rows once no more than half are
+unfinished, and so on (``_sequential_decode``): each row's tokens are the same, its log-probs equal up to
+float rounding.
 """
 
 from __future__ import annotations
@@ -521,15 +524,50 @@ class _SequentialCarry(NamedTuple):
 ChooseToken = Callable[[jax.Array, jax.Array], jax.Array]  # (banned log_probs [B, V], step) -> tokens [B]
 
 
+# Compaction stops at this many rows: below it a step costs about what it costs for one row (the weights' reads).
+COMPACT_MIN_ROWS = 8
+
+
+def compaction_sizes(rows: int) -> tuple[int, ...]:
+    """The row counts a sequential search of ``rows`` rows moves its unfinished rows to (``compact``): halves
+    while at least ``COMPACT_MIN_ROWS`` (64 -> 32, 16, 8; none below 16 rows)."""
+    sizes = []
+    size = rows // 2
+    while size >= COMPACT_MIN_ROWS:
+        sizes.append(size)
+        size //= 2
+    return tuple(sizes)
+
+
+
+def _take_rows(tree: Any, rows: jax.Array) -> Any:
+    """Every array leaf of ``tree`` with a leading row axis, at ``rows`` (scalars and None are kept)."""
+    return jax.tree_util.tree_map(lambda x: x if jnp.ndim(x) == 0 else x[rows], tree)
+
+
+def _put_rows(outer: Any, inner: Any, rows: jax.Array) -> Any:
+    """``outer`` with its leading-axis rows ``rows`` replaced by ``inner``'s (scalars: ``inner``'s)."""
+    return jax.tree_util.tree_map(lambda o, i: i if jnp.ndim(o) == 0 else o.at[rows].set(i), outer, inner)
+
+
 def _sequential_decode(decode_step: DecodeStep, init_state: Any, src_len: jax.Array, choose: ChooseToken, *,
                        min_len: int, max_len_a: float, max_len_b: float, max_len_bound: int,
                        no_repeat_ngram_size: int, eos_id: int, bos_id: int, prefix: jax.Array | None = None,
-                       prefix_len: jax.Array | None = None) -> _SequentialCarry:
-    """One hypothesis per sentence, one ``lax.while_loop``; ``choose`` picks each token.
+                       prefix_len: jax.Array | None = None, compact: bool = False) -> _SequentialCarry:
+    """One hypothesis per sentence, ``lax.while_loop``s; ``choose`` picks each token.
 
     A sentence stops after EOS or at ``max_len_i`` tokens (same limit as beam search); its length counts
     EOS. ``sums`` add the (unrenormalised, unbanned-token) log-probs of the chosen tokens. Inside its
     ``prefix`` (rule 10) a sentence takes the prefix token, whatever ``choose`` picks.
+
+    ``compact``: once no more than half the rows are unfinished, they move (in order, with finished rows
+    filling the rest) to a loop over half as many rows, and so on down to ``COMPACT_MIN_ROWS``
+    (``compaction_sizes``); the rows' results are put back in place at the end. A step's cost grows with its
+    rows, and finished rows would still be computed. Each row's tokens are those of the uncompacted loop (a
+    row's step does not depend on the other rows); its log-probs may differ in the last float bits, as
+    XLA's products round differently for different row counts. ``decode_step`` must then take any number of
+    rows: every per-sentence tensor it uses in ``state``, none closed over. ``choose`` must not depend on a
+    row's position (greedy's argmax; not sampling, whose draws do).
     """
     _check_settings(max_len_bound, min_len, no_repeat_ngram_size)
     buffer_len = max_len_bound
@@ -550,54 +588,78 @@ def _sequential_decode(decode_step: DecodeStep, init_state: Any, src_len: jax.Ar
         done=jnp.zeros((batch,), bool),
     )
 
-    def not_done(carry: _SequentialCarry) -> jax.Array:
-        return (carry.step < buffer_len) & ~jnp.all(carry.done)
+    def run(carry: _SequentialCarry, rows: tuple, hand_over_at: int | None) -> _SequentialCarry:
+        """The loop over the rows of ``carry`` (``rows``: their ``(max_lens, prefix, prefix_len)``), until every
+        row is done, or until at most ``hand_over_at`` rows are not."""
+        row_max_lens, row_prefix, row_prefix_len = rows
 
-    def step_fn(carry: _SequentialCarry) -> _SequentialCarry:
-        t = carry.step
-        generated = t + 1
-        previous = jax.lax.dynamic_index_in_dim(carry.tokens, jnp.maximum(t - 1, 0), axis=1, keepdims=False)
-        logits, new_state = decode_step(carry.model_state, jnp.where(t == 0, bos_id, previous))
-        unbanned = jax.nn.log_softmax(logits.astype(dtype), axis=-1)
-        log_probs = _ban_tokens(unbanned, carry.tokens, t, min_len=min_len,
-                                no_repeat_ngram_size=no_repeat_ngram_size, eos_id=eos_id)
-        token = choose(log_probs, t).astype(jnp.int32)
-        if prefix is not None:
-            log_probs = _force_prefix(log_probs, unbanned, prefix, prefix_len, t)
-            token = jnp.where(t < prefix_len, _prefix_token(prefix, t), token)
-        token_log_prob = jnp.take_along_axis(log_probs, token[:, None], axis=1)[:, 0]
-        active = ~carry.done
-        write = active[:, None] & (positions == t)
-        attention = carry.attention
-        if attention is not None:
-            step_attention = new_state["attention"].astype(dtype)[:, None, :]
-            attention = jnp.where(write[:, :, None], step_attention, attention)
-        return _SequentialCarry(
-            step=t + 1,
-            model_state=new_state,
-            tokens=jnp.where(write, token[:, None], carry.tokens),
-            lengths=jnp.where(active, generated, carry.lengths),
-            sums=jnp.where(active, carry.sums + token_log_prob, carry.sums),
-            attention=attention,
-            done=carry.done | (token == eos_id) | (generated >= max_lens),
-        )
+        def not_done(carry: _SequentialCarry) -> jax.Array:
+            going = (carry.step < buffer_len) & ~jnp.all(carry.done)
+            if hand_over_at is not None:
+                going &= jnp.sum(~carry.done) > hand_over_at
+            return going
 
-    return jax.lax.while_loop(not_done, step_fn, init)
+        def step_fn(carry: _SequentialCarry) -> _SequentialCarry:
+            t = carry.step
+            generated = t + 1
+            previous = jax.lax.dynamic_index_in_dim(carry.tokens, jnp.maximum(t - 1, 0), axis=1, keepdims=False)
+            logits, new_state = decode_step(carry.model_state, jnp.where(t == 0, bos_id, previous))
+            unbanned = jax.nn.log_softmax(logits.astype(dtype), axis=-1)
+            log_probs = _ban_tokens(unbanned, carry.tokens, t, min_len=min_len,
+                                    no_repeat_ngram_size=no_repeat_ngram_size, eos_id=eos_id)
+            token = choose(log_probs, t).astype(jnp.int32)
+            if row_prefix is not None:
+                log_probs = _force_prefix(log_probs, unbanned, row_prefix, row_prefix_len, t)
+                token = jnp.where(t < row_prefix_len, _prefix_token(row_prefix, t), token)
+            token_log_prob = jnp.take_along_axis(log_probs, token[:, None], axis=1)[:, 0]
+            active = ~carry.done
+            write = active[:, None] & (positions == t)
+            attention = carry.attention
+            if attention is not None:
+                step_attention = new_state["attention"].astype(dtype)[:, None, :]
+                attention = jnp.where(write[:, :, None], step_attention, attention)
+            return _SequentialCarry(
+                step=t + 1,
+                model_state=new_state,
+                tokens=jnp.where(write, token[:, None], carry.tokens),
+                lengths=jnp.where(active, generated, carry.lengths),
+                sums=jnp.where(active, carry.sums + token_log_prob, carry.sums),
+                attention=attention,
+                done=carry.done | (token == eos_id) | (generated >= row_max_lens),
+            )
+
+        return jax.lax.while_loop(not_done, step_fn, carry)
+
+    sizes = compaction_sizes(batch) if compact else ()
+    carry, rows = init, (max_lens, prefix, prefix_len)
+    handed_over = []  # (the larger loop's final carry, the rows it handed over), outermost first
+    for next_size in (*sizes, None):
+        carry = run(carry, rows, next_size)
+        if next_size is None:
+            break
+        kept = jnp.argsort(carry.done, stable=True)[:next_size].astype(jnp.int32)  # unfinished rows first, in order
+        handed_over.append((carry, kept))
+        carry, rows = _take_rows(carry, kept), _take_rows(rows, kept)
+    for outer, kept in reversed(handed_over):
+        carry = _put_rows(outer, carry, kept)
+    return carry
 
 
 def greedy_search(decode_step: DecodeStep, init_state: Any, src_len: jax.Array, *, length_penalty: float = 0.0,
                   min_len: int = 0, max_len_a: float, max_len_b: float, max_len_bound: int,
                   no_repeat_ngram_size: int = 0, eos_id: int = EOS_ID, bos_id: int = BOS_ID,
-                  prefix: jax.Array | None = None, prefix_len: jax.Array | None = None) -> BeamResult:
+                  prefix: jax.Array | None = None, prefix_len: jax.Array | None = None,
+                  compact: bool = False) -> BeamResult:
     """The plain argmax loop (first index on ties), with the same bans, limits and prefix rule as beam search.
 
     Returns a BeamResult with ``n_best = 1``; scores are ``sum_logprob / lp(length)``. Equals
-    ``beam_search(..., beam_size=1)`` when ``length_penalty == 0``.
+    ``beam_search(..., beam_size=1)`` when ``length_penalty == 0``. ``compact``: unfinished rows move to
+    smaller loops as rows finish (``_sequential_decode``; ``decode_step`` must then take any row count).
     """
     final = _sequential_decode(decode_step, init_state, src_len, lambda log_probs, step: first_max_index(log_probs),
                                min_len=min_len, max_len_a=max_len_a, max_len_b=max_len_b,
                                max_len_bound=max_len_bound, no_repeat_ngram_size=no_repeat_ngram_size,
-                               eos_id=eos_id, bos_id=bos_id, prefix=prefix, prefix_len=prefix_len)
+                               eos_id=eos_id, bos_id=bos_id, prefix=prefix, prefix_len=prefix_len, compact=compact)
     penalty = jnp.asarray(length_penalty_table(max_len_bound, length_penalty), final.sums.dtype)
     scores = final.sums / penalty[final.lengths]
     attention = None if final.attention is None else final.attention[:, None]

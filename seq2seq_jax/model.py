@@ -262,7 +262,7 @@ class Seq2Seq(nnx.Module):
         return logits, new_state
 
     def search_state(self, src: jax.Array, src_len: jax.Array, with_attention: bool = True,
-                     weights: dict | None = None):
+                     weights: dict | None = None, compactable: bool = False):
         """Encode once and split the decode state for ``seq2seq_jax.decode``: ``(state, step)``.
 
         ``state`` holds what each hypothesis carries and search copies per beam and reorders every step:
@@ -271,12 +271,14 @@ class Seq2Seq(nnx.Module):
         ``src_mask`` (and ``src`` for copy attention; ``[B, ...]``, one copy per sentence however many
         hypotheses) and over ``weights`` (``decode_weights()``, built here, once per search, when None); it
         returns the per-hypothesis state only, so that search never copies or reorders the ``[B, S, ...]``
-        encoder tensors per beam.
+        encoder tensors per beam. ``compactable`` (one hypothesis per sentence: greedy search): the
+        sentence-level tensors are in ``state`` too and ``step`` takes any number of rows, which a compacting
+        search (``greedy_search(..., compact=True)``) needs.
         """
         full = self.init_decode_state(src, src_len)
-        sentence = {name: full[name] for name in SENTENCE_STATE if name in full}
+        sentence = {name: full[name] for name in SENTENCE_STATE if name in full and not compactable}
         state = {name: value for name, value in full.items()
-                 if name not in SENTENCE_STATE and (with_attention or name != "attention")}
+                 if name not in sentence and (with_attention or name != "attention")}
         weights = self.decode_weights() if weights is None else weights
 
         def step(state: dict[str, jax.Array], tokens: jax.Array) -> tuple[jax.Array, dict]:

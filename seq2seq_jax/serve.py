@@ -33,9 +33,11 @@ prefix pads every row's to its longest (rounded up to 8 pieces, "" for a row wit
 the compiled program's key; a prefix longer than its text's output limit is refused with 422 before it is queued. A
 row's search does not depend on the other rows' contents, so a text (with its prefix) gets the same tokens whatever
 it is merged with (``tests/test_decode.py``); its score is the same up to float32 rounding: XLA:CPU's matmuls round
-differently for different row counts and padded lengths, by a few 1e-6 of the score. With ``fixed_rows`` every
-search has ``max_batch`` rows and texts of one padded source and prefix length, so every answer is bit-identical to
-the one the text gets alone, at the price of a lone request paying for ``max_batch`` rows.
+differently for different row counts and padded lengths, by a few 1e-6 of the score (greedy searches also move
+their unfinished rows to smaller loops as rows finish: ``Translator``'s ``compact``). With ``fixed_rows`` every
+search has ``max_batch`` rows, does not compact them, and holds texts of one padded source and prefix length, so
+every answer is bit-identical to the one the text gets alone, at the price of a lone request paying for
+``max_batch`` rows.
 The event loop only awaits futures: ``/health`` answers while a batch decodes.
 
 Warm-up: before ``/health`` reports ready, the default settings' searches (without prefixes) are compiled for
@@ -361,7 +363,8 @@ class BatchingDecoder:
         translators = self._translators.setdefault(settings, {})
         self._translators.move_to_end(settings)
         if rows not in translators:
-            translators[rows] = self.model.new_translator(dataclasses.replace(config, batch_size=rows))
+            translators[rows] = self.model.new_translator(dataclasses.replace(config, batch_size=rows),
+                                                          compact=not self.limits.fixed_rows)
         others = [key for key in self._translators if key != self.default_config]
         if len(others) > CACHED_SETTINGS:  # drop the least recently used settings with their programs
             del self._translators[others[0]]

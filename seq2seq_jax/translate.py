@@ -38,11 +38,13 @@ class Translator:
     """Decode text with a trained model: ``translate(lines) -> [[Hypothesis, ...n_best], ...]``.
 
     ``graphdef`` and ``params``: one model's, or a tuple of several models' graph definitions and a tuple of
-    their parameters (an ensemble; the tokenizers are the ones all of them share).
+    their parameters (an ensemble; the tokenizers are the ones all of them share). ``compact``: greedy searches
+    move their unfinished rows to smaller loops as rows finish (``make_search``); off, every step of a batch
+    computes all its rows, so that a line's result is bit-identical whatever else its batch holds.
     """
 
     def __init__(self, graphdef: nnx.GraphDef | Sequence[nnx.GraphDef], params, src_tokenizer: Tokenizer,
-                 tgt_tokenizer: Tokenizer, decode_config: DecodeConfig, bucket_width: int = 8):
+                 tgt_tokenizer: Tokenizer, decode_config: DecodeConfig, bucket_width: int = 8, compact: bool = True):
         self.ensemble = isinstance(graphdef, (tuple, list))
         self.graphdef = tuple(graphdef) if self.ensemble else graphdef
         self.params = tuple(params) if self.ensemble and params is not None else params
@@ -50,6 +52,7 @@ class Translator:
         self.tgt_tokenizer = tgt_tokenizer
         self.config = decode_config
         self.bucket_width = bucket_width
+        self.compact = compact
         self._compiled: dict[tuple, object] = {}
 
     @property
@@ -61,7 +64,8 @@ class Translator:
         length); the settings are fixed per Translator."""
         key = (src_size, max_len_bound, with_attention, prefix_size)
         if key not in self._compiled:
-            self._compiled[key] = jax.jit(make_search(self.graphdef, self.config, max_len_bound, with_attention))
+            self._compiled[key] = jax.jit(make_search(self.graphdef, self.config, max_len_bound, with_attention,
+                                                      self.compact))
             logger.info("compiling search for source length %d, output bound %d%s (%d programs)", src_size,
                         max_len_bound, " with attention" if with_attention else "", len(self._compiled))
         return self._compiled[key]
@@ -150,7 +154,7 @@ class Translator:
 
 
 def make_search(graphdef: nnx.GraphDef | tuple[nnx.GraphDef, ...], config: DecodeConfig, max_len_bound: int,
-                with_attention: bool):
+                with_attention: bool, compact: bool = True):
     """The search ``Translator`` jits, for one model (``graphdef``) or an ensemble (a tuple of them):
     ``search(params, src [B, S], src_len [B], rng, prefix [B, P] | None, prefix_len [B] | None) ->
     (tokens [B, n, L], lengths [B, n], scores [B, n], attention [B, n, L, S] | None)`` with ``n = n_best``
@@ -158,18 +162,22 @@ def make_search(graphdef: nnx.GraphDef | tuple[nnx.GraphDef, ...], config: Decod
 
     ``params``: the model's (a tuple of the models' for an ensemble). Without attention the search carries no
     ``[B, K, L, S]`` attention buffers (for long sources they cost more than the model); the encoder memory is
-    never copied per beam (``Seq2Seq.search_state``).
+    never copied per beam (``Seq2Seq.search_state``). ``compact``: greedy search moves its unfinished rows to
+    smaller loops as rows finish (``seq2seq_jax.decode._sequential_decode``): the same tokens, scores equal up
+    to float rounding.
     """
     ensemble = isinstance(graphdef, tuple)
+    compact = compact and config.beam_size == 1 and not config.sample
 
     def search(params, src, src_len, rng, prefix, prefix_len):
         if ensemble:
             state, decode_step = ensemble_search_state([
                 nnx.merge(model_graphdef, model_params).search_state(
-                    src, src_len, with_attention=with_attention and index == 0)
+                    src, src_len, with_attention=with_attention and index == 0, compactable=compact)
                 for index, (model_graphdef, model_params) in enumerate(zip(graphdef, params, strict=True))])
         else:
-            state, decode_step = nnx.merge(graphdef, params).search_state(src, src_len, with_attention=with_attention)
+            state, decode_step = nnx.merge(graphdef, params).search_state(src, src_len, with_attention=with_attention,
+                                                                          compactable=compact)
         common = dict(min_len=config.min_len, max_len_a=config.max_len_a, max_len_b=config.max_len_b,
                       max_len_bound=max_len_bound, no_repeat_ngram_size=config.no_repeat_ngram_size,
                       prefix=prefix, prefix_len=prefix_len)
@@ -180,7 +188,8 @@ def make_search(graphdef: nnx.GraphDef | tuple[nnx.GraphDef, ...], config: Decod
             expand = lambda x: None if x is None else x[:, None]
             return tokens[:, None], lengths[:, None], scores[:, None], expand(attention)
         if config.beam_size == 1:  # greedy: the plain argmax loop, whatever the length penalty
-            result = greedy_search(decode_step, state, src_len, length_penalty=config.length_penalty, **common)
+            result = greedy_search(decode_step, state, src_len, length_penalty=config.length_penalty,
+                                   compact=compact, **common)
         else:
             result = beam_search(decode_step, state, src_len, beam_size=config.beam_size,
                                  length_penalty=config.length_penalty, n_best=config.n_best, **common)

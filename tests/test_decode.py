@@ -23,6 +23,7 @@ from seq2seq_jax.decode import (
     EOS_ID,
     _top_k,
     beam_search,
+    compaction_sizes,
     first_max_index,
     greedy_search,
     max_len_bound_for,
@@ -489,3 +490,54 @@ def test_first_max_index_equals_argmax():
     np.testing.assert_array_equal(got, expected)
     assert got[:5].tolist() == [expected[0], 0, 7, 9, 6]
 
+
+def test_compaction_sizes():
+    assert compaction_sizes(64) == (32, 16, 8)
+    assert compaction_sizes(40) == (20, 10)
+    assert compaction_sizes(15) == ()
+    assert compaction_sizes(1) == ()
+
+
+def test_compacted_greedy_equals_the_full_loop():
+    """``greedy_search(..., compact=True)`` moves unfinished rows to loops of 20, then 10 rows (40 sentences
+    that stop at EOS or at limits from 4 to 27 tokens) and returns what the loop over all rows returns, row by
+    row in place: the same tokens and lengths, the scores and attention up to float rounding; with bans,
+    target prefixes of mixed lengths and a length penalty too. Every row also equals the numpy argmax loop."""
+    toy = JaxToy(toy_weights(vocab=12, eos_bias=-1.0, seed=5))
+    lengths = [1 + (7 * i) % 12 for i in range(40)]
+    memories = sentence_memories(lengths, seed=4)
+    memory, src_len = pad_batch(memories)
+    limits = dict(max_len_a=2.0, max_len_b=3.0, max_len_bound=max_len_bound_for(lengths, 2.0, 3.0))
+    prefix_rng = np.random.default_rng(6)
+    prefix = prefix_rng.integers(4, 12, (40, 3)).astype(np.int32)
+    prefix_len = np.where(np.arange(40) % 3 == 0, 0, np.arange(40) % 4).astype(np.int32)
+    rows_seen = []
+
+    @functools.partial(jax.jit, static_argnames=("compact",), compiler_options=FAST_COMPILE)
+    def run(memory, src_len, prefix, prefix_len, compact):
+        def decode_step(state, tokens):
+            rows_seen.append(tokens.shape[0])
+            return toy_step(jnp, toy.weights, state, tokens)
+
+        state = toy_init_state(jnp, toy.weights, memory.astype(jnp.float32), src_len)
+        return greedy_search(decode_step, state, src_len, length_penalty=0.6, min_len=2, no_repeat_ngram_size=3,
+                             prefix=prefix, prefix_len=prefix_len, compact=compact, **limits)
+
+    args = (memory, src_len, prefix, prefix_len)
+    full = host(run(*args, compact=False))
+    assert set(rows_seen) == {40}
+    rows_seen.clear()
+    compacted = host(run(*args, compact=True))
+    assert {40, 20, 10} <= set(rows_seen)
+    finished = full.lengths[:, 0]
+    assert (finished < 10).sum() > 10 and (finished > 20).any()  # rows finish early and late
+    np.testing.assert_array_equal(compacted.tokens, full.tokens)
+    np.testing.assert_array_equal(compacted.lengths, full.lengths)
+    np.testing.assert_allclose(compacted.scores, full.scores, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(compacted.attention, full.attention, atol=1e-6)
+    plain = host(run(memory, src_len, prefix, np.zeros(40, np.int32), compact=True))
+    for i, sentence in enumerate(memories):
+        max_len = max_len_for(len(sentence), 2.0, 3.0)
+        tokens, _ = numpy_argmax_loop(toy.np_weights, sentence, len(sentence), max_len, min_len=2, ngram=3)
+        assert plain.tokens[i, 0, :plain.lengths[i, 0]].tolist() == tokens
+        assert compacted.tokens[i, 0, :prefix_len[i]].tolist() == prefix[i, :prefix_len[i]].tolist()
