@@ -1,7 +1,8 @@
 """Throughput and latency of ``seq2seq serve``: dynamic batching against ``--max-batch 1``.
 
-    python scripts/serve_benchmark.py [--workdir W] [--seconds 30] [--clients 1,8,64] [--out benchmarks/serve.json]
-        [--max-batches 64,1] [--max-wait-ms 10] [--server-options "--refill-share 0"] [--shared-pool]
+    python scripts/serve_benchmark.py [--workdir W] [--seconds 30] [--warmup-seconds 5] [--clients 1,8,64]
+        [--out benchmarks/serve.json] [--max-batches 64,1] [--max-wait-ms 10]
+        [--server-options "--refill-share 0"] [--shared-pool]
 
 The served model is ``scripts/benchmark.py``'s main configuration (embedding 256, bidirectional LSTM 512, decoder
 512, additive attention 512, vocabulary 8000 on both sides) with freshly initialised weights, written as a
@@ -11,15 +12,16 @@ step 0) unless ``--workdir`` names one that exists. The decode settings are the 
 bound: the slowest case per sentence.
 
 For each server setting (``--max-batch 64``, then ``--max-batch 1``) the script starts ``seq2seq serve`` on a free
-loopback port, waits until ``/health`` reports ready (the warm-up compiles the search programs), and then, for
-each client count, runs that many concurrent clients for ``--seconds``: each client sends single-sentence
-``POST /v1/translate`` requests (random sentences of 20-30 words) one after the other. Reported: completed
-requests per second and the 50th / 99th percentile latency of the requests that completed in the window
-(requests still in flight at its end are not counted). Clients are asyncio tasks in this process, which shares
-the machine with the server, each with its own ``httpx.AsyncClient`` (one keep-alive connection, as separate users
-have). ``--shared-pool`` puts them all on one client's pool of as many connections, as docs/benchmarks.md's
-earlier serving tables were measured: httpx then checks every connection of the pool on each request, which makes
-the benchmark's own process the slowest part of a round trip at 64 clients (docs/benchmarks.md, Serving).
+loopback port, waits until ``/health`` reports ready (the warm-up compiles the search programs), and then, for each
+client count, runs that many concurrent clients for ``--warmup-seconds`` and then ``--seconds``: each client sends
+single-sentence ``POST /v1/translate`` requests (random sentences of 20-30 words) one after the other. Reported: the
+requests per second that complete in the measurement window (the ``--seconds`` after the warm-up, which takes the
+clients' first, uneven searches out of the figures) and the 50th / 99th percentile latency of those requests, and
+the texts per search the server merged in the window. Clients are asyncio tasks in this process, which shares the
+machine with the server, each with its own ``httpx.AsyncClient`` (one keep-alive connection, as separate users
+have). ``--shared-pool`` puts them all on one client's pool of as many connections, as docs/benchmarks.md's earlier
+serving tables were measured: httpx then checks every connection of the pool on each request, which makes the
+benchmark's own process the slowest part of a round trip at 64 clients (docs/benchmarks.md, Serving).
 """
 
 from __future__ import annotations
@@ -105,16 +107,22 @@ def start_server(workdir: Path, max_batch: int, max_wait_ms: float, log: Path,
         time.sleep(1)
 
 
-async def drive(url: str, clients: int, seconds: float, pool: list[str], shared_pool: bool = False) -> dict:
-    """``clients`` concurrent loops of single-sentence requests for ``seconds``, each on its own connection (its
-    own ``httpx.AsyncClient``), or with ``shared_pool`` on one client's pool of ``clients`` connections."""
+async def drive(url: str, clients: int, seconds: float, pool: list[str], shared_pool: bool = False,
+                warmup: float = 0.0) -> dict:
+    """``clients`` concurrent loops of single-sentence requests, each on its own connection (its own
+    ``httpx.AsyncClient``), or with ``shared_pool`` on one client's pool of ``clients`` connections: for ``warmup``
+    seconds not counted, then for the ``seconds`` of the measurement window. Counted: the requests that complete
+    in the window, and the searches the server ran in it (``/health`` at its start and end)."""
     import httpx
 
     latencies: list[float] = []
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     shared = httpx.AsyncClient(timeout=600, limits=limits) if shared_pool else None
     own = [] if shared_pool else [httpx.AsyncClient(timeout=600) for _ in range(clients)]
-    end = time.perf_counter() + seconds
+    observer = httpx.AsyncClient(timeout=600)
+    begin = time.perf_counter()
+    window_start = begin + warmup
+    end = window_start + seconds
 
     async def loop(index: int) -> None:
         client = shared or own[index]
@@ -125,20 +133,25 @@ async def drive(url: str, clients: int, seconds: float, pool: list[str], shared_
             answer = await client.post(f"{url}/v1/translate", json={"texts": [text]})
             done = time.perf_counter()
             answer.raise_for_status()
-            if done <= end:
+            if window_start <= done <= end:
                 latencies.append(done - start)
 
-    begin = time.perf_counter()
+    async def health_at(moment: float) -> dict:
+        await asyncio.sleep(max(0.0, moment - time.perf_counter()))
+        return (await observer.get(f"{url}/health")).json()
+
     try:
-        await asyncio.gather(*(loop(i) for i in range(clients)))
+        at_start, at_end, *_ = await asyncio.gather(health_at(window_start), health_at(end),
+                                                    *(loop(i) for i in range(clients)))
     finally:
-        for client in own if shared is None else [shared]:
+        for client in [*own, *([shared] if shared is not None else []), observer]:
             await client.aclose()
     elapsed = time.perf_counter() - begin
-    return {"clients": clients, "seconds": seconds, "wall_s": elapsed, "requests": len(latencies),
-            "requests_per_s": len(latencies) / seconds,
+    return {"clients": clients, "seconds": seconds, "warmup_s": warmup, "wall_s": elapsed,
+            "requests": len(latencies), "requests_per_s": len(latencies) / seconds,
             "p50_s": float(np.percentile(latencies, 50)) if latencies else None,
-            "p99_s": float(np.percentile(latencies, 99)) if latencies else None}
+            "p99_s": float(np.percentile(latencies, 99)) if latencies else None,
+            **{key: at_end[key] - at_start[key] for key in ("merged_batches", "merged_requests")}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "serve-benchmark",
                         help="built here when absent (about 360 MB: parameters and Adam state)")
     parser.add_argument("--seconds", type=float, default=30.0, help="measurement window per client count")
+    parser.add_argument("--warmup-seconds", type=float, default=5.0,
+                        help="load before each window, not counted (the clients' first searches)")
     parser.add_argument("--clients", default="1,8,64")
     parser.add_argument("--max-batches", default="64,1", help="server --max-batch settings to compare")
     parser.add_argument("--max-wait-ms", type=float, default=10.0, help="the server's --max-wait-ms")
@@ -173,13 +188,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--max-batch {max_batch}: ready after {ready_s:.0f} s, {health['compiled_programs']} programs",
                   flush=True)
             for clients in [int(c) for c in args.clients.split(",")]:
-                before = httpx.get(f"{url}/health").json()
-                run = asyncio.run(drive(url, clients, args.seconds, pool, args.shared_pool))
-                after = httpx.get(f"{url}/health").json()
+                run = asyncio.run(drive(url, clients, args.seconds, pool, args.shared_pool, args.warmup_seconds))
                 run.update(max_batch=max_batch, max_wait_ms=args.max_wait_ms, server_options=args.server_options,
-                           shared_pool=args.shared_pool, ready_s=ready_s,
-                           load_average=os.getloadavg(),
-                           **{key: after[key] - before[key] for key in ("merged_batches", "merged_requests")})
+                           shared_pool=args.shared_pool, ready_s=ready_s, load_average=os.getloadavg())
                 results["runs"].append(run)
                 p50 = "-" if run["p50_s"] is None else f"{run['p50_s']:.3f}"
                 p99 = "-" if run["p99_s"] is None else f"{run['p99_s']:.3f}"
