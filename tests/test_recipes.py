@@ -85,7 +85,7 @@ class _FakeCheckpointer:
         return self.step
 
 
-def _fake_run(monkeypatch, tmp_path, name, reached=None, ensemble_seeds=None):
+def _fake_run(monkeypatch, tmp_path, name, reached=None, ensemble_seeds=None, select="validation"):
     """Run ``RUNNER.run`` (``RUNNER.run_ensemble`` with ``ensemble_seeds``) with training, averaging and decoding
     replaced by fakes (nothing compiles).
 
@@ -149,8 +149,8 @@ def _fake_run(monkeypatch, tmp_path, name, reached=None, ensemble_seeds=None):
     results = tmp_path / "results"
     results.mkdir()
     if ensemble_seeds:
-        return RUNNER.run_ensemble(name, data, workdir, results, ensemble_seeds), decoded, results
-    return RUNNER.run(name, data, workdir, results), decoded, results
+        return RUNNER.run_ensemble(name, data, workdir, results, ensemble_seeds, select=select), decoded, results
+    return RUNNER.run(name, data, workdir, results, select=select), decoded, results
 
 
 def test_runner_selects_on_validation_and_scores_test_once(monkeypatch, tmp_path):
@@ -210,3 +210,13 @@ def test_runner_ensemble_step(monkeypatch, tmp_path):
     assert "compiled: 6.0 s for the ensemble, 3.0 s for the first model alone" in summary
     with pytest.raises(ValueError, match="translation recipes"):
         RUNNER.run_ensemble("dialogsum", tmp_path, tmp_path / "x", results, [5])
+
+
+def test_runner_select_average_skips_the_best_checkpoint(monkeypatch, tmp_path):
+    """--select average: every run keeps its checkpoint average without scoring the best checkpoint; the members
+    of an ensemble too."""
+    report, decoded, _ = _fake_run(monkeypatch, tmp_path, "multi30k-en-de", ensemble_seeds=[5], select="average")
+    assert {label for label, _ in decoded} == {"run.avg", "run.seed5.avg", "run.avg+run.seed5.avg",
+                                               "speed run.avg+run.seed5.avg", "speed run.avg"}
+    assert [m["selection"] for m in report["members"]] == ["average of last 4", "average of last 4"]
+    assert report["command"] == "python scripts/recipes/run.py multi30k-en-de --ensemble-seed 5 --select average"

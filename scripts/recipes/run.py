@@ -1,6 +1,7 @@
 """Run a recipe end to end: train, average checkpoints, tune decoding on the validation set, score once.
 
     python scripts/recipes/run.py NAME [--data DIR] [--workdir DIR] [--results DIR] [--ensemble-seed S ...]
+        [--select validation|average]
 
 NAME is one of ``RECIPES`` (``multi30k-de-en``, ``multi30k-en-de``, ``dialogsum``); its settings are the
 config file beside this script. ``--data`` is the folder holding ``multi30k/`` and ``dialogsum/`` (default
@@ -9,7 +10,8 @@ config file beside this script. ``--data`` is the folder holding ``multi30k/`` a
 1. ``seq2seq train`` on the training split, validating (greedy BLEU) on the validation split; an existing
    workdir is resumed, not restarted.
 2. ``seq2seq average`` of the last ``train.keep_checkpoints`` checkpoints; the best checkpoint and the average
-   are both scored on validation (beam 5) and the better one is kept.
+   are both scored on validation (beam 5) and the better one is kept (``--select average``: the average, without
+   the comparison).
 3. The decoding settings of the recipe (length penalty α; for summaries also no-repeat n-gram size and
    minimum length) are searched on the validation set only, one after the other.
 4. Translation recipes score ``test_2016_flickr`` once, with the chosen model and settings (sacrebleu
@@ -174,8 +176,8 @@ def search_decoding(recipe: Recipe, try_settings) -> dict:
     return current
 
 
-def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str] = (), label: str | None = None
-        ) -> dict:
+def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str] = (), label: str | None = None,
+        select: str = "validation") -> dict:
     from seq2seq_jax import cli
     from seq2seq_jax.averaging import average_checkpoints
     from seq2seq_jax.config import ExperimentConfig
@@ -189,7 +191,8 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
             raise FileNotFoundError(f"{data / relative} not found: pass --data, the folder holding "
                                     f"{relative.split('/')[0]}/")
     label = label or name  # the results files' name: NAME, or NAME-seedS for an ensemble member
-    command = " ".join(["python scripts/recipes/run.py", name, *(f"--set {o}" for o in overrides)])
+    command = " ".join(["python scripts/recipes/run.py", name, *(f"--set {o}" for o in overrides),
+                        *([f"--select {select}"] if select != "validation" else [])])
     report: dict = {"recipe": name, "label": label, "command": command, "data": str(data)}
 
     # 1. train (resumes an existing workdir); only a run that reached train.max_steps goes on
@@ -239,6 +242,8 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
 
     base_decode = {"beam_size": recipe.beam_size, "n_best": 1}
     candidates = {"best checkpoint": workdir, f"average of last {config.train.keep_checkpoints}": averaged}
+    if select == "average":
+        candidates.pop("best checkpoint")
     chosen_label = max(candidates, key=lambda label: valid_result(candidates[label], base_decode)["valid"]["score"])
     chosen = candidates[chosen_label]
     report["model_selection"] = {"chosen": chosen_label, "candidates": {
@@ -285,15 +290,16 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
 
 
 def run_ensemble(name: str, data: Path, workdir: Path, results: Path, seeds: list[int],
-                 overrides: list[str] = ()) -> dict:
-    """Step 6: the recipe for the config's seed and for each of ``seeds``, then the chosen models as one ensemble."""
+                 overrides: list[str] = (), select: str = "validation") -> dict:
+    """Step 6: the recipe for the config's seed and for each of ``seeds``, then the chosen models as one ensemble
+    (``select``: how each run chooses its model, step 2)."""
     recipe = RECIPES[name]
     if recipe.metric != "bleu":
         raise ValueError(f"{name}: ensembles are a step of the translation recipes (BLEU), not of {recipe.metric}")
-    members = [run(name, data, workdir, results, overrides)]
+    members = [run(name, data, workdir, results, overrides, select=select)]
     for seed in seeds:
         members.append(run(name, data, workdir.with_name(f"{workdir.name}.seed{seed}"), results,
-                           [*overrides, f"train.seed={seed}"], label=f"{name}-seed{seed}"))
+                           [*overrides, f"train.seed={seed}"], label=f"{name}-seed{seed}", select=select))
     models = tuple(Path(member["chosen_model"]) for member in members)
     valid_src, valid_ref = read_pair(data, recipe.valid)
     tried: dict[str, dict] = {}
@@ -311,7 +317,8 @@ def run_ensemble(name: str, data: Path, workdir: Path, results: Path, seeds: lis
     seed_flags = "".join(f" --ensemble-seed {seed}" for seed in seeds)
     report: dict = {
         "recipe": name, "label": f"{name}-ensemble", "data": str(data),
-        "command": " ".join(["python scripts/recipes/run.py", name + seed_flags, *(f"--set {o}" for o in overrides)]),
+        "command": " ".join(["python scripts/recipes/run.py", name + seed_flags, *(f"--set {o}" for o in overrides),
+                             *([f"--select {select}"] if select != "validation" else [])]),
         "members": [{"label": m["label"], "model": m["chosen_model"], "selection": m["model_selection"]["chosen"],
                      "decode": m["decode_search"]["chosen"], "valid": m["valid_chosen"], "test": m.get("test")}
                     for m in members],
@@ -438,14 +445,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ensemble-seed", type=int, action="append", default=[], metavar="S",
                         help="also run the recipe with train.seed=S (repeatable) and score the chosen models as "
                              "one ensemble (step 6)")
+    parser.add_argument("--select", choices=["validation", "average"], default="validation",
+                        help="step 2: the better of the best checkpoint and the checkpoint average on validation "
+                             "(default), or the average")
     args = parser.parse_args(argv)
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     workdir = Path(args.workdir or REPO / "runs" / args.name)
     if args.ensemble_seed:
-        run_ensemble(args.name, Path(args.data), workdir, results, args.ensemble_seed, args.set)
+        run_ensemble(args.name, Path(args.data), workdir, results, args.ensemble_seed, args.set, args.select)
     else:
-        run(args.name, Path(args.data), workdir, results, args.set)
+        run(args.name, Path(args.data), workdir, results, args.set, select=args.select)
     return 0
 
 
