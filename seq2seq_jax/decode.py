@@ -301,8 +301,8 @@ def first_max_index(values: jax.Array) -> jax.Array:
 
     The first index of the row's maximum (index 0 for a row of -inf); in a row holding NaN, the first NaN,
     as argmax (which ranks NaN above everything). XLA:CPU lowers argmax to one reduction over (value, index)
-    pairs that it does not vectorize: at 64 rows of an 8000-piece vocabulary that took 1.26 ms of a greedy
-    step of about 12 ms (docs/benchmarks.md); a maximum, then the least index holding it, take 0.40 ms.
+    pairs that it does not vectorize, a large part of a many-row greedy step (docs/benchmarks.md, Serving); a
+    maximum, then the least index holding it, are two plain reductions it vectorizes.
     """
     nan = jnp.isnan(values)
     holds_max = jnp.where(jnp.any(nan, axis=-1, keepdims=True), nan,
@@ -328,7 +328,7 @@ def _top_k_by_argmax(values: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
         else:
             masked = jnp.where(taken, neg_inf, values)
             index = first_max_index(masked)
-            index = jnp.where(jnp.max(masked, axis=1) == neg_inf, jnp.argmin(taken, axis=1), index)
+            index = jnp.where(jnp.max(masked, axis=1) == neg_inf, first_max_index(~taken), index)
         hit = positions[None, :] == index[:, None]
         picked_values.append(jnp.max(jnp.where(hit, values, neg_inf), axis=1))
         picked.append(index)
@@ -337,7 +337,7 @@ def _top_k_by_argmax(values: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
 
 
 def _gather_rows(tree: Any, rows: jax.Array) -> Any:
-    """Reorder every leaf of a ``[N, ...]`` pytree along axis 0 by ``rows [N]``."""
+    """Every leaf of a ``[N, ...]`` pytree at ``rows [M]`` along axis 0 (a reordering when ``M = N``)."""
     return jax.tree_util.tree_map(lambda leaf: jnp.take(leaf, rows, axis=0), tree)
 
 
@@ -539,15 +539,10 @@ def compaction_sizes(rows: int) -> tuple[int, ...]:
     return tuple(sizes)
 
 
-
-def _take_rows(tree: Any, rows: jax.Array) -> Any:
-    """Every array leaf of ``tree`` with a leading row axis, at ``rows`` (scalars and None are kept)."""
-    return jax.tree_util.tree_map(lambda x: x if jnp.ndim(x) == 0 else x[rows], tree)
-
-
 def _put_rows(outer: Any, inner: Any, rows: jax.Array) -> Any:
-    """``outer`` with its leading-axis rows ``rows`` replaced by ``inner``'s (scalars: ``inner``'s)."""
-    return jax.tree_util.tree_map(lambda o, i: i if jnp.ndim(o) == 0 else o.at[rows].set(i), outer, inner)
+    """``outer`` (a ``[N, ...]`` pytree) with its rows ``rows [M]`` replaced by those of ``inner`` (``[M, ...]``);
+    the inverse of ``_gather_rows`` for the rows it took."""
+    return jax.tree_util.tree_map(lambda old, new: old.at[rows].set(new), outer, inner)
 
 
 def _sequential_decode(decode_step: DecodeStep, init_state: Any, src_len: jax.Array, choose: ChooseToken, *,
@@ -639,9 +634,10 @@ def _sequential_decode(decode_step: DecodeStep, init_state: Any, src_len: jax.Ar
             break
         kept = jnp.argsort(carry.done, stable=True)[:next_size].astype(jnp.int32)  # unfinished rows first, in order
         handed_over.append((carry, kept))
-        carry, rows = _take_rows(carry, kept), _take_rows(rows, kept)
+        carry = _gather_rows(carry._replace(step=None), kept)._replace(step=carry.step)
+        rows = _gather_rows(rows, kept)
     for outer, kept in reversed(handed_over):
-        carry = _put_rows(outer, carry, kept)
+        carry = _put_rows(outer._replace(step=None), carry._replace(step=None), kept)._replace(step=carry.step)
     return carry
 
 

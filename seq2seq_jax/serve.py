@@ -47,8 +47,8 @@ two (4 rather than 7 row counts for 64), to shorten the warm-up, at the price of
 the rows it needs rather than two. Requests that arrive during warm-up are queued and answered once it is done.
 Then the objects the server holds for good (the model, its compiled programs, the tokenizers, the libraries'
 own) are collected once and frozen (``gc.freeze``): Python's full garbage collections would otherwise scan them
-all, which stopped the server for about 170 ms at a time while it served, long enough for the next search to
-leave without the clients whose answers were still being sent (docs/benchmarks.md, Serving); ``/health``
+all, which stopped the server while it served, long enough for the next search to leave without the clients
+whose answers were still being sent (docs/benchmarks.md, Serving); ``/health``
 reports how many objects are frozen.
 One Translator per (settings, rows) is kept; beyond ``CACHED_SETTINGS`` non-default settings the least recently
 used one is dropped with its programs.
