@@ -38,9 +38,11 @@ Safety
   ``close``) raises ``CheckpointError`` naming the step, its directory, the cause in a line (a full disk,
   ENOSPC anywhere in the exception chain, is said as such) and the last complete checkpoint, which still
   restores; the step's uncommitted ``*.orbax-checkpoint-tmp*`` directory is removed. Orbax logs such a
-  failure with its whole traceback from its writer thread before raising it, and tensorstore reports each
-  write that completes after orbax closed its event loop; both are shown only when this module's logger is
-  enabled for INFO (``seq2seq --verbose``). The error itself keeps the chain.
+  failure with its whole traceback from its writer thread before raising it, tensorstore reports each
+  write that completes after orbax closed its event loop, and asyncio reports each of the save's other
+  failed writes that nobody awaited ("... exception was never retrieved") when it is collected, which may
+  be after the error is printed; all are shown only when this module's logger is enabled for INFO
+  (``seq2seq --verbose``). The error itself keeps the chain.
 """
 
 from __future__ import annotations
@@ -87,6 +89,26 @@ class _HideOrbaxTracebacks(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_HideOrbaxTracebacks())
+
+
+class _HideOrphanedWriteErrors(logging.Filter):
+    """When one write of a save fails, orbax stops awaiting the save's other writes; those that fail too are
+    reported by asyncio ("<Future, Task or _GatheringFuture> exception was never retrieved", with the write's
+    error) whenever their futures are collected, possibly after the save's ``CheckpointError`` was printed.
+    Keep such a record only when this module's logger is enabled for INFO; it is recognised by the uncommitted
+    orbax directory its error names."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        first_line = record.msg.partition("\n")[0] if isinstance(record.msg, str) else ""
+        if not first_line.endswith(" exception was never retrieved"):
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        if error is None or ".orbax-checkpoint-tmp" not in str(error):
+            return True
+        return logger.isEnabledFor(logging.INFO)
+
+
+logging.getLogger("asyncio").addFilter(_HideOrphanedWriteErrors())
 
 
 def _hide_closed_loop_callbacks(previous_hook):

@@ -3,6 +3,8 @@ saves, corrupt checkpoints and restoring into an abstract (ShapeDtypeStruct) tar
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
 import os
 import shutil
@@ -339,3 +341,36 @@ def test_orbax_tracebacks_are_logged_only_at_info(caplog):
         assert not absl_logger.filter(orbax_record()) and absl_logger.filter(plain)
     with caplog.at_level(logging.INFO, logger=checkpoint_lib.__name__):
         assert absl_logger.filter(orbax_record())
+
+
+def test_unretrieved_write_errors_of_a_failed_save_are_logged_only_at_info(caplog):
+    """asyncio's report of a write's future that nobody awaited, collected after the save failed."""
+    import seq2seq_jax.checkpoint as checkpoint_lib
+
+    async def fail(message: str) -> None:
+        raise ValueError(message)
+
+    def collect_unretrieved(message: str) -> list[str]:
+        """Messages asyncio logs for a future, a task and a gathering future whose exceptions nobody retrieved."""
+        caplog.clear()
+        loop = asyncio.new_event_loop()
+        future = loop.create_future()
+        future.set_exception(ValueError(message))
+        task = loop.create_task(fail(message))
+        gathered_task = loop.create_task(fail(message))
+        gathered = asyncio.gather(gathered_task)
+        loop.run_until_complete(asyncio.wait([task, gathered]))
+        gathered_task.exception()  # retrieved: only the gathering future itself goes unretrieved
+        loop.close()
+        del future, task, gathered, gathered_task
+        gc.collect()
+        return [record.getMessage().split("\n")[0] for record in caplog.records if record.name == "asyncio"]
+
+    UNRETRIEVED = [f"{kind} exception was never retrieved" for kind in ("Future", "Task", "_GatheringFuture")]
+    orphaned_write = ('RESOURCE_EXHAUSTED: Error writing "params.w/0.0" in OCDBT database at local file '
+                      '"/w/checkpoints/12.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/"')
+    with caplog.at_level(logging.WARNING, logger=checkpoint_lib.__name__):
+        assert collect_unretrieved(orphaned_write) == []
+        assert sorted(collect_unretrieved("a failure of something else")) == sorted(UNRETRIEVED)
+    with caplog.at_level(logging.INFO, logger=checkpoint_lib.__name__):
+        assert sorted(collect_unretrieved(orphaned_write)) == sorted(UNRETRIEVED)
