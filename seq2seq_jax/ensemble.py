@@ -10,6 +10,7 @@ ensembled with itself hands search bit-identical logits and gets exactly its own
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -20,11 +21,15 @@ from seq2seq_jax.decode import DecodeStep
 
 def mean_log_probs(log_probs: Sequence[jax.Array]) -> jax.Array:
     """``log(mean_i exp(a_i))`` of the models' log-probabilities ``a_i [..., V]``, computed stably as
-    ``m + log(mean_i exp(a_i - m))`` with ``m = max_i a_i`` (-inf where every model gives -inf)."""
-    stacked = jnp.stack(log_probs)
-    top = jnp.max(stacked, axis=0)
+    ``m + log(mean_i exp(a_i - m))`` with ``m = max_i a_i`` (-inf where every model gives -inf).
+
+    Element-wise over the list rather than a reduction over a stacked ``[M, ..., V]`` array: XLA:CPU does not
+    vectorise a reduction over the leading axis, which made this several times slower than the models'
+    own ``log_softmax`` (docs/benchmarks.md, "Ensembles")."""
+    top = functools.reduce(jnp.maximum, log_probs)
     shift = jnp.where(jnp.isfinite(top), top, jnp.zeros_like(top))
-    return shift + jnp.log(jnp.mean(jnp.exp(stacked - shift), axis=0))
+    total = functools.reduce(jnp.add, [jnp.exp(a - shift) for a in log_probs])
+    return shift + jnp.log(total / len(log_probs))
 
 
 def ensemble_logits(logits: Sequence[jax.Array]) -> jax.Array:

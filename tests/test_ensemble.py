@@ -119,6 +119,14 @@ def test_mean_of_probabilities_is_stable():
         assert mean[0, 1] == pytest.approx(np.log((np.exp(-1e-5) + np.exp(-2.0)) / 2), rel=1e-12)
         assert mean[0, 2] == pytest.approx(np.log(np.exp(-3.0) / 2), rel=1e-12)
         assert mean[0, 3] == -np.inf and not np.any(np.isnan(mean))
+    c = np.array([[-999.0, -0.5, -np.inf, -np.inf]])  # three models: every one counts in the mean
+    with jax.enable_x64(True):
+        jax_mean = np.asarray(mean_log_probs([jnp.asarray(a), jnp.asarray(b), jnp.asarray(c)]))
+    for mean in (jax_mean, torch_mean_log_probs([torch.from_numpy(x) for x in (a, b, c)]).numpy()):
+        assert mean[0, 0] == pytest.approx(-999 + np.log((np.exp(-1.0) + np.exp(-2.0) + 1) / 3), rel=1e-12)
+        assert mean[0, 1] == pytest.approx(np.log((np.exp(-1e-5) + np.exp(-2.0) + np.exp(-0.5)) / 3), rel=1e-12)
+        assert mean[0, 2] == pytest.approx(np.log(np.exp(-3.0) / 3), rel=1e-12)
+        assert mean[0, 3] == -np.inf and not np.any(np.isnan(mean))
     # ensemble_logits: log_softmax of them is the mean, and a model with itself gives its own logits.
     z1 = np.array([[2.0, -1.0, 0.5, 30.0]])
     z2 = np.array([[0.0, 1.0, -4.0, 2.0]])
