@@ -10,7 +10,8 @@
     GET  /v1/info               model and decode config, the checkpoint's validation metrics (every model's for
                                  an ensemble), the limits
     GET  /                      the web page (static/index.html: text box, n-best list, attention heatmap)
-    GET  /docs                  FastAPI's OpenAPI page
+    GET  /docs, /redoc          FastAPI's OpenAPI pages (Swagger UI, ReDoc), their scripts served by the server
+                                 itself (fastapi-offline), not from a CDN: they work on an offline machine
 
 Models: one workdir (trained, averaged or imported), or several ``--workdir`` decoded as one ensemble, loaded and
 searched exactly as ``seq2seq translate --workdir A --workdir B`` does (``seq2seq_jax.load``); the attention the
@@ -83,6 +84,7 @@ from fastapi import Body, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from seq2seq_jax.api import Seq2SeqModel, load, with_decode_overrides
@@ -472,7 +474,7 @@ def create_app(model: Seq2SeqModel, limits: ServeLimits) -> FastAPI:
         yield
         await asyncio.to_thread(decoder.stop)
 
-    app = FastAPI(title="seq2seq-jax translation server", version="1", lifespan=lifespan,
+    app = FastAPIOffline(title="seq2seq-jax translation server", version="1", lifespan=lifespan,
                   description="Translate with a seq2seq-jax workdir. Concurrent requests are merged into one "
                               "compiled search; every answer equals the one its text gets alone.")
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)

@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -398,20 +399,33 @@ def test_health_info_docs_and_page(server):
     assert "valid_loss" in info["metrics"] and info["limits"]["max_texts"] == 8
     assert {"/v1/translate", "/translator/translate", "/health", "/v1/info"} <= set(
         httpx.get(f"{url}/openapi.json").json()["paths"])
+    for docs_path, script in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+        docs = httpx.get(f"{url}{docs_path}")
+        scripts = re.findall(r'<script src="([^"]+)"', docs.text)
+        assert docs.status_code == 200 and len(scripts) == 1 and scripts[0].endswith(script), docs.text
+        assert scripts[0].startswith("/") and "//" not in scripts[0]  # served here, not from a CDN
+        assert httpx.get(f"{url}{scripts[0]}").status_code == 200
     page = httpx.get(f"{url}/")
     assert page.status_code == 200 and "<svg" in page.text and "http" not in page.text.split("<script>")[1].replace(
         "http://www.w3.org/2000/svg", "")  # no CDN: every script is inline
 
 
-def test_web_page_in_headless_chromium(server, tmp_path):
-    """Types a date, submits, reads the translation and checks the heatmap: one cell per (target, source) piece;
-    then again with a target prefix."""
+def system_chromium() -> str:
+    """Debian's chromium, which Playwright drives (its own browser download cannot run here); a missing browser
+    fails the test in CI and skips it elsewhere."""
     executable = shutil.which("chromium")
     if executable is None:
         message = "Debian's chromium is not installed (apt-get install -y chromium; .ci/run does it in CI)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
+    return executable
+
+
+def test_web_page_in_headless_chromium(server, tmp_path):
+    """Types a date, submits, reads the translation and checks the heatmap: one cell per (target, source) piece;
+    then again with a target prefix."""
+    executable = system_chromium()
     from playwright.sync_api import sync_playwright
 
     url = server[0]
@@ -451,6 +465,37 @@ def test_web_page_in_headless_chromium(server, tmp_path):
             assert (tmp_path / "page.png").stat().st_size > 1000
         finally:
             browser.close()
+
+
+def test_openapi_page_renders_offline_in_headless_chromium(server, tmp_path):
+    """FastAPI's Swagger UI at /docs draws every endpoint with each request to another host refused, as on a
+    machine without internet."""
+    executable = system_chromium()
+    from playwright.sync_api import sync_playwright
+
+    url = server[0]
+    elsewhere = []
+
+    def only_this_server(route):
+        if route.request.url.startswith(url + "/"):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.route("**/*", only_this_server)
+            page.goto(f"{url}/docs", timeout=60_000)
+            page.wait_for_selector(".opblock-summary-path", timeout=60_000)
+            paths = {text.strip() for text in page.locator(".opblock-summary-path").all_inner_texts()}
+            assert {"/v1/translate", "/translator/translate", "/health", "/v1/info"} <= paths, paths
+            page.screenshot(path=str(tmp_path / "docs.png"), full_page=True)
+        finally:
+            browser.close()
+    assert elsewhere == []
 
 
 def test_translate_interactive_answers_each_line_before_the_next(workdir, capsys):
