@@ -1,7 +1,9 @@
 """Directories that appear whole or not at all: written in a hidden temporary sibling, then renamed into place.
 
-An interrupted export, import or checkpoint average leaves at most a ``.NAME.tmp-*`` directory beside the
-target, never a half-written target that a later command would take for a good one. A workdir lock file held
+An interrupted export, import, preprocess or checkpoint average leaves at most a ``.NAME.tmp-HOST-PID-*``
+directory beside the target, never a half-written target that a later command would take for a good one. The
+next staging of the same target removes such a directory (it may hold gigabytes of shards) once the process
+that made it is gone: same host, no process with that id; others are left alone. A workdir lock file held
 in the target (``workdir_lock``, taken before staging) does not make it non-empty and moves into the staged
 directory just before the rename, so the lock stays held on the directory that takes the target's place.
 """
@@ -9,14 +11,19 @@ directory just before the rename, so the lock stays held on the directory that t
 from __future__ import annotations
 
 import contextlib
+import glob
+import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from seq2seq_jax.workdir_lock import LOCK_FILE
 
+logger = logging.getLogger(__name__)
 
 class StagingError(ValueError):
     """The target cannot take the staged directory (it is a file, or a non-empty directory not to replace)."""
@@ -36,13 +43,43 @@ def staged_directory(target: str | Path, replace: bool = False) -> Iterator[Path
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    remove_abandoned_stagings(target)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{socket.gethostname()}-{os.getpid()}-",
+                                      dir=target.parent))
     try:
         yield temporary
         _move_into_place(temporary, target, replace)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+
+
+def remove_abandoned_stagings(target: Path) -> list[Path]:
+    """Remove the staging directories of ``target`` whose process is gone (made on this host by a process id
+    that no longer exists: killed before it could clean up); returns them. Staging directories of a live
+    process, of another host, or named otherwise are kept."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.tmp-(?P<host>.+)-(?P<pid>\d+)-[a-z0-9_]+")
+    removed = []
+    for candidate in target.parent.glob(f".{glob.escape(target.name)}.tmp-*"):
+        named = pattern.fullmatch(candidate.name)
+        if (named is None or not candidate.is_dir() or named["host"] != socket.gethostname()
+                or _process_exists(int(named["pid"]))):
+            continue
+        shutil.rmtree(candidate, ignore_errors=True)
+        logger.warning(f"removed {candidate}: the staging directory of an interrupted run (process {named['pid']} "
+                       f"on this host is gone)")
+        removed.append(candidate)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _move_into_place(temporary: Path, target: Path, replace: bool) -> None:
@@ -75,4 +112,4 @@ def _default_permissions(root: Path) -> None:
             os.chmod(os.path.join(directory, name), 0o666 & ~umask)
 
 
-__all__ = ["StagingError", "staged_directory", "is_nonempty_dir"]
+__all__ = ["StagingError", "staged_directory", "is_nonempty_dir", "remove_abandoned_stagings"]

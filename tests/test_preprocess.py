@@ -234,6 +234,7 @@ def test_an_interrupted_preprocess_leaves_no_output(tmp_path):
     leftovers = [path for path in tmp_path.iterdir() if path.name.startswith(".D.tmp-")]
     assert len(leftovers) == 1 and not (leftovers[0] / MANIFEST_FILE).exists()
     assert preprocess(config, tmp_path / "D", log=quiet, progress=False).split("train")
+    assert not leftovers[0].exists()  # the next run removed what the killed one left
 
 
 def run_cli(*argv: str) -> int:
