@@ -23,9 +23,8 @@ def mean_log_probs(log_probs: Sequence[jax.Array]) -> jax.Array:
     """``log(mean_i exp(a_i))`` of the models' log-probabilities ``a_i [..., V]``, computed stably as
     ``m + log(mean_i exp(a_i - m))`` with ``m = max_i a_i`` (-inf where every model gives -inf).
 
-    Element-wise over the list rather than a reduction over a stacked ``[M, ..., V]`` array: XLA:CPU does not
-    vectorise a reduction over the leading axis, which made this several times slower than the models'
-    own ``log_softmax`` (docs/benchmarks.md, "Ensembles")."""
+    Element-wise over the list rather than a reduction over a stacked ``[M, ..., V]`` array, whose leading axis
+    XLA:CPU does not vectorise (docs/benchmarks.md, "Ensembles")."""
     top = functools.reduce(jnp.maximum, log_probs)
     shift = jnp.where(jnp.isfinite(top), top, jnp.zeros_like(top))
     total = functools.reduce(jnp.add, [jnp.exp(a - shift) for a in log_probs])
