@@ -475,8 +475,8 @@ def create_app(model: Seq2SeqModel, limits: ServeLimits) -> FastAPI:
         await asyncio.to_thread(decoder.stop)
 
     app = FastAPIOffline(title="seq2seq-jax translation server", version="1", lifespan=lifespan,
-                  description="Translate with a seq2seq-jax workdir. Concurrent requests are merged into one "
-                              "compiled search; every answer equals the one its text gets alone.")
+                         description="Translate with a seq2seq-jax workdir. Concurrent requests are merged into "
+                                     "one compiled search; every answer equals the one its text gets alone.")
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
     app.state.decoder = decoder
     first = model.models[0]  # an ensemble's first model gives the tokenizers, decode defaults and attention

@@ -25,6 +25,7 @@ from seq2seq_jax.workdir_lock import LOCK_FILE
 
 logger = logging.getLogger(__name__)
 
+
 class StagingError(ValueError):
     """The target cannot take the staged directory (it is a file, or a non-empty directory not to replace)."""
 
