@@ -2,7 +2,7 @@
 
     python scripts/benchmark.py [--out benchmarks] [--repeats 5] [--threads N] [--profile] [--quick]
 
-Both sides get the same configuration, the same initial weights (converted with ``seq2seq_jax.convert``), the
+Both sides get the same configuration, the same initial weights (converted with ``seq2seq_jax.model.convert``), the
 same batches and the same number of threads (the process is pinned to ``--threads`` cores, default all, which
 sizes XLA's thread pool; ``torch.set_num_threads`` gets the same number). Every measurement is warmed up first
 (JAX compiles, torch runs once), then JAX and torch_ref alternate (A B A B ...) for ``--repeats`` (>= 5) rounds,
@@ -11,18 +11,18 @@ so a change of machine load hits both sides alike, and medians are reported. Res
 
 Measured:
 1. Training: target tokens/s (real ``tgt_len`` tokens, padding excluded) of one optimizer step -- JAX: the
-   jitted ``seq2seq_jax.train.make_train_step`` with the state donated; torch: ``torch_ref.Seq2Seq``,
+   jitted ``seq2seq_jax.training.steps.make_train_step`` with the state donated; torch: ``torch_ref.Seq2Seq``,
    ``torch_ref.sequence_loss``, ``torch.optim.Adam``, ``clip_grad_norm_`` -- for the ``main`` config (embedding
    256, hidden 512 bidirectional encoder / 512 decoder, attention and readout 512, vocabulary 8000, batch 64)
    and the ``small`` one (hidden 256, attention and readout 256, batch 32). Sentences have 20-30 tokens
-   (EOS included) on both sides, batched by ``seq2seq_jax.data.BatchIterator`` with bucket width 16, so every
-   batch is padded to 32 x 32 (one compiled program).
+   (EOS included) on both sides, batched by ``seq2seq_jax.training.batch_iterator.BatchIterator`` with bucket
+   width 16, so every batch is padded to 32 x 32 (one compiled program).
 2. Model FLOPs utilization (MFU): the analytic model FLOPs of one step (below) divided by the step time, over
    the float32 matmul peak: the faster of JAX's and torch's median 2048 x 2048 x 2048 matmul, measured in the
    same rounds as the training steps.
 3. Decoding (main config, random weights, ``DecodeConfig`` defaults: max_len = ceil(1.5 * src_len + 10),
    length penalty 0): beam-5 latency of single sentences (batch 1) and beam-5 throughput of a batch of 64
-   sentences (sentences/s); greedy likewise. JAX: ``model.search_state`` + ``seq2seq_jax.decode``
+   sentences (sentences/s); greedy likewise. JAX: ``model.search_state`` + ``seq2seq_jax.decoding.search``
    ``beam_search`` / ``greedy_search`` in one ``jax.jit`` (what ``Translator`` compiles); torch:
    ``torch_ref.search``. Sources are padded to 32 on both sides. The outputs of both are compared
    (a random model's near-uniform distributions make rare float32 near-ties possible).
@@ -75,7 +75,7 @@ PEAK_SIZE = 2048
 
 
 def model_configs(quick: bool):
-    from seq2seq_jax.config import ModelConfig
+    from seq2seq_jax.core.config import ModelConfig
 
     vocab = 500 if quick else 8000
     common = dict(src_vocab_size=vocab, tgt_vocab_size=vocab, bidirectional=True, attention="additive",
@@ -97,7 +97,7 @@ def synthetic_examples(count: int, vocab: int, seed: int, min_len: int = 20, max
     """``count`` random pairs whose source (EOS included) and target (EOS included) have min..max tokens."""
     import numpy as np
 
-    from seq2seq_jax.data import Example
+    from seq2seq_jax.core.encoding import Example
 
     rng = np.random.default_rng(seed)
     examples = []
@@ -214,7 +214,7 @@ class JaxTrainer:
     def __init__(self, model_config, train_config, seed: int):
         import jax
 
-        from seq2seq_jax.train import init_model, init_train_state, make_optimizer, make_train_step
+        from seq2seq_jax.training.steps import init_model, init_train_state, make_optimizer, make_train_step
 
         self.graphdef, params = init_model(model_config, seed)
         self.numpy_params = jax.tree.map(lambda x: jax.device_get(x).copy(), params)
@@ -255,7 +255,7 @@ class TorchTrainer:
         import torch
 
         import torch_ref
-        from seq2seq_jax.convert import to_torch_state_dict
+        from seq2seq_jax.model.convert import to_torch_state_dict
 
         self.model = torch_ref.Seq2Seq(model_config)
         state_dict = to_torch_state_dict(numpy_params, model_config)
@@ -284,12 +284,13 @@ class TorchTrainer:
 
 
 def bench_training(name, model_config, batch_size, args, peak, log) -> tuple[dict, JaxTrainer, list]:
-    from seq2seq_jax.config import TrainConfig
-    from seq2seq_jax.data import BatchIterator
+    from seq2seq_jax.core.batching import BatchPolicy
+    from seq2seq_jax.core.config import TrainConfig
+    from seq2seq_jax.training.batch_iterator import BatchIterator
 
     train_config = TrainConfig(schedule="constant", warmup_steps=0, learning_rate=1e-3, max_grad_norm=1.0)
     examples = synthetic_examples(batch_size * 8, model_config.tgt_vocab_size, seed=1)
-    iterator = BatchIterator(examples, batch_size, bucket_width=16, seed=0)
+    iterator = BatchIterator(examples, BatchPolicy(batch_size, bucket_width=16), seed=0)
     batches = [next(iterator).arrays() for _ in range(iterator.batches_per_epoch)]
     shapes = {(b["src"].shape, b["tgt_in"].shape) for b in batches}
     assert len(shapes) == 1, shapes
@@ -351,12 +352,13 @@ def bench_compiled_programs(model_config, batch_size, log) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from seq2seq_jax.config import TrainConfig
-    from seq2seq_jax.data import BatchIterator
-    from seq2seq_jax.train import init_model, init_train_state, make_optimizer, make_train_step
+    from seq2seq_jax.core.batching import BatchPolicy
+    from seq2seq_jax.core.config import TrainConfig
+    from seq2seq_jax.training.batch_iterator import BatchIterator
+    from seq2seq_jax.training.steps import init_model, init_train_state, make_optimizer, make_train_step
 
     examples = synthetic_examples(256, model_config.tgt_vocab_size, seed=2)
-    iterator = BatchIterator(examples, batch_size, bucket_width=8, seed=0)
+    iterator = BatchIterator(examples, BatchPolicy(batch_size, bucket_width=8), seed=0)
     train_config = TrainConfig(schedule="constant", warmup_steps=0, learning_rate=1e-3)
     graphdef, params = init_model(model_config, 0)
     optimizer = make_optimizer(train_config)
@@ -396,13 +398,13 @@ def decode_sources(vocab: int, count: int, seed: int, width: int):
 
 
 class JaxSearch:
-    """The search ``seq2seq_jax.translate.Translator`` runs (``make_search``), compiled ahead of time per input
+    """The search ``seq2seq_jax.decoding.translate.Translator`` runs (``make_search``), compiled ahead of time per input
     shape."""
 
     def __init__(self, graphdef, params, beam_size: int, decode_config, bound: int):
         import jax
 
-        from seq2seq_jax.translate import make_search
+        from seq2seq_jax.decoding.translate import make_search
 
         config = dataclasses.replace(decode_config, beam_size=beam_size, n_best=1)
         self.params = params
@@ -459,10 +461,10 @@ def bench_decoding(model_config, numpy_params, graphdef, args, log, on_part=None
     import torch
 
     import torch_ref
-    from seq2seq_jax.config import DecodeConfig
-    from seq2seq_jax.convert import to_torch_state_dict
-    from seq2seq_jax.data import round_up
-    from seq2seq_jax.decode import max_len_bound_for
+    from seq2seq_jax.core.batching import round_up
+    from seq2seq_jax.core.config import DecodeConfig
+    from seq2seq_jax.decoding.search import max_len_bound_for
+    from seq2seq_jax.model.convert import to_torch_state_dict
 
     decode_config = DecodeConfig()
     width = 32
@@ -815,7 +817,7 @@ def _run(args) -> int:
     if "decode" not in args.skip:
         model_config, _ = configs["main"]
         if main_trainer is None:
-            from seq2seq_jax.train import init_model
+            from seq2seq_jax.training.steps import init_model
 
             graphdef, params = init_model(model_config, 0)
             numpy_params = jax.tree.map(lambda x: jax.device_get(x).copy(), params)

@@ -62,7 +62,7 @@ DEMO=(--task dates --set train.max_steps=300 --set train.eval_every=300 --set tr
       --set model.enc_hidden_size=32 --set model.dec_hidden_size=64 --set data.task_valid_size=100
       --set train.valid_sample_size=50 --set data.bucket_width=64)   # one bucket: one compiled program per setting
 full -c "
-from seq2seq_jax.tasks import generate_task
+from seq2seq_jax.training.tasks import generate_task
 open('inputs.txt', 'w').write(''.join(src + '\n' for src, _ in generate_task('dates', 200, seed=4242)))"
 
 echo "== .venv-jax-only: train, translate, export-torch, import-torch, translate"

@@ -46,7 +46,10 @@ sys.path.insert(0, str(ROOT))
 
 from padding_report import epoch_report, matching_budget  # noqa: E402
 
-from seq2seq_jax import data as data_lib  # noqa: E402
+from seq2seq_jax.core.batching import BatchPolicy  # noqa: E402
+from seq2seq_jax.core.encoding import encode_pairs  # noqa: E402
+from seq2seq_jax.core.reading import read_parallel  # noqa: E402
+from seq2seq_jax.training.batch_iterator import BatchIterator  # noqa: E402
 
 RECIPE = ROOT / "scripts" / "recipes" / "multi30k_en_de.json"
 MULTI30K_PAIRS = 29_000
@@ -166,9 +169,9 @@ def preprocess(paths: dict[str, Path], split: str, out: Path, workers: int, logs
     return run_measured(command, logs / f"preprocess-{split}-{workers}.log")
 
 
-def loader_rate(source, seconds: float, **batching) -> dict:
-    """Finished batches of ``BatchIterator(source, **batching)`` for ``seconds`` on this (pinned) core."""
-    iterator = data_lib.BatchIterator(source, **batching)
+def loader_rate(source, seconds: float, policy: BatchPolicy, **reading) -> dict:
+    """Finished batches of ``BatchIterator(source, policy, **reading)`` for ``seconds`` on this (pinned) core."""
+    iterator = BatchIterator(source, policy, seed=0, **reading)
     next(iterator)  # opens the reader (and its thread)
     tokens = rows = batches = 0
     start = time.perf_counter()
@@ -186,15 +189,14 @@ def measure_loader(split, seconds: float) -> list[dict]:
     previous = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(previous)})
     in_memory = [split[i] for i in range(min(len(split), 300_000))]
-    settings = [("rows: batch_size=64", {"batch_size": 64}),
-                ("token budget: max_tokens=4096", {"batch_size": 64, "max_tokens": 4096})]
+    settings = [("rows: batch_size=64", BatchPolicy(64, 12)),
+                ("token budget: max_tokens=4096", BatchPolicy(64, 12, max_tokens=4096))]
     results = []
     try:
         for source_name, source in (("ArrayRecord corpus", split), ("examples in memory", in_memory)):
             for batching_name, batching in settings:
                 for threads in (0, 1):
-                    result = loader_rate(source, seconds, bucket_width=12, seed=0, read_threads=threads,
-                                         prefetch=4 * threads, **batching)
+                    result = loader_rate(source, seconds, batching, read_threads=threads, prefetch=4 * threads)
                     results.append({"source": source_name, "batching": batching_name, "threads": threads, **result})
                     print(f"  loader, {source_name}, {batching_name}, {threads} thread(s): "
                           f"{result['target_tokens_per_s'] / 1e6:.2f} M target tokens/s", flush=True)
@@ -214,16 +216,17 @@ def train_memory(data_dir: Path, workdir: Path, steps: int, logs: Path) -> tuple
 def multi30k_padding(folder: Path, budgets: list[int]) -> list[dict] | None:
     """``epoch_report`` rows for row batching and token budgets on Multi30k's training set (the recipe's data
     settings, tokenizers trained on it)."""
-    from seq2seq_jax.config import ExperimentConfig
-    from seq2seq_jax.tokenizer import build_tokenizers
+    from seq2seq_jax.core.config import ExperimentConfig
+    from seq2seq_jax.core.tokenizer import build_tokenizers
 
     if not (folder / "train.en").is_file():
         print(f"Multi30k not found in {folder} (train.en): padding not measured")
         return None
     data_cfg = ExperimentConfig.load(RECIPE).data
-    pairs = data_lib.read_parallel(folder / "train.en", folder / "train.de", data_cfg.encoding_errors)
-    src_tok, tgt_tok = build_tokenizers(data_cfg, [s for s, _ in pairs], [t for _, t in pairs], tempfile.mkdtemp())
-    examples, _ = data_lib.encode_pairs(pairs, src_tok, tgt_tok, data_cfg)
+    pairs = read_parallel(folder / "train.en", folder / "train.de", data_cfg.encoding_errors)
+    src_tok, tgt_tok = build_tokenizers(data_cfg, [s for s, _ in pairs.pairs],
+                                            [t for _, t in pairs.pairs], tempfile.mkdtemp())
+    examples, _ = encode_pairs(pairs, src_tok, tgt_tok, data_cfg)
     widths = data_cfg.bucket_widths
     rows = epoch_report(examples, data_cfg.batch_size, widths, 0)
     budgets = [matching_budget(examples, data_cfg.batch_size, widths, rows["batches"]), *budgets]
@@ -306,7 +309,7 @@ def main() -> None:
                 print(f"  preprocess, {workers} worker(s): {(args.pairs + VALID_PAIRS) / seconds:,.0f} pairs/s, "
                       f"peak RSS {mib(peak)}", flush=True)
         if "loader" not in args.skip:
-            from seq2seq_jax.corpus import open_corpus
+            from seq2seq_jax.training.corpus import open_corpus
 
             results["loader"] = measure_loader(open_corpus(full).split("train"), args.loader_seconds)
         if "train" not in args.skip:

@@ -27,9 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from seq2seq_jax import data as data_lib
-from seq2seq_jax.config import ExperimentConfig
-from seq2seq_jax.tokenizer import build_tokenizers, load_tokenizers
+from seq2seq_jax.core.batching import BatchPolicy, batch_shapes, eval_batches, round_up
+from seq2seq_jax.core.config import ExperimentConfig
+from seq2seq_jax.core.encoding import encode_pairs
+from seq2seq_jax.core.reading import read_parallel
+from seq2seq_jax.core.tokenizer import build_tokenizers, load_tokenizers
 
 MULTI30K = Path("/work/shared/data/multi30k")
 
@@ -40,7 +42,8 @@ def epoch_report(examples, batch_size: int, widths: tuple[int, int], max_tokens:
     real = np.zeros(2)
     padding_row_slots = 0
     batches = real_rows = largest = 0
-    for batch in data_lib.eval_batches(examples, batch_size, widths, max_tokens):
+    policy = BatchPolicy(batch_size, widths, max_tokens)
+    for batch in eval_batches(examples, policy):
         rows, src_width = batch.src.shape
         tgt_width = batch.tgt_in.shape[1]
         slots += (rows * src_width, rows * tgt_width)
@@ -49,7 +52,7 @@ def epoch_report(examples, batch_size: int, widths: tuple[int, int], max_tokens:
         batches += 1
         real_rows += int((batch.index >= 0).sum())
         largest = max(largest, rows * max(src_width, tgt_width))
-    shapes = data_lib.batch_shapes(examples, batch_size, widths, max_tokens)
+    shapes = batch_shapes(examples, policy)
     padding = 1.0 - real / slots
     return {"batching": f"max_tokens={max_tokens}" if max_tokens else f"batch_size={batch_size}",
             "batches": batches, "mean_rows": real_rows / batches, "shapes": len(shapes),
@@ -60,12 +63,12 @@ def epoch_report(examples, batch_size: int, widths: tuple[int, int], max_tokens:
 
 def matching_budget(examples, batch_size: int, widths: tuple[int, int], batches: int) -> int:
     """The smallest multiple of 8 whose token-budget epoch has at most ``batches`` batches."""
-    longest = max(max(data_lib.round_up(len(e.src), widths[0]), data_lib.round_up(len(e.tgt) + 1, widths[1]))
+    longest = max(max(round_up(len(e.src), widths[0]), round_up(len(e.tgt) + 1, widths[1]))
                   for e in examples)
     low, high = longest // 8, longest * batch_size * 4 // 8  # in units of 8 tokens
     while low < high:
         middle = (low + high) // 2
-        count = sum(1 for _ in data_lib.eval_batches(examples, batch_size, widths, middle * 8))
+        count = sum(1 for _ in eval_batches(examples, BatchPolicy(batch_size, widths, middle * 8)))
         low, high = (middle + 1, high) if count > batches else (low, middle)
     return low * 8
 
@@ -81,13 +84,14 @@ def main() -> None:
     args = parser.parse_args()
 
     data_cfg = ExperimentConfig.load(args.config).with_overrides(args.set).data
-    pairs = data_lib.read_parallel(args.src, args.tgt, data_cfg.encoding_errors)
+    pairs = read_parallel(args.src, args.tgt, data_cfg.encoding_errors)
     tokenizer_dir = Path(args.tokenizer_dir or tempfile.mkdtemp(prefix="padding-report-"))
     if (tokenizer_dir / "src.tokenizer.json").is_file():
         src_tok, tgt_tok = load_tokenizers(tokenizer_dir)
     else:
-        src_tok, tgt_tok = build_tokenizers(data_cfg, [s for s, _ in pairs], [t for _, t in pairs], tokenizer_dir)
-    examples, report = data_lib.encode_pairs(pairs, src_tok, tgt_tok, data_cfg)
+        src_tok, tgt_tok = build_tokenizers(data_cfg, [s for s, _ in pairs.pairs],
+                                            [t for _, t in pairs.pairs], tokenizer_dir)
+    examples, report = encode_pairs(pairs, src_tok, tgt_tok, data_cfg)
     print(report.summary())
     widths = data_cfg.bucket_widths
     rows = epoch_report(examples, data_cfg.batch_size, widths, 0)

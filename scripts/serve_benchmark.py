@@ -54,9 +54,9 @@ def build_workdir(path: Path) -> None:
 
     from benchmark import model_configs
 
-    from seq2seq_jax.config import DataConfig, ExperimentConfig
-    from seq2seq_jax.tokenizer import VocabularyTokenizer
-    from seq2seq_jax.workdir import Workdir, fresh_train_state
+    from seq2seq_jax.core.config import DataConfig, ExperimentConfig
+    from seq2seq_jax.core.tokenizer import VocabularyTokenizer
+    from seq2seq_jax.training.workdir import Workdir, fresh_train_state
 
     model, _ = model_configs(quick=False)["main"]
     tokenizer = VocabularyTokenizer("word", [f"w{i}" for i in range(WORDS)])

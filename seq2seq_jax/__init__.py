@@ -1,9 +1,10 @@
 """seq2seq-jax: an attention LSTM encoder-decoder in JAX/Flax NNX.
 
-This package's top level imports nothing heavy: ``seq2seq_jax.common`` (what the JAX side and ``torch_ref``
-share), ``seq2seq_jax.config``, ``.tokenizer`` and ``.data`` stay free of JAX so that ``torch_ref`` can use them
-in an install without JAX (``pip install '.[torch]'``). ``seq2seq_jax.load`` (the Python
-API, ``seq2seq_jax.api``) imports JAX when it is first called.
+One sub-package a layer, each importing only those below it (``tests/test_layers.py`` holds it):
+``core`` (JAX-free: config, tokenizers, text and pairs, the export format; what ``torch_ref`` stands on),
+``model``, ``decoding``, ``training`` (with the workdir and its checkpoints), ``serving``; ``api`` and ``cli``
+on top. This top level imports nothing heavy: ``seq2seq_jax.load`` (``seq2seq_jax.api``) imports JAX when it
+is first called.
 """
 
 __version__ = "0.1.0"

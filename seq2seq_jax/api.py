@@ -15,107 +15,13 @@ settings are kept for the next call with the same settings.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from seq2seq_jax.common.decoding import decode_settings
-from seq2seq_jax.common.pair_scores import PairScore
-from seq2seq_jax.config import DecodeConfig
-from seq2seq_jax.scoring import Scorer
-from seq2seq_jax.tokenizer import check_shared_tokenizers
-from seq2seq_jax.translate import Hypothesis, Translator
-from seq2seq_jax.workdir import TrainedModel, load_trained
+from seq2seq_jax.decoding.loaded_model import Seq2SeqModel, TrainedModel, with_decode_overrides
+from seq2seq_jax.training.workdir import load_trained
 
-
-def with_decode_overrides(base: DecodeConfig, **changes) -> DecodeConfig:
-    """``base`` with the given fields changed (``None`` values ignored); a new ``beam_size`` without an
-    ``n_best`` caps ``n_best`` at it."""
-    unknown = sorted(set(changes) - {field.name for field in dataclasses.fields(DecodeConfig)})
-    if unknown:
-        raise TypeError(f"unknown decoding settings {unknown}; the DecodeConfig fields are "
-                        f"{[field.name for field in dataclasses.fields(DecodeConfig)]}")
-    return decode_settings(base, changes)
-
-
-class Seq2SeqModel:
-    """One trained model, or an ensemble of several that share their tokenizers, ready to translate and score.
-
-    ``models``: the ``TrainedModel`` of each workdir (``seq2seq_jax.workdir.load_trained``); the first gives the
-    tokenizers, the decoding defaults and the bucket widths.
-    """
-
-    def __init__(self, models: Sequence[TrainedModel], names: Sequence[str] | None = None, **decode_overrides):
-        if not models:
-            raise ValueError("no model to load")
-        names = [str(name) for name in (names or range(len(models)))]
-        check_shared_tokenizers([(name, model.src_tokenizer, model.tgt_tokenizer)
-                                 for name, model in zip(names, models, strict=True)])
-        self.models = list(models)
-        self.names = names
-        first = models[0]
-        self.src_tokenizer, self.tgt_tokenizer = first.src_tokenizer, first.tgt_tokenizer
-        self.decode_config = with_decode_overrides(first.config.decode, **decode_overrides)
-        self._translators: dict[DecodeConfig, Translator] = {}
-        self._scorer: Scorer | None = None
-
-    @property
-    def is_ensemble(self) -> bool:
-        return len(self.models) > 1
-
-    def translator(self, decode_config: DecodeConfig | None = None) -> Translator:
-        """The ``Translator`` for these settings (default: the model's), one per distinct setting."""
-        config = decode_config or self.decode_config
-        if config not in self._translators:
-            self._translators[config] = self.new_translator(config)
-        return self._translators[config]
-
-    def new_translator(self, decode_config: DecodeConfig, compact: bool = True) -> Translator:
-        """A new ``Translator`` (its own compiled programs, kept by the caller) for these settings: the ensemble's
-        search when several models are loaded. ``seq2seq serve`` keeps one per row count. ``compact``: see
-        ``Translator``."""
-        first = self.models[0]
-        if self.is_ensemble:
-            graphdef, params = tuple(m.graphdef for m in self.models), tuple(m.params for m in self.models)
-        else:
-            graphdef, params = first.graphdef, first.params
-        return Translator(graphdef, params, self.src_tokenizer, self.tgt_tokenizer, decode_config,
-                          first.config.data.bucket_width, compact)
-
-    def translate(self, lines: str | Sequence[str], beam_size: int | None = None, n_best: int | None = None,
-                  prefix: str | Sequence[str] | None = None, with_attention: bool = False, **decode_overrides
-                  ) -> list[Hypothesis] | list[list[Hypothesis]]:
-        """Translate a string (returns its ``n_best`` list of ``Hypothesis``, best first) or a list of strings
-        (returns one such list per line, in order). ``prefix``: a target prefix (a string for a string, one
-        per line for a list; ``""`` for none) that every hypothesis starts with."""
-        config = with_decode_overrides(self.decode_config, beam_size=beam_size, n_best=n_best, **decode_overrides)
-        single = isinstance(lines, str)
-        if prefix is not None and single != isinstance(prefix, str):
-            raise TypeError("give prefix as a string for a string input, as a list of strings for a list")
-        batch = [lines] if single else list(lines)
-        prefixes = None if prefix is None else ([prefix] if single else list(prefix))
-        results = self.translator(config).translate(batch, with_attention=with_attention, prefixes=prefixes)
-        return results[0] if single else results
-
-    @property
-    def scorer(self) -> Scorer:
-        if self._scorer is None:
-            first = self.models[0]
-            self._scorer = Scorer([m.graphdef for m in self.models], [m.params for m in self.models],
-                                  self.src_tokenizer, self.tgt_tokenizer, self.decode_config.batch_size,
-                                  first.config.data.bucket_widths)
-        return self._scorer
-
-    def score(self, src: str | Sequence[str], tgt: str | Sequence[str]) -> PairScore | list[PairScore]:
-        """Forced decoding: the ``PairScore`` (summed log-probability of the target pieces and EOS, count,
-        mean) of a pair of strings, or a list of them for two equally long lists
-        (``seq2seq_jax.common.pair_scores``)."""
-        if isinstance(src, str) != isinstance(tgt, str):
-            raise TypeError("give src and tgt both as strings or both as lists of strings")
-        if isinstance(src, str):
-            return self.scorer.score([src], [tgt])[0]
-        return self.scorer.score(list(src), list(tgt))
-
+__all__ = ["load", "Seq2SeqModel", "TrainedModel", "with_decode_overrides"]
 
 def load(workdirs: str | Path | Sequence[str | Path], checkpoint: str | int = "best",
          **decode_overrides) -> Seq2SeqModel:

@@ -23,8 +23,8 @@ import time
 import traceback
 from pathlib import Path
 
-from seq2seq_jax.common.decoding import decode_settings, format_line
-from seq2seq_jax.config import ConfigError, ExperimentConfig
+from seq2seq_jax.core.config import ConfigError, ExperimentConfig
+from seq2seq_jax.core.search_settings import decode_settings, format_line
 
 # Modules of each optional extra (pyproject.toml): a command that fails to import one names the extra to install.
 _EXTRA_OF_MODULE = {**dict.fromkeys(("jax", "jaxlib", "flax", "optax", "orbax", "ml_dtypes", "sacrebleu",
@@ -56,9 +56,9 @@ def _checkpoint_arg(value: str) -> str | int:
 
 
 def _read_input(path: str | None) -> list[str]:
-    from seq2seq_jax.data import read_lines, split_lines
+    from seq2seq_jax.core.reading import read_lines, split_lines
 
-    return list(read_lines(path)) if path else split_lines(sys.stdin.buffer.read())
+    return read_lines(path).lines if path else split_lines(sys.stdin.buffer.read())
 
 
 def _load_model(args: argparse.Namespace):
@@ -78,7 +78,7 @@ def _load_translator(args: argparse.Namespace):
 
 def _plot_hypothesis_attention(trained, source: str, hypothesis, path: Path) -> None:
     """Heatmap of one hypothesis' attention, labelled with source and target tokens (and EOS rows/columns)."""
-    from seq2seq_jax.plots import plot_attention
+    from seq2seq_jax.training.plots import plot_attention
 
     src_tokens = trained.src_tokenizer.pieces(trained.src_tokenizer.encode(source)) + ["</s>"]
     tgt_tokens = trained.tgt_tokenizer.pieces(hypothesis.tokens)
@@ -97,8 +97,8 @@ def _data_flag_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    from seq2seq_jax.preprocess import preprocess
-    from seq2seq_jax.workdir import Workdir
+    from seq2seq_jax.training.preprocess import preprocess
+    from seq2seq_jax.training.workdir import Workdir
 
     run = Workdir(Path(args.workdir)) if args.workdir else None
     if args.config:
@@ -119,18 +119,18 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from seq2seq_jax.workdir_lock import refuse_if_locked
+    from seq2seq_jax.training.workdir_lock import refuse_if_locked
 
     if not (args.coordinator or args.num_processes or args.distributed):  # one process: refuse before JAX starts
         refuse_if_locked(args.workdir)
-    from seq2seq_jax import parallel
+    from seq2seq_jax.training import parallel
 
     # Before anything else touches a device: every process of a multi-host run joins here.
     parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
     mesh = parallel.make_mesh(args.model_parallel)
 
-    from seq2seq_jax.trainer import train
-    from seq2seq_jax.workdir import Workdir
+    from seq2seq_jax.training.trainer import train
+    from seq2seq_jax.training.workdir import Workdir
 
     run = Workdir(Path(args.workdir))
     if run.exists():
@@ -147,7 +147,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError(f"--data trains from a preprocessed corpus: no --{given[0].replace('_', '-')} "
                               "beside it (its data settings are the corpus's)")
         if not run.exists():  # the corpus's data section; --set may change how batches are cut
-            from seq2seq_jax.corpus import open_corpus
+            from seq2seq_jax.training.corpus import open_corpus
 
             config = dataclasses.replace(config, data=open_corpus(args.data).config().data)
         overrides.insert(0, f"data.preprocessed_dir={Path(args.data).resolve()}")
@@ -181,9 +181,9 @@ def cmd_translate(args: argparse.Namespace) -> int:
     lines = _read_input(args.input)
     prefixes = None
     if args.prefix:
-        from seq2seq_jax.data import check_same_line_count, read_lines
+        from seq2seq_jax.core.reading import check_same_line_count, read_lines
 
-        prefixes = list(read_lines(args.prefix))
+        prefixes = read_lines(args.prefix).lines
         check_same_line_count(args.input or "<stdin>", lines, args.prefix, prefixes)
     results = translator.translate(lines, with_attention=bool(args.plot_attention), prefixes=prefixes,
                                    prefix_name=args.prefix or "prefix")
@@ -206,13 +206,14 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from seq2seq_jax import data as data_lib
-    from seq2seq_jax.common.pair_scores import corpus_perplexity
-    from seq2seq_jax.metrics import exact_match, rouge, translation_scores
+    from seq2seq_jax.core.encoding import encode_pairs
+    from seq2seq_jax.core.pair_scores import corpus_perplexity
+    from seq2seq_jax.core.reading import read_lines
+    from seq2seq_jax.decoding.metrics import exact_match, rouge, translation_scores
 
     model, translator = _load_translator(args)
-    sources = list(data_lib.read_lines(args.src))
-    references = [list(data_lib.read_lines(path)) for path in args.ref]
+    sources = read_lines(args.src).lines
+    references = [read_lines(path).lines for path in args.ref]
     for path, refs in zip(args.ref, references, strict=True):
         if len(refs) != len(sources):
             raise ValueError(f"{args.src} has {len(sources)} lines but {path} has {len(refs)}")
@@ -222,7 +223,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = {**translation_scores(hyps, per_example), "exact_match": exact_match(hyps, references[0]),
               "sentences": len(sources), "step": steps[0] if len(steps) == 1 else steps}
     first = model.models[0]
-    examples, report = data_lib.encode_pairs(list(zip(sources, references[0], strict=True)), model.src_tokenizer,
+    examples, report = encode_pairs(list(zip(sources, references[0], strict=True)), model.src_tokenizer,
                                              model.tgt_tokenizer, dataclasses.replace(
                                                  first.config.data, max_src_len=10**9, max_tgt_len=10**9),
                                              name="evaluate")
@@ -247,7 +248,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from seq2seq_jax.common.pair_scores import format_score, format_summary, read_pairs
+    from seq2seq_jax.core.pair_scores import format_score, format_summary, read_pairs
 
     sources, targets = read_pairs(args.src, args.tgt)
     model = _load_model(args)
@@ -262,8 +263,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from seq2seq_jax.plots import plot_training_curves, read_metrics_jsonl
-    from seq2seq_jax.workdir import Workdir
+    from seq2seq_jax.training.plots import plot_training_curves, read_metrics_jsonl
+    from seq2seq_jax.training.workdir import Workdir
 
     run = Workdir(Path(args.workdir))
     out = Path(args.out or run.path / "training_curves.png")
@@ -282,7 +283,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_export_torch(args: argparse.Namespace) -> int:
-    from seq2seq_jax.export import export_torch
+    from seq2seq_jax.training.export import export_torch
 
     out = export_torch(args.workdir, args.out, checkpoint=_checkpoint_arg(args.checkpoint), force=args.force)
     meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
@@ -292,7 +293,7 @@ def cmd_export_torch(args: argparse.Namespace) -> int:
 
 
 def cmd_import_torch(args: argparse.Namespace) -> int:
-    from seq2seq_jax.export import import_torch
+    from seq2seq_jax.training.export import import_torch
 
     step = import_torch(args.src, args.workdir, config=args.config)
     print(f"imported {args.src} into {args.workdir} at step {step} "
@@ -301,7 +302,7 @@ def cmd_import_torch(args: argparse.Namespace) -> int:
 
 
 def cmd_average(args: argparse.Namespace) -> int:
-    from seq2seq_jax.averaging import average_checkpoints
+    from seq2seq_jax.training.averaging import average_checkpoints
 
     steps = None if args.steps is None else [int(step) for step in args.steps.split(",") if step.strip()]
     chosen = average_checkpoints(args.workdir, args.out, last=None if steps else args.last, steps=steps)
@@ -311,14 +312,14 @@ def cmd_average(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from seq2seq_jax.serve import ServeLimits, serve
+    from seq2seq_jax.serving.server import ServeLimits, serve
 
     limits = ServeLimits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, refill_share=args.refill_share,
                          max_chars=args.max_chars,
                          max_texts=args.max_texts, max_body_bytes=args.max_body_bytes,
                          max_beam_size=args.max_beam_size, warmup_src_len=args.warmup_src_len,
                          fixed_rows=args.fixed_rows)
-    return serve(args.workdir, _checkpoint_arg(args.checkpoint), args.host, args.port, limits)
+    return serve(_load_model(args), args.host, args.port, limits)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,13 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run_support import tiny_config  # noqa: E402
 
-from seq2seq_jax import data as data_lib  # noqa: E402
-from seq2seq_jax import parallel  # noqa: E402
-from seq2seq_jax.checkpoint import Checkpointer  # noqa: E402
-from seq2seq_jax.tasks import task_splits  # noqa: E402
-from seq2seq_jax.tokenizer import build_tokenizers  # noqa: E402
-from seq2seq_jax.train import init_train_state, make_optimizer, make_train_step  # noqa: E402
-from seq2seq_jax.workdir import fresh_train_state  # noqa: E402
+from seq2seq_jax.core.batching import Batch, BatchPolicy, example_lengths, round_up  # noqa: E402
+from seq2seq_jax.core.encoding import encode_pairs  # noqa: E402
+from seq2seq_jax.core.tokenizer import build_tokenizers  # noqa: E402
+from seq2seq_jax.training import parallel  # noqa: E402
+from seq2seq_jax.training.batch_iterator import BatchIterator  # noqa: E402
+from seq2seq_jax.training.checkpoint import Checkpointer  # noqa: E402
+from seq2seq_jax.training.steps import init_train_state, make_optimizer, make_train_step  # noqa: E402
+from seq2seq_jax.training.tasks import task_splits  # noqa: E402
+from seq2seq_jax.training.workdir import fresh_train_state  # noqa: E402
 
 STEPS = 3
 VOCAB_MULTIPLE = 4  # vocabularies rounded up so that a model axis of 2 shards them (the extra rows go unused)
@@ -46,9 +48,9 @@ def encoded_experiment(*overrides: str):
     train_pairs, _ = task_splits(config.data.task, config.data.task_train_size, 1, config.data.task_seed)
     src_tok, tgt_tok = build_tokenizers(config.data, [s for s, _ in train_pairs], [t for _, t in train_pairs],
                                         tempfile.mkdtemp())
-    config = config.with_vocab_sizes(data_lib.round_up(src_tok.vocab_size, VOCAB_MULTIPLE),
-                                     data_lib.round_up(tgt_tok.vocab_size, VOCAB_MULTIPLE))
-    examples, _ = data_lib.encode_pairs(train_pairs, src_tok, tgt_tok, config.data)
+    config = config.with_vocab_sizes(round_up(src_tok.vocab_size, VOCAB_MULTIPLE),
+                                     round_up(tgt_tok.vocab_size, VOCAB_MULTIPLE))
+    examples, _ = encode_pairs(train_pairs, src_tok, tgt_tok, config.data)
     return config, examples
 
 
@@ -56,7 +58,7 @@ def experiment(*overrides: str):
     """``encoded_experiment``'s config and its first ``STEPS`` global batches of one padded shape (one compiled
     program per mesh) as numpy arrays."""
     config, examples = encoded_experiment(*overrides)
-    iterator = data_lib.BatchIterator(examples, config.data.batch_size, config.data.bucket_widths, config.data.seed)
+    iterator = BatchIterator(examples, BatchPolicy.of(config.data), config.data.seed)
     batches = []
     while len(batches) < STEPS:
         batch = next(iterator)
@@ -81,7 +83,7 @@ def run_steps(config, batches, mesh, optimizer=None):
                                       mesh, shardings)
     losses, snapshots = [], []
     for batch in batches:  # global arrays, or a data.Batch of this process's rows
-        arrays, global_rows = (batch.arrays(), batch.global_rows) if isinstance(batch, data_lib.Batch) else (batch,
+        arrays, global_rows = (batch.arrays(), batch.global_rows) if isinstance(batch, Batch) else (batch,
                                                                                                             None)
         state, metrics = step_fn(state, parallel.shard_batch(arrays, parallel.batch_sharding(mesh), global_rows))
         metrics = jax.device_get(metrics)
@@ -159,7 +161,7 @@ def cmd_steps(out_dir: Path) -> dict:
         result["indivisible_batch_error"] = None
     except parallel.ParallelError as error:
         result["indivisible_batch_error"] = str(error)
-    from seq2seq_jax import trainer
+    from seq2seq_jax.training import trainer
 
     try:
         trainer.train(tiny_config("data.batch_size=18"), out_dir / "never", log=lambda *_: None)
@@ -208,7 +210,7 @@ class RecordingSource:
 
     def __init__(self, examples):
         self.examples, self.read = examples, []
-        self.lengths = data_lib.example_lengths(examples)
+        self.lengths = example_lengths(examples)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -218,10 +220,10 @@ class RecordingSource:
         return self.examples[index]
 
 
-def reading_batches(config, source, local_rows=None, read_threads: int = 0) -> data_lib.BatchIterator:
+def reading_batches(config, source, local_rows=None, read_threads: int = 0) -> BatchIterator:
     data = config.data
-    return data_lib.BatchIterator(source, data.batch_size, data.bucket_widths, data.seed, data.max_tokens,
-                                  row_quantum=4, local_rows=local_rows, read_threads=read_threads, prefetch=2)
+    return BatchIterator(source, BatchPolicy.of(data, row_quantum=4), data.seed, local_rows=local_rows,
+                         read_threads=read_threads, prefetch=2)
 
 
 def cmd_read_shards(coordinator: str, num_processes: int, process_id: int) -> dict:

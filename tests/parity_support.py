@@ -1,6 +1,6 @@
 """Shared pieces of the parity suite: tiny configs, model pairs with converted weights, batches, errors.
 
-A parity case builds weights in one framework, converts them with ``seq2seq_jax.convert`` and compares
+A parity case builds weights in one framework, converts them with ``seq2seq_jax.model.convert`` and compares
 real outputs of both frameworks. float64 runs JAX under ``jax.enable_x64`` against ``torch.double``;
 float32 runs with matmul precision "highest".
 """
@@ -15,12 +15,12 @@ import torch
 from flax import nnx
 
 import torch_ref
-from seq2seq_jax import data as data_lib
-from seq2seq_jax.common.tokens import EOS_ID
-from seq2seq_jax.config import ModelConfig
-from seq2seq_jax.convert import from_torch_state_dict, to_torch_state_dict
-from seq2seq_jax.model import Seq2Seq
-from seq2seq_jax.train import init_model, model_graphdef
+from seq2seq_jax.core.batching import Batch
+from seq2seq_jax.core.config import ModelConfig
+from seq2seq_jax.core.tokens import EOS_ID
+from seq2seq_jax.model.convert import from_torch_state_dict, to_torch_state_dict
+from seq2seq_jax.model.seq2seq import Seq2Seq
+from seq2seq_jax.training.steps import init_model, model_graphdef
 
 # Tolerances on ||Δ|| / ||reference|| (see README, "Parity"). float64 gradients are compared parameter by
 # parameter; float32 gradients as one vector over all parameters, since a parameter whose gradient is tiny
@@ -121,8 +121,8 @@ def eos_prone_pair(dtype: str, copy: bool = False, tgt_vocab_size: int = 13):
     return config, reference, model
 
 
-class Batch(data_lib.Batch):
-    """``seq2seq_jax.data.Batch`` with its arrays as torch tensors and a way to pad it further."""
+class Batch(Batch):
+    """``seq2seq_jax.core.batching.Batch`` with its arrays as torch tensors and a way to pad it further."""
 
     __slots__ = ()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from seq2seq_jax.config import ExperimentConfig
+from seq2seq_jax.core.config import ExperimentConfig
 
 TINY = [
     "model.src_embed_size=8", "model.tgt_embed_size=8", "model.enc_hidden_size=8", "model.dec_hidden_size=16",

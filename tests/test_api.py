@@ -21,9 +21,9 @@ from run_support import tiny_config
 
 import seq2seq_jax
 from seq2seq_jax import cli
-from seq2seq_jax.export import export_torch
-from seq2seq_jax.tokenizer import TokenizerError
-from seq2seq_jax.trainer import train
+from seq2seq_jax.core.tokenizer import TokenizerError
+from seq2seq_jax.training.export import export_torch
+from seq2seq_jax.training.trainer import train
 from torch_ref import score as torch_score
 from torch_ref import translate as torch_translate
 
@@ -229,7 +229,7 @@ def test_package_top_and_torch_side_stay_jax_free():
     import no JAX."""
     import subprocess
 
-    code = ("import sys, seq2seq_jax, seq2seq_jax.common.pair_scores, torch_ref.ensemble, torch_ref.score, "
+    code = ("import sys, seq2seq_jax, seq2seq_jax.core.pair_scores, torch_ref.ensemble, torch_ref.score, "
             "torch_ref.translate; print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax')))")
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
                                env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})

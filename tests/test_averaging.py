@@ -13,13 +13,13 @@ import pytest
 from run_support import tiny_config
 
 from seq2seq_jax import cli
-from seq2seq_jax.averaging import average_checkpoints, average_params, select_steps
-from seq2seq_jax.checkpoint import CheckpointError
-from seq2seq_jax.config import ExperimentConfig
-from seq2seq_jax.staging import StagingError
-from seq2seq_jax.tasks import generate_task
-from seq2seq_jax.tokenizer import build_tokenizers
-from seq2seq_jax.workdir import Workdir, fresh_train_state, load_trained
+from seq2seq_jax.core.config import ExperimentConfig
+from seq2seq_jax.core.tokenizer import build_tokenizers
+from seq2seq_jax.training.averaging import average_checkpoints, average_params, select_steps
+from seq2seq_jax.training.checkpoint import CheckpointError
+from seq2seq_jax.training.staging import StagingError
+from seq2seq_jax.training.tasks import generate_task
+from seq2seq_jax.training.workdir import Workdir, fresh_train_state, load_trained
 
 STEPS = (10, 20, 30)
 

@@ -18,19 +18,14 @@ import pytest
 from run_support import TINY, step_losses, tiny_config
 from test_data import make_examples
 
-from seq2seq_jax import trainer as trainer_lib
-from seq2seq_jax.checkpoint import Checkpointer
-from seq2seq_jax.config import ModelConfig, TrainConfig
-from seq2seq_jax.data import (
-    BatchIterator,
-    DataError,
-    _make_batch,
-    batch_shapes,
-    eval_batches,
-    padded_shapes,
-)
-from seq2seq_jax.tokenizer import EOS_ID
-from seq2seq_jax.train import (
+from seq2seq_jax.core.batching import BatchPolicy, _make_batch, batch_shapes, eval_batches, padded_shapes
+from seq2seq_jax.core.config import ModelConfig, TrainConfig
+from seq2seq_jax.core.reading import DataError
+from seq2seq_jax.core.tokenizer import EOS_ID
+from seq2seq_jax.training import trainer as trainer_lib
+from seq2seq_jax.training.batch_iterator import BatchIterator
+from seq2seq_jax.training.checkpoint import Checkpointer
+from seq2seq_jax.training.steps import (
     init_model,
     init_train_state,
     make_grad_accumulation,
@@ -47,10 +42,10 @@ WIDTHS = (8, 4)
 
 @pytest.mark.parametrize("max_tokens, quantum", [(160, 1), (200, 4), (96, 2)])
 def test_token_budget_epochs(max_tokens, quantum):
-    iterator = BatchIterator(EXAMPLES, 64, WIDTHS, seed=3, max_tokens=max_tokens, row_quantum=quantum)
-    expected = batch_shapes(EXAMPLES, 64, WIDTHS, max_tokens, quantum)
+    iterator = BatchIterator(EXAMPLES, BatchPolicy(64, WIDTHS, max_tokens=max_tokens, row_quantum=quantum), seed=3)
+    expected = batch_shapes(EXAMPLES, BatchPolicy(64, WIDTHS, max_tokens, quantum))
     assert iterator.batch_shapes() == expected
-    assert padded_shapes(EXAMPLES, 64, WIDTHS, max_tokens, quantum) == {shape[1:] for shape in expected}
+    assert padded_shapes(EXAMPLES, BatchPolicy(64, WIDTHS, max_tokens, quantum)) == {shape[1:] for shape in expected}
     for _epoch in range(2):
         seen, shapes = [], set()
         for _ in range(iterator.batches_per_epoch):
@@ -75,10 +70,11 @@ def test_token_budget_epochs(max_tokens, quantum):
 
 
 def test_token_budget_eval_batches_cover_every_example_once():
-    batches = list(eval_batches(EXAMPLES, 64, WIDTHS, max_tokens=128, row_quantum=2))
+    batches = list(eval_batches(EXAMPLES, BatchPolicy(64, WIDTHS, max_tokens=128, row_quantum=2)))
     indices = np.concatenate([batch.index for batch in batches])
     assert sorted(indices[indices >= 0].tolist()) == list(range(len(EXAMPLES)))
-    assert {b.src.shape + b.tgt_in.shape[1:] for b in batches} == batch_shapes(EXAMPLES, 64, WIDTHS, 128, 2)
+    shapes = batch_shapes(EXAMPLES, BatchPolicy(64, WIDTHS, 128, 2))
+    assert {b.src.shape + b.tgt_in.shape[1:] for b in batches} == shapes
     assert all(b.src.shape[0] * max(b.src.shape[1], b.tgt_in.shape[1]) <= 128 for b in batches)
 
 
@@ -88,31 +84,31 @@ def test_impossible_budget_names_the_bucket():
     with pytest.raises(DataError, match=r"max_tokens=150 cannot hold 4 row\(s\) of the bucket of padded lengths "
                                         r"source \d+, target \d+ \(4 x 40 = 160 tokens\); use max_tokens >= 160 "
                                         r"or a smaller max_src_len/max_tgt_len"):
-        BatchIterator(EXAMPLES, 64, WIDTHS, seed=0, max_tokens=150, row_quantum=4)
-    BatchIterator(EXAMPLES, 64, WIDTHS, seed=0, max_tokens=160, row_quantum=4)  # one row-quantum fits
+        BatchIterator(EXAMPLES, BatchPolicy(64, WIDTHS, max_tokens=150, row_quantum=4), seed=0)
+    BatchIterator(EXAMPLES, BatchPolicy(64, WIDTHS, max_tokens=160, row_quantum=4), seed=0)  # one row-quantum fits
 
 
 def test_token_budget_state_restores_and_must_match():
-    uninterrupted = BatchIterator(EXAMPLES, 64, WIDTHS, seed=1, max_tokens=160, row_quantum=2)
+    uninterrupted = BatchIterator(EXAMPLES, BatchPolicy(64, WIDTHS, max_tokens=160, row_quantum=2), seed=1)
     expected = [next(uninterrupted).index for _ in range(uninterrupted.batches_per_epoch + 5)]
-    first = BatchIterator(EXAMPLES, 64, WIDTHS, seed=1, max_tokens=160, row_quantum=2)
+    first = BatchIterator(EXAMPLES, BatchPolicy(64, WIDTHS, max_tokens=160, row_quantum=2), seed=1)
     for _ in range(7):
         next(first)
     state = first.state()
     assert state["max_tokens"] == 160 and state["row_quantum"] == 2
-    resumed = BatchIterator(EXAMPLES, 64, WIDTHS, seed=1, max_tokens=160, row_quantum=2)
+    resumed = BatchIterator(EXAMPLES, BatchPolicy(64, WIDTHS, max_tokens=160, row_quantum=2), seed=1)
     resumed.restore(state)
     assert all((next(resumed).index == index).all() for index in expected[7:])
     with pytest.raises(DataError, match="saved max_tokens=160 but this run has max_tokens=200"):
-        BatchIterator(EXAMPLES, 64, WIDTHS, seed=1, max_tokens=200, row_quantum=2).restore(state)
+        BatchIterator(EXAMPLES, BatchPolicy(64, WIDTHS, max_tokens=200, row_quantum=2), seed=1).restore(state)
     with pytest.raises(DataError, match="saved row_quantum=2 but this run has row_quantum=4"):
-        BatchIterator(EXAMPLES, 64, WIDTHS, seed=1, max_tokens=160, row_quantum=4).restore(state)
+        BatchIterator(EXAMPLES, BatchPolicy(64, WIDTHS, max_tokens=160, row_quantum=4), seed=1).restore(state)
     # A row-batching state (as saved before token budgets) has no max_tokens: it restores as max_tokens=0.
-    rows_state = BatchIterator(EXAMPLES, 64, WIDTHS, seed=1, row_quantum=4).state()
+    rows_state = BatchIterator(EXAMPLES, BatchPolicy(64, WIDTHS, row_quantum=4), seed=1).state()
     assert "max_tokens" not in rows_state and "row_quantum" not in rows_state
-    BatchIterator(EXAMPLES, 64, WIDTHS, seed=1).restore(rows_state)
+    BatchIterator(EXAMPLES, BatchPolicy(64, WIDTHS), seed=1).restore(rows_state)
     with pytest.raises(DataError, match="saved max_tokens=0 but this run has max_tokens=160"):
-        BatchIterator(EXAMPLES, 64, WIDTHS, seed=1, max_tokens=160).restore(rows_state)
+        BatchIterator(EXAMPLES, BatchPolicy(64, WIDTHS, max_tokens=160), seed=1).restore(rows_state)
 
 
 # ------------------------------------------------------------------------------------- gradient accumulation
@@ -127,8 +123,8 @@ def _model(dtype: str):
 def _micro_batches():
     """Two micro-batches of one padded shape but different token counts (the second has a padding row)."""
     examples = make_examples(8, seed=5, max_len=12)
-    first = _make_batch(examples, np.arange(0, 4), 4, 16).arrays()
-    second = _make_batch(examples, np.arange(4, 7), 4, 16).arrays()
+    first = _make_batch(examples, np.arange(0, 4), 4, (16, 16)).arrays()
+    second = _make_batch(examples, np.arange(4, 7), 4, (16, 16)).arrays()
     assert first["tgt_len"].sum() != second["tgt_len"].sum()
     whole = {key: np.concatenate([first[key], second[key]]) for key in first}
     return [first, second], whole

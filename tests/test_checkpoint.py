@@ -1,4 +1,4 @@
-"""Tests for seq2seq_jax.checkpoint: round trip, keep-latest-N plus best, non-finite refusal, unfinished
+"""Tests for seq2seq_jax.training.checkpoint: round trip, keep-latest-N plus best, non-finite refusal, unfinished
 saves, corrupt checkpoints and restoring into an abstract (ShapeDtypeStruct) target."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import optax
 import pytest
 
-from seq2seq_jax.checkpoint import CORRUPT_DIR, Checkpointer, CheckpointError, find_nonfinite_leaf
+from seq2seq_jax.training.checkpoint import CORRUPT_DIR, Checkpointer, CheckpointError, find_nonfinite_leaf
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -186,7 +186,7 @@ def test_process_killed_mid_save_leaves_nothing_restorable(tmp_path):
     script = textwrap.dedent(f"""
         import glob, os, signal, sys, time
         import jax.numpy as jnp
-        from seq2seq_jax.checkpoint import Checkpointer
+        from seq2seq_jax.training.checkpoint import Checkpointer
         ckpt = Checkpointer({str(tmp_path)!r}, keep=3)
         ckpt.save(1, {{"w": jnp.ones(4)}}, {{"done": 1}})
         ckpt.wait_until_finished()
@@ -222,7 +222,7 @@ def test_corrupt_latest_falls_back_with_warning_naming_both_steps(tmp_path, caps
         (latest_dir / "extra" / "metadata").write_text("garbage{")
     else:
         damage_arrays(latest_dir, damage)
-    with caplog.at_level(logging.WARNING, logger="seq2seq_jax.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="seq2seq_jax.training.checkpoint"):
         with Checkpointer(tmp_path, keep=3) as reopened:
             step, state, extra = reopened.restore(target=make_state())
             assert step == 10 and extra == {"iterator": {"epoch": 10}}
@@ -325,7 +325,7 @@ def test_a_failed_save_names_the_step_the_cause_and_the_last_checkpoint(tmp_path
 
 
 def test_orbax_tracebacks_are_logged_only_at_info(caplog):
-    import seq2seq_jax.checkpoint as checkpoint_lib
+    import seq2seq_jax.training.checkpoint as checkpoint_lib
 
     absl_logger = logging.getLogger("absl")
 
@@ -345,7 +345,7 @@ def test_orbax_tracebacks_are_logged_only_at_info(caplog):
 
 def test_unretrieved_write_errors_of_a_failed_save_are_logged_only_at_info(caplog):
     """asyncio's report of a write's future that nobody awaited, collected after the save failed."""
-    import seq2seq_jax.checkpoint as checkpoint_lib
+    import seq2seq_jax.training.checkpoint as checkpoint_lib
 
     async def fail(message: str) -> None:
         raise ValueError(message)

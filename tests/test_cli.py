@@ -14,10 +14,10 @@ import pytest
 from run_support import tiny_config
 
 from seq2seq_jax import cli
-from seq2seq_jax.tasks import generate_task
-from seq2seq_jax.trainer import train
-from seq2seq_jax.translate import Translator
-from seq2seq_jax.workdir import load_trained
+from seq2seq_jax.decoding.translate import Translator
+from seq2seq_jax.training.tasks import generate_task
+from seq2seq_jax.training.trainer import train
+from seq2seq_jax.training.workdir import load_trained
 
 
 @pytest.fixture(scope="module")

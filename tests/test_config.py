@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from seq2seq_jax.config import ConfigError, DecodeConfig, ExperimentConfig, ModelConfig
+from seq2seq_jax.core.config import ConfigError, DecodeConfig, ExperimentConfig, ModelConfig
 
 
 def test_json_round_trip(tmp_path):

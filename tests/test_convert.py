@@ -10,7 +10,7 @@ import torch
 from parity_support import TOLERANCES, jax_model, make_batch, make_pair, precision, relative_error, tiny_config
 
 import torch_ref
-from seq2seq_jax.convert import from_torch_state_dict, name_map, to_torch_state_dict
+from seq2seq_jax.model.convert import from_torch_state_dict, name_map, to_torch_state_dict
 
 LOGITS_TOLERANCE = TOLERANCES["float64"]["logits"]
 CONFIG = tiny_config("float64", attention="additive", attention_size=7, dec_hidden_size=7)
@@ -28,7 +28,7 @@ def test_name_map_shapes_equal_the_model(state_dict):
         model = jax_model(CONFIG, params)
     from flax import nnx
 
-    from seq2seq_jax.convert import flatten_params
+    from seq2seq_jax.model.convert import flatten_params
 
     model_shapes = {k: v.shape for k, v in flatten_params(nnx.state(model, nnx.Param).to_pure_dict()).items()}
     assert model_shapes == {m.flax_path: m.flax_shape for m in name_map(CONFIG)}

@@ -7,21 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from seq2seq_jax.config import DataConfig
-from seq2seq_jax.data import (
-    Batch,
-    BatchIterator,
-    DataError,
-    Example,
-    encode_pairs,
-    eval_batches,
-    padded_shapes,
-    read_lines,
-    read_parallel,
-    read_tsv,
-    source_batches,
-)
-from seq2seq_jax.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, VocabularyTokenizer
+from seq2seq_jax.core.batching import Batch, BatchPolicy, eval_batches, padded_shapes, source_batches
+from seq2seq_jax.core.config import DataConfig
+from seq2seq_jax.core.encoding import Example, encode_pairs
+from seq2seq_jax.core.reading import DataError, read_lines, read_parallel, read_tsv
+from seq2seq_jax.core.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, VocabularyTokenizer
+from seq2seq_jax.training.batch_iterator import BatchIterator
 
 CHARS = VocabularyTokenizer.train("char", ["abcdefghijklmnopqrstuvwxyz "], min_freq=1, max_vocab_size=100)
 
@@ -53,10 +44,10 @@ def assert_batches_equal(left, right):
 
 def test_lines_split_on_newline_only(tmp_path):
     path = write(tmp_path / "a.txt", "\ufeffone\r\ntwo\rstill two\u2028still two\n\nlast".encode())
-    assert read_lines(path) == ["one", "two\rstill two\u2028still two", "", "last"]
-    assert read_lines(write(tmp_path / "b.txt", b"x\ny\n")) == ["x", "y"]
-    assert read_lines(write(tmp_path / "c.txt", b"\n")) == [""]
-    assert read_lines(write(tmp_path / "d.txt", b"")) == []
+    assert read_lines(path).lines == ["one", "two\rstill two\u2028still two", "", "last"]
+    assert read_lines(write(tmp_path / "b.txt", b"x\ny\n")).lines == ["x", "y"]
+    assert read_lines(write(tmp_path / "c.txt", b"\n")).lines == [""]
+    assert read_lines(write(tmp_path / "d.txt", b"")).lines == []
 
 
 def test_invalid_utf8_strict_names_file_and_line(tmp_path):
@@ -64,7 +55,7 @@ def test_invalid_utf8_strict_names_file_and_line(tmp_path):
     with pytest.raises(DataError, match=r"bad\.src:3: invalid UTF-8"):
         read_lines(path)
     lines = read_lines(path, encoding_errors="replace")
-    assert lines == ["fine", "also fine", "bro\ufffdken"]
+    assert lines.lines == ["fine", "also fine", "bro\ufffdken"]
     assert lines.replaced_line_numbers == [3] and lines.replaced_lines == 1
 
 
@@ -84,7 +75,7 @@ def test_parallel_pairs_keep_alignment_and_count_replacements(tmp_path):
     src = write(tmp_path / "x.src", b"a\xff\r\n" + "b\u2028\n".encode())
     tgt = write(tmp_path / "x.tgt", b"A\r\nB\xfe")
     pairs = read_parallel(src, tgt, encoding_errors="replace")
-    assert pairs == [("a\ufffd", "A"), ("b\u2028", "B\ufffd")]
+    assert pairs.pairs == [("a\ufffd", "A"), ("b\u2028", "B\ufffd")]
     assert pairs.replaced_lines == 2
     with pytest.raises(DataError, match=r"x\.src:1: invalid UTF-8"):
         read_parallel(src, tgt)
@@ -92,7 +83,7 @@ def test_parallel_pairs_keep_alignment_and_count_replacements(tmp_path):
 
 def test_tsv_needs_exactly_one_tab(tmp_path):
     pairs = read_tsv(write(tmp_path / "ok.tsv", b"a\tb\n\tempty source\n"))
-    assert pairs == [("a", "b"), ("", "empty source")]
+    assert pairs.pairs == [("a", "b"), ("", "empty source")]
     with pytest.raises(DataError, match=r"two\.tsv:2: expected exactly one tab .* found 2"):
         read_tsv(write(tmp_path / "two.tsv", b"a\tb\na\tb\tc\n"))
     with pytest.raises(DataError, match=r"none\.tsv:1: .* found 0"):
@@ -135,7 +126,7 @@ def test_encode_pairs_takes_replaced_lines_from_read_parallel(tmp_path):
 def test_batch_layout_and_padding_rows():
     examples = [Example(np.array([5, 6, EOS_ID], np.int32), np.array([7, 8], np.int32)),
                 Example(np.array([9, EOS_ID], np.int32), np.array([10], np.int32))]
-    (batch,) = list(eval_batches(examples, batch_size=4, bucket_width=4))
+    (batch,) = list(eval_batches(examples, BatchPolicy(batch_size=4, bucket_width=4)))
     assert batch.src.shape == (4, 4) and batch.tgt_in.shape == (4, 4) and batch.tgt_out.shape == (4, 4)
     assert batch.src.dtype == np.int32 and batch.index.dtype == np.int64
     row = int(np.flatnonzero(batch.index == 0)[0])
@@ -151,8 +142,8 @@ def test_batch_layout_and_padding_rows():
 
 def test_every_epoch_gives_each_example_once_in_bounded_shapes():
     examples = make_examples(103)
-    iterator = BatchIterator(examples, batch_size=8, bucket_width=4, seed=0)
-    shapes = padded_shapes(examples, 8, 4)
+    iterator = BatchIterator(examples, BatchPolicy(batch_size=8, bucket_width=4), seed=0)
+    shapes = padded_shapes(examples, BatchPolicy(8, 4))
     assert iterator.padded_shapes() == shapes and len(shapes) < iterator.batches_per_epoch
     for epoch in range(3):
         assert (iterator.epoch, iterator.position) == (epoch, 0)
@@ -171,26 +162,26 @@ def test_every_epoch_gives_each_example_once_in_bounded_shapes():
 
 def test_epochs_are_shuffled_deterministically():
     examples = make_examples(60)
-    first = BatchIterator(examples, 8, 4, seed=3)
+    first = BatchIterator(examples, BatchPolicy(8, 4), seed=3)
     epoch0 = [b.index.tolist() for b in batch_list(first, first.batches_per_epoch)]
     epoch1 = [b.index.tolist() for b in batch_list(first, first.batches_per_epoch)]
     assert epoch0 != epoch1
-    again = BatchIterator(examples, 8, 4, seed=3)
+    again = BatchIterator(examples, BatchPolicy(8, 4), seed=3)
     assert [b.index.tolist() for b in batch_list(again, again.batches_per_epoch)] == epoch0
-    other = BatchIterator(examples, 8, 4, seed=4)
+    other = BatchIterator(examples, BatchPolicy(8, 4), seed=4)
     assert [b.index.tolist() for b in batch_list(other, other.batches_per_epoch)] != epoch0
 
 
 @pytest.mark.parametrize("taken", [0, 3, 9, 17])
 def test_restore_continues_exactly(taken):
     examples = make_examples(50)
-    uninterrupted = BatchIterator(examples, 8, 4, seed=1)
+    uninterrupted = BatchIterator(examples, BatchPolicy(8, 4), seed=1)
     assert uninterrupted.batches_per_epoch < 17  # the last case crosses an epoch boundary
     batch_list(uninterrupted, taken)
     state = json.loads(json.dumps(uninterrupted.state()))
     expected = batch_list(uninterrupted, 12)
 
-    resumed = BatchIterator(examples, 8, 4, seed=1)
+    resumed = BatchIterator(examples, BatchPolicy(8, 4), seed=1)
     resumed.restore(state)
     assert resumed.epoch == state["epoch"]
     assert_batches_equal(batch_list(resumed, 12), expected)
@@ -200,45 +191,45 @@ def test_targets_can_have_their_own_bucket_width():
     examples = make_examples(103)
     widths = DataConfig(bucket_width=8, tgt_bucket_width=2).bucket_widths
     assert widths == (8, 2) and DataConfig(bucket_width=8).bucket_widths == (8, 8)
-    shapes = padded_shapes(examples, 8, widths)
+    shapes = padded_shapes(examples, BatchPolicy(8, widths))
     assert all(src % 8 == 0 and tgt % 2 == 0 for src, tgt in shapes)
     assert any(tgt % 8 for _, tgt in shapes)  # would be a multiple of 8 with one width
-    iterator = BatchIterator(examples, 8, widths, seed=0)
+    iterator = BatchIterator(examples, BatchPolicy(8, widths), seed=0)
     assert iterator.padded_shapes() == shapes
     for batch in batch_list(iterator, iterator.batches_per_epoch):
         assert (batch.src.shape[1], batch.tgt_in.shape[1]) in shapes
         assert batch.tgt_in.shape[1] - 2 < batch.tgt_len.max() <= batch.tgt_in.shape[1]
-    batches = list(eval_batches(examples, 8, widths))
+    batches = list(eval_batches(examples, BatchPolicy(8, widths)))
     assert {(b.src.shape[1], b.tgt_in.shape[1]) for b in batches} == shapes
-    assert padded_shapes(examples, 8, (4, 4)) == padded_shapes(examples, 8, 4)
+    assert padded_shapes(examples, BatchPolicy(8, (4, 4))) == padded_shapes(examples, BatchPolicy(8, 4))
 
 
 def test_restore_accepts_a_state_saved_with_one_width():
     examples = make_examples(50)
-    state = BatchIterator(examples, 8, 4, seed=1).state()
+    state = BatchIterator(examples, BatchPolicy(8, 4), seed=1).state()
     state["bucket_width"] = 4  # how runs saved it before targets had their own width
-    BatchIterator(examples, 8, 4, seed=1).restore(state)
+    BatchIterator(examples, BatchPolicy(8, 4), seed=1).restore(state)
     with pytest.raises(DataError, match="bucket_width=4 .* bucket_width=\\[4, 2\\]"):
-        BatchIterator(examples, 8, (4, 2), seed=1).restore(state)
+        BatchIterator(examples, BatchPolicy(8, (4, 2)), seed=1).restore(state)
 
 
 def test_restore_rejects_different_data():
-    state = BatchIterator(make_examples(50), 8, 4, seed=1).state()
+    state = BatchIterator(make_examples(50), BatchPolicy(8, 4), seed=1).state()
     with pytest.raises(DataError, match="num_examples=50 .* num_examples=49"):
-        BatchIterator(make_examples(49), 8, 4, seed=1).restore(state)
+        BatchIterator(make_examples(49), BatchPolicy(8, 4), seed=1).restore(state)
 
 
 def test_no_examples_is_an_error():
     with pytest.raises(DataError, match="no training examples"):
-        BatchIterator([], 8, 4, seed=0)
+        BatchIterator([], BatchPolicy(8, 4), seed=0)
 
 
 def test_eval_batches_cover_every_example_once():
     examples = make_examples(37, seed=2)
-    batches = list(eval_batches(examples, 8, 4))
+    batches = list(eval_batches(examples, BatchPolicy(8, 4)))
     indices = np.concatenate([b.index for b in batches])
     assert sorted(indices[indices >= 0].tolist()) == list(range(37))
-    assert {(b.src.shape[1], b.tgt_in.shape[1]) for b in batches} == padded_shapes(examples, 8, 4)
+    assert {(b.src.shape[1], b.tgt_in.shape[1]) for b in batches} == padded_shapes(examples, BatchPolicy(8, 4))
     for batch in batches:
         for row, example_index in enumerate(batch.index):
             if example_index >= 0:

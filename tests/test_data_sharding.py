@@ -20,8 +20,10 @@ from parallel_support import READING, RecordingSource, encoded_experiment, readi
 from test_data import make_examples
 from test_parallel import ROOT, SUPPORT, TOLERANCE, device_env
 
-from seq2seq_jax import data as data_lib
-from seq2seq_jax import parallel
+from seq2seq_jax.core.batching import BatchPolicy, example_lengths
+from seq2seq_jax.core.reading import DataError
+from seq2seq_jax.training import parallel
+from seq2seq_jax.training.batch_iterator import BatchIterator
 
 
 def free_port() -> int:
@@ -78,8 +80,8 @@ def test_losses_equal_one_process_on_the_same_global_batches(two_processes):
 
 def test_local_rows_reads_only_those_rows_with_the_global_widths():
     examples = make_examples(200, seed=4, max_len=30)
-    whole = data_lib.BatchIterator(examples, 16, (8, 4), seed=2, max_tokens=128, row_quantum=4)
-    halves = [data_lib.BatchIterator(source, 16, (8, 4), seed=2, max_tokens=128, row_quantum=4,
+    whole = BatchIterator(examples, BatchPolicy(16, (8, 4), max_tokens=128, row_quantum=4), seed=2)
+    halves = [BatchIterator(source, BatchPolicy(16, (8, 4), max_tokens=128, row_quantum=4), seed=2,
                                      local_rows=local, read_threads=threads, prefetch=3)
               for source, local, threads in ((RecordingSource(examples), lambda rows: slice(0, rows // 2), 0),
                                              (RecordingSource(examples), lambda rows: slice(rows // 2, rows), 2))]
@@ -92,7 +94,7 @@ def test_local_rows_reads_only_those_rows_with_the_global_widths():
             assert set(part.index[part.index >= 0].tolist()) <= set(half.source.read)
     state = halves[1].state()
     assert state == whole.state()  # the position does not depend on the rows read
-    resumed = data_lib.BatchIterator(RecordingSource(examples), 16, (8, 4), seed=2, max_tokens=128, row_quantum=4,
+    resumed = BatchIterator(RecordingSource(examples), BatchPolicy(16, (8, 4), max_tokens=128, row_quantum=4), seed=2,
                                      local_rows=lambda rows: slice(rows // 2, rows), read_threads=2, prefetch=3)
     resumed.restore(state)
     for _ in range(4):
@@ -101,12 +103,12 @@ def test_local_rows_reads_only_those_rows_with_the_global_widths():
 
 def test_lengths_must_describe_the_source():
     examples = make_examples(10)
-    with pytest.raises(data_lib.DataError, match=r"lengths of shape \(9, 2\) do not describe 10 examples"):
-        data_lib.BatchIterator(examples, 4, 4, seed=0, lengths=data_lib.example_lengths(examples[:9]))
-    wrong = data_lib.example_lengths(examples)
+    with pytest.raises(DataError, match=r"lengths of shape \(9, 2\) do not describe 10 examples"):
+        BatchIterator(examples, BatchPolicy(4, 4), seed=0, lengths=example_lengths(examples[:9]))
+    wrong = example_lengths(examples)
     wrong[:, 0] = 1  # every source claimed one token long
-    iterator = data_lib.BatchIterator(examples, 4, 4, seed=0, lengths=wrong)
-    with pytest.raises(data_lib.DataError, match="longer than their lengths say"):
+    iterator = BatchIterator(examples, BatchPolicy(4, 4), seed=0, lengths=wrong)
+    with pytest.raises(DataError, match="longer than their lengths say"):
         next(iterator)
 
 

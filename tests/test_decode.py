@@ -1,4 +1,4 @@
-"""Search (seq2seq_jax.decode) on a toy decoder: greedy == beam K=1 == an argmax loop, batch invariance,
+"""Search (seq2seq_jax.decoding.search) on a toy decoder: greedy == beam K=1 == an argmax loop, batch invariance,
 n-best scores, length limits, n-gram bans, exhaustive search, sampling, and one trace per shape.
 
 The toy decoder (``toy_step``) is written once for numpy and jax.numpy: an embedding, a tanh RNN with
@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seq2seq_jax.config import DecodeConfig
-from seq2seq_jax.decode import (
+from seq2seq_jax.core.config import DecodeConfig
+from seq2seq_jax.decoding.search import (
     BOS_ID,
     EOS_ID,
     _top_k,

@@ -1,5 +1,5 @@
 """Ensembles: a two-model ensemble of different sizes and architectures gives the same n-best and scores in JAX
-(seq2seq_jax.ensemble, one search over both models) and torch_ref (torch_ref.ensemble), float64; a model
+(seq2seq_jax.decoding.ensemble, one search over both models) and torch_ref (torch_ref.ensemble), float64; a model
 ensembled with itself gives exactly its own n-best; the mean of probabilities is computed stably."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import torch
 from flax import nnx
 from parity_support import jax_params, make_batch, make_pair, precision, tiny_config
 
-from seq2seq_jax.data import Example
-from seq2seq_jax.decode import beam_search, greedy_search, max_len_bound_for
-from seq2seq_jax.ensemble import ensemble_logits, ensemble_search_state, mean_log_probs
-from seq2seq_jax.scoring import Scorer
-from seq2seq_jax.tokenizer import TokenizerError, VocabularyTokenizer, check_shared_tokenizers
+from seq2seq_jax.core.encoding import Example
+from seq2seq_jax.core.tokenizer import TokenizerError, VocabularyTokenizer, check_shared_tokenizers
+from seq2seq_jax.decoding.ensemble import ensemble_logits, ensemble_search_state, mean_log_probs
+from seq2seq_jax.decoding.scoring import Scorer
+from seq2seq_jax.decoding.search import beam_search, greedy_search, max_len_bound_for
 from torch_ref.ensemble import Ensemble
 from torch_ref.ensemble import ensemble_logits as torch_ensemble_logits
 from torch_ref.ensemble import mean_log_probs as torch_mean_log_probs

@@ -20,9 +20,9 @@ from safetensors.numpy import load_file
 
 import torch_ref
 from seq2seq_jax import cli
-from seq2seq_jax.config import DataConfig, DecodeConfig, ExperimentConfig, ModelConfig, TrainConfig
-from seq2seq_jax.export import ExportError, export_torch, import_torch
-from seq2seq_jax.tasks import generate_task
+from seq2seq_jax.core.config import DataConfig, DecodeConfig, ExperimentConfig, ModelConfig, TrainConfig
+from seq2seq_jax.training.export import ExportError, export_torch, import_torch
+from seq2seq_jax.training.tasks import generate_task
 from torch_ref.load import ExportFormatError
 from torch_ref.translate import translate as torch_translate
 
@@ -60,7 +60,7 @@ runpy.run_module("torch_ref.translate", run_name="__main__", alter_sys=True)
 
 
 def _train_and_export(config: ExperimentConfig, root: Path) -> tuple[Path, Path]:
-    from seq2seq_jax.trainer import train
+    from seq2seq_jax.training.trainer import train
 
     workdir = root / "run"
     train(config, workdir, log=lambda *args: None)
@@ -216,8 +216,8 @@ def test_export_import_export_gives_identical_tensors(request, model_kind, tmp_p
 
 
 def test_import_then_train_continues_from_the_imported_step(trained, tmp_path):
-    from seq2seq_jax.checkpoint import Checkpointer
-    from seq2seq_jax.trainer import train
+    from seq2seq_jax.training.checkpoint import Checkpointer
+    from seq2seq_jax.training.trainer import train
 
     _, export_dir = trained
     imported = tmp_path / "imported"
@@ -263,8 +263,8 @@ def test_bare_pt_state_dict_with_tied_embedding_imports_and_loads(trained, tmp_p
 
 
 def _jax_translations(workdir: Path, decode: DecodeConfig):
-    from seq2seq_jax.translate import Translator
-    from seq2seq_jax.workdir import load_trained
+    from seq2seq_jax.decoding.translate import Translator
+    from seq2seq_jax.training.workdir import load_trained
 
     model = load_trained(workdir, "best")
     translator = Translator(model.graphdef, model.params, model.src_tokenizer, model.tgt_tokenizer, decode,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from seq2seq_jax.extractive import lead, longest, split_turns
+from seq2seq_jax.decoding.extractive import lead, longest, split_turns
 
 DIALOGUE = ("#Person1#: Hi. #Person2#: Hello there, how are you today? #Person1#: Fine. "
             "#Person2#: Good to hear that you are fine. #Person1#: And you, how have you been all this week?")

@@ -53,10 +53,11 @@ def run_without(modules: tuple[str, ...], code: str, tmp_path: Path, *args: str)
 def test_shared_and_torch_side_import_no_jax(tmp_path):
     code = f"""
 import sys
-import seq2seq_jax.common.decoding, seq2seq_jax.common.export_format, seq2seq_jax.common.json_files
-import seq2seq_jax.common.pair_scores, seq2seq_jax.common.tokens
-assert "torch" not in sys.modules, "seq2seq_jax.common imported torch"
-import seq2seq_jax.config, seq2seq_jax.data, seq2seq_jax.tokenizer
+import seq2seq_jax.core.search_settings, seq2seq_jax.core.export_format, seq2seq_jax.core.json_files
+import seq2seq_jax.core.pair_scores, seq2seq_jax.core.tokens
+assert "torch" not in sys.modules, "seq2seq_jax.core imported torch"
+import seq2seq_jax.core.config, seq2seq_jax.core.reading, seq2seq_jax.core.encoding, seq2seq_jax.core.batching
+import seq2seq_jax.core.tokenizer
 import torch_ref, torch_ref.ensemble, torch_ref.load, torch_ref.model, torch_ref.score, torch_ref.search
 import torch_ref.translate
 loaded = sorted(name for name in sys.modules if name.split(".")[0] in {JAX_EXTRA!r})
@@ -67,8 +68,9 @@ print(",".join(loaded))
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == ""
     # And the shared package alone needs neither framework.
-    completed = run_without(JAX_EXTRA + ("torch",), "import seq2seq_jax.common.export_format, "
-                            "seq2seq_jax.common.decoding, seq2seq_jax.tokenizer, seq2seq_jax.data", tmp_path)
+    completed = run_without(JAX_EXTRA + ("torch",), "import seq2seq_jax.core.export_format, "
+                            "seq2seq_jax.core.search_settings, seq2seq_jax.core.tokenizer, seq2seq_jax.core.batching",
+                            tmp_path)
     assert completed.returncode == 0, completed.stderr
 
 
@@ -94,8 +96,8 @@ JAX_SIDE = """
 import contextlib, io, json, sys
 import numpy as np, ml_dtypes
 from seq2seq_jax import cli
-from seq2seq_jax.export import read_state_dict_file, save_state_dict
-from seq2seq_jax.tasks import generate_task
+from seq2seq_jax.training.export import read_state_dict_file, save_state_dict
+from seq2seq_jax.training.tasks import generate_task
 
 def run(*argv):
     out = io.StringIO()
@@ -145,7 +147,7 @@ def test_jax_side_trains_translates_exports_and_imports_without_torch(tmp_path):
 
 
 def test_import_torch_of_a_pt_file_without_torch_names_the_torch_extra(tmp_path):
-    from seq2seq_jax.tokenizer import VocabularyTokenizer
+    from seq2seq_jax.core.tokenizer import VocabularyTokenizer
 
     lines = ["March 3, 2021", "14 July 1789"]
     source = tmp_path / "source"

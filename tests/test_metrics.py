@@ -1,4 +1,4 @@
-"""Tests for seq2seq_jax.metrics against direct sacrebleu / rouge-score calls."""
+"""Tests for seq2seq_jax.decoding.metrics against direct sacrebleu / rouge-score calls."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import sacrebleu
 from rouge_score import rouge_scorer
 
-from seq2seq_jax.metrics import (
+from seq2seq_jax.decoding.metrics import (
     corpus_bleu,
     corpus_chrf,
     exact_match,

@@ -1,4 +1,4 @@
-"""Training on many devices and hosts (seq2seq_jax.parallel): sharded steps equal the one-device step, a real
+"""Training on many devices and hosts (seq2seq_jax.training.parallel): sharded steps equal the one-device step, a real
 two-process run on 127.0.0.1 equals a one-process run, checkpoints move between device counts, and a batch
 the devices do not divide is a clear error.
 
@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 from run_support import TINY, tiny_config
 
-from seq2seq_jax import parallel
-from seq2seq_jax import trainer as trainer_lib
-from seq2seq_jax.workdir import load_trained
+from seq2seq_jax.training import parallel
+from seq2seq_jax.training import trainer as trainer_lib
+from seq2seq_jax.training.workdir import load_trained
 
 ROOT = Path(__file__).resolve().parent.parent
 SUPPORT = Path(__file__).resolve().parent / "parallel_support.py"
@@ -122,8 +122,8 @@ def test_bfloat16_compute_keeps_float32_parameters_optimizer_state_softmax_and_l
 
     import parallel_support
 
-    from seq2seq_jax.train import make_optimizer, make_train_step
-    from seq2seq_jax.workdir import fresh_train_state
+    from seq2seq_jax.training.steps import make_optimizer, make_train_step
+    from seq2seq_jax.training.workdir import fresh_train_state
 
     config, batches = parallel_support.experiment()
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, compute_dtype="bfloat16"))

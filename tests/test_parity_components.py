@@ -11,7 +11,7 @@ import torch
 from parity_support import check, make_batch, make_pair, precision, tiny_config
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from seq2seq_jax.layers import copy_log_probs
+from seq2seq_jax.model.layers import copy_log_probs
 from torch_ref.model import copy_log_probs as torch_copy_log_probs
 
 DTYPE = "float64"

@@ -22,8 +22,8 @@ from parity_support import (
 )
 
 import torch_ref
-from seq2seq_jax.convert import from_torch_state_dict, to_torch_state_dict
-from seq2seq_jax.losses import sequence_loss
+from seq2seq_jax.model.convert import from_torch_state_dict, to_torch_state_dict
+from seq2seq_jax.training.losses import sequence_loss
 
 LABEL_SMOOTHING = 0.1
 

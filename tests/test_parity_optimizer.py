@@ -9,9 +9,9 @@ import torch
 from parity_support import TOLERANCES, check, make_batch, make_pair, precision, tiny_config
 
 import torch_ref
-from seq2seq_jax.config import TrainConfig
-from seq2seq_jax.convert import from_torch_state_dict, to_torch_state_dict
-from seq2seq_jax.train import init_train_state, make_optimizer, make_train_step, model_graphdef
+from seq2seq_jax.core.config import TrainConfig
+from seq2seq_jax.model.convert import from_torch_state_dict, to_torch_state_dict
+from seq2seq_jax.training.steps import init_train_state, make_optimizer, make_train_step, model_graphdef
 
 
 def test_three_adam_steps_with_clipping_match_torch():

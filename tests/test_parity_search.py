@@ -19,7 +19,7 @@ import pytest
 import torch
 from parity_support import eos_prone_pair, make_batch, precision
 
-from seq2seq_jax.decode import beam_search, greedy_search, max_len_bound_for, max_len_for
+from seq2seq_jax.decoding.search import beam_search, greedy_search, max_len_bound_for, max_len_for
 from torch_ref.search import beam_search as torch_beam_search
 
 EOS = 3

@@ -1,4 +1,4 @@
-"""Beam search parity: seq2seq_jax.decode.beam_search (one lax.while_loop) against torch_ref.search.beam_search
+"""Beam search parity: seq2seq_jax.decoding.search.beam_search (one lax.while_loop) against torch_ref.search.beam_search
 (a Python loop) on the same toy decoder written in both frameworks.
 
 float64 (JAX under ``jax.enable_x64``): identical n-best token ids and lengths, scores and attention within 1e-9.
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from seq2seq_jax.decode import EOS_ID, beam_search, max_len_bound_for, max_len_for
+from seq2seq_jax.decoding.search import EOS_ID, beam_search, max_len_bound_for, max_len_for
 from torch_ref.search import beam_search as torch_beam_search
 from torch_ref.search import greedy_search as torch_greedy_search
 

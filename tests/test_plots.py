@@ -1,4 +1,4 @@
-"""Tests for seq2seq_jax.plots: the metrics log reader and the PNG outputs."""
+"""Tests for seq2seq_jax.training.plots: the metrics log reader and the PNG outputs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from seq2seq_jax.plots import MetricsLogError, plot_attention, plot_training_curves, read_metrics_jsonl
+from seq2seq_jax.training.plots import MetricsLogError, plot_attention, plot_training_curves, read_metrics_jsonl
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -1,5 +1,5 @@
-"""Target-prefix decoding (rule 10 of seq2seq_jax/decode.py): every hypothesis starts with its sentence's prefix,
-the search continues after it, JAX and torch_ref return the same n-best, and a sentence decodes the same alone
+"""Target-prefix decoding (rule 10 of seq2seq_jax/decoding/search.py): every hypothesis starts with its sentence's
+prefix, the search continues after it, JAX and torch_ref return the same n-best, and a sentence decodes the same alone
 or in a batch of mixed prefix lengths. The prefix wins over min_len / no-repeat bans; after it they apply."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import torch
 from parity_support import eos_prone_pair, make_batch, precision
 
-from seq2seq_jax.decode import beam_search, greedy_search, max_len_bound_for, max_len_for, sample
+from seq2seq_jax.decoding.search import beam_search, greedy_search, max_len_bound_for, max_len_for, sample
 from torch_ref.search import beam_search as torch_beam_search
 from torch_ref.search import greedy_search as torch_greedy_search
 

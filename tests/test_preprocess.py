@@ -20,15 +20,15 @@ import pytest
 from run_support import TINY, step_losses, tiny_config
 
 from seq2seq_jax import cli
-from seq2seq_jax import data as data_lib
-from seq2seq_jax import preprocess as preprocess_lib
-from seq2seq_jax import trainer as trainer_lib
-from seq2seq_jax.config import ExperimentConfig
-from seq2seq_jax.corpus import MANIFEST_FILE, decode_record, decode_records, encode_record, open_corpus
-from seq2seq_jax.data import DataError
-from seq2seq_jax.preprocess import preprocess, reservoir_sample
-from seq2seq_jax.tokenizer import load_tokenizers
-from seq2seq_jax.workdir import Workdir
+from seq2seq_jax.core.config import ExperimentConfig
+from seq2seq_jax.core.encoding import Example, encode_pairs
+from seq2seq_jax.core.reading import DataError, read_parallel
+from seq2seq_jax.core.tokenizer import load_tokenizers
+from seq2seq_jax.training import preprocess as preprocess_lib
+from seq2seq_jax.training import trainer as trainer_lib
+from seq2seq_jax.training.corpus import MANIFEST_FILE, decode_record, decode_records, encode_record, open_corpus
+from seq2seq_jax.training.preprocess import preprocess, reservoir_sample
+from seq2seq_jax.training.workdir import Workdir
 
 SOURCES = ["the cat sat", "a dog", "", "birds fly south in winter and come back", "x", "the end\r", "ok", "b c"]
 TARGETS = ["le chat", "un chien", "vide", "les oiseaux", "", "la fin", "bien", "b c d e f g h i j k"]
@@ -73,8 +73,8 @@ def test_records_are_encode_pairs_of_the_same_text(made):
     src_tok, tgt_tok = load_tokenizers(corpus.path / "tokenizer")
     for name, (src, tgt) in (("train", (config.data.train_src, config.data.train_tgt)),
                              ("valid", (config.data.valid_src, config.data.valid_tgt))):
-        pairs = data_lib.read_parallel(src, tgt)
-        expected, report = data_lib.encode_pairs(pairs, src_tok, tgt_tok, config.data, name=name)
+        pairs = read_parallel(src, tgt)
+        expected, report = encode_pairs(pairs, src_tok, tgt_tok, config.data, name=name)
         split = corpus.split(name)
         assert len(split) == len(expected) > 0
         for got, want in zip(split, expected, strict=True):
@@ -86,7 +86,7 @@ def test_records_are_encode_pairs_of_the_same_text(made):
         assert np.array_equal(split[-1].src, expected[-1].src)
         assert corpus.reports()[name].to_dict() == report.to_dict()
         if name == "valid":
-            assert corpus.valid_pairs() == [pairs[i] for i in report.kept_indices]
+            assert corpus.valid_pairs() == [pairs.pairs[i] for i in report.kept_indices]
     manifest = corpus.manifest
     assert [shard["records"] for shard in manifest["splits"]["train"]["shards"]] == [7, 7, 6]
     assert manifest["splits"]["train"]["shards"][0]["file"] == "train-00000-of-00003.array_record"
@@ -105,7 +105,7 @@ def test_report_counts(made):
 
 
 def test_record_format_round_trip():
-    example = data_lib.Example(np.array([5, 6, 3], np.int32), np.array([7], np.int32))
+    example = Example(np.array([5, 6, 3], np.int32), np.array([7], np.int32))
     record = encode_record(example)
     assert record == np.array([3, 5, 6, 3, 7], "<i4").tobytes()
     decoded = decode_record(record)
@@ -219,8 +219,8 @@ def test_an_interrupted_preprocess_leaves_no_output(tmp_path):
     config.save(tmp_path / "config.json")
     script = textwrap.dedent(f"""
         import os, signal
-        from seq2seq_jax import preprocess as p
-        from seq2seq_jax.config import ExperimentConfig
+        from seq2seq_jax.training import preprocess as p
+        from seq2seq_jax.core.config import ExperimentConfig
         def killed(self):  # the train shards are written; dies before renaming them
             os.kill(os.getpid(), signal.SIGKILL)
         p._ShardWriter.close = killed

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from seq2seq_jax.config import DecodeConfig, ExperimentConfig
+from seq2seq_jax.core.config import DecodeConfig, ExperimentConfig
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "scripts" / "recipes"
 
@@ -93,8 +93,9 @@ def _fake_run(monkeypatch, tmp_path, name, reached=None, ensemble_seeds=None, se
     Returns ``(report, decoded, results)`` with ``decoded`` the list of (model dir name, settings) actually
     decoded (an ensemble's name joins its models' with "+").
     """
-    from seq2seq_jax import averaging, cli
-    from seq2seq_jax import workdir as workdir_lib
+    from seq2seq_jax import cli
+    from seq2seq_jax.training import averaging
+    from seq2seq_jax.training import workdir as workdir_lib
 
     recipe = RUNNER.RECIPES[name]
     data = tmp_path / "data"

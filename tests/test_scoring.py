@@ -1,4 +1,4 @@
-"""Forced decoding: seq2seq_jax.scoring against torch_ref.score (per-pair sums within 1e-10 in float64, 1e-5 in
+"""Forced decoding: seq2seq_jax.decoding.scoring against torch_ref.score (per-pair sums within 1e-10 in float64, 1e-5 in
 float32), and the beam's own score: scoring a beam-5 hypothesis (alpha = 0) gives the score the search gave it."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import pytest
 from flax import nnx
 from parity_support import jax_params, make_pair, precision, tiny_config
 
-from seq2seq_jax.common.pair_scores import PairScore, corpus_perplexity, format_score, read_pairs
-from seq2seq_jax.data import Example
-from seq2seq_jax.decode import beam_search, max_len_bound_for
-from seq2seq_jax.scoring import Scorer
+from seq2seq_jax.core.encoding import Example
+from seq2seq_jax.core.pair_scores import PairScore, corpus_perplexity, format_score, read_pairs
+from seq2seq_jax.decoding.scoring import Scorer
+from seq2seq_jax.decoding.search import beam_search, max_len_bound_for
 from torch_ref.score import score_ids
 
 EOS = 3

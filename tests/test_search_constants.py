@@ -13,10 +13,10 @@ import pytest
 from jax.extend import core as jax_core
 from run_support import tiny_config
 
-from seq2seq_jax.config import DecodeConfig
-from seq2seq_jax.decode import beam_search, greedy_search, sample
-from seq2seq_jax.train import init_model
-from seq2seq_jax.translate import Translator
+from seq2seq_jax.core.config import DecodeConfig
+from seq2seq_jax.decoding.search import beam_search, greedy_search, sample
+from seq2seq_jax.decoding.translate import Translator
+from seq2seq_jax.training.steps import init_model
 
 REDUCTIONS = {"argmin", "argmax", "reduce_max", "reduce_min", "reduce_sum", "reduce_prod", "reduce_and",
               "reduce_or", "reduce_xor", "cumsum", "cummax", "cummin", "cumprod", "cumlogsumexp", "sort", "top_k"}

@@ -27,8 +27,8 @@ import pytest
 from run_support import tiny_config
 
 from seq2seq_jax import cli
-from seq2seq_jax.tasks import generate_task
-from seq2seq_jax.trainer import train
+from seq2seq_jax.training.tasks import generate_task
+from seq2seq_jax.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMITS = {"max_texts": 8, "max_chars": 40, "max_body_bytes": 4096}
@@ -295,7 +295,7 @@ def test_64_concurrent_clients_get_bit_identical_answers_with_fixed_rows(exact_s
 
 def test_batching_policy_waits_for_the_clients_a_search_answered():
     """``seconds_to_wait`` on a fake clock: the time a free decoder still waits before taking the batch."""
-    from seq2seq_jax.serve import LastSearch, ServeLimits, seconds_to_wait
+    from seq2seq_jax.serving.server import LastSearch, ServeLimits, seconds_to_wait
 
     limits = ServeLimits(max_batch=64, max_wait_ms=10, refill_share=0.25)
     key, other = ("settings", False), ("settings", True)

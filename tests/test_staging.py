@@ -1,4 +1,4 @@
-"""Tests for seq2seq_jax.staging beyond the lock (tests/test_workdir_lock.py): the staging directories that an
+"""Tests for seq2seq_jax.training.staging beyond the lock (tests/test_workdir_lock.py): the staging directories that an
 interrupted run leaves are removed by the next staging of the same target once their process is gone."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 
-from seq2seq_jax.staging import staged_directory
+from seq2seq_jax.training.staging import staged_directory
 
 
 def test_abandoned_staging_directories_are_removed_by_the_next_staging(tmp_path, caplog):
@@ -24,7 +24,7 @@ def test_abandoned_staging_directories_are_removed_by_the_next_staging(tmp_path,
     for directory in [abandoned, *kept.values()]:
         directory.mkdir()
         (directory / "train-00000-of-00001.array_record").write_bytes(b"shard")
-    with caplog.at_level(logging.WARNING, logger="seq2seq_jax.staging"):
+    with caplog.at_level(logging.WARNING, logger="seq2seq_jax.training.staging"):
         with staged_directory(tmp_path / "out") as staging:
             assert staging.name.startswith(f".out.tmp-{host}-{os.getpid()}-")
             (staging / "manifest.json").write_text("{}", encoding="utf-8")

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from seq2seq_jax.tasks import (
+from seq2seq_jax.training.tasks import (
     CASES,
     DATE_FORMATS,
     TASKS,

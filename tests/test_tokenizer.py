@@ -6,9 +6,8 @@ import sys
 
 import pytest
 
-from seq2seq_jax.config import ConfigError, DataConfig
-from seq2seq_jax.tasks import generate_task
-from seq2seq_jax.tokenizer import (
+from seq2seq_jax.core.config import ConfigError, DataConfig
+from seq2seq_jax.core.tokenizer import (
     BOS_ID,
     EOS_ID,
     PAD_ID,
@@ -24,6 +23,7 @@ from seq2seq_jax.tokenizer import (
     tokenizer_files,
     train_tokenizer,
 )
+from seq2seq_jax.training.tasks import generate_task
 
 DATE_PAIRS = generate_task("dates", 200, seed=3)
 DATE_SOURCES = [source for source, _ in DATE_PAIRS]
@@ -169,7 +169,7 @@ def test_missing_and_corrupt_files_are_named(tmp_path, sentencepiece_tokenizers)
 
 
 def test_tokenizer_module_does_not_import_jax():
-    code = ("import sys, seq2seq_jax.tokenizer, seq2seq_jax.config; "
+    code = ("import sys, seq2seq_jax.core.tokenizer, seq2seq_jax.core.config; "
             "bad = [m for m in ('jax', 'flax', 'optax', 'orbax') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

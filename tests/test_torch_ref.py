@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seq2seq_jax.config import ModelConfig
+from seq2seq_jax.core.config import ModelConfig
 from torch_ref import Seq2Seq, sequence_loss
 
 EOS = 3

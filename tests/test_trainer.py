@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from run_support import TINY, step_losses, tiny_config
 
-from seq2seq_jax import data as data_lib
-from seq2seq_jax import trainer as trainer_lib
-from seq2seq_jax.checkpoint import Checkpointer
+from seq2seq_jax.core.batching import Batch
+from seq2seq_jax.training import trainer as trainer_lib
+from seq2seq_jax.training.checkpoint import Checkpointer
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def poisoned_batches(monkeypatch):
     """Batches whose first ``tgt_len`` is negative make the loss NaN (a stand-in for a numerical blow-up)."""
     poison_steps: set[int] = set()
     counter = {"batches": 0}
-    real_arrays = data_lib.Batch.arrays
+    real_arrays = Batch.arrays
     real_loss = trainer_lib.make_train_step.__globals__["sequence_loss"]
 
     def marking_arrays(batch):
@@ -85,7 +85,7 @@ def poisoned_batches(monkeypatch):
         loss_sum, tokens = real_loss(logits, targets, tgt_len, label_smoothing)
         return loss_sum * jnp.where(jnp.any(tgt_len < 0), jnp.nan, 1.0), tokens  # NaN gradients too
 
-    monkeypatch.setattr(data_lib.Batch, "arrays", marking_arrays)
+    monkeypatch.setattr(Batch, "arrays", marking_arrays)
     monkeypatch.setitem(trainer_lib.make_train_step.__globals__, "sequence_loss", nan_loss)
     return poison_steps
 

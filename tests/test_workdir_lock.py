@@ -17,15 +17,15 @@ from pathlib import Path
 import pytest
 from run_support import TINY, tiny_config
 
-from seq2seq_jax.staging import is_nonempty_dir, staged_directory
-from seq2seq_jax.workdir_lock import LOCK_FILE, WorkdirLockedError, refuse_if_locked, workdir_lock
+from seq2seq_jax.training.staging import is_nonempty_dir, staged_directory
+from seq2seq_jax.training.workdir_lock import LOCK_FILE, WorkdirLockedError, refuse_if_locked, workdir_lock
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu",
        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
 HOLD_LOCK = """
 import sys, time
-from seq2seq_jax.workdir_lock import workdir_lock
+from seq2seq_jax.training.workdir_lock import workdir_lock
 with workdir_lock(sys.argv[1], "test holder"):
     print("held", flush=True)
     time.sleep(600)
@@ -131,8 +131,8 @@ def test_the_lock_moves_with_a_staged_directory(tmp_path):
 
 
 def test_average_and_import_refuse_a_locked_output_before_reading_anything(tmp_path):
-    from seq2seq_jax.averaging import average_checkpoints
-    from seq2seq_jax.export import import_torch
+    from seq2seq_jax.training.averaging import average_checkpoints
+    from seq2seq_jax.training.export import import_torch
 
     out = tmp_path / "out"
     with workdir_lock(out, "seq2seq train"):
@@ -187,7 +187,7 @@ def translate_line(workdir: Path, checkpoint: str, capsys, monkeypatch) -> str:
 
 
 def test_a_second_trainer_is_refused_and_the_first_finishes(tmp_path, capsys, monkeypatch):
-    from seq2seq_jax.trainer import train
+    from seq2seq_jax.training.trainer import train
 
     workdir = tmp_path / "run"
     train(tiny_config("train.max_steps=4"), workdir, log=lambda *_: None)  # step 4 for a reader to read meanwhile

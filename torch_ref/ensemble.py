@@ -1,4 +1,4 @@
-"""Ensembles in PyTorch, the twin of ``seq2seq_jax/ensemble.py``: several models that share their tokenizers
+"""Ensembles in PyTorch, the twin of ``seq2seq_jax/decoding/ensemble.py``: several models that share their tokenizers
 decode as one, with the mean of the models' probabilities as the next-token distribution.
 
 ``Ensemble`` has the interface search and ``torch_ref.translate`` use (``init_decode_state``, ``decode_step``,
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from seq2seq_jax.tokenizer import Tokenizer, check_shared_tokenizers
+from seq2seq_jax.core.tokenizer import Tokenizer, check_shared_tokenizers
 from torch_ref.load import load_pretrained
 from torch_ref.model import Seq2Seq
 

@@ -8,9 +8,8 @@ with a tied output embedding the file holds ``tgt_embed.weight`` only (safetenso
 loading re-ties ``output.weight`` to it. Loading is strict: a missing, unexpected, misshapen or
 wrongly-typed tensor is an error naming the file and the keys.
 
-The format itself (file names, version check, strict check, re-tying) is ``seq2seq_jax.common.export_format``,
-shared with ``seq2seq import-torch``. This module never imports JAX (``seq2seq_jax.common``, ``.config`` and
-``.tokenizer`` are JAX-free).
+The format itself (file names, version check, strict check, re-tying) is ``seq2seq_jax.core.export_format``,
+shared with ``seq2seq import-torch``. This module never imports JAX (``seq2seq_jax.core`` is JAX-free).
 """
 
 from __future__ import annotations
@@ -20,7 +19,8 @@ from typing import Any
 
 import torch
 
-from seq2seq_jax.common.export_format import (
+from seq2seq_jax.core.config import ConfigError, DecodeConfig, ExperimentConfig, ModelConfig
+from seq2seq_jax.core.export_format import (
     CONFIG_FILE,
     FORMAT_VERSION,
     META_FILE,
@@ -32,9 +32,8 @@ from seq2seq_jax.common.export_format import (
     read_export_config,
     retie,
 )
-from seq2seq_jax.common.json_files import read_json_object
-from seq2seq_jax.config import ConfigError, DecodeConfig, ExperimentConfig, ModelConfig
-from seq2seq_jax.tokenizer import Tokenizer, load_tokenizers
+from seq2seq_jax.core.json_files import read_json_object
+from seq2seq_jax.core.tokenizer import Tokenizer, load_tokenizers
 from torch_ref.model import Seq2Seq
 
 

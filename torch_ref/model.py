@@ -3,10 +3,10 @@
 This is the reference that ``seq2seq_jax`` must match: ``nn.Embedding``, one ``nn.LSTM`` for the encoder
 (run on packed sequences, so padding never enters a state), a bridge, an attention module, one ``nn.LSTM``
 for the decoder stepped one token at a time, a readout and the output projection. Parameter names are the
-``torch_ref`` column of the table in docs/model.md; ``seq2seq_jax/convert.py`` maps them to the Flax side.
+``torch_ref`` column of the table in docs/model.md; ``seq2seq_jax/model/convert.py`` maps them to the Flax side.
 
 All tensors are batch-first. Lengths are int64 tensors ``[batch]``. Token ids: pad 0, unk 1, bos 2, eos 3.
-This module never imports JAX; ``seq2seq_jax.config`` is JAX-free.
+This module never imports JAX; ``seq2seq_jax.core.config`` is JAX-free.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from seq2seq_jax.common.tokens import PAD_ID
-from seq2seq_jax.config import ModelConfig
+from seq2seq_jax.core.config import ModelConfig
+from seq2seq_jax.core.tokens import PAD_ID
 
 _TORCH_DTYPES = {
     "float32": torch.float32,

@@ -1,9 +1,9 @@
-"""Score given translations (forced decoding) with PyTorch alone, the twin of ``seq2seq_jax/scoring.py``::
+"""Score given translations (forced decoding) with PyTorch alone, the twin of ``seq2seq_jax/decoding/scoring.py``::
 
     python -m torch_ref.score DIR [DIR ...] --src F --tgt F [--json] [--output F] [--batch-size B]
 
 Per pair, one teacher-forced pass from BOS, ``log_softmax``, and the sum of the log-probabilities of the
-target pieces and EOS (``seq2seq_jax.common.pair_scores``: formats, corpus perplexity on stderr). Several export
+target pieces and EOS (``seq2seq_jax.core.pair_scores``: formats, corpus perplexity on stderr). Several export
 directories score as an ensemble (the mean of the models' probabilities). No JAX anywhere.
 """
 
@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 import torch
 
-from seq2seq_jax.common.pair_scores import PairScore, format_score, format_summary, read_pairs
-from seq2seq_jax.config import ConfigError
-from seq2seq_jax.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, TokenizerError
+from seq2seq_jax.core.config import ConfigError
+from seq2seq_jax.core.pair_scores import PairScore, format_score, format_summary, read_pairs
+from seq2seq_jax.core.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, TokenizerError
 from torch_ref.ensemble import Ensemble, load_ensemble, mean_log_probs
 from torch_ref.model import Seq2Seq
 

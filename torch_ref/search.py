@@ -5,7 +5,7 @@
 ``state`` is a dict (nested dicts, lists and tuples allowed) of tensors with the hypotheses as leading
 axis; a key ``"attention"`` ``[N, S]`` in the returned state is recorded. Token ids: pad 0, bos 2, eos 3.
 
-This is the reference twin of ``seq2seq_jax/decode.py``: the same algorithm, rules 1-10 of that module's
+This is the reference twin of ``seq2seq_jax/decoding/search.py``: the same algorithm, rules 1-10 of that module's
 docstring, written as a Python loop over steps with per-sentence bookkeeping in Python lists, so that the
 parity tests compare two independent implementations. In short: K alive / K finished hypotheses per
 sentence, only beam 0 alive at the start; each step takes the top 2K of K*V summed log-probs (stable:
@@ -27,8 +27,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from seq2seq_jax.common.decoding import max_len_for
-from seq2seq_jax.common.tokens import BOS_ID, EOS_ID, PAD_ID
+from seq2seq_jax.core.search_settings import max_len_for
+from seq2seq_jax.core.tokens import BOS_ID, EOS_ID, PAD_ID
 
 DecodeStep = Callable[[Any, torch.Tensor], tuple[torch.Tensor, Any]]
 
@@ -147,7 +147,7 @@ def beam_search(decode_step: DecodeStep, init_state: Any, src_len: torch.Tensor,
                 max_len_bound: int, no_repeat_ngram_size: int = 0, eos_id: int = EOS_ID,
                 bos_id: int = BOS_ID, prefix: torch.Tensor | None = None,
                 prefix_len: torch.Tensor | None = None) -> BeamResult:
-    """Beam search (the algorithm of ``seq2seq_jax.decode``), a Python loop.
+    """Beam search (the algorithm of ``seq2seq_jax.decoding.search``), a Python loop.
 
     init_state: leaves ``[B, ...]``; src_len ``[B]``; optional target prefix ``prefix [B, P]`` with
     ``prefix_len [B]`` (0 = none). Returns BeamResult (torch tensors) with tokens

@@ -17,9 +17,9 @@ Several export directories decode as an ensemble (``torch_ref.ensemble``; decode
 ``--prefix F`` gives one target prefix per input line (an empty line for none) that every hypothesis starts
 with (rule 10 of the search).
 
-No JAX anywhere: this module imports torch, ``torch_ref`` and the JAX-free ``seq2seq_jax.common`` (the
-``Hypothesis``, the output line and the decode-settings overlay that ``seq2seq translate`` uses too),
-``seq2seq_jax.config``, ``.data`` and ``.tokenizer``.
+No JAX anywhere: this module imports torch, ``torch_ref`` and the JAX-free ``seq2seq_jax.core`` (config,
+data, tokenizers, and the ``Hypothesis``, output line and decode-settings overlay that ``seq2seq translate``
+uses too).
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ from collections.abc import Sequence
 
 import torch
 
-from seq2seq_jax.common.decoding import Hypothesis, decode_settings, format_line, max_len_for, output_ids
-from seq2seq_jax.common.tokens import EOS_ID, PAD_ID
-from seq2seq_jax.config import ConfigError, DecodeConfig
-from seq2seq_jax.data import check_same_line_count, split_lines
-from seq2seq_jax.tokenizer import Tokenizer, TokenizerError
+from seq2seq_jax.core.config import ConfigError, DecodeConfig
+from seq2seq_jax.core.reading import check_same_line_count, split_lines
+from seq2seq_jax.core.search_settings import Hypothesis, decode_settings, format_line, max_len_for, output_ids
+from seq2seq_jax.core.tokenizer import Tokenizer, TokenizerError
+from seq2seq_jax.core.tokens import EOS_ID, PAD_ID
 from torch_ref.ensemble import Ensemble, load_ensemble
 from torch_ref.load import decode_config as read_decode_config
 from torch_ref.model import Seq2Seq

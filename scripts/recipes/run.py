@@ -93,7 +93,7 @@ def log(message: str) -> None:
 
 
 def score(metric: str, hyps: list[str], refs: list[str]) -> dict:
-    from seq2seq_jax.metrics import rouge, translation_scores
+    from seq2seq_jax.decoding.metrics import rouge, translation_scores
 
     if metric == "rouge":
         result = rouge(hyps, refs)
@@ -108,7 +108,7 @@ def load_translator(workdir: Path | tuple[Path, ...], decode: dict, bucket_width
     """A ``Translator`` of the best checkpoint of ``workdir`` (a tuple of workdirs: their ensemble, with the first
     one's decoding defaults) with ``decode`` settings and sources padded to multiples of ``bucket_width``."""
     from seq2seq_jax.api import load
-    from seq2seq_jax.translate import Translator
+    from seq2seq_jax.decoding.translate import Translator
 
     model = load(list(workdir) if isinstance(workdir, tuple) else workdir)
     config = dataclasses.replace(model.models[0].config.decode, **decode)
@@ -150,13 +150,13 @@ def score_test_set(recipe: Recipe, data: Path, workdir: Path | tuple[Path, ...],
 
 
 def read_pair(data: Path, pair: tuple[str, str]) -> tuple[list[str], list[str]]:
-    from seq2seq_jax.data import read_lines
+    from seq2seq_jax.core.reading import read_lines
 
-    return list(read_lines(data / pair[0])), list(read_lines(data / pair[1]))
+    return read_lines(data / pair[0]).lines, read_lines(data / pair[1]).lines
 
 
 def training_summary(workdir: Path) -> dict:
-    from seq2seq_jax.plots import read_metrics_jsonl
+    from seq2seq_jax.training.plots import read_metrics_jsonl
 
     records = read_metrics_jsonl(workdir / "metrics.jsonl")
     rates = [r["tokens_per_s"] for r in records if "tokens_per_s" in r][1:]  # the first window holds compilation
@@ -179,10 +179,10 @@ def search_decoding(recipe: Recipe, try_settings) -> dict:
 def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str] = (), label: str | None = None,
         select: str = "validation") -> dict:
     from seq2seq_jax import cli
-    from seq2seq_jax.averaging import average_checkpoints
-    from seq2seq_jax.config import ExperimentConfig
-    from seq2seq_jax.plots import plot_training_curves, read_metrics_jsonl
-    from seq2seq_jax.workdir import Workdir
+    from seq2seq_jax.core.config import ExperimentConfig
+    from seq2seq_jax.training.averaging import average_checkpoints
+    from seq2seq_jax.training.plots import plot_training_curves, read_metrics_jsonl
+    from seq2seq_jax.training.workdir import Workdir
 
     recipe = RECIPES[name]
     config_file = RECIPE_DIR / recipe.config
@@ -272,7 +272,7 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
             recipe.metric, [best["hyps"][i] for i in unseen], [valid_ref[i] for i in unseen])}
         (results / f"{label}.valid.hyp").write_text("".join(h + "\n" for h in best["hyps"]), encoding="utf-8")
     if recipe.extractive_baselines:
-        from seq2seq_jax.extractive import lead, longest
+        from seq2seq_jax.decoding.extractive import lead, longest
 
         report["baselines"] = {"Lead-3": score("rouge", [lead(s, 3) for s in valid_src], valid_ref),
                                "Longest-3": score("rouge", [longest(s, 3) for s in valid_src], valid_ref)}

@@ -1,0 +1,392 @@
+"""Frozen, typed configuration: ModelConfig, DataConfig, TrainConfig, DecodeConfig and the
+ExperimentConfig that holds all four.
+
+Variants are made with ``dataclasses.replace``; every config round-trips through JSON
+(``to_dict`` / ``from_dict``), and ``ExperimentConfig.with_overrides`` applies command-line
+``--set section.key=value`` pairs. Invalid combinations are rejected when the config is built,
+with a message that says which fields disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from seq2seq_jax.core.json_files import read_json
+from seq2seq_jax.core.search_settings import max_len_for
+
+ATTENTION_SCORES = ("additive", "dot", "general")
+DECODER_STYLES = ("bahdanau", "luong")
+BRIDGES = ("zero", "last", "dense")
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A configuration value or combination of values that cannot work."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _check_rate(name: str, value: float) -> None:
+    _check(0.0 <= value < 1.0, f"{name} must be in [0, 1), got {value}")
+
+
+class _JsonConfig:
+    """JSON round trip shared by every config dataclass."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{cls.__name__}: unknown field(s) {unknown}; known fields are {sorted(known)}")
+        hints = get_type_hints(cls)
+        converted = {}
+        for name, value in values.items():
+            if isinstance(value, list) and "tuple" in str(hints[name]):
+                value = tuple(value)
+            converted[name] = value
+        return cls(**converted)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str):
+        return cls.from_dict(json.loads(text))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(_JsonConfig):
+    """The encoder-attention-decoder of docs/model.md (defaults: a small model, right for the built-in demo).
+
+    Vocabulary sizes of 0 mean "not resolved yet" (they come from the tokenizer); a model can only be
+    built from a config whose sizes are positive (see ``require_resolved``).
+    """
+
+    src_vocab_size: int = 0
+    tgt_vocab_size: int = 0
+    src_embed_size: int = 32
+    tgt_embed_size: int = 32
+    enc_layers: int = 1
+    enc_hidden_size: int = 64
+    bidirectional: bool = True
+    dec_layers: int = 1
+    dec_hidden_size: int = 128
+    attention: str = "additive"
+    attention_size: int = 64
+    decoder_style: str = "bahdanau"
+    bridge: str = "dense"
+    readout_size: int = 64
+    tie_output_embedding: bool = False
+    copy_attention: bool = False
+    embed_dropout: float = 0.0
+    rnn_dropout: float = 0.0
+    readout_dropout: float = 0.0
+    param_dtype: str = "float32"
+    compute_dtype: str = "float32"
+    init_scale: float = 0.1
+
+    def __post_init__(self):
+        for name in ("src_embed_size", "tgt_embed_size", "enc_layers", "enc_hidden_size", "dec_layers",
+                     "dec_hidden_size", "attention_size", "readout_size"):
+            _check(getattr(self, name) > 0, f"model.{name} must be positive, got {getattr(self, name)}")
+        for name in ("src_vocab_size", "tgt_vocab_size"):
+            _check(getattr(self, name) >= 0, f"model.{name} must be >= 0, got {getattr(self, name)}")
+        _check(self.attention in ATTENTION_SCORES,
+               f"model.attention must be one of {ATTENTION_SCORES}, got {self.attention!r}")
+        _check(self.decoder_style in DECODER_STYLES,
+               f"model.decoder_style must be one of {DECODER_STYLES}, got {self.decoder_style!r}")
+        _check(self.bridge in BRIDGES, f"model.bridge must be one of {BRIDGES}, got {self.bridge!r}")
+        _check(self.param_dtype in DTYPES, f"model.param_dtype must be one of {DTYPES}")
+        _check(self.compute_dtype in DTYPES, f"model.compute_dtype must be one of {DTYPES}")
+        for name in ("embed_dropout", "rnn_dropout", "readout_dropout"):
+            _check_rate(f"model.{name}", getattr(self, name))
+        _check(self.init_scale > 0, "model.init_scale must be positive")
+        if self.attention == "dot":
+            _check(self.dec_hidden_size == self.memory_size,
+                   f"attention 'dot' needs dec_hidden_size == memory size (enc_hidden_size x directions = "
+                   f"{self.memory_size}), got dec_hidden_size={self.dec_hidden_size}; use 'general' or 'additive'")
+        if self.bridge == "last":
+            _check(self.enc_layers == self.dec_layers,
+                   f"bridge 'last' needs enc_layers == dec_layers, got {self.enc_layers} and {self.dec_layers}")
+            _check(self.dec_hidden_size == self.memory_size,
+                   f"bridge 'last' needs dec_hidden_size == enc_hidden_size x directions = {self.memory_size}, "
+                   f"got dec_hidden_size={self.dec_hidden_size}; use bridge 'dense' or 'zero'")
+        if self.tie_output_embedding:
+            _check(self.readout_size == self.tgt_embed_size,
+                   f"tie_output_embedding needs readout_size == tgt_embed_size, got {self.readout_size} "
+                   f"and {self.tgt_embed_size}")
+        if self.copy_attention and self.src_vocab_size and self.tgt_vocab_size:
+            _check(self.src_vocab_size == self.tgt_vocab_size,
+                   f"copy_attention copies source ids into the target vocabulary, so both must be one (joint) "
+                   f"vocabulary; got src_vocab_size={self.src_vocab_size}, tgt_vocab_size={self.tgt_vocab_size}")
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def memory_size(self) -> int:
+        """Width of the encoder memory M_j: enc_hidden_size times the number of directions."""
+        return self.enc_hidden_size * self.num_directions
+
+    def require_resolved(self) -> ModelConfig:
+        _check(self.src_vocab_size > 0 and self.tgt_vocab_size > 0,
+               "model vocabulary sizes are not resolved (0); build the tokenizers first "
+               f"(src_vocab_size={self.src_vocab_size}, tgt_vocab_size={self.tgt_vocab_size})")
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(_JsonConfig):
+    """Where the parallel text comes from and how it becomes batches.
+
+    ``user_symbols``: strings a sentencepiece tokenizer keeps as single pieces, with or without the word
+    boundary before them (speaker tags such as ``#Person1#``). ``tgt_bucket_width``: the padding multiple of
+    target lengths when it should differ from the source's ``bucket_width`` (0: the same).
+
+    ``max_tokens``: a token budget for training and validation batches instead of ``batch_size`` rows (0: off).
+    Each batch holds one (source bucket, target bucket) of padded lengths ``(S, T)`` and the largest multiple
+    of the mesh's data-axis size of rows with ``rows * max(S, T) <= max_tokens``, so long sentences come in
+    fewer rows and short ones in more; the shapes are known before training (``data.batch_shapes``).
+
+    ``preprocessed_dir``: train from this directory of ``seq2seq preprocess`` (``train --data``) instead of
+    preprocessing the files or task above into the workdir. ``tokenizer_sample_size``: the tokenizers are
+    trained on a reservoir sample of at most this many training pairs (all of them when there are fewer).
+    """
+
+    task: str = "dates"
+    task_train_size: int = 20000
+    task_valid_size: int = 500
+    task_seed: int = 1234
+    train_src: str = ""
+    train_tgt: str = ""
+    train_tsv: str = ""
+    valid_src: str = ""
+    valid_tgt: str = ""
+    valid_tsv: str = ""
+    tokenizer: str = "char"
+    vocab_size: int = 8000
+    min_freq: int = 1
+    max_vocab_size: int = 50000
+    joint_vocab: bool = False
+    character_coverage: float = 1.0
+    user_symbols: tuple[str, ...] = ()
+    max_src_len: int = 100
+    max_tgt_len: int = 100
+    long_pair_policy: str = "drop"
+    encoding_errors: str = "strict"
+    batch_size: int = 64
+    bucket_width: int = 8
+    tgt_bucket_width: int = 0
+    max_tokens: int = 0
+    seed: int = 0
+    preprocessed_dir: str = ""
+    tokenizer_sample_size: int = 1_000_000
+
+    def __post_init__(self):
+        _check(self.tokenizer in ("char", "word", "unigram", "bpe"),
+               f"data.tokenizer must be one of char, word, unigram, bpe; got {self.tokenizer!r}")
+        _check(self.long_pair_policy in ("drop", "crop"),
+               f"data.long_pair_policy must be 'drop' or 'crop', got {self.long_pair_policy!r}")
+        _check(self.encoding_errors in ("strict", "replace"),
+               f"data.encoding_errors must be 'strict' or 'replace', got {self.encoding_errors!r}")
+        for name in ("batch_size", "bucket_width", "max_src_len", "max_tgt_len", "vocab_size", "min_freq",
+                     "max_vocab_size", "tokenizer_sample_size"):
+            _check(getattr(self, name) > 0, f"data.{name} must be positive, got {getattr(self, name)}")
+        _check(self.max_tokens >= 0, f"data.max_tokens must be >= 0 (0: batches of batch_size rows), "
+               f"got {self.max_tokens}")
+        _check(self.tgt_bucket_width >= 0,
+               f"data.tgt_bucket_width must be positive (or 0: bucket_width), got {self.tgt_bucket_width}")
+        if self.user_symbols:
+            _check(self.tokenizer in ("unigram", "bpe"),
+                   f"data.user_symbols needs a sentencepiece tokenizer (unigram or bpe), not {self.tokenizer!r}")
+            for symbol in self.user_symbols:
+                _check(bool(symbol) and not any(ch.isspace() for ch in symbol),
+                       f"data.user_symbols must be non-empty and without whitespace, got {symbol!r}")
+        _check(bool(self.train_src) == bool(self.train_tgt),
+               "data.train_src and data.train_tgt must be given together")
+        _check(bool(self.valid_src) == bool(self.valid_tgt),
+               "data.valid_src and data.valid_tgt must be given together")
+
+    @property
+    def uses_files(self) -> bool:
+        return bool(self.train_src or self.train_tsv)
+
+    @property
+    def bucket_widths(self) -> tuple[int, int]:
+        """``(source, target)`` padding multiples of training and validation batches."""
+        return self.bucket_width, self.tgt_bucket_width or self.bucket_width
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(_JsonConfig):
+    """Optimizer, schedule, loop length, validation, checkpointing and the NaN guard.
+
+    ``grad_accum_steps``: batches per update (1: one). With k > 1 a step takes k batches and applies one update
+    with the gradient of the mean token loss over all their tokens, as one batch k times larger would; steps
+    (``max_steps``, the schedule, logging, validation and checkpoints) count updates.
+    """
+
+    optimizer: str = "adam"
+    learning_rate: float = 3e-3
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    schedule: str = "inverse_sqrt"
+    warmup_steps: int = 100
+    max_grad_norm: float = 1.0
+    label_smoothing: float = 0.0
+    max_steps: int = 1000
+    log_every: int = 50
+    eval_every: int = 250
+    save_every: int = 250
+    keep_checkpoints: int = 3
+    best_metric: str = "valid_loss"
+    patience: int = 0
+    max_nonfinite_steps: int = 5
+    grad_accum_steps: int = 1
+    valid_sample_size: int = 200
+    seed: int = 0
+
+    def __post_init__(self):
+        _check(self.optimizer in ("adam", "adamw"), f"train.optimizer must be adam or adamw, got {self.optimizer!r}")
+        _check(self.schedule in ("constant", "inverse_sqrt", "cosine", "linear"),
+               f"train.schedule must be constant, inverse_sqrt, cosine or linear; got {self.schedule!r}")
+        _check(self.learning_rate > 0, "train.learning_rate must be positive")
+        _check(self.max_steps > 0, "train.max_steps must be positive")
+        _check(self.warmup_steps >= 0, "train.warmup_steps must be >= 0")
+        _check(self.max_grad_norm >= 0, "train.max_grad_norm must be >= 0 (0 disables clipping)")
+        _check_rate("train.label_smoothing", self.label_smoothing)
+        for name in ("log_every", "eval_every", "save_every", "keep_checkpoints", "max_nonfinite_steps",
+                     "grad_accum_steps"):
+            _check(getattr(self, name) > 0, f"train.{name} must be positive")
+        _check(self.best_metric in ("valid_loss", "valid_bleu", "valid_exact_match"),
+               f"train.best_metric must be valid_loss, valid_bleu or valid_exact_match; got {self.best_metric!r}")
+        _check(self.patience >= 0, "train.patience must be >= 0 (0 disables early stopping)")
+
+    @property
+    def best_mode(self) -> str:
+        return "min" if self.best_metric == "valid_loss" else "max"
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig(_JsonConfig):
+    """Search settings: beam search (K=1 is greedy) or sampling."""
+
+    beam_size: int = 1
+    length_penalty: float = 0.0
+    n_best: int = 1
+    min_len: int = 0
+    max_len_a: float = 1.5
+    max_len_b: float = 10.0
+    no_repeat_ngram_size: int = 0
+    sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 64
+
+    def __post_init__(self):
+        _check(self.beam_size >= 1, "decode.beam_size must be >= 1")
+        _check(1 <= self.n_best <= self.beam_size,
+               f"decode.n_best must be between 1 and beam_size={self.beam_size}, got {self.n_best}")
+        _check(self.min_len >= 0, "decode.min_len must be >= 0")
+        _check(self.max_len_a >= 0 and self.max_len_b >= 0, "decode.max_len_a and max_len_b must be >= 0")
+        _check(self.no_repeat_ngram_size >= 0, "decode.no_repeat_ngram_size must be >= 0")
+        _check(self.temperature > 0, "decode.temperature must be positive")
+        _check(self.top_k >= 0, "decode.top_k must be >= 0 (0 disables)")
+        _check(0.0 < self.top_p <= 1.0, "decode.top_p must be in (0, 1]")
+        _check(self.batch_size >= 1, "decode.batch_size must be >= 1")
+
+    def max_len(self, src_len: int) -> int:
+        """Largest number of generated tokens (EOS included) for a source of ``src_len`` tokens."""
+        return max_len_for(src_len, self.max_len_a, self.max_len_b)
+
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "decode": DecodeConfig}
+
+
+def _parse_value(raw: str, annotation: str, key: str) -> Any:
+    if annotation == "bool":
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"--set {key}={raw}: expected a boolean (true/false)")
+    if annotation.startswith("tuple[str"):
+        return tuple(item for item in raw.split(",") if item)
+    try:
+        if annotation == "int":
+            return int(raw)
+        if annotation == "float":
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"--set {key}={raw}: expected {annotation}") from None
+    return raw
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig(_JsonConfig):
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
+
+    def __post_init__(self):
+        _check(not self.model.copy_attention or self.data.joint_vocab,
+               "model.copy_attention needs data.joint_vocab: copying puts a source token's id into the target "
+               "distribution, so source and target must share one vocabulary")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ExperimentConfig:
+        unknown = sorted(set(values) - set(_SECTIONS))
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {unknown}; sections are {sorted(_SECTIONS)}")
+        return cls(**{name: section.from_dict(values.get(name, {})) for name, section in _SECTIONS.items()})
+
+    @classmethod
+    def load(cls, path: str | Path) -> ExperimentConfig:
+        values = read_json(path, ConfigError)
+        try:
+            return cls.from_dict(values)
+        except (ConfigError, TypeError) as error:
+            raise ConfigError(f"{path}: {error}") from None
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
+
+    def with_vocab_sizes(self, src_vocab_size: int, tgt_vocab_size: int) -> ExperimentConfig:
+        """This config with the model's vocabulary sizes set (from the tokenizers, which the config leaves at 0)."""
+        model = dataclasses.replace(self.model, src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size)
+        return dataclasses.replace(self, model=model)
+
+    def with_overrides(self, pairs: list[str]) -> ExperimentConfig:
+        """Apply ``section.key=value`` strings (the command line's ``--set``); all changes to one section are
+        applied together, so fields that must change together (train_src and train_tgt) can."""
+        changes: dict[str, dict[str, Any]] = {}
+        for pair in pairs:
+            key, sep, raw = pair.partition("=")
+            section_name, dot, field_name = key.partition(".")
+            if not sep or not dot:
+                raise ConfigError(f"--set expects SECTION.KEY=VALUE, got {pair!r}")
+            if section_name not in _SECTIONS:
+                raise ConfigError(f"--set {key}: unknown section {section_name!r}; sections are {sorted(_SECTIONS)}")
+            hints = {f.name: f.type for f in dataclasses.fields(_SECTIONS[section_name])}
+            if field_name not in hints:
+                raise ConfigError(f"--set {key}: unknown field; {section_name} has {sorted(hints)}")
+            changes.setdefault(section_name, {})[field_name] = _parse_value(raw, str(hints[field_name]), key)
+        return dataclasses.replace(self, **{name: dataclasses.replace(getattr(self, name), **fields)
+                                            for name, fields in changes.items()})
