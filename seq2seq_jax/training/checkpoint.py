@@ -1,48 +1,12 @@
-"""Checkpoints: save / restore / latest / best, with the data-iterator state and resolved config beside
-the arrays. This is the only module of the project that imports orbax.
+"""Checkpoints: save / restore / latest / best, with the data-iterator state, config and metrics beside the
+arrays, in one orbax ``CheckpointManager`` under ``workdir/checkpoints`` (docs/checkpoints.md: the layout and
+the guarantees). Only this module and ``checkpoint_policy`` import orbax.
 
-Layout on disk (one orbax ``CheckpointManager`` under ``workdir/checkpoints``)::
-
-    workdir/checkpoints/<step>/state/          the array pytree (params, optimizer state, ...)
-    workdir/checkpoints/<step>/extra/          JSON: data-iterator state, config, rng, anything
-    workdir/checkpoints/<step>/step_metrics/   JSON: the metrics given to ``save`` ({} when none)
-    workdir/checkpoints_corrupt/<step>[-n]/    unreadable checkpoints moved aside by ``restore()``
-
-Keeping the latest N *and* the best
------------------------------------
-Orbax's ``best_fn`` / ``max_to_keep`` options keep only the best N by metric, so the latest checkpoints
-(the ones a resumed run needs) can be deleted. Instead the manager gets a *preservation policy*
-(``CheckpointManagerOptions.preservation_policy``, the public ``ocp.checkpoint_managers`` protocol):
-``_KeepLatestAndBest`` marks a step for keeping when it is one of the ``keep`` newest steps **or** it is the
-best step by ``metrics[best_metric]``. One directory, one manager, every checkpoint written once; orbax
-applies the policy after a save has committed, so a failed save never deletes anything. The best step is
-computed from this object's own table of per-step metrics (read back from ``step_metrics`` when the
-``Checkpointer`` is opened), not from orbax's metrics file, so that a garbage metrics file makes one step
-"metric-less" instead of making the whole manager fail to open. At most ``keep + 1`` checkpoints exist.
-
-Safety
-------
-* A state with a non-finite floating leaf is refused (``ValueError`` naming the leaf); nothing is written.
-* Orbax writes a step to ``<step>.orbax-checkpoint-tmp*`` and renames it when committed; uncommitted
-  directories are never listed, so a save interrupted by a crash is never restored. They are not deleted
-  when a ``Checkpointer`` is opened (a reader such as ``translate`` must not delete the directory that a
-  running trainer is writing); orbax replaces a stale one when that step is saved again.
-* ``restore(None)`` tries the newest step first; a checkpoint that cannot be read (missing, truncated or
-  garbage files) is reported with a warning (logging and stderr) naming it and the step tried next, moved to
-  ``workdir/checkpoints_corrupt`` (nothing is deleted; a resumed run can then save that step number again),
-  and the previous step is restored. If no step can be read, ``CheckpointError`` lists each one with its
-  error. An explicit step (or ``"best"``) that cannot be read raises ``CheckpointError`` naming its path.
-* A checkpoint that is readable but does not fit the ``target`` (a different model) raises
-  ``CheckpointError`` at once; it is not mistaken for corruption.
-* A save that fails (in ``save``, or, for a background save, in the next ``save``, ``wait_until_finished`` or
-  ``close``) raises ``CheckpointError`` naming the step, its directory, the cause in a line (a full disk,
-  ENOSPC anywhere in the exception chain, is said as such) and the last complete checkpoint, which still
-  restores; the step's uncommitted ``*.orbax-checkpoint-tmp*`` directory is removed. Orbax logs such a
-  failure with its whole traceback from its writer thread before raising it, tensorstore reports each
-  write that completes after orbax closed its event loop, and asyncio reports each of the save's other
-  failed writes that nobody awaited ("... exception was never retrieved") when it is collected, which may
-  be after the error is printed; all are shown only when this module's logger is enabled for INFO
-  (``seq2seq --verbose``). The error itself keeps the chain.
+Contract: the ``keep`` newest steps and the best by ``best_metric`` are kept; a state with a non-finite leaf
+is refused before anything is written; an uncommitted (crashed) save is never restored; ``restore(None)``
+falls back past unreadable checkpoints (moved to ``checkpoints_corrupt/``, with a warning naming both
+steps); a checkpoint that does not fit the target, or a save that fails (a full disk said as such), raises
+``CheckpointError`` naming the step, its directory and the last complete checkpoint.
 """
 
 from __future__ import annotations
@@ -53,7 +17,6 @@ import logging
 import math
 import os
 import shutil
-import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,6 +25,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+from seq2seq_jax.training.checkpoint_policy import KeepLatestAndBest, preservation_policy_available
+from seq2seq_jax.training.save_failures import is_disk_full, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -75,77 +41,6 @@ BEST_MODES = ("min", "max")
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be saved or restored (disk full, missing, corrupt, or not matching the target)."""
-
-
-class _HideOrbaxTracebacks(logging.Filter):
-    """Orbax logs a failed background save with its traceback (through absl's logger, once per thread) before
-    the save raises it to the caller, where it becomes a ``CheckpointError``; keep those records only when this
-    module's logger is enabled for INFO."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info is None or f"{os.sep}orbax{os.sep}" not in record.pathname:
-            return True
-        return logger.isEnabledFor(logging.INFO)
-
-
-logging.getLogger("absl").addFilter(_HideOrbaxTracebacks())
-
-
-class _HideOrphanedWriteErrors(logging.Filter):
-    """When one write of a save fails, orbax stops awaiting the save's other writes; those that fail too are
-    reported by asyncio ("<Future, Task or _GatheringFuture> exception was never retrieved", with the write's
-    error) whenever their futures are collected, possibly after the save's ``CheckpointError`` was printed.
-    Keep such a record only when this module's logger is enabled for INFO; it is recognised by the uncommitted
-    orbax directory its error names."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        first_line = record.msg.partition("\n")[0] if isinstance(record.msg, str) else ""
-        if not first_line.endswith(" exception was never retrieved"):
-            return True
-        error = record.exc_info[1] if record.exc_info else None
-        if error is None or ".orbax-checkpoint-tmp" not in str(error):
-            return True
-        return logger.isEnabledFor(logging.INFO)
-
-
-logging.getLogger("asyncio").addFilter(_HideOrphanedWriteErrors())
-
-
-def _hide_closed_loop_callbacks(previous_hook):
-    """When a save fails, orbax closes its asyncio loop while tensorstore still completes the save's other writes;
-    each completion then reports ``RuntimeError('Event loop is closed')`` through ``sys.unraisablehook``, a
-    traceback apiece. Drop exactly those unless this module's logger is enabled for INFO."""
-
-    def hook(unraisable) -> None:
-        if (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
-                and not logger.isEnabledFor(logging.INFO)):
-            return
-        previous_hook(unraisable)
-
-    return hook
-
-
-sys.unraisablehook = _hide_closed_loop_callbacks(sys.unraisablehook)
-
-
-def _is_disk_full(error: BaseException) -> bool:
-    """ENOSPC anywhere in the exception chain; tensorstore reports it inside a ValueError's message
-    (``... No space left on device [os_error_code='28']``)."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        text = str(error)
-        if (getattr(error, "errno", None) == errno.ENOSPC or os.strerror(errno.ENOSPC) in text
-                or f"os_error_code='{errno.ENOSPC}'" in text):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
-def _warn(message: str) -> None:
-    """Warn through logging and on stderr, so a user running the command line always sees it."""
-    logger.warning(message)
-    print(f"WARNING: {message}", file=sys.stderr, flush=True)
 
 
 def _is_floating(leaf: Any) -> bool:
@@ -186,30 +81,8 @@ def _check_json(value: Any, what: str) -> None:
     try:
         json.dumps(value)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"checkpoint.py: {what} must be JSON-serialisable (plain dict/list/str/int/float/"
+        raise ValueError(f"{what} must be JSON-serialisable (plain dict/list/str/int/float/"
                          f"bool/None; convert numpy scalars and arrays first): {error}") from None
-
-
-def _preservation_policy_protocol_available() -> bool:
-    managers = getattr(ocp, "checkpoint_managers", None)
-    fields = getattr(ocp.CheckpointManagerOptions, "__dataclass_fields__", {})
-    has_protocol = managers is not None and hasattr(managers, "PreservationPolicy")
-    return has_protocol and "preservation_policy" in fields
-
-
-class _KeepLatestAndBest:
-    """Orbax preservation policy (``ocp.checkpoint_managers.PreservationPolicy`` protocol): keep a step when
-    it is among the ``keep`` newest steps or it is the best one according to ``best_step_among``."""
-
-    def __init__(self, keep: int, best_step_among):
-        self.keep = keep
-        self.best_step_among = best_step_among
-
-    def should_preserve(self, checkpoints: Sequence[Any], *, context: Any = None) -> Sequence[bool]:
-        steps = [info.step for info in checkpoints]
-        newest = set(sorted(steps)[-self.keep:])
-        best = self.best_step_among(steps)
-        return [step in newest or step == best for step in steps]
 
 
 class Checkpointer:
@@ -226,11 +99,11 @@ class Checkpointer:
     def __init__(self, workdir: str | Path, keep: int, best_metric: str | None = None,
                  best_mode: str = "min", async_save: bool = True):
         if keep < 1:
-            raise ValueError(f"checkpoint.py: keep must be >= 1, got {keep}")
+            raise ValueError(f"keep must be >= 1, got {keep}")
         if best_mode not in BEST_MODES:
-            raise ValueError(f"checkpoint.py: best_mode must be one of {BEST_MODES}, got {best_mode!r}")
-        if not _preservation_policy_protocol_available():
-            raise ImportError("checkpoint.py needs an orbax-checkpoint with CheckpointManagerOptions."
+            raise ValueError(f"best_mode must be one of {BEST_MODES}, got {best_mode!r}")
+        if not preservation_policy_available():
+            raise ImportError("seq2seq_jax needs an orbax-checkpoint with CheckpointManagerOptions."
                               "preservation_policy and ocp.checkpoint_managers (found orbax-checkpoint "
                               f"{getattr(ocp, '__version__', '?')}); upgrade orbax-checkpoint")
         self.workdir = Path(workdir).absolute()
@@ -244,7 +117,7 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             create=True,
             enable_async_checkpointing=async_save,
-            preservation_policy=_KeepLatestAndBest(keep, self._best_step_among),
+            preservation_policy=KeepLatestAndBest(keep, self._best_step_among),
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
         self._load_metrics_table()
@@ -286,17 +159,17 @@ class Checkpointer:
         step = int(step)
         extra = {} if extra is None else extra
         if not isinstance(extra, dict):
-            raise ValueError(f"checkpoint.py: extra must be a dict, got {type(extra).__name__}")
+            raise ValueError(f"extra must be a dict, got {type(extra).__name__}")
         _check_json(extra, "extra")
         clean_metrics = self._clean_metrics(metrics)
         bad_leaf = find_nonfinite_leaf(state)
         if bad_leaf is not None:
-            raise ValueError(f"checkpoint.py: refusing to save step {step} to {self.directory}: "
+            raise ValueError(f"refusing to save step {step} to {self.directory}: "
                              f"state leaf {bad_leaf} holds a non-finite value (NaN or Inf)")
         self._finish_background_save()
         latest = self.latest_step()
         if latest is not None and step <= latest and not force:
-            logger.warning("checkpoint.py: not saving step %d: %s already holds step %d", step,
+            logger.warning("not saving step %d: %s already holds step %d", step,
                            self.directory, latest)
             return False
         with self._metrics_lock:
@@ -353,8 +226,8 @@ class Checkpointer:
             committed = [s for s in self.all_steps() if s != step]
         except Exception:  # the listing itself fails (the disk is gone): say nothing about what remains
             committed = None
-        cause = (f"the disk is full ({os.strerror(errno.ENOSPC)})" if _is_disk_full(error)
-                 else _one_line(error))
+        cause = (f"the disk is full ({os.strerror(errno.ENOSPC)})" if is_disk_full(error)
+                 else one_line(error))
         if committed is None:
             remaining = "the checkpoints already saved could not be listed"
         elif committed:
@@ -391,7 +264,7 @@ class Checkpointer:
         self._load_metrics_table()
         steps = self.all_steps()
         if not steps:
-            raise CheckpointError(f"checkpoint.py: no checkpoint in {self.directory}")
+            raise CheckpointError(f"no checkpoint in {self.directory}")
         if step is None:
             return self._restore_latest_readable(steps, target)
         if step == "best":
@@ -399,16 +272,16 @@ class Checkpointer:
             if best is None:
                 reason = ("no best_metric was given to Checkpointer" if self.best_metric is None
                           else f"no checkpoint has a finite metrics[{self.best_metric!r}]")
-                raise CheckpointError(f"checkpoint.py: no best checkpoint in {self.directory}: {reason}")
+                raise CheckpointError(f"no best checkpoint in {self.directory}: {reason}")
             step = best
         if isinstance(step, str) or int(step) not in steps:
-            raise CheckpointError(f"checkpoint.py: no checkpoint for step {step!r} in {self.directory}; "
+            raise CheckpointError(f"no checkpoint for step {step!r} in {self.directory}; "
                                   f"available steps: {steps}")
         step = int(step)
         try:
             state, extra = self._restore_step(step, target)
         except _UnreadableCheckpoint as error:
-            raise CheckpointError(f"checkpoint.py: checkpoint {self.step_path(step)} is unreadable: "
+            raise CheckpointError(f"checkpoint {self.step_path(step)} is unreadable: "
                                   f"{error}") from error.__cause__
         return step, state, extra
 
@@ -423,16 +296,16 @@ class Checkpointer:
                 failures.append(f"step {step} ({self.step_path(step)}): {error}")
                 next_try = (f"falling back to step {steps[index - 1]}" if index > 0
                             else "no older checkpoint left")
-                _warn(f"checkpoint.py: checkpoint at step {step} ({self.step_path(step)}) is unreadable "
+                logger.warning(f"checkpoint at step {step} ({self.step_path(step)}) is unreadable "
                       f"({error}); {next_try}")
                 corrupt.append(step)
                 continue
             for bad_step in corrupt:
                 self._move_aside(bad_step)
             if corrupt:
-                _warn(f"checkpoint.py: restored step {step} instead of the latest step {steps[-1]}")
+                logger.warning(f"restored step {step} instead of the latest step {steps[-1]}")
             return step, state, extra
-        raise CheckpointError(f"checkpoint.py: no readable checkpoint in {self.directory}:\n  "
+        raise CheckpointError(f"no readable checkpoint in {self.directory}:\n  "
                               + "\n  ".join(failures))
 
     def _restore_step(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
@@ -445,10 +318,10 @@ class Checkpointer:
             }))
         except Exception as error:  # orbax/tensorstore raise many types (ValueError, KeyError, JSON...)
             if target is not None and self._readable_without_target(step):
-                raise CheckpointError(f"checkpoint.py: checkpoint {self.step_path(step)} does not match the "
+                raise CheckpointError(f"checkpoint {self.step_path(step)} does not match the "
                                       f"restore target (a different model or optimizer?): "
-                                      f"{_one_line(error)}") from error
-            raise _UnreadableCheckpoint(_one_line(error)) from error
+                                      f"{one_line(error)}") from error
+            raise _UnreadableCheckpoint(one_line(error)) from error
         state, extra = restored[_STATE_ITEM], restored[_EXTRA_ITEM]
         if not isinstance(extra, dict):
             raise _UnreadableCheckpoint(f"extra is a {type(extra).__name__}, expected a JSON object")
@@ -482,7 +355,7 @@ class Checkpointer:
             destination = destination_root / f"{step}-{suffix}"
             suffix += 1
         shutil.move(str(source), str(destination))
-        _warn(f"checkpoint.py: moved unreadable checkpoint {source} to {destination}")
+        logger.warning(f"moved unreadable checkpoint {source} to {destination}")
         self._manager.reload()
         with self._metrics_lock:
             self._metrics_by_step.pop(step, None)
@@ -493,17 +366,17 @@ class Checkpointer:
         if metrics is None:
             return {}
         if not isinstance(metrics, dict):
-            raise ValueError(f"checkpoint.py: metrics must be a dict of str to float, "
+            raise ValueError(f"metrics must be a dict of str to float, "
                              f"got {type(metrics).__name__}")
         clean = {}
         for name, value in metrics.items():
             try:
                 clean[str(name)] = float(value)
             except (TypeError, ValueError):
-                raise ValueError(f"checkpoint.py: metrics[{name!r}] must be a number, "
+                raise ValueError(f"metrics[{name!r}] must be a number, "
                                  f"got {value!r}") from None
         if self.best_metric is not None and clean and self.best_metric not in clean:
-            logger.warning("checkpoint.py: metrics %s lack best_metric %r; this step cannot become the best",
+            logger.warning("metrics %s lack best_metric %r; this step cannot become the best",
                            sorted(clean), self.best_metric)
         return clean
 
@@ -536,8 +409,8 @@ class Checkpointer:
                 else:
                     metrics = None
             except Exception as error:
-                logger.warning("checkpoint.py: cannot read the metrics of %s: %s", self.step_path(step),
-                               _one_line(error))
+                logger.warning("cannot read the metrics of %s: %s", self.step_path(step),
+                               one_line(error))
                 metrics = None
             with self._metrics_lock:
                 self._metrics_by_step[step] = metrics if metrics is not None else {}
@@ -545,11 +418,6 @@ class Checkpointer:
 
 class _UnreadableCheckpoint(Exception):
     """Internal: one checkpoint step failed to read (turned into CheckpointError or a fallback)."""
-
-
-def _one_line(error: BaseException, limit: int = 300) -> str:
-    text = f"{type(error).__name__}: {error}".replace("\n", " ")
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 __all__ = ["Checkpointer", "CheckpointError", "find_nonfinite_leaf", "CHECKPOINTS_DIR", "CORRUPT_DIR"]
