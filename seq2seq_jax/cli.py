@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import sys
 import time
 import traceback
 from pathlib import Path
 
+from seq2seq_jax.core import logs
 from seq2seq_jax.core.config import ConfigError, ExperimentConfig
 from seq2seq_jax.core.search_settings import decode_settings, format_line
 
@@ -456,13 +456,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     for command in commands.choices.values():  # also after the command: seq2seq train ... --verbose
         command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                             help="print the traceback of an error; log compilation and checkpoint details")
+                             help="also log details (each compiled program, checkpoint internals) and print "
+                                  "the traceback of an error")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    logs.configure(args.verbose, prefix="seq2seq serve: " if args.command == "serve" else "")
     try:
         return args.handler(args)
     except (ConfigError, ValueError, OSError, RuntimeError) as error:  # one line; the traceback with --verbose

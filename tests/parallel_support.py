@@ -164,7 +164,7 @@ def cmd_steps(out_dir: Path) -> dict:
     from seq2seq_jax.training import trainer
 
     try:
-        trainer.train(tiny_config("data.batch_size=18"), out_dir / "never", log=lambda *_: None)
+        trainer.train(tiny_config("data.batch_size=18"), out_dir / "never")
         result["trainer_indivisible_error"] = None
     except parallel.ParallelError as error:
         result["trainer_indivisible_error"] = str(error)

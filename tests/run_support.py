@@ -3,7 +3,9 @@ the per-step losses a run logged."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from pathlib import Path
 
 from seq2seq_jax.core.config import ExperimentConfig
@@ -29,3 +31,27 @@ def step_losses(workdir: Path) -> dict[int, float]:
         if "train_loss" in record:
             losses[record["step"]] = record["train_loss"]
     return losses
+
+
+class _Collect(logging.Handler):
+    def __init__(self, messages: list[str]):
+        super().__init__(logging.DEBUG)
+        self.messages = messages
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def captured_log(name: str = "seq2seq_jax"):
+    """The messages logged under ``name`` at INFO and above within the block, as a list filled in as they come."""
+    messages: list[str] = []
+    handler, logger = _Collect(messages), logging.getLogger(name)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

@@ -36,10 +36,10 @@ PREFIXES = ["20", "1", "", "19", "7"]
 def workdirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("api")
     first, second, other = root / "dates", root / "dates-seed1", root / "dates-other-vocab"
-    train(tiny_config("train.max_steps=4"), first, log=lambda *_: None)
+    train(tiny_config("train.max_steps=4"), first)
     # Another seed, the same shapes: the training program compiles once (tests/test_ensemble.py ensembles
     # models of different sizes).
-    train(tiny_config("train.max_steps=4", "train.seed=1"), second, log=lambda *_: None)
+    train(tiny_config("train.max_steps=4", "train.seed=1"), second)
     shutil.copytree(first, other)
     metadata = other / "tokenizer" / "tgt.tokenizer.json"
     record = json.loads(metadata.read_text(encoding="utf-8"))

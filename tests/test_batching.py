@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from run_support import TINY, step_losses, tiny_config
+from run_support import TINY, captured_log, step_losses, tiny_config
 from test_data import make_examples
 
 from seq2seq_jax.core.batching import BatchPolicy, _make_batch, batch_shapes, eval_batches, padded_shapes
@@ -208,8 +208,8 @@ BOTH = ("data.max_tokens=256", "train.grad_accum_steps=2")
 @pytest.fixture(scope="module")
 def uninterrupted_both(tmp_path_factory) -> tuple[dict[int, float], list[str]]:
     workdir = tmp_path_factory.mktemp("both")
-    messages: list[str] = []
-    trainer_lib.train(tiny_config("train.max_steps=12", *BOTH), workdir, log=messages.append)
+    with captured_log() as messages:
+        trainer_lib.train(tiny_config("train.max_steps=12", *BOTH), workdir)
     return step_losses(workdir), messages
 
 
@@ -225,12 +225,12 @@ def test_trainer_with_token_budget_and_accumulation_trains(uninterrupted_both):
 def test_resume_after_kill_with_token_budget_and_accumulation_is_bit_identical(tmp_path, uninterrupted_both):
     uninterrupted, _ = uninterrupted_both
     workdir = tmp_path / "run"
-    trainer_lib.train(tiny_config("train.max_steps=6", *BOTH), workdir, log=lambda *_: None)
+    trainer_lib.train(tiny_config("train.max_steps=6", *BOTH), workdir)
     # As if killed after step 6 but before its save: only the step-4 checkpoint survives.
     shutil.rmtree(workdir / "checkpoints" / "6")
     with Checkpointer(workdir, keep=3) as checkpoints:
         assert checkpoints.all_steps() == [4]
-    trainer_lib.train(tiny_config("train.max_steps=12", *BOTH), workdir, log=lambda *_: None)
+    trainer_lib.train(tiny_config("train.max_steps=12", *BOTH), workdir)
     resumed = step_losses(workdir)
     for step in range(5, 13):
         assert resumed[step] == uninterrupted[step], step  # bit-identical, not approximately equal

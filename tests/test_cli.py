@@ -23,7 +23,7 @@ from seq2seq_jax.training.workdir import load_trained
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     path = tmp_path_factory.mktemp("cli") / "run"
-    train(tiny_config("train.max_steps=8", "train.eval_every=8"), path, log=lambda *_: None)
+    train(tiny_config("train.max_steps=8", "train.eval_every=8"), path)
     return path
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from run_support import captured_log
 from safetensors.numpy import load_file
 
 import torch_ref
@@ -63,7 +64,7 @@ def _train_and_export(config: ExperimentConfig, root: Path) -> tuple[Path, Path]
     from seq2seq_jax.training.trainer import train
 
     workdir = root / "run"
-    train(config, workdir, log=lambda *args: None)
+    train(config, workdir)
     return workdir, export_torch(workdir, root / "export")
 
 
@@ -228,8 +229,8 @@ def test_import_then_train_continues_from_the_imported_step(trained, tmp_path):
     assert "data_state" not in extra and extra["imported_from"]["step"] == 30 and "config" in extra
     config = ExperimentConfig.load(imported / "config.json")
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, max_steps=32, eval_every=1000))
-    logs: list[str] = []
-    train(config, imported, log=lambda *args: logs.append(" ".join(map(str, args))))
+    with captured_log() as logs:
+        train(config, imported)
     assert any("resumed from step 30" in line for line in logs), logs
     with Checkpointer(imported, keep=3) as checkpoints:
         assert checkpoints.latest_step() == 32

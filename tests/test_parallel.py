@@ -174,8 +174,7 @@ def test_two_processes_train_like_one(tmp_path):
     assert "[0] stopped at step 6" in output and "[1] stopped" not in output and "[1] vocabulary" not in output
 
     reference_dir = tmp_path / "one_process"
-    reference_metrics = trainer_lib.train(tiny_config(f"train.max_steps={steps}"), reference_dir,
-                                          log=lambda *_: None)
+    reference_metrics = trainer_lib.train(tiny_config(f"train.max_steps={steps}"), reference_dir)
     two, one = step_losses(workdir), step_losses(reference_dir)
     assert sorted(two) == sorted(one) == list(range(1, steps + 1))
     loss_error = max(abs(two[s] - one[s]) / one[s] for s in one)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from run_support import TINY, step_losses, tiny_config
+from run_support import TINY, captured_log, step_losses, tiny_config
 
 from seq2seq_jax import cli
 from seq2seq_jax.core.config import ExperimentConfig
@@ -25,6 +25,7 @@ from seq2seq_jax.core.encoding import Example, encode_pairs
 from seq2seq_jax.core.reading import DataError, read_parallel
 from seq2seq_jax.core.tokenizer import load_tokenizers
 from seq2seq_jax.training import preprocess as preprocess_lib
+from seq2seq_jax.training import run_data
 from seq2seq_jax.training import trainer as trainer_lib
 from seq2seq_jax.training.corpus import MANIFEST_FILE, decode_record, decode_records, encode_record, open_corpus
 from seq2seq_jax.training.preprocess import preprocess, reservoir_sample
@@ -33,10 +34,6 @@ from seq2seq_jax.training.workdir import Workdir
 SOURCES = ["the cat sat", "a dog", "", "birds fly south in winter and come back", "x", "the end\r", "ok", "b c"]
 TARGETS = ["le chat", "un chien", "vide", "les oiseaux", "", "la fin", "bien", "b c d e f g h i j k"]
 SETTINGS = ["data.tokenizer=word", "data.max_src_len=6", "data.max_tgt_len=6"]
-
-
-def quiet(*_args, **_kwargs) -> None:
-    pass
 
 
 def write_pairs(directory: Path, name: str, sources, targets, newline: str = "\n") -> tuple[Path, Path]:
@@ -64,7 +61,7 @@ def made(tmp_path_factory):
     """A corpus of the text above (one record per shard group of 7) and its config."""
     directory = tmp_path_factory.mktemp("made")
     config = file_config(directory)
-    corpus = preprocess(config, directory / "D", records_per_shard=7, log=quiet, progress=False)
+    corpus = preprocess(config, directory / "D", records_per_shard=7, progress=False)
     return config, corpus
 
 
@@ -138,8 +135,8 @@ def test_records_that_do_not_fit_the_format_are_errors():
 def test_one_and_two_workers_write_identical_corpora(tmp_path, monkeypatch):
     config = file_config(tmp_path, "data.long_pair_policy=crop")
     monkeypatch.setattr(preprocess_lib, "CHUNK_PAIRS", 3)  # many chunks for the two workers to share
-    one = preprocess(config, tmp_path / "one", workers=1, records_per_shard=8, log=quiet, progress=False)
-    two = preprocess(config, tmp_path / "two", workers=2, records_per_shard=8, log=quiet, progress=False)
+    one = preprocess(config, tmp_path / "one", workers=1, records_per_shard=8, progress=False)
+    two = preprocess(config, tmp_path / "two", workers=2, records_per_shard=8, progress=False)
     assert corpus_files(one.path) == corpus_files(two.path)
     assert corpus_files(one.path / "tokenizer") == corpus_files(two.path / "tokenizer")
     assert one.reports()["train"].cropped == 10
@@ -157,8 +154,8 @@ def test_reservoir_sample_is_bounded_uniform_and_in_order():
 
 def test_tokenizers_trained_on_the_sample_size(tmp_path):
     config = file_config(tmp_path, "data.tokenizer_sample_size=3", "data.tokenizer=char", valid=False)
-    messages = []
-    corpus = preprocess(config, tmp_path / "D", log=messages.append, progress=False)
+    with captured_log() as messages:
+        corpus = preprocess(config, tmp_path / "D", progress=False)
     assert "tokenizers: trained on 3 of 40 training pairs" in messages
     assert not corpus.has_split("valid") and corpus.valid_pairs() == []
     # a char vocabulary of 3 pairs misses letters of the others: unknown tokens, counted
@@ -192,26 +189,26 @@ def test_bad_lines_name_the_file_and_line_and_leave_no_output(tmp_path):
     good = src.read_bytes()
     src.write_bytes(good.replace(b"a dog", b"a d\xffog", 1))
     with pytest.raises(DataError, match=f"{src}:2: invalid UTF-8"):
-        preprocess(config, tmp_path / "D", log=quiet, progress=False)
-    replaced = preprocess(config.with_overrides(["data.encoding_errors=replace"]), tmp_path / "R", log=quiet,
+        preprocess(config, tmp_path / "D", progress=False)
+    replaced = preprocess(config.with_overrides(["data.encoding_errors=replace"]), tmp_path / "R",
                           progress=False)
     assert replaced.reports()["train"].replaced_lines == 1
     src.write_bytes(good)
     tgt = Path(config.data.train_tgt)
     tgt.write_bytes(tgt.read_bytes() + b"one more\n")
     with pytest.raises(DataError, match=f"{src} ends after line 40 but {tgt} goes on: line 41 of {tgt}"):
-        preprocess(config, tmp_path / "D", log=quiet, progress=False)
+        preprocess(config, tmp_path / "D", progress=False)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["R", "train.src", "train.tgt"]
 
 
 def test_an_existing_output_is_refused(tmp_path, made):
     config, corpus = made
     with pytest.raises(DataError, match="already holds a preprocessed corpus"):
-        preprocess(config, corpus.path, log=quiet, progress=False)
+        preprocess(config, corpus.path, progress=False)
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "train-00000-of-00001.array_record").write_bytes(b"x")
     with pytest.raises(DataError, match="not empty and holds no manifest.json"):
-        preprocess(config, tmp_path / "half", log=quiet, progress=False)
+        preprocess(config, tmp_path / "half", progress=False)
 
 
 def test_an_interrupted_preprocess_leaves_no_output(tmp_path):
@@ -233,7 +230,7 @@ def test_an_interrupted_preprocess_leaves_no_output(tmp_path):
     assert not (tmp_path / "D").exists()
     leftovers = [path for path in tmp_path.iterdir() if path.name.startswith(".D.tmp-")]
     assert len(leftovers) == 1 and not (leftovers[0] / MANIFEST_FILE).exists()
-    assert preprocess(config, tmp_path / "D", log=quiet, progress=False).split("train")
+    assert preprocess(config, tmp_path / "D", progress=False).split("train")
     assert not leftovers[0].exists()  # the next run removed what the killed one left
 
 
@@ -244,41 +241,41 @@ def run_cli(*argv: str) -> int:
 def test_train_from_files_goes_through_the_workdir_corpus(tmp_path, capsys):
     config = file_config(tmp_path, "train.max_steps=2", *TINY)
     workdir = tmp_path / "W"
-    trainer_lib.train(config, workdir, log=quiet)
+    trainer_lib.train(config, workdir)
     corpus = open_corpus(workdir / "data")
     assert corpus.manifest["sources"]["train"]["files"][0]["path"] == str(Path(config.data.train_src).resolve())
     assert sorted(step_losses(workdir)) == [1, 2]
-    trainer_lib.train(config.with_overrides(["train.max_steps=3"]), workdir, log=quiet)  # resumes, same data
+    trainer_lib.train(config.with_overrides(["train.max_steps=3"]), workdir)  # resumes, same data
     assert sorted(step_losses(workdir)) == [1, 2, 3]
     with Path(config.data.train_src).open("a") as src, Path(config.data.train_tgt).open("a") as tgt:
         src.write("one more\n")
         tgt.write("encore\n")
     with pytest.raises(DataError, match=f"{workdir / 'data'} holds the corpus this workdir was trained on.*"
                                         "the source files differ"):
-        trainer_lib.train(config.with_overrides(["train.max_steps=4"]), workdir, log=quiet)
+        trainer_lib.train(config.with_overrides(["train.max_steps=4"]), workdir)
 
 
 def test_a_workdir_with_tokenizers_keeps_them_and_refuses_a_corpus_made_with_others(tmp_path, made):
     _, other = made  # word tokenizers
     run = Workdir(tmp_path / "W")  # as import-torch leaves it: tokenizers (of another task here), no data
-    src_tok, tgt_tok = preprocess(tiny_config("data.task=reverse"), tmp_path / "reverse", log=quiet,
+    src_tok, tgt_tok = preprocess(tiny_config("data.task=reverse"), tmp_path / "reverse",
                                   progress=False).tokenizers()
     src_tok.save(run.tokenizer_dir, "src")
     tgt_tok.save(run.tokenizer_dir, "tgt")
-    corpus = trainer_lib.prepare_corpus(tiny_config(), run, log=quiet)  # the dates task, with W's tokenizers
+    corpus = run_data.prepare_corpus(tiny_config(), run)  # the dates task, with W's tokenizers
     assert corpus.path == run.path / "data"
     assert corpus_files(corpus.path / "tokenizer") == corpus_files(run.tokenizer_dir)
     assert corpus.reports()["train"].src_unk > 0  # letters only: the digits of dates are unknown
     with pytest.raises(DataError, match=f"the src tokenizer of {other.path} differs from that of "
                                         f"{run.tokenizer_dir}"):
-        trainer_lib.prepare_run(tiny_config(), run, other, log=quiet)
+        run_data.prepare_run(tiny_config(), run, other)
 
 
 @pytest.fixture(scope="module")
 def tiny_corpus(tmp_path_factory) -> Path:
     """The tiny dates corpus of run_support's config, preprocessed."""
     directory = tmp_path_factory.mktemp("tiny") / "D"
-    preprocess(tiny_config(), directory, log=quiet, progress=False)
+    preprocess(tiny_config(), directory, progress=False)
     return directory
 
 
@@ -312,7 +309,7 @@ def test_preprocess_cli_reuses_a_workdirs_tokenizers(tmp_path, tiny_corpus, caps
 def test_resume_after_sigkill_on_train_data_is_bit_identical(tmp_path, tiny_corpus, capsys):
     reference = tmp_path / "reference"
     trainer_lib.train(tiny_config("train.max_steps=12", f"data.preprocessed_dir={tiny_corpus.resolve()}"),
-                      reference, log=quiet)
+                      reference)
     uninterrupted = step_losses(reference)
     workdir = tmp_path / "run"
     command = [sys.executable, "-m", "seq2seq_jax", "train", "--data", str(tiny_corpus), "--workdir", str(workdir)]

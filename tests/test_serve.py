@@ -48,7 +48,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     path = tmp_path_factory.mktemp("serve") / "run"
-    train(tiny_config("train.max_steps=8", "train.eval_every=8"), path, log=lambda *_: None)
+    train(tiny_config("train.max_steps=8", "train.eval_every=8"), path)
     return path
 
 
@@ -56,7 +56,7 @@ def workdir(tmp_path_factory):
 def second_workdir(tmp_path_factory):
     """Another tiny model (another seed, the same tokenizers): the ensemble's second member."""
     path = tmp_path_factory.mktemp("serve") / "run2"
-    train(tiny_config("train.max_steps=8", "train.eval_every=8", "train.seed=1"), path, log=lambda *_: None)
+    train(tiny_config("train.max_steps=8", "train.eval_every=8", "train.seed=1"), path)
     return path
 
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from run_support import TINY, step_losses, tiny_config
+from run_support import TINY, captured_log, step_losses, tiny_config
 
 from seq2seq_jax.core.batching import Batch
 from seq2seq_jax.training import trainer as trainer_lib
@@ -24,18 +24,18 @@ from seq2seq_jax.training.checkpoint import Checkpointer
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> dict[int, float]:
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    trainer_lib.train(tiny_config("train.max_steps=12"), workdir, log=lambda *_: None)
+    trainer_lib.train(tiny_config("train.max_steps=12"), workdir)
     return step_losses(workdir)
 
 
 def test_resume_after_kill_between_saves_is_bit_identical(tmp_path, uninterrupted):
     workdir = tmp_path / "run"
-    trainer_lib.train(tiny_config("train.max_steps=6"), workdir, log=lambda *_: None)
+    trainer_lib.train(tiny_config("train.max_steps=6"), workdir)
     # Simulate SIGKILL after step 6 but before its save: only the step-4 checkpoint survives.
     with Checkpointer(workdir, keep=3) as checkpoints:
         assert checkpoints.all_steps() == [4, 6]
     shutil.rmtree(workdir / "checkpoints" / "6")
-    trainer_lib.train(tiny_config("train.max_steps=12"), workdir, log=lambda *_: None)
+    trainer_lib.train(tiny_config("train.max_steps=12"), workdir)
     resumed = step_losses(workdir)
     assert sorted(resumed) == list(range(1, 13))
     for step in range(5, 13):
@@ -60,7 +60,7 @@ def test_sigterm_saves_exits_zero_and_resumes_exactly(tmp_path, uninterrupted):
     with Checkpointer(workdir, keep=3) as checkpoints:
         saved_step = checkpoints.latest_step()
     assert saved_step is not None and saved_step >= 3
-    trainer_lib.train(tiny_config(f"train.max_steps={min(saved_step + 4, 12)}"), workdir, log=lambda *_: None)
+    trainer_lib.train(tiny_config(f"train.max_steps={min(saved_step + 4, 12)}"), workdir)
     resumed = step_losses(workdir)
     for step in range(saved_step + 1, min(saved_step + 4, 12) + 1):
         assert resumed[step] == uninterrupted[step], step
@@ -92,9 +92,8 @@ def poisoned_batches(monkeypatch):
 
 def test_nan_step_is_skipped(tmp_path, poisoned_batches):
     poisoned_batches.update({3})
-    messages = []
-    trainer_lib.train(tiny_config("train.max_steps=5", "data.task_valid_size=1"), tmp_path / "run",
-                      log=messages.append)
+    with captured_log() as messages:
+        trainer_lib.train(tiny_config("train.max_steps=5", "data.task_valid_size=1"), tmp_path / "run")
     assert any("non-finite" in m and "step 3" in m for m in messages)
     with Checkpointer(tmp_path / "run", keep=3) as checkpoints:
         _, state, _ = checkpoints.restore()
@@ -104,23 +103,21 @@ def test_nan_step_is_skipped(tmp_path, poisoned_batches):
 def test_too_many_nan_steps_abort_without_a_bad_checkpoint(tmp_path, poisoned_batches):
     poisoned_batches.update(range(6, 100))
     with pytest.raises(trainer_lib.TrainingAborted, match="non-finite steps in a row"):
-        trainer_lib.train(tiny_config("train.max_steps=20", "train.max_nonfinite_steps=3"), tmp_path / "run",
-                          log=lambda *_: None)
+        trainer_lib.train(tiny_config("train.max_steps=20", "train.max_nonfinite_steps=3"), tmp_path / "run")
     with Checkpointer(tmp_path / "run", keep=3) as checkpoints:
         assert checkpoints.all_steps() == [4]
 
 
 def test_early_stopping(tmp_path):
-    messages = []
     # A learning rate this small cannot improve the validation loss by the second evaluation.
-    trainer_lib.train(tiny_config("train.max_steps=50", "train.eval_every=2", "train.patience=1",
-                                  "train.learning_rate=1e-9", "train.best_metric=valid_exact_match"),
-                      tmp_path / "run", log=messages.append)
+    with captured_log() as messages:
+        trainer_lib.train(tiny_config("train.max_steps=50", "train.eval_every=2", "train.patience=1",
+                                      "train.learning_rate=1e-9", "train.best_metric=valid_exact_match"),
+                          tmp_path / "run")
     assert any("early stopping" in m for m in messages)
 
 
 def test_model_of_existing_workdir_cannot_change(tmp_path):
-    trainer_lib.train(tiny_config("train.max_steps=1"), tmp_path / "run", log=lambda *_: None)
+    trainer_lib.train(tiny_config("train.max_steps=1"), tmp_path / "run")
     with pytest.raises(ValueError, match="model in this workdir differs"):
-        trainer_lib.train(tiny_config("train.max_steps=2", "model.enc_hidden_size=12"), tmp_path / "run",
-                          log=lambda *_: None)
+        trainer_lib.train(tiny_config("train.max_steps=2", "model.enc_hidden_size=12"), tmp_path / "run")

@@ -190,7 +190,7 @@ def test_a_second_trainer_is_refused_and_the_first_finishes(tmp_path, capsys, mo
     from seq2seq_jax.training.trainer import train
 
     workdir = tmp_path / "run"
-    train(tiny_config("train.max_steps=4"), workdir, log=lambda *_: None)  # step 4 for a reader to read meanwhile
+    train(tiny_config("train.max_steps=4"), workdir)  # step 4 for a reader to read meanwhile
     first = subprocess.Popen(train_command(workdir, "train.max_steps=100000", "train.save_every=100000"),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
     try:

@@ -67,7 +67,7 @@ class Translator:
         if key not in self._compiled:
             self._compiled[key] = jax.jit(make_search(self.graphdef, self.config, max_len_bound, with_attention,
                                                       self.compact))
-            logger.info("compiling search for source length %d, output bound %d%s (%d programs)", src_size,
+            logger.debug("compiling search for source length %d, output bound %d%s (%d programs)", src_size,
                         max_len_bound, " with attention" if with_attention else "", len(self._compiled))
         return self._compiled[key]
 

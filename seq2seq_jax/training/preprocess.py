@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import logging
 import multiprocessing
 import os
 import random
@@ -45,6 +46,8 @@ from seq2seq_jax.training.corpus import (
 )
 from seq2seq_jax.training.staging import is_nonempty_dir, staged_directory
 from seq2seq_jax.training.tasks import task_splits
+
+logger = logging.getLogger(__name__)
 
 RECORDS_PER_SHARD = 1 << 18
 CHUNK_PAIRS = 2048
@@ -280,7 +283,7 @@ def _check_output(out: Path) -> None:
                         "choose another --out")
 
 
-def preprocess(config, out: str | Path, workers: int = 1, tokenizer_dir: str | Path | None = None, log=print,
+def preprocess(config, out: str | Path, workers: int = 1, tokenizer_dir: str | Path | None = None,
                records_per_shard: int = RECORDS_PER_SHARD, progress: bool = True) -> Corpus:
     """Write the corpus of ``config.data`` (files, or the built-in task) to ``out`` and return it opened.
 
@@ -306,14 +309,14 @@ def preprocess(config, out: str | Path, workers: int = 1, tokenizer_dir: str | P
             src_tok, tgt_tok = load_tokenizers(tokenizer_dir)
             src_tok.save(layout.tokenizer_dir, "src")
             tgt_tok.save(layout.tokenizer_dir, "tgt")
-            log(f"tokenizers: reused from {tokenizer_dir}")
+            logger.info(f"tokenizers: reused from {tokenizer_dir}")
         else:
             sample, total = reservoir_sample(
                 tqdm(sources["train"], desc="sample train", unit="pair", dynamic_ncols=True, file=sys.stderr,
                      disable=None if progress else True), data_config.tokenizer_sample_size)
             src_tok, tgt_tok = build_tokenizers(data_config, [s for s, _ in sample], [t for _, t in sample],
                                                 layout.tokenizer_dir)
-            log(f"tokenizers: trained on {len(sample)} of {total} training pairs")
+            logger.info(f"tokenizers: trained on {len(sample)} of {total} training pairs")
         config = config.with_vocab_sizes(src_tok.vocab_size, tgt_tok.vocab_size)
         config.save(layout.config_path)
         encoding = _Encoding(ChunkEncoder(src_tok, tgt_tok, data_config), layout.tokenizer_dir, data_config,
@@ -324,7 +327,7 @@ def preprocess(config, out: str | Path, workers: int = 1, tokenizer_dir: str | P
                 splits[name], reports[name] = _write_split(name, source, staging, encoding, data_config,
                                                            records_per_shard, total if name == "train" else None,
                                                            progress)
-                log(reports[name].summary())
+                logger.info(reports[name].summary())
         finally:
             encoding.close()
         (staging / REPORT_FILE).write_text(

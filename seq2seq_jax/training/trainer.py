@@ -19,10 +19,10 @@ import contextlib
 import dataclasses
 import functools
 import json
+import logging
 import signal
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -31,24 +31,19 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from seq2seq_jax.core.batching import BatchPolicy, LocalRows, batch_shapes, eval_batches
+from seq2seq_jax.core.batching import BatchPolicy, eval_batches
 from seq2seq_jax.core.config import ExperimentConfig
-from seq2seq_jax.core.reading import DataError
-from seq2seq_jax.core.tokenizer import SIDE_NAMES, Tokenizer, load_tokenizers, same_tokenizer
+from seq2seq_jax.core.logs import warnings_only
 from seq2seq_jax.decoding.metrics import corpus_bleu, exact_match, perplexity
 from seq2seq_jax.decoding.translate import Translator
 from seq2seq_jax.training import parallel
 from seq2seq_jax.training.batch_iterator import BatchIterator
-from seq2seq_jax.training.checkpoint import CheckpointError
-from seq2seq_jax.training.corpus import Corpus, open_corpus
-from seq2seq_jax.training.preprocess import corpus_mismatch, preprocess
+from seq2seq_jax.training.run_data import TrainingData, prepare_data
 from seq2seq_jax.training.steps import make_eval_step, make_grad_accumulation, make_optimizer, make_train_step
 from seq2seq_jax.training.workdir import Workdir, fresh_train_state
 from seq2seq_jax.training.workdir_lock import workdir_lock
 
-# Training batches are built by one background thread while the device runs the step, up to 4 reads ahead
-# (each the examples of a run of batches, about data.READ_SIZE).
-READ_THREADS, PREFETCH_READS = 1, 4
+logger = logging.getLogger(__name__)
 
 
 class TrainingAborted(RuntimeError):
@@ -100,76 +95,6 @@ class _SigtermFlag:
     def __exit__(self, *exc):
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
-
-
-def corpus_directory(config: ExperimentConfig, run: Workdir) -> Path:
-    """Where the run's preprocessed corpus is: ``data.preprocessed_dir`` (``train --data``), else ``W/data``."""
-    return Path(config.data.preprocessed_dir) if config.data.preprocessed_dir else run.path / "data"
-
-
-def prepare_corpus(config: ExperimentConfig, run: Workdir, log=print) -> Corpus:
-    """The run's corpus (process 0): ``data.preprocessed_dir``, whose data settings must be this run's; or
-    ``W/data``, preprocessed from the configured files or task the first time (with the workdir's tokenizers when
-    it has them) and reused when its manifest matches (same source files and sizes, same data settings)."""
-    directory = corpus_directory(config, run)
-    if config.data.preprocessed_dir:
-        corpus = open_corpus(directory)
-        mismatch = corpus_mismatch(corpus, config.data, sources=False)
-        if mismatch:
-            raise DataError(f"{directory}: the corpus was made with other data settings than this run's "
-                                     f"({mismatch}); leave them unset with --data, or preprocess again")
-        log(f"data: {directory}")
-        return corpus
-    if not directory.is_dir() or not any(directory.iterdir()):
-        has_tokenizers = (run.tokenizer_dir / "src.tokenizer.json").is_file()
-        corpus = preprocess(config, directory, tokenizer_dir=run.tokenizer_dir if has_tokenizers else None,
-                            log=_quiet)
-        log(f"data: preprocessed into {directory}" + (f" with the tokenizers of {run.tokenizer_dir}"
-                                                      if has_tokenizers else ""))
-        return corpus
-    corpus = open_corpus(directory)
-    mismatch = corpus_mismatch(corpus, config.data)
-    if mismatch:
-        raise DataError(f"{directory} holds the corpus this workdir was trained on, and this run's data "
-                                 f"differs: {mismatch}; use a new --workdir for other data")
-    log(f"data: {directory} (preprocessed before)")
-    return corpus
-
-
-def prepare_run(config: ExperimentConfig, run: Workdir, corpus: Corpus, log=print, write: bool = True):
-    """Resolve the config against the workdir and the corpus: the corpus's tokenizers (copied into the workdir,
-    or checked against those it already has), vocabulary sizes, and ``config.json``. Returns ``(config,
-    src_tokenizer, tgt_tokenizer)``.
-
-    ``write=False`` (the other processes of a multi-host run, after process 0 has prepared the workdir)
-    only reads: ``config.json`` and the tokenizers are not written."""
-    if write:
-        run.path.mkdir(parents=True, exist_ok=True)
-    src_tok, tgt_tok = corpus.tokenizers()
-    if (run.tokenizer_dir / "src.tokenizer.json").is_file():
-        for side, ours, theirs in zip(SIDE_NAMES, load_tokenizers(run.tokenizer_dir), (src_tok, tgt_tok),
-                                      strict=True):
-            if not same_tokenizer(ours, theirs):
-                raise DataError(
-                    f"the {side} tokenizer of {corpus.path} differs from that of {run.tokenizer_dir}: the corpus was "
-                    f"made with other tokenizers (seq2seq preprocess --workdir {run.path} reuses this workdir's)")
-    elif write:
-        src_tok.save(run.tokenizer_dir, "src")
-        tgt_tok.save(run.tokenizer_dir, "tgt")
-    config = config.with_vocab_sizes(src_tok.vocab_size, tgt_tok.vocab_size)
-    if run.exists():
-        saved = run.load_config()
-        if saved.model != config.model:
-            raise ValueError(f"{run.config_path}: the model in this workdir differs from the requested one; "
-                             "use a new --workdir (or leave model settings unchanged to resume)")
-    if write:
-        config.save(run.config_path)
-    log(f"vocabulary: source {src_tok.vocab_size} ({src_tok.kind}), target {tgt_tok.vocab_size} ({tgt_tok.kind})")
-    return config, src_tok, tgt_tok
-
-
-def _quiet(*_args, **_kwargs) -> None:
-    pass
 
 
 def _due(step: int, every: int, last_step: int) -> bool:
@@ -240,9 +165,8 @@ class NonFiniteGuard:
     """Skips steps whose loss or gradient is not finite (``train_step`` leaves the state unchanged) and
     aborts training after ``limit`` of them in a row."""
 
-    def __init__(self, limit: int, log):
+    def __init__(self, limit: int):
         self.limit = limit
-        self.log = log
         self.in_a_row = 0
 
     def accept(self, metrics: dict[str, Any], step: int) -> bool:
@@ -251,8 +175,8 @@ class NonFiniteGuard:
             self.in_a_row = 0
             return True
         self.in_a_row += 1
-        self.log(f"step {step}: non-finite loss or gradient, update skipped "
-                 f"({self.in_a_row} in a row, limit {self.limit})")
+        logger.warning(f"step {step}: non-finite loss or gradient, update skipped "
+                       f"({self.in_a_row} in a row, limit {self.limit})")
         if self.in_a_row >= self.limit:
             raise TrainingAborted(
                 f"{self.in_a_row} non-finite steps in a row (train.max_nonfinite_steps={self.limit}); stopped at "
@@ -266,9 +190,9 @@ class Validation:
     configured) decoding of its first ``train.valid_sample_size`` pairs, three of them logged."""
 
     def __init__(self, eval_step, examples, pairs: list[tuple[str, str]], translator: Translator,
-                 config: ExperimentConfig, policy: BatchPolicy, mesh: Mesh, log):
+                 config: ExperimentConfig, policy: BatchPolicy, mesh: Mesh):
         self.eval_step, self.examples, self.translator = eval_step, examples, translator
-        self.policy, self.mesh, self.log = policy, mesh, log
+        self.policy, self.mesh = policy, mesh
         self.sample = pairs[: config.train.valid_sample_size]
         self.batch_sharding = parallel.batch_sharding(mesh)
         self.local_rows = functools.partial(parallel.process_rows, self.batch_sharding)
@@ -289,7 +213,7 @@ class Validation:
         result = {"valid_loss": loss_sum / max(tokens, 1.0), "valid_ppl": perplexity(loss_sum, tokens),
                   "valid_bleu": bleu, "valid_exact_match": exact_match(hyps, refs)}
         for (src, ref), hyp in list(zip(self.sample, hyps, strict=True))[:3]:
-            self.log(f"  src: {src}\n  ref: {ref}\n  hyp: {hyp}")
+            logger.info(f"  src: {src}\n  ref: {ref}\n  hyp: {hyp}")
         return result
 
 
@@ -326,82 +250,36 @@ class TrainingCheckpoints:
         self.checkpointer.close()
 
 
-class TrainingData(NamedTuple):
-    """What ``_prepare_data`` reads and encodes for a run."""
-
-    config: ExperimentConfig          # with the vocabulary sizes of the tokenizers
-    src_tokenizer: Tokenizer
-    tgt_tokenizer: Tokenizer
-    iterator: BatchIterator  # the training batches
-    valid_examples: Sequence          # encoded validation pairs (a CorpusSplit, or [] without validation)
-    valid_pairs: list[tuple[str, str]]  # the text of those that were kept
-
-
 @contextlib.contextmanager
-def _closed_on_abort(checkpoints: TrainingCheckpoints, metrics_log: MetricsLog, progress: tqdm):
-    """Close the progress bar, the metrics log and the checkpoints when training stops on an error: too many
-    non-finite steps (TrainingAborted; pending checkpoints are finished first) or a checkpoint that could not be
-    saved (CheckpointError, e.g. a full disk; that error is the one reported)."""
+def _closed_at_end(checkpoints: TrainingCheckpoints, metrics_log: MetricsLog, progress: tqdm,
+                   iterator: BatchIterator):
+    """Close the progress bar, the checkpoints (pending writes finished), the metrics log and the data iterator
+    once, in that order, however training ends. On an error (too many non-finite steps, a checkpoint that
+    could not be saved, e.g. a full disk) that error is the one reported: a failure to close the checkpoints
+    then is suppressed."""
+    failed = True
     try:
         yield
-    except TrainingAborted:
+        failed = False
+    finally:
         progress.close()
-        checkpoints.close()
-        metrics_log.close()
-        raise
-    except CheckpointError:
-        progress.close()
-        metrics_log.close()
-        with contextlib.suppress(Exception):
+        if failed:
+            with contextlib.suppress(Exception):
+                checkpoints.close()
+        else:
             checkpoints.close()
-        raise
+        metrics_log.close()
+        iterator.close()
 
 
-def _prepare_data(config: ExperimentConfig, run: Workdir, main_process: bool, log, policy: BatchPolicy,
-                  local_rows: LocalRows | None = None) -> TrainingData:
-    """Tokenizers, config and encoded data, prepared by process 0 first (it writes the workdir), batched by
-    ``policy``. The iterator builds only this process's ``local_rows`` of each global batch (None: all), ahead
-    of the step in a grain thread."""
-    data_cfg = config.data
-    if main_process:
-        corpus = prepare_corpus(config, run, log)
-        config, src_tok, tgt_tok = prepare_run(config, run, corpus, log)
-    parallel.sync_processes("seq2seq_jax: workdir prepared")  # process 0 has written corpus, tokenizers, config
-    if not main_process:
-        corpus = open_corpus(corpus_directory(config, run))
-        config, src_tok, tgt_tok = prepare_run(config, run, corpus, log, write=False)
-    reports = corpus.reports()
-    for name in corpus.splits:
-        log(reports[name].summary())
-    train_examples = corpus.split("train")
-    valid_examples = corpus.split("valid") if corpus.has_split("valid") else []
-    kept_valid_pairs = corpus.valid_pairs()
-    iterator = BatchIterator(train_examples, policy, data_cfg.seed, local_rows=local_rows,
-                             read_threads=READ_THREADS, prefetch=PREFETCH_READS)
-    if data_cfg.max_tokens:
-        shapes = iterator.batch_shapes()
-        log(f"batches: {iterator.batches_per_epoch} per epoch of at most {data_cfg.max_tokens} padded tokens; "
-            f"{len(shapes)} padded shapes (rows x source x target: "
-            f"{' '.join('x'.join(map(str, shape)) for shape in sorted(shapes))}), so at most {len(shapes)} "
-            "compiled train programs")
-        if valid_examples:  # a budget too small for a validation bucket fails now, not at the first validation
-            valid_shapes = batch_shapes(valid_examples, policy)
-            log(f"validation: {len(valid_shapes)} padded shapes")
-    else:
-        shapes = iterator.padded_shapes()
-        log(f"batches: {iterator.batches_per_epoch} per epoch of {data_cfg.batch_size} rows; "
-            f"{len(shapes)} padded shapes, so at most {len(shapes)} compiled train programs")
-    return TrainingData(config, src_tok, tgt_tok, iterator, valid_examples, kept_valid_pairs)
-
-
-def _initial_state(config: ExperimentConfig, run: Workdir, mesh: Mesh, checkpoints: TrainingCheckpoints, log):
+def _initial_state(config: ExperimentConfig, run: Workdir, mesh: Mesh, checkpoints: TrainingCheckpoints):
     """``(graphdef, train state on the mesh, its shardings)``: the latest checkpoint's state, else a fresh one."""
     graphdef, host_state = fresh_train_state(config)
     shardings = parallel.state_shardings(host_state, mesh)
     restored = checkpoints.restore(parallel.abstract_like(host_state, shardings))
     if restored is None:
         return graphdef, parallel.place(host_state, shardings), shardings
-    log(f"resumed from step {restored[0]} in {run.path}")
+    logger.info(f"resumed from step {restored[0]} in {run.path}")
     return graphdef, restored[1], shardings
 
 
@@ -443,64 +321,85 @@ class TrainingUpdate:
         return self.apply_update(state, acc)
 
 
-def train(config: ExperimentConfig, workdir: str | Path, log=print, mesh: Mesh | None = None) -> dict[str, float]:
-    """Train (or resume) in ``workdir`` holding its lock (``workdir_lock``; process 0 takes it for the whole job,
-    before anything is written there); another writer of ``workdir`` makes it raise ``WorkdirLockedError`` at
-    once. Returns the last validation metrics (empty without validation); the arguments are ``_train``'s."""
-    if not parallel.is_main_process():
-        return _train(config, workdir, log, mesh)
-    with workdir_lock(workdir, "seq2seq train"):
-        return _train(config, workdir, log, mesh)
-
-
-def _train(config: ExperimentConfig, workdir: str | Path, log=print, mesh: Mesh | None = None) -> dict[str, float]:
+def train(config: ExperimentConfig, workdir: str | Path, mesh: Mesh | None = None) -> dict[str, float]:
     """Train (or resume) in ``workdir``; returns the last validation metrics (empty without validation).
 
     ``mesh``: the ``(data, model)`` device mesh (``parallel.make_mesh``); default, every device on the
     ``data`` axis. ``data.batch_size`` is the global batch and must be divisible by the ``data`` axis. In a
-    multi-host run (``parallel.initialize_distributed`` called first) every process calls ``train`` with
-    the same arguments and a workdir on a filesystem they share; ``log`` is called on process 0 only.
+    multi-host run (``parallel.initialize_distributed`` called first) every process calls ``train`` with the
+    same arguments and a workdir on a filesystem they share; only process 0 logs below WARNING. Process 0
+    holds the workdir's lock (``workdir_lock``) for the whole job, taken before anything is written there:
+    another writer of ``workdir`` makes it raise ``WorkdirLockedError`` at once.
     """
     mesh = parallel.make_mesh() if mesh is None else mesh
     main_process = parallel.is_main_process()
-    log = log if main_process else _quiet
+    lock = workdir_lock(workdir, "seq2seq train") if main_process else contextlib.nullcontext()
+    with lock, warnings_only(enabled=not main_process):
+        return _train(config, Workdir(Path(workdir)), mesh, main_process)
+
+
+class _Run(NamedTuple):
+    """What the loop of ``_run_steps`` works with."""
+
+    config: ExperimentConfig
+    data: TrainingData
+    update: TrainingUpdate
+    validate: Validation
+    checkpoints: TrainingCheckpoints
+    early_stopping: EarlyStopping
+    metrics_log: MetricsLog
+    main_process: bool
+
+
+def _train(config: ExperimentConfig, run: Workdir, mesh: Mesh, main_process: bool) -> dict[str, float]:
     if not config.data.max_tokens:  # a token budget makes rows a multiple of the data axis itself
         parallel.check_batch_size(config.data.batch_size, mesh)
-    run = Workdir(Path(workdir))
     policy = BatchPolicy.of(config.data, row_quantum=parallel.data_size(mesh))
-    data = _prepare_data(config, run, main_process, log, policy,
-                         functools.partial(parallel.process_rows, parallel.batch_sharding(mesh)))
+    data = prepare_data(config, run, main_process, policy,
+                        functools.partial(parallel.process_rows, parallel.batch_sharding(mesh)))
     config, train_cfg = data.config, data.config.train
     rows = (f"at most {config.data.max_tokens} padded tokens per batch" if config.data.max_tokens else
             f"{config.data.batch_size // parallel.data_size(mesh)} rows per device")
     accumulation = (f"; {train_cfg.grad_accum_steps} batches per update" if train_cfg.grad_accum_steps > 1
                     else "")
-    log(f"{parallel.describe(mesh)}; {rows}{accumulation}; "
-        f"compute {config.model.compute_dtype}, parameters {config.model.param_dtype}")
+    logger.info(f"{parallel.describe(mesh)}; {rows}{accumulation}; "
+                f"compute {config.model.compute_dtype}, parameters {config.model.param_dtype}")
 
     early_stopping = EarlyStopping(train_cfg.best_mode, train_cfg.patience)
     checkpoints = TrainingCheckpoints(run.checkpointer(config), data.iterator, early_stopping, config)
-    graphdef, state, state_shardings = _initial_state(config, run, mesh, checkpoints, log)
+    graphdef, state, state_shardings = _initial_state(config, run, mesh, checkpoints)
     update = TrainingUpdate(graphdef, config, mesh, state_shardings, data.iterator)
     translator = Translator(graphdef, None, data.src_tokenizer, data.tgt_tokenizer, config.decode,
                             config.data.bucket_width)
     validate = Validation(parallel.jit_eval_step(make_eval_step(graphdef), mesh, state_shardings.params),
-                          data.valid_examples, data.valid_pairs, translator, config, policy, mesh, log)
-    metrics_log = MetricsLog(run if main_process else None)
-    guard = NonFiniteGuard(train_cfg.max_nonfinite_steps, log)
+                          data.valid_examples, data.valid_pairs, translator, config, policy, mesh)
+    loop = _Run(config, data, update, validate, checkpoints, early_stopping,
+                MetricsLog(run if main_process else None), main_process)
+    step, stop_reason, last_metrics = _run_steps(loop, state)
+    logger.info(f"stopped at step {step} ({stop_reason}); compiled train programs: {len(update.shapes)}; "
+                f"search programs: {translator.compiled_programs}; best {train_cfg.best_metric}: "
+                f"{early_stopping.value} at step {early_stopping.step}")
+    return last_metrics
 
+
+def _run_steps(loop: _Run, state) -> tuple[int, str, dict[str, float]]:
+    """Steps until ``train.max_steps``, SIGTERM or early stopping, logging, validating and saving as configured;
+    the last step is saved. Returns ``(last step, why it stopped, last validation metrics)``."""
+    train_cfg = loop.config.train
+    guard = NonFiniteGuard(train_cfg.max_nonfinite_steps)
     step = int(state.step)
     last_metrics: dict[str, float] = {}
     window = MetricsWindow()
     stop_reason = "max_steps"
     progress = tqdm(total=train_cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
-                    file=sys.stderr, disable=None if main_process else True)
-    with _SigtermFlag() as sigterm, _closed_on_abort(checkpoints, metrics_log, progress):
+                    file=sys.stderr, disable=None if loop.main_process else True)
+    with _SigtermFlag() as sigterm, _closed_at_end(loop.checkpoints, loop.metrics_log, progress,
+                                                   loop.data.iterator):
         while step < train_cfg.max_steps:
             if parallel.any_process(sigterm.raised):  # every process stops at the same step
                 stop_reason = "SIGTERM"
                 break
-            state, metrics = update(state)
+            state, metrics = loop.update(state)
             step += 1
             metrics = jax.device_get(metrics)
             if not guard.accept(metrics, step):
@@ -508,30 +407,29 @@ def _train(config: ExperimentConfig, workdir: str | Path, log=print, mesh: Mesh 
             window.add(metrics)
             progress.update(1)
             if _due(step, train_cfg.log_every, train_cfg.max_steps):
-                record = {**window.record(step), "compiled_train_programs": len(update.shapes)}
-                metrics_log.write(record)
+                record = {**window.record(step), "compiled_train_programs": len(loop.update.shapes)}
+                loop.metrics_log.write(record)
                 progress.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
                 window = MetricsWindow()
-            if data.valid_examples and _due(step, train_cfg.eval_every, train_cfg.max_steps):
-                last_metrics = validate(state.params)
-                metrics_log.write({"step": step, **last_metrics})
-                improved = early_stopping.update(last_metrics[train_cfg.best_metric], step)
-                if main_process:
-                    progress.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in last_metrics.items())
-                                   + (" (best)" if improved else ""))
-                checkpoints.save(step, state, last_metrics)
-                if early_stopping.should_stop:
+            if loop.data.valid_examples and _due(step, train_cfg.eval_every, train_cfg.max_steps):
+                last_metrics = _validate(loop, step, state, progress)
+                if loop.early_stopping.should_stop:
                     stop_reason = f"early stopping: no improvement in {train_cfg.patience} validations"
                     break
             elif step % train_cfg.save_every == 0:
-                checkpoints.save(step, state)
-        progress.close()
-        if checkpoints.latest_step() != step:
-            checkpoints.save(step, state)
-        checkpoints.close()
-    data.iterator.close()
-    metrics_log.close()
-    log(f"stopped at step {step} ({stop_reason}); compiled train programs: {len(update.shapes)}; "
-        f"search programs: {translator.compiled_programs}; best {train_cfg.best_metric}: {early_stopping.value} "
-        f"at step {early_stopping.step}")
-    return last_metrics
+                loop.checkpoints.save(step, state)
+        if loop.checkpoints.latest_step() != step:
+            loop.checkpoints.save(step, state)
+    return step, stop_reason, last_metrics
+
+
+def _validate(loop: _Run, step: int, state, progress: tqdm) -> dict[str, float]:
+    """Validate ``state`` at ``step``: log and save the metrics with the checkpoint, update early stopping."""
+    metrics = loop.validate(state.params)
+    loop.metrics_log.write({"step": step, **metrics})
+    improved = loop.early_stopping.update(metrics[loop.config.train.best_metric], step)
+    if loop.main_process:
+        progress.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+                       + (" (best)" if improved else ""))
+    loop.checkpoints.save(step, state, metrics)
+    return metrics
