@@ -1,21 +1,9 @@
-"""A preprocessed corpus (``seq2seq preprocess``, ``seq2seq_jax.training.preprocess``): the format and its reader.
+"""A preprocessed corpus (``seq2seq preprocess``) and its reader; the format is in docs/data.md.
 
-A directory ``D`` holds, beside a workdir's ``config.json`` (the resolved config, vocabulary sizes included) and
-``tokenizer/``:
-
-    D/train-00000-of-00002.array_record   ArrayRecord shards (``group_size:1``, uncompressed), one record per
-    D/train-00001-of-00002.array_record   kept pair: int32 little-endian [len(src), *src, *tgt], i.e. an
-                                          ``Example`` (src ends with EOS; tgt has no BOS/EOS)
-    D/train.lengths.npy                   int32 [N, 2]: len(src) and len(tgt) of record i, to plan batches
-                                          without reading the records
-    D/valid-...array_record, D/valid.lengths.npy     the same for the validation pairs, when there are any
-    D/valid.pairs.jsonl                   the kept validation pairs' text, one JSON [source, target] per line
-                                          (BLEU needs the references)
-    D/report.json                         per split, the ``DataReport``: pairs read, kept, dropped, cropped,
-                                          lines with invalid UTF-8 replaced, unknown tokens
-    D/manifest.json                       written last: format version, per split its shards (file, records,
-                                          bytes) and lengths file, the source files (path, bytes) and the data
-                                          settings that made the records
+A directory ``D`` holds ``config.json``, ``tokenizer/``, per split ArrayRecord shards of the kept pairs (one
+record per ``Example``: int32 little-endian ``[len(src), *src, *tgt]``) with ``SPLIT.lengths.npy`` (int32
+``[N, 2]``, to plan batches without reading records), ``valid.pairs.jsonl`` (the kept validation text),
+``report.json`` (the ``DataReport`` of each split) and ``manifest.json``, written last.
 
 ``open_corpus`` checks the manifest against the files (every shard present, of its recorded size and record
 count) and raises a ``DataError`` naming the file otherwise; ``Corpus.split(name)`` is a random-access sequence

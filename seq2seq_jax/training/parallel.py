@@ -1,25 +1,14 @@
-"""Device meshes, shardings and multi-host initialisation: the same training code on one CPU, eight GPUs or a
-pod of many hosts, with JAX's own engine (``jax.sharding`` and ``jax.distributed``).
+"""Device meshes, shardings and multi-host initialisation: the same training code on one CPU, eight GPUs or
+many hosts, with ``jax.sharding`` and ``jax.distributed`` (docs/scaling.md).
 
-The mesh has two axes:
-
-* ``data``: the global batch is split along it (data parallelism); every device of a ``data`` row holds
-  ``batch_size / data_size`` rows, and XLA inserts the gradient all-reduce.
-* ``model`` (size 1 unless asked for): shards the vocabulary dimension of the embeddings and of the output
-  projection (``MODEL_PARALLEL_RULES``), for vocabularies too large to replicate on every device.
-
-Everything else (the LSTM, attention and readout weights, the step, the RNG key) is replicated. Optimizer
-moments get the sharding of the parameter they belong to (the rules match the end of a leaf's key path,
-which an optax moment shares with its parameter).
-
-Multi-host: ``initialize_distributed`` calls ``jax.distributed.initialize`` before any computation. Every
-process then plans the same global batches from the examples' lengths, builds and reads only its own rows of
-each (``data.BatchIterator(local_rows=...)`` with ``process_rows``), and ``shard_batch`` hands them to
-``jax.make_array_from_process_local_data`` with the global shape; the global batch is the one a single
-process would see, so losses match a one-process run up to floating-point reduction order.
-
-The step functions in ``train.py`` know nothing of any of this: the caller jits them with the shardings
-made here (``jax.jit(..., in_shardings=..., out_shardings=...)``).
+The mesh has a ``data`` axis (the global batch is split along it; XLA inserts the gradient all-reduce) and a
+``model`` axis (size 1 unless asked for) that shards the vocabulary dimension of the embeddings and of the
+output projection (``MODEL_PARALLEL_RULES``); everything else is replicated, and optimizer moments take
+their parameter's sharding. Multi-host: ``initialize_distributed`` comes before any computation; every
+process plans the same global batches, builds only its own rows (``BatchIterator(local_rows=...)`` with
+``process_rows``) and ``shard_batch`` assembles the global array, so losses match a one-process run up to
+floating-point reduction order. The step functions (``training.steps``) know nothing of this: the caller jits
+them with the shardings made here.
 """
 
 from __future__ import annotations

@@ -1,22 +1,13 @@
 """One writer per workdir: ``with workdir_lock(W, "seq2seq train"): ...`` holds ``W/.lock`` or refuses at once.
 
-The lock is ``fcntl.flock`` on ``W/.lock``: the kernel releases it when its holder exits, however it exits
-(SIGKILL, a crash; on NFS the server drops the locks of a client machine that died), so a lock can never
-outlive its process (on a filesystem without file locks the command warns and goes on unprotected). The
-file also holds a JSON record naming the holder (host, pid, command, start time):
-
-* a second writer finds the flock taken and gets ``WorkdirLockedError`` naming the holder and what to do;
-* a writer that gets the flock while a record is still in the file knows that record's process is gone
-  (it exited without releasing: killed, crashed) and says that it took the stale lock over;
-* on release the holder deletes the file (and so its record). Every acquirer checks, once it holds the flock,
-  that the path still names the file it locked, so a file deleted or replaced meanwhile is never taken for
-  the lock (the usual flock-and-verify loop).
-
-Commands that write into a workdir take it (``train``, ``average --out``, ``import-torch --workdir``) before
-writing anything there; readers (``translate``, ``evaluate``, ``export-torch``) take none and keep working
-while a trainer writes. A multi-host run takes one lock for the job, in process 0. For a directory built by
-``staging.staged_directory`` the lock file moves with the staged directory, so it stays held across the
-rename. No JAX here: this module imports the standard library only.
+The lock is ``fcntl.flock`` on ``W/.lock``, which the kernel releases when its holder exits however it exits,
+so a lock never outlives its process (on a filesystem without file locks the command warns and goes on
+unprotected). The file holds a JSON record of the holder (host, pid, command, start time): a second writer
+gets ``WorkdirLockedError`` naming it; a writer that finds a record with the flock free says it took a stale
+lock over; the holder deletes the file on release, and every acquirer verifies that the path still names the
+file it locked. Writers (``train``, ``average --out``, ``import-torch --workdir``) take it before writing;
+readers (``translate``, ``evaluate``, ``export-torch``) take none. A multi-host run takes one lock, in process
+0. For a ``staging.staged_directory`` the lock file moves with the directory. Standard library only.
 """
 
 from __future__ import annotations
