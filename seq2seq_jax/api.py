@@ -10,7 +10,8 @@
 ``seq2seq translate``, ``evaluate`` and ``score`` run through the same object. Decoding settings default to the
 first workdir's ``decode`` section; ``load`` and ``translate`` take any ``DecodeConfig`` field as a keyword
 (``beam_size=5`` alone also caps ``n_best`` at 5, as the command line does). Programs compiled for one set of
-settings are kept for the next call with the same settings.
+settings are kept for the next call with the same settings, and reused by later processes through the
+persistent compilation cache (``seq2seq_jax.compilation_cache``; ``SEQ2SEQ_JAX_CACHE_DIR=off`` turns it off).
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from seq2seq_jax import compilation_cache
 from seq2seq_jax.decoding.loaded_model import Seq2SeqModel, TrainedModel, with_decode_overrides
 from seq2seq_jax.training.workdir import load_trained
 
 __all__ = ["load", "Seq2SeqModel", "TrainedModel", "with_decode_overrides"]
+
 
 def load(workdirs: str | Path | Sequence[str | Path], checkpoint: str | int = "best",
          **decode_overrides) -> Seq2SeqModel:
@@ -31,5 +34,6 @@ def load(workdirs: str | Path | Sequence[str | Path], checkpoint: str | int = "b
     paths = [workdirs] if isinstance(workdirs, (str, Path)) else list(workdirs)
     if not paths:
         raise ValueError("no workdir given")
+    compilation_cache.enable()
     return Seq2SeqModel([load_trained(path, checkpoint) for path in paths], [str(path) for path in paths],
                         **decode_overrides)

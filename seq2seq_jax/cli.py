@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 import traceback
 from pathlib import Path
 
+from seq2seq_jax import compilation_cache
 from seq2seq_jax.core import logs
 from seq2seq_jax.core.config import ConfigError, ExperimentConfig
 from seq2seq_jax.core.search_settings import decode_settings, format_line
@@ -322,10 +324,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(_load_model(args), args.host, args.port, limits)
 
 
+COMPILING_COMMANDS = {"train", "translate", "evaluate", "score", "serve"}
+CACHE_VARIABLE = compilation_cache.ENVIRONMENT_VARIABLE
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seq2seq", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log compilation and checkpoint details; print the traceback of an error")
+    parser.add_argument("--no-compile-cache", action="store_true",
+                        help="compile every program afresh instead of reusing those in the persistent "
+                             f"compilation cache (also: {CACHE_VARIABLE}=off; {CACHE_VARIABLE}=DIR moves it)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train or resume (built-in demo task when no data is given)")
@@ -458,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                              help="also log details (each compiled program, checkpoint internals) and print "
                                   "the traceback of an error")
+        command.add_argument("--no-compile-cache", action="store_true", default=argparse.SUPPRESS,
+                             help="do not use the persistent compilation cache")
     return parser
 
 
@@ -465,6 +476,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(args.verbose, prefix="seq2seq serve: " if args.command == "serve" else "")
     try:
+        if args.no_compile_cache:  # also for seq2seq_jax.load(), which the commands call
+            os.environ[CACHE_VARIABLE] = compilation_cache.OFF
+        elif args.command in COMPILING_COMMANDS:
+            compilation_cache.enable()
         return args.handler(args)
     except (ConfigError, ValueError, OSError, RuntimeError) as error:  # one line; the traceback with --verbose
         print(f"seq2seq {args.command}: error: {error}", file=sys.stderr)
