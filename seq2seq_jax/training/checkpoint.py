@@ -50,14 +50,20 @@ def _is_floating(leaf: Any) -> bool:
     return bool(jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.complexfloating))
 
 
+@jax.jit
+def _leaves_finite(leaves: list[jax.Array]) -> jax.Array:
+    """``[len(leaves)] bool``: whether each leaf is all finite, in one compiled program (not one eager program
+    per leaf), fetched to the host in one transfer."""
+    return jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves])
+
+
 def find_nonfinite_leaf(state: Any) -> str | None:
     """Path (``jax.tree_util.keystr``) of the first floating leaf of ``state`` holding NaN/Inf, or None."""
     leaves_with_paths = jax.tree_util.tree_flatten_with_path(state)[0]
     floating = [(path, leaf) for path, leaf in leaves_with_paths if _is_floating(leaf)]
     if not floating:
         return None
-    # One device-side reduction per leaf, one transfer to the host for all of them.
-    all_finite = jax.device_get([jnp.all(jnp.isfinite(jnp.asarray(leaf))) for _, leaf in floating])
+    all_finite = jax.device_get(_leaves_finite([leaf for _, leaf in floating]))
     for (path, _), finite in zip(floating, all_finite, strict=True):
         if not bool(finite):
             return jax.tree_util.keystr(path) or "<root>"

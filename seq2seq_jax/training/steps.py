@@ -91,6 +91,13 @@ def _abstract_model(config: ModelConfig):
     return nnx.split(nnx.eval_shape(lambda: Seq2Seq(config, rngs=nnx.Rngs(0))), nnx.Param)
 
 
+def abstract_params(config: ModelConfig) -> tuple[nnx.GraphDef, dict]:
+    """The model's graph definition and its parameters' shapes and dtypes (a nested dict of
+    ``jax.ShapeDtypeStruct``), nothing computed."""
+    graphdef, abstract = _abstract_model(config)
+    return graphdef, abstract.to_pure_dict()
+
+
 def init_model(config: ModelConfig, seed: int) -> tuple[nnx.GraphDef, dict]:
     """The model's graph definition and freshly initialised parameters (a pure nested dict).
 

@@ -22,7 +22,7 @@ from seq2seq_jax.core.config import ExperimentConfig
 from seq2seq_jax.core.tokenizer import load_tokenizers
 from seq2seq_jax.decoding.loaded_model import TrainedModel
 from seq2seq_jax.training.checkpoint import Checkpointer, CheckpointError
-from seq2seq_jax.training.steps import TrainState, init_model, init_train_state, make_optimizer
+from seq2seq_jax.training.steps import TrainState, abstract_params, init_model, init_train_state, make_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +68,14 @@ def fresh_train_state(config: ExperimentConfig) -> tuple[nnx.GraphDef, TrainStat
     return graphdef, init_train_state(params, make_optimizer(config.train), config.train.seed)
 
 
+def abstract_train_state(config: ExperimentConfig) -> tuple[nnx.GraphDef, TrainState]:
+    """``fresh_train_state``'s graph definition and the shapes and dtypes of its state
+    (``jax.ShapeDtypeStruct`` leaves): a restore target, traced once, nothing computed or allocated."""
+    graphdef, params = abstract_params(config.model)
+    optimizer = make_optimizer(config.train)
+    return graphdef, jax.eval_shape(lambda p: init_train_state(p, optimizer, config.train.seed), params)
+
+
 def load_trained(workdir: str | Path, checkpoint: str | int = "best") -> TrainedModel:
     """Parameters of ``checkpoint`` (``"best"``, ``"latest"`` or a step) with config and tokenizers.
 
@@ -76,8 +84,7 @@ def load_trained(workdir: str | Path, checkpoint: str | int = "best") -> Trained
     run = Workdir(Path(workdir))
     config = run.load_config()
     src_tokenizer, tgt_tokenizer = load_tokenizers(run.tokenizer_dir)
-    graphdef, target = fresh_train_state(config)
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), target)
+    graphdef, abstract = abstract_train_state(config)
     with run.checkpointer(config) as checkpoints:
         if checkpoints.latest_step() is None:
             raise CheckpointError(f"{run.path / 'checkpoints'} holds no checkpoint")
