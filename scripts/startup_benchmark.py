@@ -10,6 +10,9 @@
    another checkout's ``seq2seq translate`` first); medians are reported.
 2. ``seq2seq serve`` on scripts/benchmark.py's main configuration (``serve_benchmark.build_workdir``): seconds from
    exec until ``/health`` answers 200 (the warm-up done), first start on an empty cache, then a second start.
+3. ``seq2seq train`` resuming that main-configuration workdir (a copy at step 0, the built-in dates task as data) for
+   one step: wall seconds from exec to exit, on an empty cache and then on the cache the first run filled; the
+   difference is the compilation the cache saves.
 Every JAX run gets its own cache directory through ``SEQ2SEQ_JAX_CACHE_DIR``, so nothing outside it is reused.
 """
 
@@ -109,6 +112,24 @@ def serve_starts(workdir: Path, scratch: Path) -> dict:
     return {"first_start_s": ready[0], "second_start_s": ready[1]}
 
 
+def train_resumes(workdir: Path, scratch: Path) -> dict:
+    from serve_benchmark import build_workdir
+
+    if not (workdir / "config.json").is_file():
+        build_workdir(workdir)
+    cache, seconds = scratch / "train", []
+    for attempt in ("first", "second"):
+        copy = scratch / f"train-{attempt}"
+        shutil.copytree(workdir, copy)
+        command = [sys.executable, "-m", "seq2seq_jax", "train", "--workdir", str(copy), "--set",
+                   "train.max_steps=1", "--set", "train.eval_every=1000"]
+        start = time.perf_counter()
+        subprocess.run(command, env=environment(cache), check=True, capture_output=True, timeout=900)
+        seconds.append(time.perf_counter() - start)
+        print(f"train resume, {attempt} run: {seconds[-1]:.1f} s to one step and exit", flush=True)
+    return {"first_run_s": seconds[0], "second_run_s": seconds[1]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "startup-demo")
@@ -126,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                      args.compare_root)}
         if not args.skip_serve:
             results["serve_main_config"] = serve_starts(args.serve_workdir, scratch)
+            results["train_resume_main_config"] = train_resumes(args.serve_workdir, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,7 @@ from seq2seq_jax.training import parallel
 from seq2seq_jax.training.batch_iterator import BatchIterator
 from seq2seq_jax.training.run_data import TrainingData, prepare_data
 from seq2seq_jax.training.steps import make_eval_step, make_grad_accumulation, make_optimizer, make_train_step
-from seq2seq_jax.training.workdir import Workdir, fresh_train_state
+from seq2seq_jax.training.workdir import Workdir, abstract_train_state, fresh_train_state
 from seq2seq_jax.training.workdir_lock import workdir_lock
 
 logger = logging.getLogger(__name__)
@@ -273,12 +273,13 @@ def _closed_at_end(checkpoints: TrainingCheckpoints, metrics_log: MetricsLog, pr
 
 
 def _initial_state(config: ExperimentConfig, run: Workdir, mesh: Mesh, checkpoints: TrainingCheckpoints):
-    """``(graphdef, train state on the mesh, its shardings)``: the latest checkpoint's state, else a fresh one."""
-    graphdef, host_state = fresh_train_state(config)
-    shardings = parallel.state_shardings(host_state, mesh)
-    restored = checkpoints.restore(parallel.abstract_like(host_state, shardings))
+    """``(graphdef, train state on the mesh, its shardings)``: the latest checkpoint's state, else a fresh one
+    (initialised only then: a resume restores into the state's traced shapes)."""
+    graphdef, abstract = abstract_train_state(config)
+    shardings = parallel.state_shardings(abstract, mesh)
+    restored = checkpoints.restore(parallel.abstract_like(abstract, shardings))
     if restored is None:
-        return graphdef, parallel.place(host_state, shardings), shardings
+        return graphdef, parallel.place(fresh_train_state(config)[1], shardings), shardings
     logger.info(f"resumed from step {restored[0]} in {run.path}")
     return graphdef, restored[1], shardings
 
