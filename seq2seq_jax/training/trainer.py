@@ -38,8 +38,21 @@ from seq2seq_jax.decoding.metrics import corpus_bleu, exact_match, perplexity
 from seq2seq_jax.decoding.translate import Translator
 from seq2seq_jax.training import parallel
 from seq2seq_jax.training.batch_iterator import BatchIterator
+from seq2seq_jax.training.fine_tune import (
+    InitFrom,
+    check_compatible,
+    config_from_source,
+    source_params,
+    take_tokenizers,
+)
 from seq2seq_jax.training.run_data import TrainingData, prepare_data
-from seq2seq_jax.training.steps import make_eval_step, make_grad_accumulation, make_optimizer, make_train_step
+from seq2seq_jax.training.steps import (
+    init_train_state,
+    make_eval_step,
+    make_grad_accumulation,
+    make_optimizer,
+    make_train_step,
+)
 from seq2seq_jax.training.workdir import Workdir, abstract_train_state, fresh_train_state
 from seq2seq_jax.training.workdir_lock import workdir_lock
 
@@ -272,16 +285,24 @@ def _closed_at_end(checkpoints: TrainingCheckpoints, metrics_log: MetricsLog, pr
         iterator.close()
 
 
-def _initial_state(config: ExperimentConfig, run: Workdir, mesh: Mesh, checkpoints: TrainingCheckpoints):
-    """``(graphdef, train state on the mesh, its shardings)``: the latest checkpoint's state, else a fresh one
-    (initialised only then: a resume restores into the state's traced shapes)."""
+def _initial_state(config: ExperimentConfig, run: Workdir, mesh: Mesh, checkpoints: TrainingCheckpoints,
+                   init_from: InitFrom | None):
+    """``(graphdef, train state on the mesh, its shardings, whether it holds another run's parameters)``: the
+    latest checkpoint's state; else a fresh one (initialised only then: a resume restores into the state's traced
+    shapes), with ``init_from``'s parameters when given."""
     graphdef, abstract = abstract_train_state(config)
     shardings = parallel.state_shardings(abstract, mesh)
     restored = checkpoints.restore(parallel.abstract_like(abstract, shardings))
+    if restored is None and init_from is not None:
+        step, params = source_params(init_from)
+        logger.info(f"initialised from step {step} of {init_from.workdir}: its parameters, a fresh optimizer state, "
+                    "step 0")
+        state = init_train_state(params, make_optimizer(config.train), config.train.seed)
+        return graphdef, parallel.place(state, shardings), shardings, True
     if restored is None:
-        return graphdef, parallel.place(fresh_train_state(config)[1], shardings), shardings
+        return graphdef, parallel.place(fresh_train_state(config)[1], shardings), shardings, False
     logger.info(f"resumed from step {restored[0]} in {run.path}")
-    return graphdef, restored[1], shardings
+    return graphdef, restored[1], shardings, False
 
 
 class TrainingUpdate:
@@ -322,7 +343,8 @@ class TrainingUpdate:
         return self.apply_update(state, acc)
 
 
-def train(config: ExperimentConfig, workdir: str | Path, mesh: Mesh | None = None) -> dict[str, float]:
+def train(config: ExperimentConfig, workdir: str | Path, mesh: Mesh | None = None,
+          init_from: InitFrom | None = None) -> dict[str, float]:
     """Train (or resume) in ``workdir``; returns the last validation metrics (empty without validation).
 
     ``mesh``: the ``(data, model)`` device mesh (``parallel.make_mesh``); default, every device on the
@@ -330,13 +352,22 @@ def train(config: ExperimentConfig, workdir: str | Path, mesh: Mesh | None = Non
     multi-host run (``parallel.initialize_distributed`` called first) every process calls ``train`` with the
     same arguments and a workdir on a filesystem they share; only process 0 logs below WARNING. Process 0
     holds the workdir's lock (``workdir_lock``) for the whole job, taken before anything is written there:
-    another writer of ``workdir`` makes it raise ``WorkdirLockedError`` at once.
+    another writer of ``workdir`` makes it raise ``WorkdirLockedError`` at once. ``init_from``: start from another
+    workdir's parameters and tokenizers (``fine_tune``; until this workdir has a checkpoint of its own); the
+    run then validates once before its first step.
     """
     mesh = parallel.make_mesh() if mesh is None else mesh
     main_process = parallel.is_main_process()
     lock = workdir_lock(workdir, "seq2seq train") if main_process else contextlib.nullcontext()
     with lock, warnings_only(enabled=not main_process):
-        return _train(config, Workdir(Path(workdir)), mesh, main_process)
+        run = Workdir(Path(workdir))
+        if init_from is not None:
+            config = config_from_source(init_from, config)
+            check_compatible(init_from, config)
+            if main_process:
+                run.path.mkdir(parents=True, exist_ok=True)
+                take_tokenizers(init_from, run)
+        return _train(config, run, mesh, main_process, init_from)
 
 
 class _Run(NamedTuple):
@@ -350,9 +381,11 @@ class _Run(NamedTuple):
     early_stopping: EarlyStopping
     metrics_log: MetricsLog
     main_process: bool
+    validate_first: bool  # a fine-tuning run's starting point, on its own validation set
 
 
-def _train(config: ExperimentConfig, run: Workdir, mesh: Mesh, main_process: bool) -> dict[str, float]:
+def _train(config: ExperimentConfig, run: Workdir, mesh: Mesh, main_process: bool,
+           init_from: InitFrom | None) -> dict[str, float]:
     if not config.data.max_tokens:  # a token budget makes rows a multiple of the data axis itself
         parallel.check_batch_size(config.data.batch_size, mesh)
     policy = BatchPolicy.of(config.data, row_quantum=parallel.data_size(mesh))
@@ -368,14 +401,14 @@ def _train(config: ExperimentConfig, run: Workdir, mesh: Mesh, main_process: boo
 
     early_stopping = EarlyStopping(train_cfg.best_mode, train_cfg.patience)
     checkpoints = TrainingCheckpoints(run.checkpointer(config), data.iterator, early_stopping, config)
-    graphdef, state, state_shardings = _initial_state(config, run, mesh, checkpoints)
+    graphdef, state, state_shardings, initialised = _initial_state(config, run, mesh, checkpoints, init_from)
     update = TrainingUpdate(graphdef, config, mesh, state_shardings, data.iterator)
     translator = Translator(graphdef, None, data.src_tokenizer, data.tgt_tokenizer, config.decode,
                             config.data.bucket_width)
     validate = Validation(parallel.jit_eval_step(make_eval_step(graphdef), mesh, state_shardings.params),
                           data.valid_examples, data.valid_pairs, translator, config, policy, mesh)
     loop = _Run(config, data, update, validate, checkpoints, early_stopping,
-                MetricsLog(run if main_process else None), main_process)
+                MetricsLog(run if main_process else None), main_process, initialised)
     step, stop_reason, last_metrics = _run_steps(loop, state)
     logger.info(f"stopped at step {step} ({stop_reason}); compiled train programs: {len(update.shapes)}; "
                 f"search programs: {translator.compiled_programs}; best {train_cfg.best_metric}: "
@@ -396,6 +429,8 @@ def _run_steps(loop: _Run, state) -> tuple[int, str, dict[str, float]]:
                     file=sys.stderr, disable=None if loop.main_process else True)
     with _SigtermFlag() as sigterm, _closed_at_end(loop.checkpoints, loop.metrics_log, progress,
                                                    loop.data.iterator):
+        if loop.validate_first and loop.data.valid_examples:
+            last_metrics = _validate(loop, step, state, progress)
         while step < train_cfg.max_steps:
             if parallel.any_process(sigterm.raised):  # every process stops at the same step
                 stop_reason = "SIGTERM"
