@@ -151,8 +151,11 @@ class DataConfig(_JsonConfig):
     """Where the parallel text comes from and how it becomes batches.
 
     ``user_symbols``: strings a sentencepiece tokenizer keeps as single pieces, with or without the word
-    boundary before them (speaker tags such as ``#Person1#``). ``tgt_bucket_width``: the padding multiple of
-    target lengths when it should differ from the source's ``bucket_width`` (0: the same).
+    boundary before them (speaker tags such as ``#Person1#``). ``src_spm_model`` / ``tgt_spm_model``: an
+    existing sentencepiece ``.model`` for that side instead of training one (its pieces renumbered to this
+    toolkit's special ids; the workdir keeps its own copy; with ``joint_vocab`` one model serves both sides).
+    ``tgt_bucket_width``: the padding multiple of target lengths when it should differ from the source's
+    ``bucket_width`` (0: the same).
 
     ``max_tokens``: a token budget for training and validation batches instead of ``batch_size`` rows (0: off).
     Each batch holds one (source bucket, target bucket) of padded lengths ``(S, T)`` and the largest multiple
@@ -181,6 +184,8 @@ class DataConfig(_JsonConfig):
     joint_vocab: bool = False
     character_coverage: float = 1.0
     user_symbols: tuple[str, ...] = ()
+    src_spm_model: str = ""
+    tgt_spm_model: str = ""
     max_src_len: int = 100
     max_tgt_len: int = 100
     long_pair_policy: str = "drop"
@@ -213,6 +218,10 @@ class DataConfig(_JsonConfig):
             for symbol in self.user_symbols:
                 _check(bool(symbol) and not any(ch.isspace() for ch in symbol),
                        f"data.user_symbols must be non-empty and without whitespace, got {symbol!r}")
+        _check(not (self.joint_vocab and self.src_spm_model and self.tgt_spm_model
+                    and self.src_spm_model != self.tgt_spm_model),
+               "data.joint_vocab shares one tokenizer: give one sentencepiece model, not "
+               f"{self.src_spm_model} and {self.tgt_spm_model}")
         _check(bool(self.train_src) == bool(self.train_tgt),
                "data.train_src and data.train_tgt must be given together")
         _check(bool(self.valid_src) == bool(self.valid_tgt),

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from seq2seq_jax.core.encoding import DataReport, encode_pair, new_report
 from seq2seq_jax.core.reading import DataError, iter_parallel, iter_tsv
-from seq2seq_jax.core.tokenizer import Tokenizer, build_tokenizers, load_tokenizers
+from seq2seq_jax.core.tokenizer import SIDE_NAMES, Tokenizer, build_tokenizers, load_tokenizers
 from seq2seq_jax.training.corpus import (
     FORMAT_VERSION,
     MANIFEST_FILE,
@@ -283,6 +283,26 @@ def _check_output(out: Path) -> None:
                         "choose another --out")
 
 
+def given_models(data_config) -> set[str]:
+    """The sides (``src``, ``tgt``) that get a user's sentencepiece model; ``joint_vocab`` shares one."""
+    sides = {side for side, path in zip(SIDE_NAMES, (data_config.src_spm_model, data_config.tgt_spm_model),
+                                        strict=True) if path}
+    return set(SIDE_NAMES) if sides and data_config.joint_vocab else sides
+
+
+def adopted_tokenizers(data_config) -> tuple:
+    """The (src, tgt) tokenizers of the user's sentencepiece models, None for a side without one."""
+    sides = given_models(data_config)
+    if not sides:
+        return None, None
+    from seq2seq_jax.training.adopted_tokenizer import adopt_sentencepiece_model
+
+    paths = (data_config.src_spm_model, data_config.tgt_spm_model)
+    shared = next(path for path in paths if path) if data_config.joint_vocab else None
+    return tuple(adopt_sentencepiece_model(shared or path) if side in sides else None
+                 for side, path in zip(SIDE_NAMES, paths, strict=True))
+
+
 def preprocess(config, out: str | Path, workers: int = 1, tokenizer_dir: str | Path | None = None,
                records_per_shard: int = RECORDS_PER_SHARD, progress: bool = True) -> Corpus:
     """Write the corpus of ``config.data`` (files, or the built-in task) to ``out`` and return it opened.
@@ -310,12 +330,24 @@ def preprocess(config, out: str | Path, workers: int = 1, tokenizer_dir: str | P
             src_tok.save(layout.tokenizer_dir, "src")
             tgt_tok.save(layout.tokenizer_dir, "tgt")
             logger.info(f"tokenizers: reused from {tokenizer_dir}")
+        elif given_models(data_config) == set(SIDE_NAMES):
+            src_tok, tgt_tok = adopted_tokenizers(data_config)
+            src_tok.save(layout.tokenizer_dir, "src")
+            tgt_tok.save(layout.tokenizer_dir, "tgt")
+            logger.info(f"tokenizers: the sentencepiece models {data_config.src_spm_model or data_config.tgt_spm_model}"
+                        + ("" if data_config.joint_vocab else f" and {data_config.tgt_spm_model}"))
         else:
             sample, total = reservoir_sample(
                 tqdm(sources["train"], desc="sample train", unit="pair", dynamic_ncols=True, file=sys.stderr,
                      disable=None if progress else True), data_config.tokenizer_sample_size)
             src_tok, tgt_tok = build_tokenizers(data_config, [s for s, _ in sample], [t for _, t in sample],
                                                 layout.tokenizer_dir)
+            given = adopted_tokenizers(data_config)  # one side's own model, the other side trained
+            for side, tokenizer in zip(SIDE_NAMES, given, strict=True):
+                if tokenizer is not None:
+                    tokenizer.save(layout.tokenizer_dir, side)
+            src_tok, tgt_tok = (ours if theirs is None else theirs for ours, theirs in zip((src_tok, tgt_tok), given,
+                                                                                         strict=True))
             logger.info(f"tokenizers: trained on {len(sample)} of {total} training pairs")
         config = config.with_vocab_sizes(src_tok.vocab_size, tgt_tok.vocab_size)
         config.save(layout.config_path)
