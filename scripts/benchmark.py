@@ -440,17 +440,11 @@ class TorchSearch:
 
         src_t = torch.from_numpy(src.astype("int64"))
         len_t = torch.from_numpy(src_len.astype("int64"))
-        common = dict(min_len=self.config.min_len, max_len_a=self.config.max_len_a,
-                      max_len_b=self.config.max_len_b, max_len_bound=self.bound,
-                      no_repeat_ngram_size=self.config.no_repeat_ngram_size)
+        settings = dataclasses.replace(self.config, beam_size=self.beam_size, n_best=1)
         with torch.no_grad():
             state = self.model.init_decode_state(src_t, len_t)
-            if self.beam_size == 1:
-                result = search.greedy_search(self.model.decode_step, state, len_t,
-                                              length_penalty=self.config.length_penalty, **common)
-            else:
-                result = search.beam_search(self.model.decode_step, state, len_t, beam_size=self.beam_size,
-                                            length_penalty=self.config.length_penalty, n_best=1, **common)
+            search_fn = search.greedy_search if self.beam_size == 1 else search.beam_search
+            result = search_fn(self.model.decode_step, state, len_t, settings, max_len_bound=self.bound)
         return [result.tokens[row, 0, : int(result.lengths[row, 0])].tolist() for row in range(src.shape[0])]
 
 

@@ -16,12 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from search_support import run_search
 
 from seq2seq_jax.core.config import DecodeConfig
 from seq2seq_jax.decoding.search import (
     BOS_ID,
     EOS_ID,
-    _top_k,
+    BeamResult,
     beam_search,
     compaction_sizes,
     first_max_index,
@@ -29,6 +30,7 @@ from seq2seq_jax.decoding.search import (
     max_len_bound_for,
     max_len_for,
     sample,
+    top_k,
 )
 
 EMBED, HIDDEN, MEMORY = 8, 16, 6
@@ -113,7 +115,7 @@ def _compiled_search(kind: str, settings: tuple):
         TRACES.append((kind, settings, memory.shape))
         decode_step = lambda state, tokens: toy_step(jnp, weights, state, tokens)
         init_state = toy_init_state(jnp, weights, memory.astype(jnp.float32), src_len)
-        return search(decode_step, init_state, src_len, **dict(settings))
+        return run_search(search, decode_step, init_state, src_len, **dict(settings))
 
     return run
 
@@ -318,7 +320,7 @@ def test_stopping_bound_uses_the_longest_allowed_length(alpha, expected):
     # alpha = 0: bound -0.80 <= -0.69, done (the argmax answer). alpha = 2: the bound is
     # -0.80 / lp(10) = -0.13 > -0.69, so the search goes on and finds [2, EOS]:
     # (log 0.45 + log 0.97) / lp(2) = -0.61, better than -0.69.
-    result = host(jax.jit(compiler_options=FAST_COMPILE)(lambda src_len: beam_search(
+    result = host(jax.jit(compiler_options=FAST_COMPILE)(lambda src_len: run_search(beam_search,
         scripted_step, {"step": jnp.zeros(src_len.shape, jnp.int32)}, src_len, beam_size=1, length_penalty=alpha,
         max_len_a=0.0, max_len_b=10.0, max_len_bound=10))(np.array([1])))
     assert result.tokens[0, 0, :result.lengths[0, 0]].tolist() == expected
@@ -371,8 +373,10 @@ def sampler(toy):
     def run(memory, src_len, rng, temperature=1.0, top_k=0, top_p=1.0):
         decode_step = lambda state, tokens: toy_step(jnp, toy.weights, state, tokens)
         init_state = toy_init_state(jnp, toy.weights, memory.astype(jnp.float32), src_len)
-        return sample(decode_step, init_state, src_len, rng, temperature=temperature, top_k=top_k, top_p=top_p,
-                      **settings())
+        result = run_search(sample, decode_step, init_state, src_len, rng, temperature=temperature, top_k=top_k,
+                            top_p=top_p, **settings())
+        assert isinstance(result, BeamResult) and result.tokens.shape[1] == 1  # every search's result type
+        return jax.tree_util.tree_map(lambda x: x[:, 0], result)  # the one sample of each sentence
 
     return run
 
@@ -451,15 +455,15 @@ def test_a_decode_step_that_breaks_the_state_contract_is_reported():
     options = dict(beam_size=2, length_penalty=0.0, max_len_a=1.0, max_len_b=1.0, max_len_bound=4)
     cast = lambda state, tokens: (jnp.zeros((tokens.shape[0], 5)), {"h": state["h"].astype(jnp.float16)})
     with pytest.raises(ValueError, match=r"state\['h'\] from float32\[4, 3\] to float16\[4, 3\]"):
-        beam_search(cast, {"h": jnp.zeros((2, 3))}, src_len, **options)
+        run_search(beam_search, cast, {"h": jnp.zeros((2, 3))}, src_len, **options)
     flat_logits = lambda state, tokens: (jnp.zeros((5,)), state)
     with pytest.raises(ValueError, match=r"logits \[4, V\]"):
-        beam_search(flat_logits, {"h": jnp.zeros((2, 3))}, src_len, **options)
+        run_search(beam_search, flat_logits, {"h": jnp.zeros((2, 3))}, src_len, **options)
 
 
 @pytest.mark.parametrize("width, k", [(40_000, 10), (1000, 10), (130, 4), (64 * 3, 6), (50, 10)])
 def test_top_k_without_sort_equals_lax_top_k(width, k):
-    """``_top_k`` (chunk maxima, then a small sort) returns exactly ``lax.top_k``'s values and indices,
+    """``top_k`` (chunk maxima, then a small sort) returns exactly ``lax.top_k``'s values and indices,
     ties to the lower index included: values drawn from a few levels, and rows that are mostly or all -inf."""
     rng = np.random.default_rng(width + k)
     values = rng.integers(0, 5, (6, width)).astype(np.float32) - 10.0
@@ -469,7 +473,7 @@ def test_top_k_without_sort_equals_lax_top_k(width, k):
     values[4, :] = -3.0  # all tied
     values[5, -1] = 7.0  # the maximum in the last, padded chunk
     expected_values, expected_indices = jax.lax.top_k(jnp.asarray(values), k)
-    got_values, got_indices = jax.jit(_top_k, static_argnums=1)(jnp.asarray(values), k)
+    got_values, got_indices = jax.jit(top_k, static_argnums=1)(jnp.asarray(values), k)
     np.testing.assert_array_equal(np.asarray(got_indices), np.asarray(expected_indices))
     np.testing.assert_array_equal(np.asarray(got_values), np.asarray(expected_values))
 
@@ -520,8 +524,8 @@ def test_compacted_greedy_equals_the_full_loop():
             return toy_step(jnp, toy.weights, state, tokens)
 
         state = toy_init_state(jnp, toy.weights, memory.astype(jnp.float32), src_len)
-        return greedy_search(decode_step, state, src_len, length_penalty=0.6, min_len=2, no_repeat_ngram_size=3,
-                             prefix=prefix, prefix_len=prefix_len, compact=compact, **limits)
+        return run_search(greedy_search, decode_step, state, src_len, length_penalty=0.6, min_len=2,
+                          no_repeat_ngram_size=3, prefix=prefix, prefix_len=prefix_len, compact=compact, **limits)
 
     args = (memory, src_len, prefix, prefix_len)
     full = host(run(*args, compact=False))

@@ -13,6 +13,7 @@ import pytest
 import torch
 from flax import nnx
 from parity_support import jax_params, make_batch, make_pair, precision, tiny_config
+from search_support import run_search
 
 from seq2seq_jax.core.encoding import Example
 from seq2seq_jax.core.tokenizer import TokenizerError, VocabularyTokenizer, check_shared_tokenizers
@@ -53,8 +54,10 @@ def _jax_ensemble_search(dtype, members, src, src_len, greedy=False, **settings)
                   for index, (_, graphdef, params) in enumerate(members)]
         state, step = ensemble_search_state(states) if len(states) > 1 else states[0]
         if greedy:
-            return jax.device_get(greedy_search(step, state, jnp.asarray(src_len), max_len_bound=bound, **settings))
-        return jax.device_get(beam_search(step, state, jnp.asarray(src_len), max_len_bound=bound, **settings))
+            return jax.device_get(run_search(greedy_search, step, state, jnp.asarray(src_len), max_len_bound=bound,
+                                  **settings))
+        return jax.device_get(run_search(beam_search, step, state, jnp.asarray(src_len), max_len_bound=bound,
+                              **settings))
 
 
 SETTINGS = dict(beam_size=4, n_best=3, length_penalty=0.6, min_len=0, max_len_a=1.0, max_len_b=2.0)
@@ -68,7 +71,7 @@ def test_two_model_ensemble_matches_torch_ref_float64():
     ensemble = Ensemble([reference for reference, _, _ in members]).eval()
     with torch.no_grad():
         state = ensemble.init_decode_state(tensors["src"], tensors["src_len"])
-        expected = torch_beam_search(ensemble.decode_step, state, tensors["src_len"],
+        expected = run_search(torch_beam_search, ensemble.decode_step, state, tensors["src_len"],
                                      max_len_bound=int(result.tokens.shape[-1]), **SETTINGS)
     np.testing.assert_array_equal(result.lengths, expected.lengths.numpy())
     np.testing.assert_array_equal(result.tokens, expected.tokens.numpy())

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from parity_support import eos_prone_pair, make_batch, precision
+from search_support import run_search
 
 from seq2seq_jax.decoding.search import beam_search, greedy_search, max_len_bound_for, max_len_for
 from torch_ref.search import beam_search as torch_beam_search
@@ -39,8 +40,8 @@ def _jax_search(dtype, src, src_len, copy=False, **settings):
         state, decode_step = model.search_state(jnp.asarray(src), jnp.asarray(src_len))
         if settings.get("greedy"):
             settings = {k: v for k, v in settings.items() if k not in ("greedy", "beam_size", "n_best")}
-            return greedy_search(decode_step, state, jnp.asarray(src_len), max_len_bound=bound, **settings)
-        return beam_search(decode_step, state, jnp.asarray(src_len), max_len_bound=bound, **settings)
+            return run_search(greedy_search, decode_step, state, jnp.asarray(src_len), max_len_bound=bound, **settings)
+        return run_search(beam_search, decode_step, state, jnp.asarray(src_len), max_len_bound=bound, **settings)
 
 
 # K in {1, 4, 5} x alpha in {0, 0.6, 1.0}; min_len cycles through 0 (off), 2 and 3.
@@ -64,7 +65,7 @@ def test_beam_nbest_matches_torch_float64(settings, copy):
     tensors = batch.torch()
     with torch.no_grad():
         state = reference.init_decode_state(tensors["src"], tensors["src_len"])
-        expected = torch_beam_search(reference.decode_step, state, tensors["src_len"], max_len_bound=int(
+        expected = run_search(torch_beam_search, reference.decode_step, state, tensors["src_len"], max_len_bound=int(
             result.tokens.shape[-1]), **settings)
     np.testing.assert_array_equal(result.lengths, expected.lengths.numpy())
     np.testing.assert_array_equal(result.tokens, expected.tokens.numpy())
@@ -97,7 +98,7 @@ def test_beam_scores_match_torch_float32(settings):
     tensors = batch.torch()
     with torch.no_grad():
         state = reference.init_decode_state(tensors["src"], tensors["src_len"])
-        expected = torch_beam_search(reference.decode_step, state, tensors["src_len"],
+        expected = run_search(torch_beam_search, reference.decode_step, state, tensors["src_len"],
                                      max_len_bound=int(result.tokens.shape[-1]), **settings)
     np.testing.assert_array_equal(result.tokens, expected.tokens.numpy())
     finite = np.isfinite(expected.scores.numpy())

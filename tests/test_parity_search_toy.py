@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from search_support import run_search
 
 from seq2seq_jax.decoding.search import EOS_ID, beam_search, max_len_bound_for, max_len_for
 from torch_ref.search import beam_search as torch_beam_search
@@ -79,7 +80,7 @@ def jax_search(settings: tuple):
     @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
     def run(weights, memory, src_len):
         decode_step = functools.partial(jax_decode_step, weights)
-        return beam_search(decode_step, jax_init_state(weights, memory, src_len), src_len, **dict(settings))
+        return run_search(beam_search, decode_step, jax_init_state(weights, memory, src_len), src_len, **dict(settings))
 
     return run
 
@@ -115,8 +116,8 @@ def run_torch(weights, memory, src_len, dtype, search=torch_beam_search, **setti
     torch_dtype = torch.float64 if dtype == np.float64 else torch.float32
     tensors = {k: torch.tensor(v, dtype=torch_dtype) for k, v in weights.items()}
     memory, src_len = torch.tensor(memory, dtype=torch_dtype), torch.tensor(src_len)
-    result = search(functools.partial(torch_decode_step, tensors), torch_init_state(tensors, memory, src_len),
-                    src_len, **settings)
+    result = run_search(search, functools.partial(torch_decode_step, tensors),
+                        torch_init_state(tensors, memory, src_len), src_len, **settings)
     return type(result)(*(None if x is None else x.numpy() for x in result))
 
 

@@ -1,4 +1,4 @@
-"""Target-prefix decoding (rule 10 of seq2seq_jax/decoding/search.py): every hypothesis starts with its sentence's
+"""Target-prefix decoding (rule 10 of docs/search.md): every hypothesis starts with its sentence's
 prefix, the search continues after it, JAX and torch_ref return the same n-best, and a sentence decodes the same alone
 or in a batch of mixed prefix lengths. The prefix wins over min_len / no-repeat bans; after it they apply."""
 
@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from parity_support import eos_prone_pair, make_batch, precision
+from search_support import run_search
 
 from seq2seq_jax.decoding.search import beam_search, greedy_search, max_len_bound_for, max_len_for, sample
 from torch_ref.search import beam_search as torch_beam_search
@@ -44,10 +45,11 @@ def _jax_search(dtype, src, src_len, prefix, prefix_len, kind="beam", vocab=13, 
         state, step = model.search_state(jnp.asarray(src), jnp.asarray(src_len))
         extra = dict(max_len_bound=bound, prefix=jnp.asarray(prefix), prefix_len=jnp.asarray(prefix_len))
         if kind == "greedy":
-            return jax.device_get(greedy_search(step, state, jnp.asarray(src_len), **settings, **extra))
+            return jax.device_get(run_search(greedy_search, step, state, jnp.asarray(src_len), **settings, **extra))
         if kind == "sample":
-            return jax.device_get(sample(step, state, jnp.asarray(src_len), jax.random.key(3), **settings, **extra))
-        return jax.device_get(beam_search(step, state, jnp.asarray(src_len), **settings, **extra))
+            return jax.device_get(run_search(sample, step, state, jnp.asarray(src_len), jax.random.key(3),
+                                  **settings, **extra))
+        return jax.device_get(run_search(beam_search, step, state, jnp.asarray(src_len), **settings, **extra))
 
 
 def _starts_with_prefix(tokens, lengths, prefix, prefix_len):
@@ -75,7 +77,7 @@ def test_prefix_nbest_matches_torch_float64(settings, vocab):
     tensors = batch.torch()
     with torch.no_grad():
         state = reference.init_decode_state(tensors["src"], tensors["src_len"])
-        expected = torch_beam_search(reference.decode_step, state, tensors["src_len"],
+        expected = run_search(torch_beam_search, reference.decode_step, state, tensors["src_len"],
                                      max_len_bound=int(result.tokens.shape[-1]), prefix=torch.from_numpy(prefix),
                                      prefix_len=torch.from_numpy(prefix_len), **settings)
     np.testing.assert_array_equal(result.lengths, expected.lengths.numpy())
@@ -99,7 +101,7 @@ def test_greedy_prefix_matches_torch_and_beam_one():
     tensors = batch.torch()
     with torch.no_grad():
         state = reference.init_decode_state(tensors["src"], tensors["src_len"])
-        expected = torch_greedy_search(reference.decode_step, state, tensors["src_len"],
+        expected = run_search(torch_greedy_search, reference.decode_step, state, tensors["src_len"],
                                        max_len_bound=int(greedy.tokens.shape[-1]), prefix=torch.from_numpy(prefix),
                                        prefix_len=torch.from_numpy(prefix_len), **settings)
     np.testing.assert_array_equal(greedy.tokens, expected.tokens.numpy())
@@ -160,9 +162,9 @@ def test_sampling_starts_with_the_prefix():
     config, _, _ = _models("float32")
     batch = make_batch(config, src_lens=SRC_LENS, tgt_lens=(1,) * len(SRC_LENS), seed=1)
     prefix, prefix_len = _prefixes(config, seed=8)
-    tokens, lengths, _, _ = _jax_search("float32", batch.src, batch.src_len, prefix, prefix_len, kind="sample",
-                                        temperature=1.5, max_len_a=1.0, max_len_b=2.0)
-    _starts_with_prefix(tokens[:, None], lengths[:, None], prefix, prefix_len)
+    result = _jax_search("float32", batch.src, batch.src_len, prefix, prefix_len, kind="sample", temperature=1.5,
+                         max_len_a=1.0, max_len_b=2.0)
+    _starts_with_prefix(result.tokens, result.lengths, prefix, prefix_len)
 
 
 def test_prefix_needs_both_arrays():
@@ -171,5 +173,5 @@ def test_prefix_needs_both_arrays():
     with precision("float32"):
         state, step = model.search_state(jnp.asarray(batch.src), jnp.asarray(batch.src_len))
         with pytest.raises(ValueError, match="prefix and prefix_len"):
-            beam_search(step, state, jnp.asarray(batch.src_len), beam_size=2, length_penalty=0.0, max_len_a=1.0,
-                        max_len_b=2.0, max_len_bound=8, prefix=jnp.zeros((1, 2), jnp.int32))
+            run_search(beam_search, step, state, jnp.asarray(batch.src_len), beam_size=2, length_penalty=0.0,
+                       max_len_a=1.0, max_len_b=2.0, max_len_bound=8, prefix=jnp.zeros((1, 2), jnp.int32))

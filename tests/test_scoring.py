@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from parity_support import jax_params, make_pair, precision, tiny_config
+from search_support import run_search
 
 from seq2seq_jax.core.encoding import Example
 from seq2seq_jax.core.pair_scores import PairScore, corpus_perplexity, format_score, read_pairs
@@ -77,7 +78,7 @@ def test_scoring_the_beam_output_gives_the_beams_score(dtype):
     with precision(dtype):
         model = nnx.merge(graphdef, params)
         state, step = model.search_state(jnp.asarray(batch), jnp.asarray(src_len))
-        result = jax.device_get(beam_search(step, state, jnp.asarray(src_len), beam_size=5, n_best=5,
+        result = jax.device_get(run_search(beam_search, step, state, jnp.asarray(src_len), beam_size=5, n_best=5,
                                             length_penalty=0.0, max_len_a=1.0, max_len_b=3.0,
                                             max_len_bound=max_len_bound_for(src_len, 1.0, 3.0)))
     pairs, beam_scores = [], []

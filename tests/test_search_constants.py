@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import pytest
 from jax.extend import core as jax_core
 from run_support import tiny_config
+from search_support import run_search
 
 from seq2seq_jax.core.config import DecodeConfig
 from seq2seq_jax.decoding.search import beam_search, greedy_search, sample
@@ -76,11 +77,12 @@ def toy_step(state, tokens):
 def test_searches_reduce_no_constants(search):
     limits = dict(max_len_a=1.5, max_len_b=10.0, max_len_bound=64, min_len=2, no_repeat_ngram_size=2)
     run = {
-        "beam": lambda h, src_len: beam_search(toy_step, {"h": h}, src_len, beam_size=5, length_penalty=1.0,
-                                               n_best=2, **limits),
-        "greedy": lambda h, src_len: greedy_search(toy_step, {"h": h}, src_len, length_penalty=1.0, **limits),
-        "sample": lambda h, src_len: sample(toy_step, {"h": h}, src_len, jax.random.key(0), top_k=5, top_p=0.9,
-                                            **limits),
+        "beam": lambda h, src_len: run_search(beam_search, toy_step, {"h": h}, src_len, beam_size=5,
+                                              length_penalty=1.0, n_best=2, **limits),
+        "greedy": lambda h, src_len: run_search(greedy_search, toy_step, {"h": h}, src_len, length_penalty=1.0,
+                                                **limits),
+        "sample": lambda h, src_len: run_search(sample, toy_step, {"h": h}, src_len, jax.random.key(0), top_k=5,
+                                                top_p=0.9, **limits),
     }[search]
     assert constant_reductions(jax.make_jaxpr(run)(jnp.zeros((128, 4)), jnp.ones((128,), jnp.int32))) == []
 

@@ -5,17 +5,9 @@
 ``state`` is a dict (nested dicts, lists and tuples allowed) of tensors with the hypotheses as leading
 axis; a key ``"attention"`` ``[N, S]`` in the returned state is recorded. Token ids: pad 0, bos 2, eos 3.
 
-This is the reference twin of ``seq2seq_jax/decoding/search.py``: the same algorithm, rules 1-10 of that module's
-docstring, written as a Python loop over steps with per-sentence bookkeeping in Python lists, so that the
-parity tests compare two independent implementations. In short: K alive / K finished hypotheses per
-sentence, only beam 0 alive at the start; each step takes the top 2K of K*V summed log-probs (stable:
-lower flat index ``beam * V + token`` first on ties); candidates ranked < K finish if they are EOS or the
-sentence reached ``max_len_i = min(max(1, ceil(a * src_len + b)), max_len_bound)`` (then as-is), scored
-``sum / ((5 + n) / 6) ** length_penalty``; the finished set is the stable top K of old slots + those
-candidates; the best K non-EOS candidates stay alive; a sentence is done at ``max_len_i`` or when
-``best_alive_sum / lp(max_len_i)`` (``lp(n + 1)`` for a negative penalty) ``<= worst finished score``.
-Bans (``min_len``: EOS while ``n < min_len``; ``no_repeat_ngram_size``) set -inf without renormalising.
-Rule 10, the target prefix: while ``n <= prefix_len_b`` only the prefix token keeps its (unbanned) log-prob.
+The reference twin of ``seq2seq_jax.decoding``: the same rules (numbered in docs/search.md), written as a
+Python loop over steps with per-sentence bookkeeping in Python lists, so that the parity tests compare two
+independent implementations. Both take the settings as one ``DecodeConfig`` and return a ``BeamResult``.
 """
 
 from __future__ import annotations
@@ -27,6 +19,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from seq2seq_jax.core.config import DecodeConfig
 from seq2seq_jax.core.search_settings import max_len_for
 from seq2seq_jax.core.tokens import BOS_ID, EOS_ID, PAD_ID
 
@@ -71,15 +64,15 @@ def _score_dtype(logits: torch.Tensor) -> torch.dtype:
     return torch.float64 if logits.dtype == torch.float64 else torch.float32
 
 
-def _apply_bans(log_probs: torch.Tensor, histories: list[list[int]], generated: int, *, min_len: int,
-                no_repeat_ngram_size: int, eos_id: int) -> torch.Tensor:
-    """log_probs [N, V]; histories: the N hypotheses' generated tokens. Returns a banned copy."""
+def _apply_bans(log_probs: torch.Tensor, histories: list[list[int]], generated: int,
+                settings: DecodeConfig) -> torch.Tensor:
+    """Rule 4. log_probs [N, V]; histories: the N hypotheses' generated tokens. Returns a banned copy."""
     log_probs = log_probs.clone()
-    if generated < min_len:
-        log_probs[:, eos_id] = -math.inf
-    if no_repeat_ngram_size > 0:
+    if generated < settings.min_len:
+        log_probs[:, EOS_ID] = -math.inf
+    if settings.no_repeat_ngram_size > 0:
         for row, history in enumerate(histories):
-            for token in banned_ngram_tokens(history, no_repeat_ngram_size):
+            for token in banned_ngram_tokens(history, settings.no_repeat_ngram_size):
                 log_probs[row, token] = -math.inf
     return log_probs
 
@@ -141,24 +134,55 @@ def _pack(per_sentence: list[list[_Finished]], n_best: int, buffer_len: int, dty
     return BeamResult(tokens, lengths, scores, attention)
 
 
+def _beam_step(candidates: torch.Tensor, alive: list[_Hypothesis], finished: list[_Finished], *, beams: int,
+               vocab: int, generated: int, max_len: int, alpha: float, dtype: torch.dtype,
+               step_attention: torch.Tensor | None):
+    """One sentence's step of rules 5-8: ``candidates [K*V]`` are the alive sums plus the step's log-probs.
+
+    Returns ``(alive, alive sums [K] as floats, source beams [K], finished, done)``.
+    """
+    order = torch.sort(candidates, descending=True, stable=True).indices[:2 * beams].tolist()
+    cand_sums = candidates[order]
+    cands = []  # (sum tensor, source beam, token, new hypothesis)
+    for rank, flat in enumerate(order):
+        beam, token = divmod(flat, vocab)
+        source = alive[beam]
+        attention = source.attention + ([step_attention[beam]] if step_attention is not None else [])
+        cands.append((cand_sums[rank], beam, token, _Hypothesis(source.tokens + [token], attention)))
+
+    # Rule 6: ranks < K that are EOS, or everything ranked < K at the length limit, finish.
+    penalty = torch.tensor(length_penalty_factor(generated, alpha), dtype=dtype)
+    new_finished = [_Finished(float(cand_sum / penalty) if token == EOS_ID or generated >= max_len else -math.inf,
+                              hyp.tokens, hyp.attention) for cand_sum, _beam, token, hyp in cands[:beams]]
+    finished = sorted(finished + new_finished, key=lambda hyp: -hyp.score)[:beams]  # stable: old slots first
+
+    # Rule 7: the best K non-EOS candidates stay alive.
+    alive_keys = [-math.inf if token == EOS_ID else float(cand_sum) for cand_sum, _, token, _ in cands]
+    kept = sorted(range(2 * beams), key=lambda rank: -alive_keys[rank])[:beams]
+
+    # Rule 8: done at the length limit or when no alive hypothesis can beat the worst finished one.
+    best_alive = torch.tensor(alive_keys[kept[0]], dtype=dtype)
+    bound_length = max_len if alpha >= 0 else generated + 1
+    bound = float(best_alive / torch.tensor(length_penalty_factor(bound_length, alpha), dtype=dtype))
+    done = generated >= max_len or bound <= finished[-1].score
+    return ([cands[rank][3] for rank in kept], [alive_keys[rank] for rank in kept], [cands[rank][1] for rank in kept],
+            finished, done)
+
+
 @torch.no_grad()
-def beam_search(decode_step: DecodeStep, init_state: Any, src_len: torch.Tensor, *, beam_size: int,
-                length_penalty: float, n_best: int = 1, min_len: int = 0, max_len_a: float, max_len_b: float,
-                max_len_bound: int, no_repeat_ngram_size: int = 0, eos_id: int = EOS_ID,
-                bos_id: int = BOS_ID, prefix: torch.Tensor | None = None,
+def beam_search(decode_step: DecodeStep, init_state: Any, src_len: torch.Tensor, settings: DecodeConfig, *,
+                max_len_bound: int, prefix: torch.Tensor | None = None,
                 prefix_len: torch.Tensor | None = None) -> BeamResult:
-    """Beam search (the algorithm of ``seq2seq_jax.decoding.search``), a Python loop.
+    """Beam search of ``settings.beam_size`` beams (the algorithm of ``seq2seq_jax.decoding``), a Python loop.
 
     init_state: leaves ``[B, ...]``; src_len ``[B]``; optional target prefix ``prefix [B, P]`` with
     ``prefix_len [B]`` (0 = none). Returns BeamResult (torch tensors) with tokens
     ``[B, n_best, max_len_bound]``, lengths/scores ``[B, n_best]``, attention ``[B, n_best, L, S]`` or None.
     """
-    if beam_size < 1 or not 1 <= n_best <= beam_size:
-        raise ValueError(f"need beam_size >= 1 and 1 <= n_best <= beam_size, got {beam_size}, {n_best}")
-    beams, buffer_len, alpha = beam_size, max_len_bound, length_penalty
+    beams, buffer_len, alpha = settings.beam_size, max_len_bound, settings.length_penalty
     src_lengths = [int(s) for s in torch.as_tensor(src_len).reshape(-1).tolist()]
     batch = len(src_lengths)
-    max_lens = [min(max_len_for(s, max_len_a, max_len_b), buffer_len) for s in src_lengths]
+    max_lens = [min(max_len_for(s, settings.max_len_a, settings.max_len_b), buffer_len) for s in src_lengths]
     prefixes = [sentence for sentence in _prefix_lists(prefix, prefix_len, batch) for _ in range(beams)]
 
     state = _map_state(lambda leaf: leaf.repeat_interleave(beams, dim=0), init_state)
@@ -172,7 +196,7 @@ def beam_search(decode_step: DecodeStep, init_state: Any, src_len: torch.Tensor,
         if all(done):
             break
         generated = step + 1
-        last_tokens = torch.tensor([hyp.tokens[-1] if hyp.tokens else bos_id for sentence in alive for hyp in sentence],
+        last_tokens = torch.tensor([hyp.tokens[-1] if hyp.tokens else BOS_ID for sentence in alive for hyp in sentence],
                                    dtype=torch.long)
         logits, new_state = decode_step(state, last_tokens)
         dtype = _score_dtype(logits)
@@ -180,8 +204,7 @@ def beam_search(decode_step: DecodeStep, init_state: Any, src_len: torch.Tensor,
             alive_sums = torch.full((batch, beams), -math.inf, dtype=dtype)
             alive_sums[:, 0] = 0.0
         unbanned = torch.log_softmax(logits.to(dtype), dim=-1)
-        log_probs = _apply_bans(unbanned, [hyp.tokens for sentence in alive for hyp in sentence], generated,
-                                min_len=min_len, no_repeat_ngram_size=no_repeat_ngram_size, eos_id=eos_id)
+        log_probs = _apply_bans(unbanned, [hyp.tokens for sentence in alive for hyp in sentence], generated, settings)
         log_probs = _force_prefix(log_probs, unbanned, prefixes, generated)
         vocab = log_probs.shape[1]
         log_probs = log_probs.reshape(batch, beams, vocab)
@@ -195,60 +218,32 @@ def beam_search(decode_step: DecodeStep, init_state: Any, src_len: torch.Tensor,
         for b in range(batch):
             if done[b]:
                 continue
-            candidates = (alive_sums[b][:, None] + log_probs[b]).reshape(-1)
-            order = torch.sort(candidates, descending=True, stable=True).indices[:2 * beams].tolist()
-            cand_sums = candidates[order]
-            cands = []  # (sum tensor, source beam, token, new hypothesis)
-            for rank, flat in enumerate(order):
-                beam, token = divmod(flat, vocab)
-                source = alive[b][beam]
-                attention = source.attention + ([step_attention[b, beam]] if step_attention is not None else [])
-                cands.append((cand_sums[rank], beam, token, _Hypothesis(source.tokens + [token], attention)))
-
-            # Finishing: ranks < K that are EOS, or everything ranked < K at the length limit.
-            penalty = torch.tensor(length_penalty_factor(generated, alpha), dtype=dtype)
-            new_finished = []
-            for cand_sum, _beam, token, hyp in cands[:beams]:
-                if token == eos_id or generated >= max_lens[b]:
-                    new_finished.append(_Finished(float(cand_sum / penalty), hyp.tokens, hyp.attention))
-                else:
-                    new_finished.append(_Finished(-math.inf, hyp.tokens, hyp.attention))
-            pool = finished[b] + new_finished
-            finished[b] = sorted(pool, key=lambda hyp: -hyp.score)[:beams]  # stable: old slots first on ties
-
-            # The best K non-EOS candidates stay alive.
-            alive_keys = [-math.inf if token == eos_id else float(cand_sum) for cand_sum, _, token, _ in cands]
-            kept = sorted(range(2 * beams), key=lambda rank: -alive_keys[rank])[:beams]
-            alive[b] = [cands[rank][3] for rank in kept]
-            for k, rank in enumerate(kept):
-                new_alive_sums[b, k] = alive_keys[rank]
-                source_rows[b * beams + k] = b * beams + cands[rank][1]
-
-            # Done?
-            best_alive = new_alive_sums[b, 0]
-            bound_length = max_lens[b] if alpha >= 0 else generated + 1
-            bound = float(best_alive / torch.tensor(length_penalty_factor(bound_length, alpha), dtype=dtype))
-            done[b] = generated >= max_lens[b] or bound <= finished[b][-1].score
+            alive[b], sums, source_beams, finished[b], done[b] = _beam_step(
+                (alive_sums[b][:, None] + log_probs[b]).reshape(-1), alive[b], finished[b], beams=beams, vocab=vocab,
+                generated=generated, max_len=max_lens[b], alpha=alpha, dtype=dtype,
+                step_attention=None if step_attention is None else step_attention[b])
+            for k, (total, beam) in enumerate(zip(sums, source_beams, strict=True)):
+                new_alive_sums[b, k] = total
+                source_rows[b * beams + k] = b * beams + beam
 
         alive_sums = new_alive_sums
         rows = torch.tensor(source_rows, dtype=torch.long)
         state = _map_state(lambda leaf, rows=rows: leaf.index_select(0, rows), new_state)
 
-    return _pack(finished, n_best, buffer_len, dtype, attention_width)
+    return _pack(finished, settings.n_best, buffer_len, dtype, attention_width)
 
 
 @torch.no_grad()
-def greedy_search(decode_step: DecodeStep, init_state: Any, src_len: torch.Tensor, *, length_penalty: float = 0.0,
-                  min_len: int = 0, max_len_a: float, max_len_b: float, max_len_bound: int,
-                  no_repeat_ngram_size: int = 0, eos_id: int = EOS_ID, bos_id: int = BOS_ID,
-                  prefix: torch.Tensor | None = None, prefix_len: torch.Tensor | None = None) -> BeamResult:
+def greedy_search(decode_step: DecodeStep, init_state: Any, src_len: torch.Tensor, settings: DecodeConfig, *,
+                  max_len_bound: int, prefix: torch.Tensor | None = None,
+                  prefix_len: torch.Tensor | None = None) -> BeamResult:
     """The plain argmax loop (first index on ties) with the bans, limits and prefix rule of beam search; n_best = 1.
 
-    Equals ``beam_search(..., beam_size=1)`` when ``length_penalty == 0``.
+    ``settings.beam_size`` is not read. Equals ``beam_search`` with one beam when ``length_penalty == 0``.
     """
     src_lengths = [int(s) for s in torch.as_tensor(src_len).reshape(-1).tolist()]
     batch = len(src_lengths)
-    max_lens = [min(max_len_for(s, max_len_a, max_len_b), max_len_bound) for s in src_lengths]
+    max_lens = [min(max_len_for(s, settings.max_len_a, settings.max_len_b), max_len_bound) for s in src_lengths]
     prefixes = _prefix_lists(prefix, prefix_len, batch)
     hyps = [_Hypothesis() for _ in range(batch)]
     sums: list[torch.Tensor | None] = [None] * batch
@@ -258,12 +253,11 @@ def greedy_search(decode_step: DecodeStep, init_state: Any, src_len: torch.Tenso
         if all(done):
             break
         generated = step + 1
-        last_tokens = torch.tensor([hyp.tokens[-1] if hyp.tokens else bos_id for hyp in hyps], dtype=torch.long)
+        last_tokens = torch.tensor([hyp.tokens[-1] if hyp.tokens else BOS_ID for hyp in hyps], dtype=torch.long)
         logits, state = decode_step(state, last_tokens)
         dtype = _score_dtype(logits)
         unbanned = torch.log_softmax(logits.to(dtype), dim=-1)
-        log_probs = _apply_bans(unbanned, [hyp.tokens for hyp in hyps], generated, min_len=min_len,
-                                no_repeat_ngram_size=no_repeat_ngram_size, eos_id=eos_id)
+        log_probs = _apply_bans(unbanned, [hyp.tokens for hyp in hyps], generated, settings)
         log_probs = _force_prefix(log_probs, unbanned, prefixes, generated)
         step_attention = state.get("attention") if isinstance(state, dict) else None
         if step_attention is not None:
@@ -278,10 +272,9 @@ def greedy_search(decode_step: DecodeStep, init_state: Any, src_len: torch.Tenso
             hyps[b].tokens.append(token)
             if step_attention is not None:
                 hyps[b].attention.append(step_attention[b].to(dtype))
-            done[b] = token == eos_id or generated >= max_lens[b]
+            done[b] = token == EOS_ID or generated >= max_lens[b]
     finished = []
     for hyp, total in zip(hyps, sums, strict=True):
-        penalty = torch.tensor(length_penalty_factor(len(hyp.tokens), length_penalty), dtype=dtype)
+        penalty = torch.tensor(length_penalty_factor(len(hyp.tokens), settings.length_penalty), dtype=dtype)
         finished.append([_Finished(float(total / penalty), hyp.tokens, hyp.attention)])
     return _pack(finished, 1, max_len_bound, dtype, attention_width)
-

@@ -94,10 +94,8 @@ def translate(model: Seq2Seq | Ensemble, src_tokenizer: Tokenizer, tgt_tokenizer
         state = model.init_decode_state(src.to(device), src_len.to(device))
         bound = max(max_len_for(int(n), config.max_len_a, config.max_len_b) for n in src_len)
         prefix, prefix_len = _prefix_batch(prefix_ids, indices)
-        result = beam_search(model.decode_step, state, src_len, beam_size=config.beam_size,
-                             length_penalty=config.length_penalty, n_best=config.n_best, min_len=config.min_len,
-                             max_len_a=config.max_len_a, max_len_b=config.max_len_b, max_len_bound=bound,
-                             no_repeat_ngram_size=config.no_repeat_ngram_size, prefix=prefix, prefix_len=prefix_len)
+        result = beam_search(model.decode_step, state, src_len, config, max_len_bound=bound, prefix=prefix,
+                             prefix_len=prefix_len)
         for row, index in enumerate(indices):
             hypotheses = []
             for rank in range(result.tokens.shape[1]):

@@ -1,18 +1,13 @@
 """Text in, text out: tokenize, batch by length, search (beam, greedy or sampling), detokenize, restore input
-order. One output per input line, in order.
-
-A blank line (empty or whitespace only) is not translated: it never enters a batch and its result is an empty
-list of hypotheses, which every consumer writes as an empty line (``translate_best`` gives ``""``), in every
-decoding mode and whatever its prefix; the model is never asked to make something up from EOS alone.
+order. One output per input line, in order; a blank line (empty or whitespace only) is never searched and its
+result is an empty list of hypotheses, written as an empty line in every decoding mode and whatever its prefix.
 
 Every batch has ``batch_size`` rows and a source length rounded up to ``bucket_width``, and the output buffer
 is sized for that padded length (rounded up to 8), so one program is compiled per padded shape and decoding
 setting, never per sentence; ``Translator.compiled_programs`` counts them. A target prefix per line (rule 10
-of ``seq2seq_jax.decoding.search``) is padded to a multiple of 8 pieces per batch, which adds that width to the key.
-
-Several models that share the tokenizers (``graphdef`` and ``params`` given as equal-length sequences) decode as
-one ensemble in one jitted search (``seq2seq_jax.decoding.ensemble``); the attention kept for plots is the first
-model's.
+of docs/search.md) is padded to a multiple of 8 pieces per batch, which adds that width to the key. Several
+models that share the tokenizers (``graphdef`` and ``params`` as equal-length sequences) decode as one ensemble
+in one jitted search (``seq2seq_jax.decoding.ensemble``); the attention kept for plots is the first model's.
 """
 
 from __future__ import annotations
@@ -30,7 +25,7 @@ from seq2seq_jax.core.config import DecodeConfig
 from seq2seq_jax.core.search_settings import Hypothesis, output_ids
 from seq2seq_jax.core.tokenizer import PAD_ID, Tokenizer
 from seq2seq_jax.decoding.ensemble import ensemble_search_state
-from seq2seq_jax.decoding.search import EOS_ID, beam_search, greedy_search, max_len_bound_for, sample
+from seq2seq_jax.decoding.search import EOS_ID, max_len_bound_for, search
 
 logger = logging.getLogger(__name__)
 
@@ -157,20 +152,19 @@ class Translator:
 def make_search(graphdef: nnx.GraphDef | tuple[nnx.GraphDef, ...], config: DecodeConfig, max_len_bound: int,
                 with_attention: bool, compact: bool = True):
     """The search ``Translator`` jits, for one model (``graphdef``) or an ensemble (a tuple of them):
-    ``search(params, src [B, S], src_len [B], rng, prefix [B, P] | None, prefix_len [B] | None) ->
-    (tokens [B, n, L], lengths [B, n], scores [B, n], attention [B, n, L, S] | None)`` with ``n = n_best``
-    (1 when sampling), ``L = max_len_bound``.
+    ``search(params, src [B, S], src_len [B], rng, prefix [B, P] | None, prefix_len [B] | None) -> BeamResult``
+    with ``n = n_best`` hypotheses a sentence (1 for greedy search and sampling), ``L = max_len_bound``.
 
     ``params``: the model's (a tuple of the models' for an ensemble). Without attention the search carries no
     ``[B, K, L, S]`` attention buffers (for long sources they cost more than the model); the encoder memory is
     never copied per beam (``Seq2Seq.search_state``). ``compact``: greedy search moves its unfinished rows to
-    smaller loops as rows finish (``seq2seq_jax.decoding.search._sequential_decode``): the same tokens, scores equal up
+    smaller loops as rows finish (``seq2seq_jax.decoding.sequential_search``): the same tokens, scores equal up
     to float rounding.
     """
     ensemble = isinstance(graphdef, tuple)
     compact = compact and config.beam_size == 1 and not config.sample
 
-    def search(params, src, src_len, rng, prefix, prefix_len):
+    def run(params, src, src_len, rng, prefix, prefix_len):
         if ensemble:
             state, decode_step = ensemble_search_state([
                 nnx.merge(model_graphdef, model_params).search_state(
@@ -179,24 +173,10 @@ def make_search(graphdef: nnx.GraphDef | tuple[nnx.GraphDef, ...], config: Decod
         else:
             state, decode_step = nnx.merge(graphdef, params).search_state(src, src_len, with_attention=with_attention,
                                                                           compactable=compact)
-        common = dict(min_len=config.min_len, max_len_a=config.max_len_a, max_len_b=config.max_len_b,
-                      max_len_bound=max_len_bound, no_repeat_ngram_size=config.no_repeat_ngram_size,
-                      prefix=prefix, prefix_len=prefix_len)
-        if config.sample:
-            tokens, lengths, scores, attention = sample(
-                decode_step, state, src_len, rng, temperature=config.temperature, top_k=config.top_k,
-                top_p=config.top_p, **common)
-            expand = lambda x: None if x is None else x[:, None]
-            return tokens[:, None], lengths[:, None], scores[:, None], expand(attention)
-        if config.beam_size == 1:  # greedy: the plain argmax loop, whatever the length penalty
-            result = greedy_search(decode_step, state, src_len, length_penalty=config.length_penalty,
-                                   compact=compact, **common)
-        else:
-            result = beam_search(decode_step, state, src_len, beam_size=config.beam_size,
-                                 length_penalty=config.length_penalty, n_best=config.n_best, **common)
-        return result.tokens, result.lengths, result.scores, result.attention
+        return search(decode_step, state, src_len, config, max_len_bound=max_len_bound, rng=rng, prefix=prefix,
+                      prefix_len=prefix_len, compact=compact)
 
-    return search
+    return run
 
 
 def _prefix_batch(prefix_ids: list[list[int]] | None, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
