@@ -20,6 +20,7 @@ import numpy as np
 import optax
 import pytest
 
+from seq2seq_jax.training import checkpoint
 from seq2seq_jax.training.checkpoint import CORRUPT_DIR, Checkpointer, CheckpointError, find_nonfinite_leaf
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -134,6 +135,16 @@ def test_non_finite_state_is_refused_and_nothing_written(tmp_path):
         assert ckpt.all_steps() == []
         assert not any(p.name.startswith("1") for p in (tmp_path / "checkpoints").iterdir())
         assert find_nonfinite_leaf({"count": jnp.asarray(3), "x": np.ones(2)}) is None
+
+
+def test_the_compiled_finite_check_agrees_with_the_host_one():
+    """Arrays on CPU are checked by numpy in place; elsewhere (accelerators, arrays spread over hosts) one
+    compiled pass does it: both give the same answer, leaf by leaf."""
+    leaves = [jnp.ones((2, 3)), jnp.array([1.0, jnp.nan]), jnp.array([jnp.inf], jnp.bfloat16),
+              jnp.zeros(4, jnp.bfloat16)]
+    compiled = [bool(finite) for finite in jax.device_get(checkpoint._leaves_finite(leaves))]
+    assert compiled == [True, False, False, True]
+    assert [find_nonfinite_leaf([leaf]) for leaf in leaves] == [None, "[0]", "[0]", None]
 
 
 def test_extra_must_be_json(tmp_path):

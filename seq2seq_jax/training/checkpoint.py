@@ -24,6 +24,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from seq2seq_jax.training.checkpoint_policy import KeepLatestAndBest, preservation_policy_available
@@ -57,13 +58,24 @@ def _leaves_finite(leaves: list[jax.Array]) -> jax.Array:
     return jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves])
 
 
+def _in_host_memory(leaf: Any) -> bool:
+    """Whether numpy can read ``leaf`` where it lies: a host array, or a jax array held whole on CPU devices."""
+    if not isinstance(leaf, jax.Array):
+        return True
+    return leaf.is_fully_addressable and all(device.platform == "cpu" for device in leaf.devices())
+
+
 def find_nonfinite_leaf(state: Any) -> str | None:
     """Path (``jax.tree_util.keystr``) of the first floating leaf of ``state`` holding NaN/Inf, or None."""
     leaves_with_paths = jax.tree_util.tree_flatten_with_path(state)[0]
     floating = [(path, leaf) for path, leaf in leaves_with_paths if _is_floating(leaf)]
     if not floating:
         return None
-    all_finite = jax.device_get(_leaves_finite([leaf for _, leaf in floating]))
+    leaves = [leaf for _, leaf in floating]
+    if all(_in_host_memory(leaf) for leaf in leaves):  # numpy reads them in place: no program at all
+        all_finite = [bool(np.isfinite(np.asarray(leaf)).all()) for leaf in leaves]
+    else:
+        all_finite = jax.device_get(_leaves_finite(leaves))
     for (path, _), finite in zip(floating, all_finite, strict=True):
         if not bool(finite):
             return jax.tree_util.keystr(path) or "<root>"
