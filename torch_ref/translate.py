@@ -1,25 +1,14 @@
 """Translate text with PyTorch alone, from an export directory (``seq2seq export-torch``)::
 
-    python -m torch_ref.translate DIR [DIR ...] [--beam-size K] [--batch-size B] [--length-penalty A]
-                                      [--max-len-a A --max-len-b B] [--n-best N] [--input F] [--output F]
-                                      [--prefix F]
+    python -m torch_ref.translate DIR [DIR ...] [decode flags of seq2seq translate] [--input F] [--output F]
 
-Reads stdin (or ``--input``) and writes exactly one line per input line, in order. A blank line (empty or
-whitespace only) is not translated: its result is an empty list of hypotheses and its output line is empty,
-as in ``seq2seq translate``. Decoding settings default to the exported experiment's ``decode``
-section. The output equals ``seq2seq translate`` on the workdir the export came from: the same tokenization
-(source ids + EOS), the same beam search (``torch_ref.search.beam_search``; greedy is beam 1), a final EOS
-stripped and ``tgt_tokenizer.decode(ids)``; with ``n_best > 1`` a line is ``text<TAB>score`` per hypothesis.
-Inputs are sorted by length into batches and put back in input order; the search is batch-invariant, so
-batching does not change the output. Sampling is not supported here (beam search is used).
-
-Several export directories decode as an ensemble (``torch_ref.ensemble``; decode settings from the first);
-``--prefix F`` gives one target prefix per input line (an empty line for none) that every hypothesis starts
-with (rule 10 of the search).
-
-No JAX anywhere: this module imports torch, ``torch_ref`` and the JAX-free ``seq2seq_jax.core`` (config,
-data, tokenizers, and the ``Hypothesis``, output line and decode-settings overlay that ``seq2seq translate``
-uses too).
+Reads stdin (or ``--input``) and writes exactly one line per input line, in order (a blank input line gives an
+empty output line). Decoding settings default to the export's ``decode`` section. The output equals ``seq2seq
+translate`` on the workdir the export came from: the same tokenization (source ids + EOS), the same beam search
+(``torch_ref.search``, rules of docs/search.md; greedy is beam 1), the same output line. Several directories
+decode as an ensemble (settings from the first); ``--prefix F`` gives one target prefix per line. Sampling is
+not supported here (beam search is used). No JAX: this module imports torch, ``torch_ref`` and the JAX-free
+``seq2seq_jax.core``.
 """
 
 from __future__ import annotations
