@@ -211,7 +211,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from seq2seq_jax.core.encoding import encode_pairs
     from seq2seq_jax.core.pair_scores import corpus_perplexity
     from seq2seq_jax.core.reading import read_lines
-    from seq2seq_jax.decoding.metrics import exact_match, rouge, translation_scores
+    from seq2seq_jax.decoding.metrics import exact_match, per_example_references, rouge, translation_scores
 
     model, translator = _load_translator(args)
     sources = read_lines(args.src).lines
@@ -219,10 +219,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for path, refs in zip(args.ref, references, strict=True):
         if len(refs) != len(sources):
             raise ValueError(f"{args.src} has {len(sources)} lines but {path} has {len(refs)}")
+    per_example = per_example_references(references, args.ref)  # empty reference lines left out
     hyps = translator.translate_best(sources)
-    per_example = [[refs[i] for refs in references] for i in range(len(sources))]
     steps = [trained.step for trained in model.models]
-    result = {**translation_scores(hyps, per_example), "exact_match": exact_match(hyps, references[0]),
+    result = {**translation_scores(hyps, per_example), "exact_match": exact_match(hyps, per_example),
               "sentences": len(sources), "step": steps[0] if len(steps) == 1 else steps}
     first = model.models[0]
     examples, report = encode_pairs(list(zip(sources, references[0], strict=True)), model.src_tokenizer,
@@ -241,6 +241,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         print("BLEU {bleu:.2f}  ({bleu_signature})".format(**result))
         print("chrF {chrf:.2f}  ({chrf_signature})".format(**result))
+        print("chrF++ {chrf_pp:.2f}  ({chrf_pp_signature})".format(**result))
+        print("TER {ter:.2f}  ({ter_signature})".format(**result))
         if "perplexity" in result:
             print(f"perplexity {result['perplexity']:.3f} over {result['perplexity_pairs']} non-empty pairs")
         print(f"exact match {result['exact_match']:.2f}%")

@@ -11,10 +11,12 @@ from rouge_score import rouge_scorer
 from seq2seq_jax.decoding.metrics import (
     corpus_bleu,
     corpus_chrf,
+    corpus_ter,
     exact_match,
     per_example_references,
     perplexity,
     rouge,
+    translation_scores,
 )
 
 HYPS = ["the cat sat on the mat", "a quick brown fox jumps", "hello world again"]
@@ -112,3 +114,31 @@ def test_bad_reference_inputs():
         corpus_bleu(["a", "b"], [["a"], []])
     with pytest.raises(ValueError, match="different numbers of lines"):
         per_example_references([["a", "b"], ["c"]])
+
+
+def test_empty_reference_lines_are_left_out_of_a_multi_reference_set():
+    """Reference files of a set whose examples have different numbers of references leave the missing lines
+    empty (WebNLG's dev_sets.refN): those are not references. BLEU, chrF, chrF++ and TER then equal
+    sacrebleu's with the missing references as None, and an example whose only reference is empty keeps it."""
+    ref2 = [REFS_B[0], "", REFS_B[2]]
+    ref3 = ["", "", "hello world again indeed"]
+    per_example = per_example_references([REFS_A, ref2, ref3], ["ref1", "ref2", "ref3"])
+    assert per_example == [[REFS_A[0], REFS_B[0]], [REFS_A[1]], [REFS_A[2], REFS_B[2], ref3[2]]]
+    streams = [REFS_A, [REFS_B[0], None, REFS_B[2]], [None, None, ref3[2]]]
+    scores = translation_scores(HYPS, per_example)
+    for name, metric in [("bleu", sacrebleu.metrics.BLEU()), ("chrf", sacrebleu.metrics.CHRF()),
+                         ("chrf_pp", sacrebleu.metrics.CHRF(word_order=2)), ("ter", sacrebleu.metrics.TER())]:
+        assert scores[name] == pytest.approx(metric.corpus_score(HYPS, streams).score), name
+        assert scores[f"{name}_signature"].startswith("nrefs:var|"), name
+    assert per_example_references([["a", ""], ["b", ""]]) == [["a", "b"], [""]]
+    with pytest.raises(ValueError, match=r"different numbers of lines \(ref1: 2, ref2: 1\)"):
+        per_example_references([["a", "b"], ["c"]], ["ref1", "ref2"])
+
+
+def test_ter_and_chrf_plus_plus_match_sacrebleu():
+    score, signature = corpus_ter(HYPS, REFS_A)
+    assert score == pytest.approx(sacrebleu.metrics.TER().corpus_score(HYPS, [REFS_A]).score)
+    assert "tok:tercom" in signature
+    chrf_pp, chrf_pp_signature = corpus_chrf(HYPS, REFS_A, word_order=2)
+    assert chrf_pp == pytest.approx(sacrebleu.metrics.CHRF(word_order=2).corpus_score(HYPS, [REFS_A]).score)
+    assert "nw:2" in chrf_pp_signature

@@ -1,4 +1,4 @@
-"""Evaluation metrics on detokenized text: sacrebleu BLEU and chrF (with their reproducibility signatures),
+"""Evaluation metrics on detokenized text: sacrebleu BLEU, chrF, chrF++ and TER (with their signatures),
 rouge-score ROUGE-1/2/L, perplexity and exact match.
 
 References, everywhere in this module, are given **per example**:
@@ -18,22 +18,27 @@ from collections.abc import Sequence
 from typing import Any
 
 from rouge_score import rouge_scorer
-from sacrebleu.metrics import BLEU, CHRF
+from sacrebleu.metrics import BLEU, CHRF, TER
 
 from seq2seq_jax.core.pair_scores import perplexity
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
-def per_example_references(streams: Sequence[Sequence[str]]) -> list[list[str]]:
+def per_example_references(streams: Sequence[Sequence[str]], names: Sequence[str] | None = None) -> list[list[str]]:
     """Convert sacrebleu-style reference streams (``[num_refs][num_examples]``, e.g. one list per reference
-    file) to per-example lists (``[num_examples][num_refs]``). All streams must have the same length."""
+    file, ``names`` their file names) to per-example lists (``[num_examples][num_refs_i]``), leaving out empty
+    references: a set of reference files where an example has fewer references leaves its line empty (as
+    WebNLG's ``dev_sets.refN`` do). All streams must have the same length."""
     lengths = [len(stream) for stream in streams]
+    names = list(names) if names is not None else [f"reference stream {k + 1}" for k in range(len(streams))]
     if not lengths:
         raise ValueError("metrics.py: no reference streams given")
     if len(set(lengths)) != 1:
-        raise ValueError(f"metrics.py: reference streams have different numbers of lines: {lengths}")
-    return [list(refs) for refs in zip(*streams, strict=True)]
+        counts = ", ".join(f"{name}: {length}" for name, length in zip(names, lengths, strict=True))
+        raise ValueError(f"metrics.py: reference streams have different numbers of lines ({counts})")
+    # An example whose every reference is empty keeps one empty reference: a blank line of a one-file set.
+    return [[ref for ref in refs if ref.strip()] or [refs[0]] for refs in zip(*streams, strict=True)]
 
 
 def _per_example(hyps: Sequence[str], refs: Sequence[str] | Sequence[Sequence[str]], metric: str
@@ -69,6 +74,12 @@ def _sacrebleu_streams(per_example: list[list[str]]) -> list[list[str | None]]:
     return [[refs[k] if k < len(refs) else None for refs in per_example] for k in range(num_streams)]
 
 
+def _corpus_score(metric: Any, hyps: Sequence[str], refs: Sequence[str] | Sequence[Sequence[str]], name: str
+                  ) -> tuple[float, str]:
+    streams = _sacrebleu_streams(_per_example(hyps, refs, name))
+    return float(metric.corpus_score(list(hyps), streams).score), str(metric.get_signature())
+
+
 def corpus_bleu(hyps: Sequence[str], refs: Sequence[str] | Sequence[Sequence[str]], **bleu_options: Any
                 ) -> tuple[float, str]:
     """Corpus BLEU (0-100) and its sacrebleu signature string, e.g.
@@ -76,10 +87,7 @@ def corpus_bleu(hyps: Sequence[str], refs: Sequence[str] | Sequence[Sequence[str
 
     ``bleu_options`` go to ``sacrebleu.metrics.BLEU`` (e.g. ``tokenize="zh"``, ``lowercase=True``).
     """
-    streams = _sacrebleu_streams(_per_example(hyps, refs, "BLEU"))
-    bleu = BLEU(**bleu_options)
-    score = bleu.corpus_score(list(hyps), streams).score
-    return float(score), str(bleu.get_signature())
+    return _corpus_score(BLEU(**bleu_options), hyps, refs, "BLEU")
 
 
 def corpus_chrf(hyps: Sequence[str], refs: Sequence[str] | Sequence[Sequence[str]], **chrf_options: Any
@@ -88,17 +96,25 @@ def corpus_chrf(hyps: Sequence[str], refs: Sequence[str] | Sequence[Sequence[str
 
     ``chrf_options`` go to ``sacrebleu.metrics.CHRF``.
     """
-    streams = _sacrebleu_streams(_per_example(hyps, refs, "chrF"))
-    chrf = CHRF(**chrf_options)
-    score = chrf.corpus_score(list(hyps), streams).score
-    return float(score), str(chrf.get_signature())
+    return _corpus_score(CHRF(**chrf_options), hyps, refs, "chrF")
+
+
+def corpus_ter(hyps: Sequence[str], refs: Sequence[str] | Sequence[Sequence[str]], **ter_options: Any
+               ) -> tuple[float, str]:
+    """Corpus TER (edits per reference word x100, lower is better; several references: the closest) and its
+    sacrebleu signature string. ``ter_options`` go to ``sacrebleu.metrics.TER``."""
+    return _corpus_score(TER(**ter_options), hyps, refs, "TER")
 
 
 def translation_scores(hyps: Sequence[str], refs: Sequence[str] | Sequence[Sequence[str]]) -> dict[str, Any]:
-    """``{"bleu", "bleu_signature", "chrf", "chrf_signature"}``: sacrebleu's defaults, as reported everywhere."""
-    bleu, bleu_signature = corpus_bleu(hyps, refs)
-    chrf, chrf_signature = corpus_chrf(hyps, refs)
-    return {"bleu": bleu, "bleu_signature": bleu_signature, "chrf": chrf, "chrf_signature": chrf_signature}
+    """sacrebleu's defaults, as reported everywhere: ``bleu``, ``chrf``, ``chrf_pp`` (chrF++, word bigrams too)
+    and ``ter``, each with its ``*_signature``."""
+    scores: dict[str, Any] = {}
+    for name, (value, signature) in (("bleu", corpus_bleu(hyps, refs)), ("chrf", corpus_chrf(hyps, refs)),
+                                     ("chrf_pp", corpus_chrf(hyps, refs, word_order=2)),
+                                     ("ter", corpus_ter(hyps, refs))):
+        scores[name], scores[f"{name}_signature"] = value, signature
+    return scores
 
 
 def rouge(hyps: Sequence[str], refs_lists: Sequence[str] | Sequence[Sequence[str]], use_stemmer: bool = True,
@@ -129,5 +145,5 @@ def exact_match(hyps: Sequence[str], refs: Sequence[str] | Sequence[Sequence[str
     return 100.0 * matches / len(per_example)
 
 
-__all__ = ["corpus_bleu", "corpus_chrf", "rouge", "perplexity", "exact_match", "per_example_references",
-           "ROUGE_TYPES"]
+__all__ = ["corpus_bleu", "corpus_chrf", "corpus_ter", "translation_scores", "rouge", "perplexity", "exact_match",
+           "per_example_references", "ROUGE_TYPES"]
