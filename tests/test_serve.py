@@ -295,7 +295,8 @@ def test_64_concurrent_clients_get_bit_identical_answers_with_fixed_rows(exact_s
 
 def test_batching_policy_waits_for_the_clients_a_search_answered():
     """``seconds_to_wait`` on a fake clock: the time a free decoder still waits before taking the batch."""
-    from seq2seq_jax.serving.server import LastSearch, ServeLimits, seconds_to_wait
+    from seq2seq_jax.serving.policy import LastSearch, seconds_to_wait
+    from seq2seq_jax.serving.schema import ServeLimits
 
     limits = ServeLimits(max_batch=64, max_wait_ms=10, refill_share=0.25)
     key, other = ("settings", False), ("settings", True)
