@@ -5,7 +5,8 @@
                                  config) -> {"translations": [[{"text", "score", "attention"?}, ...], ...]}
     POST /translator/translate  OpenNMT-py's onmt_server format: [{"src": "...", "id": 100}, ...] ->
                                  [[{"src", "tgt", "n_best", "pred_score"}, ...per input] ...per n-best rank]
-    GET  /health                ready (200) or warming up (503), the loaded step, the compiled shapes
+    GET  /health                ready (200) or warming up (503), the loaded step, the compiled shapes and those
+                                 still warming up
     GET  /v1/info               model and decode config, every model's step and validation metrics, the limits
     GET  /                      the web page; /docs and /redoc: FastAPI's OpenAPI pages, served offline
 
@@ -91,14 +92,17 @@ class Routes:
                 for rank in range(config.n_best)]
 
     async def health(self) -> JSONResponse:
-        """``ready`` (200) or ``warming up`` (503; requests are queued meanwhile and answered after it), the
-        loaded step (the first model's; ``steps``: every model's) and the compiled search shapes."""
+        """``ready`` (200) once the likeliest shape is compiled, before that ``warming up`` (503; requests are
+        queued meanwhile and answered after it); the loaded step (the first model's; ``steps``: every model's),
+        the compiled search shapes and, in ``warming``, those the warm-up (``warm_up``: ``first``,
+        ``background``, ``done`` or ``failed``) has still to compile."""
         decoder = self.decoder
         status = decoder.status
         shapes = decoder.shapes()
         text = f"{status.value}: {decoder.warm_up_error}" if status is ServerStatus.FAILED else status.value
         body = {"status": text, "step": self.model.models[0].step, "steps": [m.step for m in self.model.models],
-                "compiled_programs": len(shapes), "compiled": shapes,
+                "compiled_programs": len(shapes["compiled"]), "compiled": shapes["compiled"],
+                "warm_up": decoder.warm_up_state.value, "warming": shapes["warming"],
                 "row_buckets": list(decoder.rows), "gc_frozen_objects": gc.get_freeze_count(), **decoder.counts()}
         return JSONResponse(body, status_code=200 if status is ServerStatus.READY else 503)
 

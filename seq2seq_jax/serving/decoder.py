@@ -7,9 +7,10 @@ with any prefix, every row's prefix to the longest, rounded up to 8 pieces), wit
 float32 rounding; with ``fixed_rows`` every search has ``max_batch`` rows, uncompacted, and one padded source and
 prefix length, so every answer is bit-identical to the one the text gets alone.
 
-Warm-up: before the server is ready, the thread compiles every shape of ``warm_up_plan``; requests that arrive
-meanwhile are queued and answered after it. Then the long-lived objects are collected once and frozen
-(``gc.freeze``) out of the full collections' sight; other shapes and settings compile on first use.
+Warm-up: the thread compiles the first shape of ``warm_up_plan`` (one short text, default settings, fewest rows),
+and the server is ready; the other shapes compile one at a time whenever no request is queued, so a request
+waits for at most the one in progress; a shape not compiled yet compiles on first use. Once all are compiled,
+the long-lived objects are collected once and frozen (``gc.freeze``) out of the full collections' sight.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from seq2seq_jax.core.config import DecodeConfig
 from seq2seq_jax.decoding.loaded_model import Seq2SeqModel
 from seq2seq_jax.decoding.translate import Hypothesis, Translator
 from seq2seq_jax.serving.policy import LastSearch, row_buckets, seconds_to_wait
-from seq2seq_jax.serving.programs import ServerStatus, Shape, TranslatorCache, warm_up_plan
+from seq2seq_jax.serving.programs import ServerStatus, Shape, TranslatorCache, WarmupState, warm_up_plan
 from seq2seq_jax.serving.schema import ServeLimits
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class BatchingDecoder:
         self.default_config = dataclasses.replace(model.decode_config, sample=False, batch_size=limits.max_batch)
         self.rows = row_buckets(limits.max_batch, limits.fixed_rows)
         self.bucket_width = model.models[0].config.data.bucket_width
-        self.status = ServerStatus.WARMING_UP
+        self.warm_up_state = WarmupState.FIRST
         self.warm_up_error = ""
         self._translators = TranslatorCache(model, self.default_config, compact=not limits.fixed_rows)
         self._compiled: dict[Shape, None] = {}  # in order of compilation
@@ -80,7 +81,7 @@ class BatchingDecoder:
         self._thread.start()
 
     def stop(self) -> None:
-        """Finish every queued request, then end the decoding thread."""
+        """Finish every queued request (not the warm-up), then end the decoding thread."""
         with self._condition:
             self._stopping = True
             self._condition.notify_all()
@@ -89,7 +90,7 @@ class BatchingDecoder:
     def submit(self, texts: list[str], config: DecodeConfig, attention: bool,
                prefixes: list[str] | None = None) -> concurrent.futures.Future:
         """Queue ``texts`` (with one target prefix each, or none); the future gets one list of hypotheses (best
-        first) per text, in order. Accepted during warm-up too: answered once it is done."""
+        first) per text, in order. Accepted during warm-up too: answered once the first shape is compiled."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._condition:
             if self._stopping:
@@ -100,11 +101,16 @@ class BatchingDecoder:
             self._condition.notify_all()
         return future
 
-    def shapes(self) -> list[dict[str, Any]]:
-        """``/health``'s view of the compiled programs."""
+    @property
+    def status(self) -> ServerStatus:
+        return self.warm_up_state.status
+
+    def shapes(self) -> dict[str, Any]:
+        """``/health``'s view of the programs: those compiled, those the warm-up has still to compile."""
         with self._condition:
-            compiled = list(self._compiled)
-        return [shape.to_json(self.default_config) for shape in compiled]
+            compiled, warming = list(self._compiled), list(self._warming)
+        return {"compiled": [shape.to_json(self.default_config) for shape in compiled],
+                "warming": [shape.to_json(self.default_config) for shape in warming]}
 
     def counts(self) -> dict[str, int]:
         with self._condition:
@@ -114,27 +120,50 @@ class BatchingDecoder:
     # -- the decoding thread -----------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        try:
-            self._warm_up()
-            gc.collect()
-            gc.freeze()  # out of the full collections' sight: the long-lived objects (module docstring)
-            self.status = ServerStatus.READY
-        except Exception as error:  # reported by /health; requests still get their own errors
-            logger.exception("warm-up failed")
-            self.warm_up_error, self.status = str(error), ServerStatus.FAILED
-        while (jobs := self._next_jobs()) is not None:
+        start = time.perf_counter()
+        logger.info("warm-up: %d search programs (rows %s, source lengths up to %d; with attention: %d rows), "
+                    "ready after the first", len(self._warming), list(self.rows), self.limits.warmup_src_len,
+                    self.rows[0])
+        self._warm_next(start)
+        while True:
+            if self._idle() and self._warm_next(start):
+                continue
+            jobs = self._next_jobs()
+            if jobs is None:
+                return
             self._serve(jobs)
 
-    def _warm_up(self) -> None:
-        logger.info("warm-up: compiling %d search programs (rows %s, source lengths up to %d; with attention: %d "
-                    "rows)", len(self._warming), list(self.rows), self.limits.warmup_src_len, self.rows[0])
-        start = time.perf_counter()
-        for shape in list(self._warming):
-            if self._stopping:
-                return
-            self._translator(shape.settings, shape.rows).warm_up(shape.src_len, with_attention=shape.attention)
-            self._record(shape, warm_up=True)
+    def _idle(self) -> bool:
+        with self._condition:
+            return not self._queue and not self._stopping
+
+    def _warm_next(self, start: float) -> bool:
+        """Compile the next shape of the warm-up (after the last, freeze the collector); False when the warm-up is
+        over or failed."""
+        if self.warm_up_state not in (WarmupState.FIRST, WarmupState.BACKGROUND):
+            return False
+        try:
+            if self._warming:
+                shape = self._warming[0]
+                translator = self._translator(shape.settings, shape.rows)
+                translator.warm_up(shape.src_len, with_attention=shape.attention)
+                self._record(shape, warm_up=True)
+        except Exception as error:  # reported by /health; requests still get their own errors
+            logger.exception("warm-up failed")
+            with self._condition:
+                self._warming.clear()
+            self.warm_up_error, self.warm_up_state = str(error), WarmupState.FAILED
+            return False
+        if self.warm_up_state is WarmupState.FIRST:
+            logger.info("ready after %.1f s of warm-up", time.perf_counter() - start)
+        if self._warming:
+            self.warm_up_state = WarmupState.BACKGROUND
+            return True
+        gc.collect()
+        gc.freeze()  # out of the full collections' sight: the long-lived objects (module docstring)
+        self.warm_up_state = WarmupState.DONE
         logger.info("warm-up done in %.1f s: %d programs", time.perf_counter() - start, len(self._compiled))
+        return True
 
     def _serve(self, jobs: list[Job]) -> None:
         """Decode ``jobs`` in one batch and hand out their answers (or the error)."""
@@ -180,6 +209,8 @@ class BatchingDecoder:
             while not self._queue:
                 if self._stopping:
                     return None
+                if self.warm_up_state is WarmupState.BACKGROUND:
+                    return []  # idle: back to the warm-up
                 self._condition.wait()
             first = self._queue[0]
             while not self._stopping:

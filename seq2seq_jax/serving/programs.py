@@ -1,6 +1,6 @@
 """The compiled search programs the server holds: ``Shape`` names one (settings, rows, padded lengths),
 ``TranslatorCache`` keeps one ``Translator`` per (settings, rows), ``warm_up_plan`` lists the shapes compiled
-at start-up.
+at start-up, most likely asked first first.
 
 The default settings' Translators are kept for good; of other settings, the ``CACHED_SETTINGS`` most recently
 used are kept, and the least recently used beyond them is dropped with its programs.
@@ -22,11 +22,25 @@ CACHED_SETTINGS = 8  # non-default decode settings whose Translators (and compil
 
 
 class ServerStatus(enum.Enum):
-    """``/health``'s ``status``: 503 until the warm-up is done, 200 once ready."""
+    """``/health``'s ``status``: 503 until the first program is compiled, 200 once ready."""
 
     WARMING_UP = "warming up"
     READY = "ready"
     FAILED = "warm-up failed"
+
+
+class WarmupState(enum.Enum):
+    """``/health``'s ``warm_up``: where the start-up compilation is."""
+
+    FIRST = "first"  # compiling the first shape; requests wait in the queue
+    BACKGROUND = "background"  # ready; the other shapes compile whenever no request is queued
+    DONE = "done"
+    FAILED = "failed"
+
+    @property
+    def status(self) -> ServerStatus:
+        return {WarmupState.FIRST: ServerStatus.WARMING_UP,
+                WarmupState.FAILED: ServerStatus.FAILED}.get(self, ServerStatus.READY)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,11 +62,13 @@ class Shape:
 
 def warm_up_plan(settings: DecodeConfig, rows: tuple[int, ...], bucket_width: int,
                  warmup_src_len: int) -> list[Shape]:
-    """The default settings' shapes compiled at start-up: every row count for every padded source length up to
-    ``warmup_src_len``, and the web page's one text with attention."""
+    """The default settings' shapes compiled at start-up, in the order they are likely asked for: one text per
+    source length (shortest first), then the web page's one text with attention, then more rows."""
     widths = range(bucket_width, int(round_up(warmup_src_len, bucket_width)) + 1, bucket_width)
-    return ([Shape(settings, count, width) for width in widths for count in rows]
-            + [Shape(settings, rows[0], width, attention=True) for width in widths])
+    single = [Shape(settings, rows[0], width) for width in widths]
+    page = [Shape(settings, rows[0], width, attention=True) for width in widths]
+    merged = [Shape(settings, count, width) for count in rows[1:] for width in widths]
+    return single + page + merged
 
 
 class TranslatorCache:
