@@ -316,7 +316,8 @@ def cmd_average(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from seq2seq_jax.serving.server import ServeLimits, serve
+    from seq2seq_jax.serving.schema import ServeLimits
+    from seq2seq_jax.serving.server import serve
 
     limits = ServeLimits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, refill_share=args.refill_share,
                          max_chars=args.max_chars,

@@ -61,10 +61,12 @@ def second_workdir(tmp_path_factory):
 
 
 @contextlib.contextmanager
-def running_server(workdir, log_dir: Path, *options: str, during_warm_up: dict | None = None):
+def running_server(workdir, log_dir: Path, *options: str, during_warm_up: dict | None = None,
+                   seen: list | None = None):
     """``seq2seq serve`` on a free port; yields (base URL, process, log path) once /health says ready. With
-    ``during_warm_up``, that ``/v1/translate`` body is posted as soon as /health says "warming up" and the log path
-    is followed by ``(the health status it was sent at, its response)``, once answered."""
+    ``during_warm_up``, that ``/v1/translate`` body is posted as soon as /health says "warming up" or lists shapes
+    still warming, and the log path is followed by ``(the /health body it was sent at, its response)``, once
+    answered. ``seen`` gets every /health body up to the first ready one."""
     port = free_port()
     log = log_dir / "server.log"
     command = [sys.executable, "-m", "seq2seq_jax", "serve", "--workdir", str(workdir), "--port", str(port),
@@ -81,11 +83,14 @@ def running_server(workdir, log_dir: Path, *options: str, during_warm_up: dict |
             assert time.monotonic() < deadline, f"the server did not get ready:\n{log.read_text()}"
             try:
                 health = httpx.get(f"{url}/health", timeout=5)
+                if seen is not None:
+                    seen.append(health.json())
+                if during_warm_up is not None and not early and (health.status_code == 503
+                                                                 or health.json()["warming"]):
+                    early.append(health.json())
+                    sender.start()
                 if health.status_code == 200:
                     break
-                if during_warm_up is not None and not early:
-                    early.append(health.json()["status"])
-                    sender.start()
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
@@ -188,9 +193,10 @@ def test_prefixes_answers_equal_translate_with_prefix(server, workdir, capsys, t
 
 def test_ensemble_answers_equal_translate_with_two_workdirs(ensemble_server, workdir, second_workdir, capsys,
                                                             tmp_path):
-    url, _, _, (status, early) = ensemble_server
+    url, _, _, (health, early) = ensemble_server
     both = ["--workdir", str(second_workdir)]
-    assert status == "warming up" and early.status_code == 200, early.text  # queued during warm-up, then answered
+    assert health["status"] == "warming up" or health["warming"]  # sent during warm-up, then answered
+    assert early.status_code == 200, early.text
     assert_same_as_translate(cli_translate(workdir, capsys, SOURCES, *both), early.json()["translations"],
                              SOURCES, 1)
     expected = cli_translate(workdir, capsys, SOURCES, *both, "--beam-size", "3", "--n-best", "2")
@@ -295,7 +301,8 @@ def test_64_concurrent_clients_get_bit_identical_answers_with_fixed_rows(exact_s
 
 def test_batching_policy_waits_for_the_clients_a_search_answered():
     """``seconds_to_wait`` on a fake clock: the time a free decoder still waits before taking the batch."""
-    from seq2seq_jax.serving.server import LastSearch, ServeLimits, seconds_to_wait
+    from seq2seq_jax.serving.policy import LastSearch, seconds_to_wait
+    from seq2seq_jax.serving.schema import ServeLimits
 
     limits = ServeLimits(max_batch=64, max_wait_ms=10, refill_share=0.25)
     key, other = ("settings", False), ("settings", True)
@@ -386,10 +393,20 @@ def test_body_cap_without_content_length_and_json_only(server):
     assert post(f"{url}/v1/translate", {"texts": ["May 1, 2000"]}).status_code == 200
 
 
+def warmed_up(url: str) -> dict:
+    """/health once the warm-up is done (the server is ready before: after its first shape)."""
+    deadline = time.monotonic() + 240
+    while (health := httpx.get(f"{url}/health").json())["warm_up"] != "done":
+        assert health["warm_up"] == "background" and time.monotonic() < deadline, health
+        time.sleep(0.2)
+    return health
+
+
 def test_health_info_docs_and_page(server):
     url = server[0]
-    health = httpx.get(f"{url}/health").json()
+    health = warmed_up(url)
     assert health["status"] == "ready" and health["step"] == 8 and health["row_buckets"] == [1, 4, 16, 64]
+    assert health["warming"] == []
     assert health["gc_frozen_objects"] > 10_000  # what the warm-up left is out of the collector's way
     warmed = {(s["rows"], s["src_len"], s["attention"]) for s in health["compiled"] if s["default_settings"]}
     assert {(rows, width, False) for rows in (1, 4, 16, 64) for width in (16, 32)} <= warmed
@@ -408,6 +425,32 @@ def test_health_info_docs_and_page(server):
     page = httpx.get(f"{url}/")
     assert page.status_code == 200 and "<svg" in page.text and "http" not in page.text.split("<script>")[1].replace(
         "http://www.w3.org/2000/svg", "")  # no CDN: every script is inline
+
+
+def test_ready_after_the_first_shape_the_rest_warms_up_behind(workdir, capsys, tmp_path):
+    """Ready once one short text's search (default settings, one row) is compiled; the other shapes compile in
+    the background, in order of likelihood, and requests sent meanwhile get the answers they get afterwards."""
+    seen: list = []
+    with running_server(workdir, tmp_path, "--warmup-src-len", "64", seen=seen) as (url, _, _):
+        ready = seen[-1]
+        assert ready["status"] == "ready" and ready["warm_up"] in ("background", "done")
+        assert all(health["status"] == "warming up" and health["compiled"] == [] for health in seen[:-1])
+        first = ready["compiled"][0]
+        assert (first["rows"], first["src_len"], first["attention"], first["default_settings"]) == (1, 16, False, True)
+        plan = [(s["rows"], s["src_len"], s["attention"]) for s in ready["compiled"] + ready["warming"]]
+        assert plan[:8] == [(1, width, attention) for attention in (False, True) for width in (16, 32, 48, 64)]
+        assert sorted(plan[8:]) == [(rows, width, False) for rows in (4, 16, 64) for width in (16, 32, 48, 64)]
+        before = httpx.get(f"{url}/health").json()
+        during = post(f"{url}/v1/translate", {"texts": SOURCES})
+        merged = post(f"{url}/v1/translate", {"texts": SOURCES[:2], "attention": True})
+        assert before["warming"], "the warm-up was over before the test could ask during it"
+        assert during.status_code == 200 and merged.status_code == 200, (during.text, merged.text)
+        done = warmed_up(url)
+        assert done["warming"] == [] and done["gc_frozen_objects"] > 10_000
+        assert set(plan) <= {(s["rows"], s["src_len"], s["attention"]) for s in done["compiled"]}
+        assert post(f"{url}/v1/translate", {"texts": SOURCES}).json() == during.json()
+        assert post(f"{url}/v1/translate", {"texts": SOURCES[:2], "attention": True}).json() == merged.json()
+    assert_same_as_translate(cli_translate(workdir, capsys, SOURCES), during.json()["translations"], SOURCES, 1)
 
 
 def system_chromium() -> str:

@@ -1,0 +1,147 @@
+"""The FastAPI application of ``seq2seq serve``:
+
+    POST /v1/translate          {"texts": [...], "prefixes"?, "beam_size"?, "n_best"?, "length_penalty"?,
+                                 "min_len"?, "no_repeat_ngram_size"?, "attention"?} (default: the workdir's decode
+                                 config) -> {"translations": [[{"text", "score", "attention"?}, ...], ...]}
+    POST /translator/translate  OpenNMT-py's onmt_server format: [{"src": "...", "id": 100}, ...] ->
+                                 [[{"src", "tgt", "n_best", "pred_score"}, ...per input] ...per n-best rank]
+    GET  /health                ready (200) or warming up (503), the loaded step, the compiled shapes and those
+                                 still warming up
+    GET  /v1/info               model and decode config, every model's step and validation metrics, the limits
+    GET  /                      the web page; /docs and /redoc: FastAPI's OpenAPI pages, served offline
+
+The models are one workdir's or an ensemble's (``Seq2SeqModel``); the first gives the tokenizers, the decode
+defaults and the attention. The event loop only awaits the decoder's futures: ``/health`` answers while it decodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import gc
+import math
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import Body, FastAPI, HTTPException
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi_offline import FastAPIOffline
+
+from seq2seq_jax.core.config import DecodeConfig
+from seq2seq_jax.decoding.loaded_model import Seq2SeqModel
+from seq2seq_jax.decoding.translate import Hypothesis
+from seq2seq_jax.serving.decoder import BatchingDecoder
+from seq2seq_jax.serving.middleware import BodySizeLimit, add_error_handlers
+from seq2seq_jax.serving.page import index
+from seq2seq_jax.serving.programs import ServerStatus
+from seq2seq_jax.serving.schema import OnmtItem, RequestChecks, ServeLimits, TranslateRequest
+
+
+def hypothesis_json(model: Seq2SeqModel, source: str, hypothesis: Hypothesis) -> dict[str, Any]:
+    answer: dict[str, Any] = {"text": hypothesis.text, "score": hypothesis.score}
+    if hypothesis.attention is not None:
+        weights = hypothesis.attention
+        target = model.tgt_tokenizer.pieces(hypothesis.tokens)
+        target += ["</s>"] * (weights.shape[0] - len(target))  # the EOS step, when the hypothesis has one
+        answer["attention"] = {"source": model.src_tokenizer.pieces(model.src_tokenizer.encode(source)) + ["</s>"],
+                               "target": target, "weights": np.round(weights.astype(np.float64), 5).tolist()}
+    return answer
+
+
+class Routes:
+    """The endpoints (module docstring), bound to one model, its decoder and the request checks."""
+
+    def __init__(self, model: Seq2SeqModel, decoder: BatchingDecoder, checks: RequestChecks):
+        self.model = model
+        self.decoder = decoder
+        self.checks = checks
+
+    async def _decode(self, texts: list[str], config: DecodeConfig, attention: bool,
+                      prefixes: list[str] | None = None) -> list[list[Hypothesis]]:
+        try:
+            future = self.decoder.submit(texts, config, attention, prefixes)
+        except RuntimeError as error:
+            raise HTTPException(503, str(error)) from None
+        return await asyncio.wrap_future(future)
+
+    async def translate_v1(self, request: TranslateRequest) -> dict[str, Any]:
+        """Per text, in order, its hypotheses best first: text, score and, when asked, the attention weights
+        ``[target pieces (+ </s>), source pieces + </s>]`` with the pieces they refer to. ``prefixes``: one target
+        prefix per text (``""`` for none) that each of its hypotheses starts with (included in text and score)."""
+        settings = request.model_dump(exclude={"texts", "prefixes", "attention"}, exclude_none=True)
+        config = self.checks.config(request.texts, **settings)
+        if request.prefixes is not None:
+            self.checks.prefixes(request.texts, request.prefixes)
+        results = await self._decode(request.texts, config, request.attention, request.prefixes)
+        return {"translations": [[hypothesis_json(self.model, text, h) for h in hypotheses]
+                                 for text, hypotheses in zip(request.texts, results, strict=True)]}
+
+    async def translate_onmt(self, items: Annotated[list[OnmtItem], Body(min_length=1)]) -> list[list[dict[str, Any]]]:
+        """OpenNMT-py's ``onmt_server`` answer: one list per n-best rank, each with one entry per input. A blank
+        source is not translated: its ``tgt`` is empty and its ``pred_score`` 0 (the log-probability of nothing)."""
+        texts = [item.src for item in items]
+        config = self.checks.config(texts)
+        results = await self._decode(texts, config, False)
+
+        def entry(text: str, hypotheses: list[Hypothesis], rank: int) -> dict[str, Any]:
+            hypothesis = hypotheses[rank] if hypotheses else Hypothesis("", [], 0.0)
+            return {"src": text, "tgt": hypothesis.text, "n_best": config.n_best, "pred_score": hypothesis.score}
+
+        return [[entry(text, hypotheses, rank) for text, hypotheses in zip(texts, results, strict=True)]
+                for rank in range(config.n_best)]
+
+    async def health(self) -> JSONResponse:
+        """``ready`` (200) once the likeliest shape is compiled, before that ``warming up`` (503; requests are
+        queued meanwhile and answered after it); the loaded step (the first model's; ``steps``: every model's),
+        the compiled search shapes and, in ``warming``, those the warm-up (``warm_up``: ``first``,
+        ``background``, ``done`` or ``failed``) has still to compile."""
+        decoder = self.decoder
+        status = decoder.status
+        shapes = decoder.shapes()
+        text = f"{status.value}: {decoder.warm_up_error}" if status is ServerStatus.FAILED else status.value
+        body = {"status": text, "step": self.model.models[0].step, "steps": [m.step for m in self.model.models],
+                "compiled_programs": len(shapes["compiled"]), "compiled": shapes["compiled"],
+                "warm_up": decoder.warm_up_state.value, "warming": shapes["warming"],
+                "row_buckets": list(decoder.rows), "gc_frozen_objects": gc.get_freeze_count(), **decoder.counts()}
+        return JSONResponse(body, status_code=200 if status is ServerStatus.READY else 503)
+
+    async def info(self) -> dict[str, Any]:
+        """The model and default decode configuration, the checkpoint's step and validation metrics, the limits;
+        ``models``: those of every model of an ensemble (``model``, ``step`` and ``metrics``: the first's)."""
+        decoder, model = self.decoder, self.model
+        decode = {k: v for k, v in decoder.default_config.to_dict().items()
+                  if k not in ("sample", "temperature", "top_k", "top_p", "seed", "batch_size")}
+        models = [{"workdir": name, "model": m.config.model.to_dict(), "step": m.step,
+                   "metrics": {k: v for k, v in m.metrics.items() if math.isfinite(v)}}
+                  for name, m in zip(model.names, model.models, strict=True)]
+        return {**{k: models[0][k] for k in ("model", "step", "metrics")}, "decode": decode,
+                "ensemble": model.is_ensemble, "models": models, "tokenizer": model.models[0].config.data.tokenizer,
+                "bucket_width": decoder.bucket_width, "row_buckets": list(decoder.rows),
+                "limits": dataclasses.asdict(decoder.limits)}
+
+
+def create_app(model: Seq2SeqModel, limits: ServeLimits) -> FastAPI:
+    """The FastAPI application serving ``model`` (its decoding thread starts and stops with the app)."""
+    decoder = BatchingDecoder(model, limits)
+    checks = RequestChecks(limits, decoder.default_config, model.new_translator(decoder.default_config))
+    routes = Routes(model, decoder, checks)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        decoder.start()
+        yield
+        await asyncio.to_thread(decoder.stop)
+
+    app = FastAPIOffline(title="seq2seq-jax translation server", version="1", lifespan=lifespan,
+                         description="Translate with a seq2seq-jax workdir. Concurrent requests are merged into "
+                                     "one compiled search; every answer equals the one its text gets alone.")
+    app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
+    add_error_handlers(app)
+    app.state.decoder = decoder
+    app.add_api_route("/v1/translate", routes.translate_v1, methods=["POST"])
+    app.add_api_route("/translator/translate", routes.translate_onmt, methods=["POST"])
+    app.add_api_route("/health", routes.health, methods=["GET"])
+    app.add_api_route("/v1/info", routes.info, methods=["GET"])
+    app.add_api_route("/", index, methods=["GET"], response_class=HTMLResponse, include_in_schema=False)
+    return app

@@ -1,0 +1,81 @@
+"""How the server refuses: a body over ``max_body_bytes`` gets 413 before any handler (``BodySizeLimit``), a
+POST not sent as JSON 415 (a guard against cross-site requests to a loopback server), malformed JSON 400, a body
+the schema refuses 422, an unexpected error 500; every refusal is a JSON ``{"error": "..."}`` that names the
+field (``add_error_handlers``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+
+def error_response(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+class BodySizeLimit:
+    """ASGI middleware: a request body over ``max_bytes`` (declared or streamed) gets 413 before any handler."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = error_response(413, f"request body over the {self.max_bytes}-byte limit of this server "
+                                        "(seq2seq serve --max-body-bytes)")
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await too_large(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return None
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await too_large(scope, receive, send)
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+    content_type = request.headers.get("content-type", "")
+    if request.method == "POST" and "json" not in content_type:
+        return error_response(415, f"the request body must be JSON sent with Content-Type: application/json "
+                                   f"(got {content_type or 'no Content-Type'})")
+    problems = jsonable_encoder(error.errors())
+    if any(problem.get("type") == "json_invalid" for problem in problems):
+        return error_response(400, "malformed JSON: " + "; ".join(p.get("ctx", {}).get("error", p["msg"])
+                                                                   for p in problems), detail=problems)
+    message = "; ".join(f"{'.'.join(str(part) for part in p['loc'][1:]) or 'body'}: {p['msg']}" for p in problems)
+    return error_response(422, message, detail=problems)
+
+
+async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
+    return error_response(error.status_code, str(error.detail))
+
+
+async def internal_error(_request: Request, error: Exception) -> JSONResponse:
+    return error_response(500, f"internal error: {type(error).__name__}: {error}")
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, internal_error)
