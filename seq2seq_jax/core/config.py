@@ -44,10 +44,19 @@ def _f(default: Any, help: str) -> Any:
     return dataclasses.field(default=default, metadata={"help": help})
 
 
+def closest(name: str, known) -> str | None:
+    """The one of ``known`` that a misspelled ``name`` most likely meant, or None."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    if not close:  # a looser match that starts like the name given ('beem' -> 'beam_size')
+        close = [candidate for candidate in difflib.get_close_matches(name, list(known), n=3, cutoff=0.45)
+                 if candidate[:1] == name[:1]]
+    return close[0] if close else None
+
+
 def did_you_mean(name: str, known) -> str:
     """`` (did you mean 'x'?)`` for the closest of ``known`` to a misspelled ``name``, or ``""``."""
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    match = closest(name, known)
+    return f" (did you mean {match!r}?)" if match else ""
 
 
 class _JsonConfig:
@@ -476,10 +485,13 @@ class ExperimentConfig(_JsonConfig):
                                   f"{did_you_mean(section_name, _SECTIONS)}; sections are {sorted(_SECTIONS)}")
             hints = {f.name: f.type for f in dataclasses.fields(_SECTIONS[section_name])}
             if field_name not in hints:
-                everywhere = [f"{name}.{f.name}" for name, section in _SECTIONS.items()
-                              for f in dataclasses.fields(section)]
-                raise ConfigError(f"--set {key}: unknown field{did_you_mean(key, everywhere)}; {section_name} has "
-                                  f"{sorted(hints)}")
+                match = closest(field_name, hints)  # this section's field, else one of another section
+                elsewhere = [name for name, section in _SECTIONS.items()
+                             if field_name in {f.name for f in dataclasses.fields(section)}]
+                meant = (f"{section_name}.{match}" if match else f"{elsewhere[0]}.{field_name}" if elsewhere
+                         else None)
+                hint = f" (did you mean {meant!r}?)" if meant else ""
+                raise ConfigError(f"--set {key}: unknown field{hint}; {section_name} has {sorted(hints)}")
             changes.setdefault(section_name, {})[field_name] = _parse_value(raw, str(hints[field_name]), key)
         return dataclasses.replace(self, **{name: dataclasses.replace(getattr(self, name), **fields)
                                             for name, fields in changes.items()})
