@@ -80,6 +80,7 @@ def test_every_field_has_a_one_line_meaning():
 
 def test_an_unknown_setting_says_what_was_meant():
     for bad, meant in [("model.enc_layer=2", "model.enc_layers"), ("decode.beam=5", "decode.beam_size"),
+                       ("decode.beem=5", "decode.beam_size"), ("decode.label_smoothing=0.1", "train.label_smoothing"),
                        ("modle.enc_layers=1", "model")]:
         with pytest.raises(ConfigError, match=f"did you mean '{meant}'"):
             ExperimentConfig().with_overrides([bad])
