@@ -6,6 +6,7 @@ hint fits how the package is installed."""
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 from pathlib import Path
 
@@ -132,3 +133,11 @@ def test_install_hint_fits_a_checkout_or_an_installed_package(monkeypatch, tmp_p
     assert install_hint.install_command("torch") == f'pip install -e "{REPO}[torch]"'
     monkeypatch.setattr(install_hint, "checkout_root", lambda: None)
     assert install_hint.install_command("jax") == "pip install 'seq2seq-jax[jax]'"
+
+
+def test_the_command_line_code_stays_in_small_functions():
+    for name in ("cli.py", "cli_parser.py"):
+        source = (REPO / "seq2seq_jax" / name).read_text(encoding="utf-8")
+        long = [(node.name, node.end_lineno - node.lineno + 1) for node in ast.walk(ast.parse(source))
+                if isinstance(node, ast.FunctionDef) and node.end_lineno - node.lineno + 1 > 80]
+        assert not long and source.count("\n") < 500, (name, long)
