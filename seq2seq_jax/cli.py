@@ -1,13 +1,14 @@
 """The ``seq2seq`` command line: parses arguments and calls the library. No logic of its own.
 
     seq2seq train     --workdir W [--train-src F --train-tgt F --valid-src F --valid-tgt F | --data D] [--task NAME]
-                      [--config FILE] [--set SECTION.KEY=VALUE ...]
+                      [--preset NAME] [--config FILE] [--set SECTION.KEY=VALUE ...] [--init-from W0]
     seq2seq preprocess --out D [--train-src F --train-tgt F --valid-src F --valid-tgt F] [--config FILE]
                       [--set data.KEY=VALUE ...] [--workers N] [--workdir W]
     seq2seq translate --workdir W [--workdir W2 ...] [--beam-size K] [--input F] [--output F] [--prefix F] ...
     seq2seq evaluate  --workdir W [--workdir W2 ...] --src F --ref F [--ref F ...] [--beam-size K] [--rouge] [--json]
     seq2seq score     --workdir W [--workdir W2 ...] --src F --tgt F [--json] [--output F]
     seq2seq plot      --workdir W [--out F] [--attention "source sentence" --attention-out F]
+    seq2seq config    [--preset NAME] [--config FILE | --workdir W] [--set SECTION.KEY=VALUE ...] [--describe]
     seq2seq average   --workdir W --out W2 [--last N | --steps S1,S2,...]
     seq2seq serve     --workdir W [--workdir W2 ...] [--host 127.0.0.1] [--port 5000] [--max-batch 64] ...
 """
@@ -17,44 +18,26 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from seq2seq_jax import compilation_cache
+from seq2seq_jax import cli_parser, compilation_cache
 from seq2seq_jax.core import logs
-from seq2seq_jax.core.config import ConfigError, ExperimentConfig
+from seq2seq_jax.core.config import ConfigError, ExperimentConfig, describe_fields
+from seq2seq_jax.core.install_hint import install_command
 from seq2seq_jax.core.search_settings import decode_settings, format_line
+
+logger = logging.getLogger(__name__)
 
 # Modules of each optional extra (pyproject.toml): a command that fails to import one names the extra to install.
 _EXTRA_OF_MODULE = {**dict.fromkeys(("jax", "jaxlib", "flax", "optax", "orbax", "ml_dtypes", "sacrebleu",
                                      "rouge_score", "tqdm", "tensorboardX", "matplotlib", "grain",
                                      "array_record"), "jax"), "torch": "torch"}
 _LIBRARY_NAMES = {"jax": "JAX", "jaxlib": "JAX", "flax": "JAX", "optax": "JAX", "orbax": "JAX", "torch": "PyTorch"}
-
-
-def _add_decode_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("decoding (defaults: the workdir's decode config)")
-    group.add_argument("--beam-size", type=int)
-    group.add_argument("--length-penalty", type=float, help="alpha of ((5 + len) / 6) ** alpha")
-    group.add_argument("--n-best", type=int)
-    group.add_argument("--min-len", type=int)
-    group.add_argument("--max-len-a", type=float)
-    group.add_argument("--max-len-b", type=float)
-    group.add_argument("--no-repeat-ngram-size", type=int)
-    group.add_argument("--sample", action="store_true", default=None, help="sample instead of beam search")
-    group.add_argument("--temperature", type=float)
-    group.add_argument("--top-k", type=int)
-    group.add_argument("--top-p", type=float)
-    group.add_argument("--seed", type=int)
-    group.add_argument("--batch-size", type=int)
-    group.add_argument("--checkpoint", default="best", help="best, latest or a step number")
-
-
-def _checkpoint_arg(value: str) -> str | int:
-    return int(value) if value.isdigit() else value
 
 
 def _read_input(path: str | None) -> list[str]:
@@ -68,7 +51,7 @@ def _load_model(args: argparse.Namespace):
     settings."""
     from seq2seq_jax.api import load
 
-    model = load(args.workdir, _checkpoint_arg(args.checkpoint))
+    model = load(args.workdir, args.checkpoint)
     model.decode_config = decode_settings(model.decode_config, args)
     return model
 
@@ -103,8 +86,8 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     from seq2seq_jax.training.workdir import Workdir
 
     run = Workdir(Path(args.workdir)) if args.workdir else None
-    if args.config:
-        config = ExperimentConfig.load(args.config)
+    if args.config or args.preset:
+        config = _new_config(args)
     else:  # the workdir's settings (its tokenizers' kind and limits), or the defaults
         config = run.load_config() if run is not None else ExperimentConfig()
     config = config.with_overrides(list(args.set or []) + _data_flag_overrides(args))
@@ -120,28 +103,29 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from seq2seq_jax.training.workdir_lock import refuse_if_locked
+def _new_config(args: argparse.Namespace) -> ExperimentConfig:
+    """The config of a new run: the defaults, ``--preset``'s fields over them, ``--config``'s over those (``--set``
+    comes last, from the caller)."""
+    if args.config:
+        return ExperimentConfig.load(args.config, preset=args.preset)
+    return ExperimentConfig.from_preset(args.preset) if args.preset else ExperimentConfig()
 
-    if not (args.coordinator or args.num_processes or args.distributed):  # one process: refuse before JAX starts
-        refuse_if_locked(args.workdir)
-    from seq2seq_jax.training import parallel
 
-    # Before anything else touches a device: every process of a multi-host run joins here.
-    parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
-    mesh = parallel.make_mesh(args.model_parallel)
+DEMO_DEFAULTS = ("the model is the built-in demo's defaults (a character-level tokenizer, a 32-128 unit model sized "
+                 "for the dates task); for your own files start from a preset: --preset translation, summarization "
+                 "or small (seq2seq config --preset NAME prints it)")
 
-    from seq2seq_jax.training.trainer import train
-    from seq2seq_jax.training.workdir import Workdir
 
-    run = Workdir(Path(args.workdir))
+def _train_config(args: argparse.Namespace, run) -> ExperimentConfig:
+    """The resolved config of ``seq2seq train``: the workdir's when resuming, else ``_new_config``; then the
+    corpus of ``--data``, ``--set`` and the data flags."""
     if run.exists():
-        if args.config:
-            raise ConfigError(f"{run.config_path} exists (resuming); --config is only for a new workdir. "
-                              "Change settings of a resumed run with --set.")
+        if args.config or args.preset:
+            raise ConfigError(f"{run.config_path} exists (resuming); --config and --preset are only for a new "
+                              "workdir. Change settings of a resumed run with --set.")
         config = run.load_config()
     else:
-        config = ExperimentConfig.load(args.config) if args.config else ExperimentConfig()
+        config = _new_config(args)
     overrides = list(args.set or [])
     if args.data is not None:
         given = [flag for flag, _ in _DATA_FLAGS if getattr(args, flag) is not None]
@@ -154,9 +138,53 @@ def cmd_train(args: argparse.Namespace) -> int:
             config = dataclasses.replace(config, data=open_corpus(args.data).config().data)
         overrides.insert(0, f"data.preprocessed_dir={Path(args.data).resolve()}")
     config = config.with_overrides(overrides + _data_flag_overrides(args))
-    if run.exists() and config.model != run.load_config().model:
-        raise ConfigError(f"{run.config_path}: model settings cannot change when resuming; use a new --workdir")
-    train(config, args.workdir, mesh=mesh)
+    if run.exists():
+        if config.model != run.load_config().model:
+            raise ConfigError(f"{run.config_path}: model settings cannot change when resuming; use a new --workdir")
+    elif (config.data.uses_files and not (args.preset or args.config or args.init_from)
+          and config.model == ExperimentConfig().model):
+        logger.warning(DEMO_DEFAULTS)
+    return config
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from seq2seq_jax.training.workdir_lock import refuse_if_locked
+
+    if not (args.coordinator or args.num_processes or args.distributed):  # one process: refuse before JAX starts
+        refuse_if_locked(args.workdir)
+    from seq2seq_jax.training import parallel
+
+    # Before anything else touches a device: every process of a multi-host run joins here.
+    parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
+    mesh = parallel.make_mesh(args.model_parallel)
+
+    from seq2seq_jax.training.fine_tune import InitFrom
+    from seq2seq_jax.training.trainer import train
+    from seq2seq_jax.training.workdir import Workdir
+
+    config = _train_config(args, Workdir(Path(args.workdir)))
+    init_from = InitFrom(Path(args.init_from), args.init_checkpoint) if args.init_from else None
+    train(config, args.workdir, mesh=mesh, init_from=init_from)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the resolved config as JSON (every section, every field), or with ``--describe`` every field."""
+    if args.describe:
+        docs = describe_fields()
+        key_width, type_width = max(len(d.key) for d in docs), max(len(d.type) for d in docs)
+        defaults = [json.dumps(d.default) for d in docs]
+        default_width = max(map(len, defaults))
+        for doc, default in zip(docs, defaults, strict=True):
+            print(f"{doc.key:<{key_width}}  {doc.type:<{type_width}}  {default:<{default_width}}  {doc.help}")
+        return 0
+    if args.workdir:
+        if args.config or args.preset:
+            raise ConfigError("--workdir prints that workdir's config: no --config or --preset beside it")
+        config = ExperimentConfig.load(Path(args.workdir) / "config.json")
+    else:
+        config = _new_config(args)
+    print(config.with_overrides(list(args.set or [])).to_json())
     return 0
 
 
@@ -173,10 +201,12 @@ def _translate_interactively(translator) -> int:
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
+    if args.interactive and (args.input or args.output or args.plot_attention or args.prefix):
+        given = next(flag for flag in ("input", "output", "plot_attention", "prefix") if getattr(args, flag))
+        raise ValueError(f"--interactive reads stdin and writes stdout: no --{given.replace('_', '-')} beside it "
+                         "(without --interactive, --input and --output translate a file)")
     trained, translator = _load_translator(args)
     if args.interactive:
-        if args.input or args.output or args.plot_attention:
-            raise ValueError("--interactive reads stdin and writes stdout: no --input, --output or --plot-attention")
         if args.batch_size is None:
             translator.config = dataclasses.replace(translator.config, batch_size=1)
         return _translate_interactively(translator)
@@ -289,7 +319,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_export_torch(args: argparse.Namespace) -> int:
     from seq2seq_jax.training.export import export_torch
 
-    out = export_torch(args.workdir, args.out, checkpoint=_checkpoint_arg(args.checkpoint), force=args.force)
+    out = export_torch(args.workdir, args.out, checkpoint=args.checkpoint, force=args.force)
     meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
     print(f"exported step {meta['step']} of {args.workdir} to {out} "
           f"(load with torch_ref.load_pretrained, translate with python -m torch_ref.translate {out})")
@@ -329,150 +359,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 COMPILING_COMMANDS = {"train", "translate", "evaluate", "score", "serve"}
 CACHE_VARIABLE = compilation_cache.ENVIRONMENT_VARIABLE
+HANDLERS = {"train": cmd_train, "preprocess": cmd_preprocess, "config": cmd_config, "translate": cmd_translate,
+            "evaluate": cmd_evaluate, "score": cmd_score, "plot": cmd_plot, "export-torch": cmd_export_torch,
+            "import-torch": cmd_import_torch, "average": cmd_average, "serve": cmd_serve}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="seq2seq", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="log compilation and checkpoint details; print the traceback of an error")
-    parser.add_argument("--no-compile-cache", action="store_true",
-                        help="compile every program afresh instead of reusing those in the persistent "
-                             f"compilation cache (also: {CACHE_VARIABLE}=off; {CACHE_VARIABLE}=DIR moves it)")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    train = commands.add_parser("train", help="train or resume (built-in demo task when no data is given)")
-    train.add_argument("--workdir", required=True)
-    train.add_argument("--train-src")
-    train.add_argument("--train-tgt")
-    train.add_argument("--valid-src")
-    train.add_argument("--valid-tgt")
-    train.add_argument("--task", help="built-in generated task (dates, numbers, reverse)")
-    train.add_argument("--data", metavar="D", help="train from this directory of seq2seq preprocess (its data "
-                       "settings and tokenizers) instead of --train-src/--train-tgt or --task")
-    train.add_argument("--config", help="JSON file with model/data/train/decode sections")
-    train.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting")
-    devices = train.add_argument_group(
-        "devices and hosts (default: one process, every local device on the data axis)")
-    devices.add_argument("--model-parallel", type=int, default=1, metavar="M",
-                         help="size of the mesh's model axis, which shards the embeddings and the output "
-                              "projection over the vocabulary (must divide the device count)")
-    devices.add_argument("--coordinator", metavar="HOST:PORT",
-                         help="multi-host: address of process 0 (jax.distributed.initialize)")
-    devices.add_argument("--num-processes", type=int, metavar="N", help="multi-host: number of processes")
-    devices.add_argument("--process-id", type=int, metavar="I", help="multi-host: this process, 0..N-1")
-    devices.add_argument("--distributed", action="store_true",
-                         help="multi-host with whatever jax.distributed.initialize detects from the cluster "
-                              "(Cloud TPU pods, SLURM, Open MPI, Kubernetes); flags given beside it take precedence")
-    train.set_defaults(handler=cmd_train)
-
-    preprocess = commands.add_parser("preprocess", help="tokenize a corpus once into ArrayRecord shards "
-                                     "(seq2seq train --data)")
-    preprocess.add_argument("--out", required=True, metavar="D", help="new directory for the corpus")
-    preprocess.add_argument("--train-src")
-    preprocess.add_argument("--train-tgt")
-    preprocess.add_argument("--valid-src")
-    preprocess.add_argument("--valid-tgt")
-    preprocess.add_argument("--task", help="built-in generated task (dates, numbers, reverse) when no files")
-    preprocess.add_argument("--config", help="JSON file with a data section (the other sections are kept too)")
-    preprocess.add_argument("--set", action="append", metavar="data.KEY=VALUE", help="override one setting")
-    preprocess.add_argument("--workers", type=int, default=1, metavar="N", help="tokenizing processes")
-    preprocess.add_argument("--workdir", metavar="W", help="reuse this workdir's tokenizers (and, without "
-                            "--config, its settings)")
-    preprocess.set_defaults(handler=cmd_preprocess)
-
-    ensemble_help = "trained workdir (repeat for an ensemble; decoding defaults come from the first)"
-    translate = commands.add_parser("translate", help="translate stdin (or --input) line by line")
-    translate.add_argument("--workdir", required=True, action="append", help=ensemble_help)
-    translate.add_argument("--input")
-    translate.add_argument("--output")
-    translate.add_argument("--prefix", metavar="F", help="one target prefix per input line (an empty line for none) "
-                           "that every hypothesis starts with")
-    translate.add_argument("--plot-attention", metavar="DIR",
-                           help="write one attention heatmap PNG per non-blank line")
-    translate.add_argument("--interactive", action="store_true",
-                           help="answer each stdin line as soon as it is read, flushing stdout")
-    _add_decode_arguments(translate)
-    translate.set_defaults(handler=cmd_translate)
-
-    evaluate = commands.add_parser("evaluate", help="BLEU, chrF (sacrebleu), perplexity, ROUGE on request")
-    evaluate.add_argument("--workdir", required=True, action="append", help=ensemble_help)
-    evaluate.add_argument("--src", required=True)
-    evaluate.add_argument("--ref", required=True, action="append", help="reference file (repeat for several)")
-    evaluate.add_argument("--rouge", action="store_true")
-    evaluate.add_argument("--json", action="store_true")
-    _add_decode_arguments(evaluate)
-    evaluate.set_defaults(handler=cmd_evaluate)
-
-    score = commands.add_parser("score", help="log-probability of given translations (forced decoding), one line "
-                                "per pair: sum, mean, count; the corpus perplexity on stderr")
-    score.add_argument("--workdir", required=True, action="append", help=ensemble_help)
-    score.add_argument("--src", required=True, help="source sentences, one per line")
-    score.add_argument("--tgt", required=True, help="target sentences to score, line-aligned with --src")
-    score.add_argument("--json", action="store_true", help="one JSON object per line (and a JSON summary)")
-    score.add_argument("--output", help="write the scores to this file instead of stdout")
-    score.add_argument("--batch-size", type=int)
-    score.add_argument("--checkpoint", default="best", help="best, latest or a step number")
-    score.set_defaults(handler=cmd_score)
-
-    plot = commands.add_parser("plot", help="training curves PNG; attention heatmap for one sentence")
-    plot.add_argument("--workdir", required=True)
-    plot.add_argument("--out")
-    plot.add_argument("--attention", metavar="SENTENCE")
-    plot.add_argument("--attention-out")
-    plot.set_defaults(handler=cmd_plot)
-
-    export = commands.add_parser("export-torch", help="write an export directory for PyTorch (torch_ref)")
-    export.add_argument("--workdir", required=True)
-    export.add_argument("--out", required=True, metavar="DIR", help="export directory (must be new or empty)")
-    export.add_argument("--checkpoint", default="best", help="best, latest or a step number")
-    export.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
-    export.set_defaults(handler=cmd_export_torch)
-
-    import_ = commands.add_parser("import-torch", help="make a workdir from an export directory or a torch_ref "
-                                                       "state_dict (.safetensors / .pt)")
-    import_.add_argument("--src", required=True, help="export directory, or a .safetensors/.pt state_dict file")
-    import_.add_argument("--workdir", required=True, help="new (or empty) workdir")
-    import_.add_argument("--config", help="config JSON for a bare state_dict (default: config.json beside it)")
-    import_.set_defaults(handler=cmd_import_torch)
-    average = commands.add_parser("average", help="average the parameters of the last N checkpoints into a new "
-                                  "workdir")
-    average.add_argument("--workdir", required=True)
-    average.add_argument("--out", required=True, metavar="W", help="new (or empty) workdir for the average")
-    average.add_argument("--last", type=int, default=5, metavar="N", help="the N newest checkpoints (default 5)")
-    average.add_argument("--steps", metavar="S1,S2,...", help="exactly these steps instead of --last")
-    average.set_defaults(handler=cmd_average)
-
-    serve = commands.add_parser("serve", help="HTTP translation server with dynamic batching and a web page")
-    serve.add_argument("--workdir", required=True, action="append", help=ensemble_help)
-    serve.add_argument("--checkpoint", default="best", help="best, latest or a step number")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    serve.add_argument("--port", type=int, default=5000)
-    serve.add_argument("--max-batch", type=int, default=64, help="most texts merged into one search")
-    serve.add_argument("--max-wait-ms", type=float, default=10.0,
-                       help="longest wait for more requests to merge with the oldest one")
-    serve.add_argument("--refill-share", type=float, default=0.25, metavar="SHARE",
-                       help="after a search, wait up to this share of its duration for the clients it answered to "
-                            "send again, so that they join the next search (0: off)")
-    serve.add_argument("--max-chars", type=int, default=2000, help="most characters per text")
-    serve.add_argument("--max-texts", type=int, default=64, help="most texts per request")
-    serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
-    serve.add_argument("--max-beam-size", type=int, default=16,
-                       help="largest beam a request may ask for (at least the workdir's own)")
-    serve.add_argument("--fixed-rows", action="store_true",
-                       help="every search has --max-batch rows: scores bit-identical to a text's score alone "
-                            "(default: 1, 4, 16, ... rows, whichever holds the batch; equal texts, scores within "
-                            "float32 rounding)")
-    serve.add_argument("--warmup-src-len", type=int, default=32, metavar="TOKENS",
-                       help="compile the default settings' searches for sources up to this length at start-up")
-    serve.set_defaults(handler=cmd_serve)
-
-    for command in commands.choices.values():  # also after the command: seq2seq train ... --verbose
-        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                             help="also log details (each compiled program, checkpoint internals) and print "
-                                  "the traceback of an error")
-        command.add_argument("--no-compile-cache", action="store_true", default=argparse.SUPPRESS,
-                             help="do not use the persistent compilation cache")
-    return parser
+    """The command line's parser (``cli_parser``); ``HANDLERS[args.command]`` runs what it parsed."""
+    return cli_parser.build_parser(description=__doc__.split("\n\n")[0])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -483,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ[CACHE_VARIABLE] = compilation_cache.OFF
         elif args.command in COMPILING_COMMANDS:
             compilation_cache.enable()
-        return args.handler(args)
+        return HANDLERS[args.command](args)
     except (ConfigError, ValueError, OSError, RuntimeError) as error:  # one line; the traceback with --verbose
         print(f"seq2seq {args.command}: error: {error}", file=sys.stderr)
         if args.verbose:
@@ -495,5 +389,5 @@ def main(argv: list[str] | None = None) -> int:
             raise
         extra = _EXTRA_OF_MODULE[module]
         print(f"seq2seq {args.command} needs {_LIBRARY_NAMES.get(module, module)}: install the {extra} extra "
-              f"(pip install 'seq2seq-jax[{extra}]')", file=sys.stderr)
+              f"({install_command(extra)})", file=sys.stderr)
         return 2

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
+from seq2seq_jax.core import config as config_module
 from seq2seq_jax.core.config import ConfigError, DecodeConfig, ExperimentConfig, ModelConfig
+from seq2seq_jax.core.presets import PRESETS
 
 
 def test_json_round_trip(tmp_path):
@@ -65,3 +68,46 @@ def test_decode_max_len():
     assert DecodeConfig(max_len_a=1.5, max_len_b=10).max_len(4) == 16
     with pytest.raises(ConfigError, match="n_best"):
         DecodeConfig(beam_size=2, n_best=3)
+
+
+def test_every_field_has_a_one_line_meaning():
+    docs = config_module.describe_fields()
+    assert len(docs) == sum(len(dataclasses.fields(type(section))) for section in vars(ExperimentConfig()).values())
+    for doc in docs:
+        assert doc.help and "\n" not in doc.help and len(doc.help) <= 110, doc.key
+    assert config_module.field_help("decode", "batch_size").startswith("sentences per search")
+
+
+def test_an_unknown_setting_says_what_was_meant():
+    for bad, meant in [("model.enc_layer=2", "model.enc_layers"), ("decode.beam=5", "decode.beam_size"),
+                       ("decode.beem=5", "decode.beam_size"), ("decode.label_smoothing=0.1", "train.label_smoothing"),
+                       ("modle.enc_layers=1", "model")]:
+        with pytest.raises(ConfigError, match=f"did you mean '{meant}'"):
+            ExperimentConfig().with_overrides([bad])
+    with pytest.raises(ConfigError, match="did you mean 'beam_size'"):
+        ExperimentConfig.from_dict({"decode": {"beam_sise": 5}})
+
+
+def test_presets_are_valid_and_lowest_in_precedence(tmp_path):
+    for name, sections in PRESETS.items():
+        config = ExperimentConfig.from_preset(name)
+        for section, fields in sections.items():  # every field a preset names is what it resolves to
+            assert {key: getattr(getattr(config, section), key) for key in fields} == fields, name
+    translation = ExperimentConfig.from_preset("translation")
+    assert translation.model.enc_layers == 2 and translation.model.decoder_style == "luong"
+    assert translation.decode.beam_size == 5 and translation.train.label_smoothing == 0.1
+    summarization = ExperimentConfig.from_preset("summarization")
+    assert summarization.model.copy_attention and summarization.decode.no_repeat_ngram_size == 3
+    # preset < config file < --set; a file may name its preset itself
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model": {"enc_layers": 3}, "decode": {"beam_size": 4}}))
+    config = ExperimentConfig.load(path, preset="translation").with_overrides(["decode.beam_size=2"])
+    assert (config.model.enc_layers, config.decode.beam_size, config.model.decoder_style) == (3, 2, "luong")
+    path.write_text(json.dumps({"preset": "translation", "model": {"enc_layers": 3}}))
+    assert ExperimentConfig.load(path) == dataclasses.replace(
+        translation, model=dataclasses.replace(translation.model, enc_layers=3))
+    assert ExperimentConfig.load(path, preset="translation") == ExperimentConfig.load(path)
+    with pytest.raises(ConfigError, match="names preset 'translation'"):
+        ExperimentConfig.load(path, preset="small")
+    with pytest.raises(ConfigError, match="did you mean 'summarization'"):
+        ExperimentConfig.from_preset("sumarization")

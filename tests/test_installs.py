@@ -85,8 +85,10 @@ def test_jax_commands_without_jax_name_the_jax_extra(command, tmp_path):
     # It names the first module of the extra that the command imports (JAX for jax, flax, optax, orbax).
     assert completed.returncode == 2
     [line] = completed.stderr.splitlines()
+    # From this checkout (on PYTHONPATH, run from elsewhere): the editable install of it; scripts/check_installs.sh
+    # checks the line of an installed wheel, "pip install 'seq2seq-jax[jax]'".
     assert re.fullmatch(rf"seq2seq {command[0]} needs (JAX|\w+): install the jax extra "
-                        r"\(pip install 'seq2seq-jax\[jax\]'\)", line), line
+                        rf'\(pip install -e "{re.escape(str(REPO))}\[jax\]"\)', line), line
     assert not (tmp_path / "W").exists() and not (tmp_path / "W2").exists()
 
 
@@ -165,5 +167,5 @@ def test_import_torch_of_a_pt_file_without_torch_names_the_torch_extra(tmp_path)
     assert completed.returncode == 2
     assert completed.stderr.splitlines() == [
         f"seq2seq import-torch: error: {source / 'model.pt'}: reading a torch.save file needs PyTorch: install the "
-        "torch extra (pip install 'seq2seq-jax[torch]'), or import a .safetensors file"]
+        f'torch extra (pip install -e "{REPO}[torch]"), or import a .safetensors file']
     assert not (tmp_path / "imported").exists()

@@ -58,8 +58,8 @@ def sources(folder: str) -> list[Path]:
 def test_the_layers_are_the_packages_there_are():
     packages = {p.name for p in (ROOT / "seq2seq_jax").iterdir() if (p / "__init__.py").is_file()}
     assert packages == set(LAYERS)
-    assert sorted(p.name for p in (ROOT / "seq2seq_jax").glob("*.py")) == ["__init__.py", "__main__.py", "api.py",
-                                                                         "cli.py", "compilation_cache.py"]
+    assert sorted(p.name for p in (ROOT / "seq2seq_jax").glob("*.py")) == [
+        "__init__.py", "__main__.py", "api.py", "cli.py", "cli_parser.py", "compilation_cache.py"]
 
 
 @pytest.mark.parametrize("path", sources("seq2seq_jax"), ids=lambda p: str(p.relative_to(ROOT)))

@@ -39,7 +39,9 @@ def test_translate_imports_no_training_evaluation_or_serving_library(workdir):
     assert "jax" in modules and not modules & NOT_FOR_DECODING, sorted(modules & NOT_FOR_DECODING)
 
 
-def test_help_imports_no_framework():
-    modules = imported_modules("--help")
+@pytest.mark.parametrize("args", [["--help"], ["config", "--preset", "small"], ["config", "--describe"]],
+                         ids=" ".join)
+def test_help_and_config_import_no_framework(args):
+    modules = imported_modules(*args)
     heavy = {"jax", "flax", "optax", "orbax"} | NOT_FOR_DECODING
     assert not modules & heavy, sorted(modules & heavy)

@@ -13,8 +13,12 @@ from pathlib import Path
 import pytest
 
 from seq2seq_jax.core.config import DecodeConfig, ExperimentConfig
+from seq2seq_jax.core.presets import PRESETS
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "scripts" / "recipes"
+# Every field of each recipe's config as the recipe's results were measured with (written out in full before the
+# recipe files became a preset and its changes): what a recipe file resolves to must stay exactly this.
+MEASURED_CONFIGS = Path(__file__).resolve().parent / "recipe_configs"
 
 
 def _runner():
@@ -39,6 +43,14 @@ def test_recipe_config_loads_and_search_is_valid(name):
             DecodeConfig(**{**config.decode.to_dict(), "beam_size": recipe.beam_size, key: value})
     assert recipe.metric in ("bleu", "rouge")
     assert (recipe.test is None) == (recipe.metric == "rouge")
+
+
+@pytest.mark.parametrize("name", sorted(RUNNER.RECIPES))
+def test_recipe_is_a_preset_and_resolves_to_the_config_it_was_measured_with(name):
+    recipe = RUNNER.RECIPES[name]
+    assert json.loads((RECIPE_DIR / recipe.config).read_text())["preset"] in PRESETS
+    measured = ExperimentConfig.from_dict(json.loads((MEASURED_CONFIGS / recipe.config).read_text()))
+    assert ExperimentConfig.load(RECIPE_DIR / recipe.config) == measured
 
 
 def test_a_missing_corpus_is_named(tmp_path):

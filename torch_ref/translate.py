@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from seq2seq_jax.core.config import ConfigError, DecodeConfig
+from seq2seq_jax.core.decode_flags import add_decode_flags
 from seq2seq_jax.core.reading import check_same_line_count, split_lines
 from seq2seq_jax.core.search_settings import Hypothesis, decode_settings, format_line, max_len_for, output_ids
 from seq2seq_jax.core.tokenizer import Tokenizer, TokenizerError
@@ -103,18 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "directory (seq2seq export-torch).")
     parser.add_argument("directories", nargs="+", metavar="DIR",
                         help="export directory (several: an ensemble; decode settings from the first)")
-    parser.add_argument("--beam-size", type=int, help="beam size (1 = greedy)")
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--length-penalty", type=float, help="alpha of ((5 + len) / 6) ** alpha")
-    parser.add_argument("--max-len-a", type=float)
-    parser.add_argument("--max-len-b", type=float)
-    parser.add_argument("--n-best", type=int)
-    parser.add_argument("--min-len", type=int)
-    parser.add_argument("--no-repeat-ngram-size", type=int)
-    parser.add_argument("--input", help="read this file instead of stdin")
-    parser.add_argument("--output", help="write this file instead of stdout")
-    parser.add_argument("--prefix", help="one target prefix per input line (an empty line for none)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    add_decode_flags(parser, sampling=False, defaults_from="the (first) export's decode config")
+    parser.add_argument("--input", metavar="F", help="read source lines from this file instead of stdin")
+    parser.add_argument("--output", metavar="F", help="write translations to this file instead of stdout")
+    parser.add_argument("--prefix", metavar="F", help="one target prefix per input line (an empty line for none) "
+                        "that every hypothesis starts with")
+    parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
     return parser
 
 

@@ -4,8 +4,10 @@
         [--select validation|average]
 
 NAME is one of ``RECIPES`` (``multi30k-de-en``, ``multi30k-en-de``, ``dialogsum``); its settings are the
-config file beside this script. ``--data`` is the folder holding ``multi30k/`` and ``dialogsum/`` (default
-``../shared/data``, relative to the repository). The steps:
+config file beside this script: a preset (``seq2seq_jax/core/presets.py``) and the recipe's changes to it, which
+``seq2seq train --config`` resolves (``seq2seq config --config FILE`` prints the result). ``--data`` is the
+folder holding ``multi30k/`` and ``dialogsum/`` (default ``../shared/data``, relative to the repository). The
+steps:
 
 1. ``seq2seq train`` on the training split, validating (greedy BLEU) on the validation split; an existing
    workdir is resumed, not restarted.

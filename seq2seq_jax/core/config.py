@@ -10,11 +10,13 @@ with a message that says which fields disagree.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 from pathlib import Path
 from typing import Any, get_type_hints
 
 from seq2seq_jax.core.json_files import read_json
+from seq2seq_jax.core.presets import PRESETS, merge_sections, preset_sections
 from seq2seq_jax.core.search_settings import max_len_for
 
 ATTENTION_SCORES = ("additive", "dot", "general")
@@ -36,6 +38,27 @@ def _check_rate(name: str, value: float) -> None:
     _check(0.0 <= value < 1.0, f"{name} must be in [0, 1), got {value}")
 
 
+def _f(default: Any, help: str) -> Any:
+    """A config field with its default and its one-line meaning (``seq2seq config --describe``, the help of the
+    command-line flags that set it)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def closest(name: str, known) -> str | None:
+    """The one of ``known`` that a misspelled ``name`` most likely meant, or None."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    if not close:  # a looser match that starts like the name given ('beem' -> 'beam_size')
+        close = [candidate for candidate in difflib.get_close_matches(name, list(known), n=3, cutoff=0.45)
+                 if candidate[:1] == name[:1]]
+    return close[0] if close else None
+
+
+def did_you_mean(name: str, known) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``known`` to a misspelled ``name``, or ``""``."""
+    match = closest(name, known)
+    return f" (did you mean {match!r}?)" if match else ""
+
+
 class _JsonConfig:
     """JSON round trip shared by every config dataclass."""
 
@@ -47,7 +70,8 @@ class _JsonConfig:
         known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"{cls.__name__}: unknown field(s) {unknown}; known fields are {sorted(known)}")
+            raise ConfigError(f"{cls.__name__}: unknown field(s) {unknown}{did_you_mean(unknown[0], known)}; known "
+                              f"fields are {sorted(known)}")
         hints = get_type_hints(cls)
         converted = {}
         for name, value in values.items():
@@ -72,28 +96,34 @@ class ModelConfig(_JsonConfig):
     built from a config whose sizes are positive (see ``require_resolved``).
     """
 
-    src_vocab_size: int = 0
-    tgt_vocab_size: int = 0
-    src_embed_size: int = 32
-    tgt_embed_size: int = 32
-    enc_layers: int = 1
-    enc_hidden_size: int = 64
-    bidirectional: bool = True
-    dec_layers: int = 1
-    dec_hidden_size: int = 128
-    attention: str = "additive"
-    attention_size: int = 64
-    decoder_style: str = "bahdanau"
-    bridge: str = "dense"
-    readout_size: int = 64
-    tie_output_embedding: bool = False
-    copy_attention: bool = False
-    embed_dropout: float = 0.0
-    rnn_dropout: float = 0.0
-    readout_dropout: float = 0.0
-    param_dtype: str = "float32"
-    compute_dtype: str = "float32"
-    init_scale: float = 0.1
+    src_vocab_size: int = _f(0, "source vocabulary size (0: taken from the tokenizer, which is how a config leaves it)")
+    tgt_vocab_size: int = _f(0, "target vocabulary size (0: taken from the tokenizer)")
+    src_embed_size: int = _f(32, "width of the source token embeddings")
+    tgt_embed_size: int = _f(32, "width of the target token embeddings")
+    enc_layers: int = _f(1, "number of stacked encoder LSTM layers")
+    enc_hidden_size: int = _f(64, "hidden units of each encoder LSTM direction")
+    bidirectional: bool = _f(True, "encoder reads the source both ways (memory width 2 x enc_hidden_size)")
+    dec_layers: int = _f(1, "number of stacked decoder LSTM layers")
+    dec_hidden_size: int = _f(128, "hidden units of each decoder LSTM layer")
+    attention: str = _f("additive", "attention score: additive (Bahdanau MLP), dot or general (Luong bilinear)")
+    attention_size: int = _f(64, "hidden width of the additive attention's MLP (unused by dot and general)")
+    decoder_style: str = _f("bahdanau", "bahdanau (attend before the step) or luong (attend after it, with input "
+                                        "feeding)")
+    bridge: str = _f("dense", "decoder initial state from the encoder: zero, last (copy per layer) or dense "
+                              "(projected)")
+    readout_size: int = _f(64, "width of the attentional readout vector r_t that feeds the output layer")
+    tie_output_embedding: bool = _f(False, "share the output projection with the target embeddings (needs readout_size "
+                                           "== tgt_embed_size)")
+    copy_attention: bool = _f(False, "pointer-generator: mix copying source tokens into the output (needs "
+                                     "data.joint_vocab)")
+    embed_dropout: float = _f(0.0, "dropout rate on source and target embeddings")
+    rnn_dropout: float = _f(0.0, "dropout rate between stacked LSTM layers")
+    readout_dropout: float = _f(0.0, "dropout rate on the readout vector r_t")
+    param_dtype: str = _f("float32", "dtype of the parameters (and the optimizer state): float32, float64, bfloat16 or "
+                                     "float16")
+    compute_dtype: str = _f("float32", "dtype of the matmuls (bfloat16: mixed precision; softmax and loss stay "
+                                       "float32)")
+    init_scale: float = _f(0.1, "parameters are initialised uniformly in [-init_scale, init_scale]")
 
     def __post_init__(self):
         for name in ("src_embed_size", "tgt_embed_size", "enc_layers", "enc_hidden_size", "dec_layers",
@@ -167,36 +197,41 @@ class DataConfig(_JsonConfig):
     trained on a reservoir sample of at most this many training pairs (all of them when there are fewer).
     """
 
-    task: str = "dates"
-    task_train_size: int = 20000
-    task_valid_size: int = 500
-    task_seed: int = 1234
-    train_src: str = ""
-    train_tgt: str = ""
-    train_tsv: str = ""
-    valid_src: str = ""
-    valid_tgt: str = ""
-    valid_tsv: str = ""
-    tokenizer: str = "char"
-    vocab_size: int = 8000
-    min_freq: int = 1
-    max_vocab_size: int = 50000
-    joint_vocab: bool = False
-    character_coverage: float = 1.0
-    user_symbols: tuple[str, ...] = ()
-    src_spm_model: str = ""
-    tgt_spm_model: str = ""
-    max_src_len: int = 100
-    max_tgt_len: int = 100
-    long_pair_policy: str = "drop"
-    encoding_errors: str = "strict"
-    batch_size: int = 64
-    bucket_width: int = 8
-    tgt_bucket_width: int = 0
-    max_tokens: int = 0
-    seed: int = 0
-    preprocessed_dir: str = ""
-    tokenizer_sample_size: int = 1_000_000
+    task: str = _f("dates", "built-in generated task when no files are given: dates, numbers or reverse")
+    task_train_size: int = _f(20000, "training pairs generated for the built-in task")
+    task_valid_size: int = _f(500, "validation pairs generated for the built-in task")
+    task_seed: int = _f(1234, "seed of the built-in task's generator")
+    train_src: str = _f("", "training source file, one sentence per line (with train_tgt)")
+    train_tgt: str = _f("", "training target file, line-aligned with train_src")
+    train_tsv: str = _f("", "training pairs as one tab-separated file (source<TAB>target) instead of "
+                            "train_src/train_tgt")
+    valid_src: str = _f("", "validation source file, one sentence per line (with valid_tgt)")
+    valid_tgt: str = _f("", "validation target file, line-aligned with valid_src")
+    valid_tsv: str = _f("", "validation pairs as one tab-separated file instead of valid_src/valid_tgt")
+    tokenizer: str = _f("char", "char, word, unigram (sentencepiece) or bpe (sentencepiece)")
+    vocab_size: int = _f(8000, "sentencepiece vocabulary size per side (joint: of the shared one)")
+    min_freq: int = _f(1, "char/word tokenizers: least count for a token to get its own id")
+    max_vocab_size: int = _f(50000, "char/word tokenizers: most ids per side (the most frequent tokens)")
+    joint_vocab: bool = _f(False, "one tokenizer and vocabulary shared by source and target")
+    character_coverage: float = _f(1.0, "sentencepiece character_coverage (1.0 for small alphabets, 0.9995 for CJK)")
+    user_symbols: tuple[str, ...] = _f((), "strings a sentencepiece tokenizer keeps as single pieces (comma-separated "
+                                           "with --set)")
+    src_spm_model: str = _f("", "an existing sentencepiece .model for the source side instead of training one")
+    tgt_spm_model: str = _f("", "an existing sentencepiece .model for the target side instead of training one")
+    max_src_len: int = _f(100, "longest source in tokens; longer pairs are dropped or cropped (long_pair_policy)")
+    max_tgt_len: int = _f(100, "longest target in tokens; longer pairs are dropped or cropped (long_pair_policy)")
+    long_pair_policy: str = _f("drop", "what happens to a training pair over max_src_len/max_tgt_len: drop or crop")
+    encoding_errors: str = _f("strict", "invalid UTF-8 in a data file: strict (an error naming file and line) or "
+                                        "replace")
+    batch_size: int = _f(64, "sentence pairs per training batch (the global batch, over all devices)")
+    bucket_width: int = _f(8, "sources (and targets) are padded to a multiple of this many tokens")
+    tgt_bucket_width: int = _f(0, "padding multiple of target lengths when it differs from bucket_width (0: the same)")
+    max_tokens: int = _f(0, "token budget per batch instead of batch_size rows (0: off)")
+    seed: int = _f(0, "seed of the data order (shuffling and batch order)")
+    preprocessed_dir: str = _f("", "train from this seq2seq preprocess directory (train --data) instead of the files "
+                                   "above")
+    tokenizer_sample_size: int = _f(1_000_000, "tokenizers are trained on a reservoir sample of at most this many "
+                                               "pairs")
 
     def __post_init__(self):
         _check(self.tokenizer in ("char", "word", "unigram", "bpe"),
@@ -246,27 +281,28 @@ class TrainConfig(_JsonConfig):
     (``max_steps``, the schedule, logging, validation and checkpoints) count updates.
     """
 
-    optimizer: str = "adam"
-    learning_rate: float = 3e-3
-    adam_b1: float = 0.9
-    adam_b2: float = 0.999
-    adam_eps: float = 1e-8
-    weight_decay: float = 0.0
-    schedule: str = "inverse_sqrt"
-    warmup_steps: int = 100
-    max_grad_norm: float = 1.0
-    label_smoothing: float = 0.0
-    max_steps: int = 1000
-    log_every: int = 50
-    eval_every: int = 250
-    save_every: int = 250
-    keep_checkpoints: int = 3
-    best_metric: str = "valid_loss"
-    patience: int = 0
-    max_nonfinite_steps: int = 5
-    grad_accum_steps: int = 1
-    valid_sample_size: int = 200
-    seed: int = 0
+    optimizer: str = _f("adam", "adam or adamw (decoupled weight decay)")
+    learning_rate: float = _f(3e-3, "peak learning rate of the schedule")
+    adam_b1: float = _f(0.9, "Adam's beta1")
+    adam_b2: float = _f(0.999, "Adam's beta2")
+    adam_eps: float = _f(1e-8, "Adam's epsilon")
+    weight_decay: float = _f(0.0, "adamw's decoupled weight decay (0: none)")
+    schedule: str = _f("inverse_sqrt", "learning-rate schedule after warm-up: constant, inverse_sqrt, cosine or linear "
+                                       "(decay to 0)")
+    warmup_steps: int = _f(100, "steps of linear warm-up from 0 to learning_rate")
+    max_grad_norm: float = _f(1.0, "clip the global gradient norm to this (0: no clipping)")
+    label_smoothing: float = _f(0.0, "label smoothing epsilon of the cross-entropy loss")
+    max_steps: int = _f(1000, "updates to train for")
+    log_every: int = _f(50, "log the training loss and speed every this many steps")
+    eval_every: int = _f(250, "validate every this many steps")
+    save_every: int = _f(250, "save a checkpoint every this many steps")
+    keep_checkpoints: int = _f(3, "newest checkpoints kept (besides the best); seq2seq average can average them")
+    best_metric: str = _f("valid_loss", "what picks the best checkpoint: valid_loss, valid_bleu or valid_exact_match")
+    patience: int = _f(0, "stop after this many validations without a better best_metric (0: never)")
+    max_nonfinite_steps: int = _f(5, "stop after this many consecutive steps with a non-finite loss or gradient")
+    grad_accum_steps: int = _f(1, "batches per update: the gradient of k batches as one batch k times larger")
+    valid_sample_size: int = _f(200, "validation sentences decoded (greedy) for valid_bleu and valid_exact_match")
+    seed: int = _f(0, "seed of parameter initialisation and dropout")
 
     def __post_init__(self):
         _check(self.optimizer in ("adam", "adamw"), f"train.optimizer must be adam or adamw, got {self.optimizer!r}")
@@ -293,19 +329,19 @@ class TrainConfig(_JsonConfig):
 class DecodeConfig(_JsonConfig):
     """Search settings: beam search (K=1 is greedy) or sampling."""
 
-    beam_size: int = 1
-    length_penalty: float = 0.0
-    n_best: int = 1
-    min_len: int = 0
-    max_len_a: float = 1.5
-    max_len_b: float = 10.0
-    no_repeat_ngram_size: int = 0
-    sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 0
-    batch_size: int = 64
+    beam_size: int = _f(1, "beam width (1: greedy search)")
+    length_penalty: float = _f(0.0, "alpha of the GNMT length penalty ((5 + len) / 6) ** alpha (0: none)")
+    n_best: int = _f(1, "hypotheses output per sentence, best first (at most beam_size)")
+    min_len: int = _f(0, "EOS is not allowed before this many target tokens")
+    max_len_a: float = _f(1.5, "output limit: at most max_len_a * source tokens + max_len_b tokens")
+    max_len_b: float = _f(10.0, "output limit: at most max_len_a * source tokens + max_len_b tokens")
+    no_repeat_ngram_size: int = _f(0, "no n-gram of this size appears twice in a hypothesis (0: off)")
+    sample: bool = _f(False, "sample instead of beam search (one sample per sentence)")
+    temperature: float = _f(1.0, "sampling: divide the logits by this")
+    top_k: int = _f(0, "sampling: only the k most probable tokens (0: all)")
+    top_p: float = _f(1.0, "sampling: only the smallest set of tokens holding this probability (nucleus; 1: all)")
+    seed: int = _f(0, "sampling: random seed")
+    batch_size: int = _f(64, "sentences per search (a batch of source lines, not tokens)")
 
     def __post_init__(self):
         _check(self.beam_size >= 1, "decode.beam_size must be >= 1")
@@ -325,6 +361,41 @@ class DecodeConfig(_JsonConfig):
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "decode": DecodeConfig}
+
+
+def preset_values(name: str) -> dict[str, dict[str, Any]]:
+    """The sections of preset ``name`` (``core/presets.py``); an unknown name is an error listing them."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}{did_you_mean(name, PRESETS)}; presets are "
+                          f"{', '.join(PRESETS)}")
+    return preset_sections(name)
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldDoc:
+    """One config field as ``seq2seq config --describe`` lists it."""
+
+    key: str      # section.name
+    type: str
+    default: Any
+    help: str
+
+
+def describe_fields() -> list[FieldDoc]:
+    """Every field of every section, in section and declaration order, with its type, default and meaning."""
+    docs = []
+    for section_name, section in _SECTIONS.items():
+        hints = get_type_hints(section)
+        for f in dataclasses.fields(section):
+            type_name = getattr(hints[f.name], "__name__", None) if hints[f.name] in (int, float, str, bool) else None
+            docs.append(FieldDoc(f"{section_name}.{f.name}", type_name or str(hints[f.name]), f.default,
+                                 f.metadata.get("help", "")))
+    return docs
+
+
+def field_help(section: str, name: str) -> str:
+    """The one-line meaning of ``section.name``."""
+    return {f.name: f.metadata["help"] for f in dataclasses.fields(_SECTIONS[section])}[name]
 
 
 def _parse_value(raw: str, annotation: str, key: str) -> Any:
@@ -360,17 +431,35 @@ class ExperimentConfig(_JsonConfig):
                "distribution, so source and target must share one vocabulary")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ExperimentConfig:
+    def from_dict(cls, values: dict[str, Any], preset: str | None = None) -> ExperimentConfig:
+        """The config of ``values`` (sections of fields) over the defaults, or over ``preset``'s fields when
+        given; ``values`` may name its own preset (``"preset": NAME``), which must then be the same."""
+        values = dict(values)
+        named = values.pop("preset", None)
+        if named is not None and preset is not None and named != preset:
+            raise ConfigError(f"preset {preset!r} was asked for, but the config names preset {named!r}")
+        preset = preset if preset is not None else named
         unknown = sorted(set(values) - set(_SECTIONS))
         if unknown:
-            raise ConfigError(f"unknown config section(s) {unknown}; sections are {sorted(_SECTIONS)}")
+            raise ConfigError(f"unknown config section(s) {unknown}{did_you_mean(unknown[0], _SECTIONS)}; "
+                              f"sections are {sorted(_SECTIONS)} (and \"preset\")")
+        if preset is not None:
+            values = merge_sections(preset_values(preset), values)
         return cls(**{name: section.from_dict(values.get(name, {})) for name, section in _SECTIONS.items()})
 
     @classmethod
-    def load(cls, path: str | Path) -> ExperimentConfig:
+    def from_preset(cls, name: str) -> ExperimentConfig:
+        """The defaults with preset ``name``'s fields (``core/presets.py``)."""
+        return cls.from_dict({}, preset=name)
+
+    @classmethod
+    def load(cls, path: str | Path, preset: str | None = None) -> ExperimentConfig:
+        """The config file ``path`` (over ``preset``, or over the preset it names, when either is given)."""
         values = read_json(path, ConfigError)
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a JSON object of sections, got {type(values).__name__}")
         try:
-            return cls.from_dict(values)
+            return cls.from_dict(values, preset)
         except (ConfigError, TypeError) as error:
             raise ConfigError(f"{path}: {error}") from None
 
@@ -392,10 +481,17 @@ class ExperimentConfig(_JsonConfig):
             if not sep or not dot:
                 raise ConfigError(f"--set expects SECTION.KEY=VALUE, got {pair!r}")
             if section_name not in _SECTIONS:
-                raise ConfigError(f"--set {key}: unknown section {section_name!r}; sections are {sorted(_SECTIONS)}")
+                raise ConfigError(f"--set {key}: unknown section {section_name!r}"
+                                  f"{did_you_mean(section_name, _SECTIONS)}; sections are {sorted(_SECTIONS)}")
             hints = {f.name: f.type for f in dataclasses.fields(_SECTIONS[section_name])}
             if field_name not in hints:
-                raise ConfigError(f"--set {key}: unknown field; {section_name} has {sorted(hints)}")
+                match = closest(field_name, hints)  # this section's field, else one of another section
+                elsewhere = [name for name, section in _SECTIONS.items()
+                             if field_name in {f.name for f in dataclasses.fields(section)}]
+                meant = (f"{section_name}.{match}" if match else f"{elsewhere[0]}.{field_name}" if elsewhere
+                         else None)
+                hint = f" (did you mean {meant!r}?)" if meant else ""
+                raise ConfigError(f"--set {key}: unknown field{hint}; {section_name} has {sorted(hints)}")
             changes.setdefault(section_name, {})[field_name] = _parse_value(raw, str(hints[field_name]), key)
         return dataclasses.replace(self, **{name: dataclasses.replace(getattr(self, name), **fields)
                                             for name, fields in changes.items()})

@@ -40,6 +40,7 @@ from seq2seq_jax.core.export_format import (
     retie,
 )
 from seq2seq_jax.core.export_format import ExportFormatError as ExportError
+from seq2seq_jax.core.install_hint import install_command
 from seq2seq_jax.core.json_files import read_json
 from seq2seq_jax.training.staging import is_nonempty_dir, staged_directory
 from seq2seq_jax.training.workdir_lock import workdir_lock
@@ -98,7 +99,7 @@ def read_state_dict_file(path: str | Path) -> dict[str, np.ndarray]:
             import torch
         except ModuleNotFoundError:
             raise ExportError(f"{path}: reading a torch.save file needs PyTorch: install the torch extra "
-                              "(pip install 'seq2seq-jax[torch]'), or import a .safetensors file") from None
+                              f"({install_command('torch')}), or import a .safetensors file") from None
         try:
             loaded = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as error:
