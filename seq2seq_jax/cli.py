@@ -29,7 +29,7 @@ from seq2seq_jax import cli_parser, compilation_cache
 from seq2seq_jax.core import logs
 from seq2seq_jax.core.config import ConfigError, ExperimentConfig, describe_fields
 from seq2seq_jax.core.install_hint import install_command
-from seq2seq_jax.core.search_settings import decode_settings, format_line
+from seq2seq_jax.core.search_settings import decode_settings, format_output
 
 logger = logging.getLogger(__name__)
 
@@ -188,14 +188,19 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _translate_interactively(translator) -> int:
+def _output_text(hypotheses, translator, args: argparse.Namespace) -> str:
+    return format_output(hypotheses, translator.config.n_best, with_score=args.with_score,
+                         one_line_per_input=args.one_line_per_input)
+
+
+def _translate_interactively(translator, args: argparse.Namespace) -> int:
     """Answer each stdin line as soon as it is read (one-row searches unless --batch-size says otherwise)."""
     for number, raw in enumerate(iter(sys.stdin.buffer.readline, b""), start=1):
         try:
             line = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
         except UnicodeDecodeError as error:
             raise ValueError(f"<stdin> line {number}: not valid UTF-8 ({error.reason})") from None
-        sys.stdout.write(format_line(translator.translate([line])[0], translator.config.n_best) + "\n")
+        sys.stdout.write(_output_text(translator.translate([line])[0], translator, args))
         sys.stdout.flush()
     return 0
 
@@ -209,7 +214,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     if args.interactive:
         if args.batch_size is None:
             translator.config = dataclasses.replace(translator.config, batch_size=1)
-        return _translate_interactively(translator)
+        return _translate_interactively(translator, args)
     lines = _read_input(args.input)
     prefixes = None
     if args.prefix:
@@ -222,7 +227,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
         for hypotheses in results:
-            out.write(format_line(hypotheses, translator.config.n_best) + "\n")
+            out.write(_output_text(hypotheses, translator, args))
     finally:
         if args.output:
             out.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from seq2seq_jax import __version__, compilation_cache
-from seq2seq_jax.core.decode_flags import add_decode_flags, checkpoint_arg
+from seq2seq_jax.core.decode_flags import add_decode_flags, add_output_flags, checkpoint_arg
 from seq2seq_jax.core.presets import PRESETS, SUMMARIES
 
 CACHE_VARIABLE = compilation_cache.ENVIRONMENT_VARIABLE
@@ -91,7 +91,8 @@ def _add_config(commands) -> None:
 def _add_translate(commands) -> None:
     translate = commands.add_parser("translate", help="translate stdin (or --input) line by line")
     translate.add_argument("--workdir", required=True, action="append", metavar="W", help=ENSEMBLE_HELP)
-    translate.add_argument("--input", metavar="F", help="read source lines from this file instead of stdin")
+    translate.add_argument("--src", "--input", dest="input", metavar="F",
+                           help="read source lines from this file instead of stdin")
     translate.add_argument("--output", metavar="F", help="write translations to this file instead of stdout")
     translate.add_argument("--prefix", metavar="F", help="one target prefix per input line (an empty line for none) "
                            "that every hypothesis starts with")
@@ -99,6 +100,7 @@ def _add_translate(commands) -> None:
                            help="write one attention heatmap PNG per non-blank line")
     translate.add_argument("--interactive", action="store_true",
                            help="answer each stdin line as soon as it is read, flushing stdout")
+    add_output_flags(translate)
     add_decode_flags(translate)
     _add_checkpoint(translate)
 

@@ -201,8 +201,8 @@ def test_torch_ref_ensemble_translate_and_score_match_jax(workdirs, tmp_path, ca
     exports = [export_torch(workdir, tmp_path / f"export{index}") for index, workdir in enumerate((first, second))]
     (tmp_path / "input.txt").write_text("\n".join(LINES) + "\n")
     (tmp_path / "prefix.txt").write_text("\n".join(PREFIXES) + "\n")
-    settings = ["--beam-size", "3", "--n-best", "2", "--input", tmp_path / "input.txt", "--prefix",
-                tmp_path / "prefix.txt"]
+    settings = ["--beam-size", "3", "--n-best", "2", "--one-line-per-input", "--input", tmp_path / "input.txt",
+                "--prefix", tmp_path / "prefix.txt"]
     code, jax_out, err = run_cli(["translate", "--workdir", first, "--workdir", second, *settings], capsys)
     assert code == 0, err
     assert torch_translate.main([str(e) for e in exports] + [str(s) for s in settings]

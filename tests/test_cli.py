@@ -64,8 +64,17 @@ def test_n_best_and_sampling(workdir, capsys, monkeypatch):
     code, out, err = run_cli(["translate", "--workdir", str(workdir), "--beam-size", "3", "--n-best", "2"], capsys,
                              monkeypatch, stdin="May 1, 2000\n")
     assert code == 0, err
-    fields = out.rstrip("\n").split("\t")
-    assert len(fields) == 4 and float(fields[1]) >= float(fields[3])
+    assert len(out.splitlines()) == 2 and "\t" not in out  # --n-best N: N lines per input, best first
+    code, scored, err = run_cli(["translate", "--workdir", str(workdir), "--beam-size", "3", "--n-best", "2",
+                                 "--with-score"], capsys, monkeypatch, stdin="May 1, 2000\n")
+    rows = [line.split("\t") for line in scored.splitlines()]
+    assert [row[0] for row in rows] == out.splitlines() and float(rows[0][1]) >= float(rows[1][1])
+    code, one_line, err = run_cli(["translate", "--workdir", str(workdir), "--beam-size", "3", "--n-best", "2",
+                                   "--one-line-per-input"], capsys, monkeypatch, stdin="May 1, 2000\n")
+    assert one_line.rstrip("\n").split("\t") == [field for row in rows for field in row]
+    greedy = run_cli(["translate", "--workdir", str(workdir), "--with-score"], capsys, monkeypatch,
+                     stdin="May 1, 2000\n")[1]
+    assert len(greedy.splitlines()) == 1 and float(greedy.rstrip("\n").split("\t")[1]) <= 0
     args = ["translate", "--workdir", str(workdir), "--sample", "--temperature", "1.5", "--seed", "3"]
     first = run_cli(args, capsys, monkeypatch, stdin="May 1, 2000\nJune 2, 1999\n")[1]
     second = run_cli(args, capsys, monkeypatch, stdin="May 1, 2000\nJune 2, 1999\n")[1]
@@ -147,7 +156,8 @@ BLANK_MIX = ["March 3, 2021", "", "   ", "\t", "14 July 1789", " \u3000 ", "1999
 
 
 @pytest.mark.parametrize("mode", [["--beam-size", "1"], ["--beam-size", "3"], ["--sample", "--seed", "4"],
-                                  ["--beam-size", "3", "--n-best", "2"]], ids=["greedy", "beam", "sample", "n-best"])
+                                  ["--beam-size", "3", "--n-best", "2", "--one-line-per-input"]],
+                         ids=["greedy", "beam", "sample", "n-best"])
 def test_blank_lines_give_empty_lines_in_every_mode(workdir, tmp_path, capsys, monkeypatch, mode):
     plots = tmp_path / "plots"
     code, out, err = run_cli(["translate", "--workdir", str(workdir), "--batch-size", "2", "--plot-attention",

@@ -315,26 +315,34 @@ def test_torch_translate_runs_without_jax(trained, tmp_path):
     assert all(out == "" for line, out in zip(lines, out_lines, strict=False) if not line.strip())
 
 
-@pytest.mark.parametrize("settings", [["--beam-size", "1"], ["--beam-size", "3", "--n-best", "2"]],
-                         ids=["greedy", "n-best"])
+@pytest.mark.parametrize("settings", [["--beam-size", "1"], ["--beam-size", "3", "--n-best", "2"],
+                                      ["--beam-size", "3", "--n-best", "2", "--one-line-per-input"]],
+                         ids=["greedy", "n-best", "n-best-one-line"])
 def test_blank_lines_are_empty_lines_in_torch_ref_translate_as_in_seq2seq_translate(trained, tmp_path, capsys,
                                                                                      settings):
+    """Both translators write the same lines: N per input with --n-best N (a blank input's are empty), or with
+    --one-line-per-input one line per input, text and score per hypothesis."""
     from torch_ref.translate import main as torch_main
 
     workdir, export_dir = trained
     lines = ["", "March 3, 2021", " ", "\t", "14 July 1789", ""]
+    one_line = "--one-line-per-input" in settings
+    per_input = 2 if "--n-best" in settings and not one_line else 1
+    fields = 4 if "--n-best" in settings and one_line else 1
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     assert torch_main([str(export_dir), "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "torch.txt"),
                        *settings]) == 0
-    assert cli.main(["translate", "--workdir", str(workdir), "--input", str(tmp_path / "in.txt"), "--output",
+    assert cli.main(["translate", "--workdir", str(workdir), "--src", str(tmp_path / "in.txt"), "--output",
                      str(tmp_path / "jax.txt"), *settings]) == 0
     capsys.readouterr()
-    torch_lines = (tmp_path / "torch.txt").read_text(encoding="utf-8").split("\n")
-    assert torch_lines[-1] == "" and len(torch_lines) - 1 == len(lines)
-    for line, out in zip(lines, torch_lines, strict=False):
-        assert (out == "") if not line.strip() else len(out.split("\t")) == (4 if "--n-best" in settings else 1)
-    jax_lines = (tmp_path / "jax.txt").read_text(encoding="utf-8").split("\n")
+    outputs = {}
+    for name in ("torch", "jax"):
+        written = (tmp_path / f"{name}.txt").read_text(encoding="utf-8").split("\n")
+        assert written[-1] == "" and len(written) - 1 == len(lines) * per_input
+        outputs[name] = [written[i * per_input:(i + 1) * per_input] for i in range(len(lines))]
+        for line, group in zip(lines, outputs[name], strict=True):
+            assert all((out == "") if not line.strip() else len(out.split("\t")) == fields for out in group)
     blank = [i for i, line in enumerate(lines) if not line.strip()]
-    assert [torch_lines[i] for i in blank] == [jax_lines[i] for i in blank] == [""] * len(blank)
-    if "--n-best" not in settings:  # scores differ in the last digits between frameworks; the texts do not
-        assert torch_lines == jax_lines
+    assert [outputs["torch"][i] for i in blank] == [outputs["jax"][i] for i in blank] == [[""] * per_input] * len(blank)
+    if fields == 1:  # scores differ in the last digits between frameworks; the texts do not
+        assert outputs["torch"] == outputs["jax"]

@@ -129,11 +129,11 @@ def exact_server(workdir, tmp_path_factory):
 
 
 def cli_translate(workdir, capsys, lines, *options) -> list[str]:
-    """``seq2seq translate`` on ``lines``: its output lines."""
+    """``seq2seq translate`` on ``lines``: its output lines, one per input (``--one-line-per-input``)."""
     stdin = sys.stdin
     sys.stdin = io.TextIOWrapper(io.BytesIO(("\n".join(lines) + "\n").encode("utf-8")), encoding="utf-8")
     try:
-        assert cli.main(["translate", "--workdir", str(workdir), *options]) == 0
+        assert cli.main(["translate", "--workdir", str(workdir), "--one-line-per-input", *options]) == 0
     finally:
         sys.stdin = stdin
     return capsys.readouterr().out.split("\n")[:-1]

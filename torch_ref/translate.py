@@ -20,9 +20,9 @@ from collections.abc import Sequence
 import torch
 
 from seq2seq_jax.core.config import ConfigError, DecodeConfig
-from seq2seq_jax.core.decode_flags import add_decode_flags
+from seq2seq_jax.core.decode_flags import add_decode_flags, add_output_flags
 from seq2seq_jax.core.reading import check_same_line_count, split_lines
-from seq2seq_jax.core.search_settings import Hypothesis, decode_settings, format_line, max_len_for, output_ids
+from seq2seq_jax.core.search_settings import Hypothesis, decode_settings, format_output, max_len_for, output_ids
 from seq2seq_jax.core.tokenizer import Tokenizer, TokenizerError
 from seq2seq_jax.core.tokens import EOS_ID, PAD_ID
 from torch_ref.ensemble import Ensemble, load_ensemble
@@ -105,11 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("directories", nargs="+", metavar="DIR",
                         help="export directory (several: an ensemble; decode settings from the first)")
     add_decode_flags(parser, sampling=False, defaults_from="the (first) export's decode config")
-    parser.add_argument("--input", metavar="F", help="read source lines from this file instead of stdin")
+    parser.add_argument("--src", "--input", dest="input", metavar="F",
+                        help="read source lines from this file instead of stdin")
     parser.add_argument("--output", metavar="F", help="write translations to this file instead of stdout")
     parser.add_argument("--prefix", metavar="F", help="one target prefix per input line (an empty line for none) "
                         "that every hypothesis starts with")
     parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
+    add_output_flags(parser)
     return parser
 
 
@@ -137,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, TokenizerError, ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"torch_ref.translate: error: {error}", file=sys.stderr)
         return 2
-    text = "".join(format_line(hypotheses, config.n_best) + "\n" for hypotheses in results)
+    text = "".join(format_output(hypotheses, config.n_best, with_score=args.with_score,
+                                 one_line_per_input=args.one_line_per_input) for hypotheses in results)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as handle:
             handle.write(text)

@@ -36,6 +36,15 @@ def add_decode_flags(parser: argparse.ArgumentParser, *, sampling: bool = True,
     return group
 
 
+def add_output_flags(parser: argparse.ArgumentParser) -> None:
+    """``--with-score`` and ``--one-line-per-input``: the layout of the output lines (``format_output``)."""
+    parser.add_argument("--with-score", action="store_true",
+                        help="add <TAB>score (the search's, length-normalised) to each output line")
+    parser.add_argument("--one-line-per-input", action="store_true",
+                        help="write an input's n-best on one line (text<TAB>score per hypothesis) instead of "
+                             "--n-best lines per input")
+
+
 def checkpoint_arg(value: str) -> str | int:
     """``best``, ``latest`` or a step number; anything else is an argparse error listing them."""
     if value in CHECKPOINT_NAMES:

@@ -1,23 +1,11 @@
 """Named starting points for a config: ``seq2seq train --preset NAME``, ``seq2seq config --preset NAME``, and
 ``"preset": NAME`` in a config file (the recipes' files in ``scripts/recipes/`` are a preset and their changes).
 
-A preset is a partial config: the fields it names, over the defaults of ``core/config.py`` (which are the
-built-in dates demo's: a character-level model of width 32-128). What a command line resolves, lowest first:
-the defaults, the preset, a config file, ``--set``. ``seq2seq config --preset NAME`` prints the result, every
-field of every section.
-
-- ``translation``: a sentence-level translation model for a corpus of some 100k to a few million pairs.
-  Unigram sentencepiece, 8,000 pieces per side; a 2-layer bidirectional LSTM encoder with a 512-unit memory
-  (256 per direction, OpenNMT's ``brnn`` convention), a 2-layer 512-unit decoder with general (Luong)
-  attention and input feeding (``decoder_style: luong``); dropout 0.3, label smoothing 0.1; checkpoints
-  every 1,000 steps, the last 5 kept for ``seq2seq average --workdir W --out W.avg`` (which averages 5 by
-  default: checkpoint averaging); beam 5 with length penalty 1.0.
-- ``summarization``: a document or dialogue summarizer: copy attention (a pointer-generator, which needs the
-  joint vocabulary it sets), sources up to 400 pieces (longer ones cropped), summaries up to 100; beam 5,
-  no repeated trigram, length penalty 1.0.
-- ``small``: a laptop-sized model for a first run on your own files (a few minutes of CPU): unigram 4,000
-  pieces per side, a 1-layer bidirectional encoder of 128 per direction, a 256-unit decoder, 3,000 steps.
-
+A preset is a partial config: the fields it names, over the defaults of ``core/config.py`` (the built-in dates
+demo's character-level model). What a command line resolves, lowest first: the defaults, the preset, a config
+file, ``--set``; ``seq2seq config --preset NAME`` prints the result, every field of every section.
+``translation`` is a 2-layer 512-unit sentence translation model (README, "Command line", tabulates what each sets),
+``summarization`` a copy-attention summarizer for long sources, ``small`` a laptop-sized first run.
 Pure data: this module imports nothing of the package (``core/config.py`` imports it).
 """
 

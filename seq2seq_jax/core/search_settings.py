@@ -51,8 +51,8 @@ class Hypothesis:
 
 
 def format_line(hypotheses: Sequence[Hypothesis], n_best: int) -> str:
-    """One output line (without newline): the best text, or ``text<TAB>score`` per hypothesis when
-    ``n_best > 1``; empty for a blank source, which has no hypotheses."""
+    """An input's output on one line (without newline), the ``--one-line-per-input`` layout: the best text, or
+    ``text<TAB>score`` per hypothesis when ``n_best > 1``; empty for a blank source, which has no hypotheses."""
     if not hypotheses:
         return ""
     if n_best > 1:
@@ -60,4 +60,22 @@ def format_line(hypotheses: Sequence[Hypothesis], n_best: int) -> str:
     return hypotheses[0].text
 
 
-__all__ = ["max_len_for", "decode_settings", "output_ids", "Hypothesis", "format_line"]
+def format_output(hypotheses: Sequence[Hypothesis], n_best: int, *, with_score: bool = False,
+                  one_line_per_input: bool = False) -> str:
+    """What a translator writes for one input line, newline-terminated.
+
+    By default (OpenNMT-py's layout) ``n_best`` lines, best first: each hypothesis' text, with ``<TAB>score``
+    when ``with_score``; a blank source (no hypotheses) gives ``n_best`` empty lines, so every input has
+    exactly ``n_best`` lines. ``one_line_per_input``: ``format_line``'s single line (scores as it writes them,
+    and after the text when ``with_score`` and ``n_best == 1``).
+    """
+    if one_line_per_input:
+        line = format_line(hypotheses, n_best)
+        if with_score and n_best == 1 and hypotheses:
+            line += f"\t{hypotheses[0].score:.6f}"
+        return line + "\n"
+    lines = [f"{h.text}\t{h.score:.6f}" if with_score else h.text for h in list(hypotheses)[:n_best]]
+    return "".join(line + "\n" for line in lines + [""] * (n_best - len(lines)))
+
+
+__all__ = ["max_len_for", "decode_settings", "output_ids", "Hypothesis", "format_line", "format_output"]

@@ -33,10 +33,10 @@ def per_example_references(streams: Sequence[Sequence[str]], names: Sequence[str
     lengths = [len(stream) for stream in streams]
     names = list(names) if names is not None else [f"reference stream {k + 1}" for k in range(len(streams))]
     if not lengths:
-        raise ValueError("metrics.py: no reference streams given")
+        raise ValueError("no reference streams given")
     if len(set(lengths)) != 1:
         counts = ", ".join(f"{name}: {length}" for name, length in zip(names, lengths, strict=True))
-        raise ValueError(f"metrics.py: reference streams have different numbers of lines ({counts})")
+        raise ValueError(f"reference streams have different numbers of lines ({counts})")
     # An example whose every reference is empty keeps one empty reference: a blank line of a one-file set.
     return [[ref for ref in refs if ref.strip()] or [refs[0]] for refs in zip(*streams, strict=True)]
 
@@ -45,23 +45,23 @@ def _per_example(hyps: Sequence[str], refs: Sequence[str] | Sequence[Sequence[st
                  ) -> list[list[str]]:
     """Validate and normalise ``refs`` to ``[num_examples][num_refs_i]`` (each list non-empty)."""
     if isinstance(hyps, str) or isinstance(refs, str):
-        raise TypeError(f"metrics.py: {metric}: hyps and refs must be sequences of strings, "
+        raise TypeError(f"{metric}: hyps and refs must be sequences of strings, "
                         "not a single string")
     if len(hyps) != len(refs):
-        raise ValueError(f"metrics.py: {metric}: {len(hyps)} hypotheses but {len(refs)} reference entries; "
+        raise ValueError(f"{metric}: {len(hyps)} hypotheses but {len(refs)} reference entries; "
                          "they must match one to one (refs[i] are the references of hyps[i])")
     if len(hyps) == 0:
-        raise ValueError(f"metrics.py: {metric}: no hypotheses to score")
+        raise ValueError(f"{metric}: no hypotheses to score")
     normalised = []
     for index, (hyp, entry) in enumerate(zip(hyps, refs, strict=True)):
         if not isinstance(hyp, str):
-            raise TypeError(f"metrics.py: {metric}: hypothesis {index} is a {type(hyp).__name__}, not a str")
+            raise TypeError(f"{metric}: hypothesis {index} is a {type(hyp).__name__}, not a str")
         entry_refs = [entry] if isinstance(entry, str) else list(entry)
         if not entry_refs:
-            raise ValueError(f"metrics.py: {metric}: example {index} has no reference")
+            raise ValueError(f"{metric}: example {index} has no reference")
         for ref in entry_refs:
             if not isinstance(ref, str):
-                raise TypeError(f"metrics.py: {metric}: a reference of example {index} is a "
+                raise TypeError(f"{metric}: a reference of example {index} is a "
                                 f"{type(ref).__name__}, not a str")
         normalised.append(entry_refs)
     return normalised

@@ -74,7 +74,7 @@ def plot_training_curves(records: Sequence[dict[str, Any]], out_png: str | Path)
     loss_series = {key: _series(records, key) for key in LOSS_KEYS}
     score_series = {key: _series(records, key) for key in SCORE_KEYS}
     if not any(steps for steps, _ in (*loss_series.values(), *score_series.values())):
-        raise ValueError(f"plots.py: nothing to plot into {out_png}: no record has any of "
+        raise ValueError(f"nothing to plot into {out_png}: no record has any of "
                          f"{LOSS_KEYS + SCORE_KEYS}")
     figure, loss_axis = plt.subplots(figsize=(8, 5))
     try:
@@ -111,9 +111,9 @@ def plot_attention(weights: Any, src_tokens: Sequence[str], tgt_tokens: Sequence
     out_png = Path(out_png)
     weights = np.asarray(weights, dtype=np.float32)
     if weights.ndim != 2:
-        raise ValueError(f"plots.py: attention weights must be [tgt_len, src_len], got shape {weights.shape}")
+        raise ValueError(f"attention weights must be [tgt_len, src_len], got shape {weights.shape}")
     if weights.shape != (len(tgt_tokens), len(src_tokens)):
-        raise ValueError(f"plots.py: attention weights of shape {weights.shape} do not match "
+        raise ValueError(f"attention weights of shape {weights.shape} do not match "
                          f"{len(tgt_tokens)} target tokens x {len(src_tokens)} source tokens")
     tgt_len, src_len = weights.shape
     figure, axis = plt.subplots(figsize=(max(4.0, 0.4 * src_len + 2), max(3.0, 0.4 * tgt_len + 1.5)))
