@@ -371,7 +371,7 @@ HANDLERS = {"train": cmd_train, "preprocess": cmd_preprocess, "config": cmd_conf
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line's parser (``cli_parser``); ``HANDLERS[args.command]`` runs what it parsed."""
-    return cli_parser.build_parser(description=__doc__.split("\n\n")[0])
+    return cli_parser.build_parser()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -194,18 +194,42 @@ SUBCOMMANDS = (_add_train, _add_preprocess, _add_config, _add_translate, _add_ev
                _add_export_import, _add_average, _add_serve)
 
 
-def build_parser(description: str = "") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="seq2seq", description=description)
+DESCRIPTION = ("Train attention encoder-decoder (seq2seq) models on your own parallel text with JAX, then "
+               "translate, evaluate, serve, and use them from PyTorch. A first run: seq2seq train --workdir "
+               "runs/demo (a built-in demo task); your own corpus: seq2seq train --workdir W --preset small "
+               "--train-src F --train-tgt F (docs/tutorial.md walks through it). seq2seq COMMAND --help "
+               "explains each command.")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, where it has one worth saying (not None or off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        default = action.default
+        if ("default" in help_text or default in (None, False, argparse.SUPPRESS) or not action.option_strings
+                or isinstance(action, argparse._HelpAction)):
+            return help_text
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        return f"{help_text} (default: {shown})"
+
+
+def build_parser(description: str = DESCRIPTION) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seq2seq", description=description, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"seq2seq-jax {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log compilation and checkpoint details; print the traceback of an error")
     parser.add_argument("--no-compile-cache", action="store_true",
                         help="compile every program afresh instead of reusing those in the persistent "
                              f"compilation cache (also: {CACHE_VARIABLE}=off; {CACHE_VARIABLE}=DIR moves it)")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(commands)
-    for command in commands.choices.values():  # also after the command: seq2seq train ... --verbose
+    summaries = {action.dest: action.help for action in commands._choices_actions}
+    for name, command in commands.choices.items():  # also after the command: seq2seq train ... --verbose
+        command.formatter_class = HelpFormatter
+        if command.description is None:
+            command.description = summaries[name][:1].upper() + summaries[name][1:] + "."
         command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                              help="also log details (each compiled program, checkpoint internals) and print "
                                   "the traceback of an error")

@@ -43,6 +43,20 @@ def test_every_option_of_every_command_has_help():
     assert set(subparsers(parser)) == set(cli.HANDLERS)  # and every command has its handler
 
 
+def test_every_command_describes_itself_and_shows_its_defaults():
+    parser = cli.build_parser()
+    assert "your own" in parser.description and "docs/tutorial.md" in parser.description
+    for name, command in subparsers(parser).items():
+        assert command.description and command.description.strip(), name
+        text = command.format_help()
+        for action in command._actions:
+            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) \
+                    and not isinstance(action, argparse._HelpAction):
+                entry = command._get_formatter()._get_help_string(action)
+                assert "default" in entry, (name, action.option_strings)
+        assert "(default: best)" in text or "--checkpoint" not in text, name
+
+
 def test_the_walk_catches_an_option_without_help():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quiet", action="store_true")
