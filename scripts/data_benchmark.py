@@ -1,18 +1,18 @@
 """Data at scale: preprocessing, the loader, training memory and padding on a generated corpus of Multi30k-like
 sentences (a benchmark script, not a test). Run it alone on the machine:
 
-    flock /work/notes/bench.lock python scripts/data_benchmark.py [--pairs 2000000] [--work-dir DIR]
-        [--multi30k /work/shared/data/multi30k] [--json OUT.json]
+    python scripts/data_benchmark.py [--pairs 2000000] [--work-dir DIR] [--multi30k path/to/multi30k]
+        [--json OUT.json] [--skip preprocess loader train padding]
 
 1. **Corpus.** ``--pairs`` pairs (seed fixed) of synthetic words: a vocabulary of 8,000 made-up words per
    language drawn with Zipfian frequencies; English sentences of ``round(N(11.9, 3.8))`` words (2-40) and German
    ones of ``round(0.93 en + N(0, 1.5))`` (1-40), Multi30k's word counts (train: 11.9 ± 3.8 En, 11.1 ± 3.8 De).
-   Written with 1,000 validation pairs under ``--work-dir`` (default: a temporary folder in /tmp, removed at
-   the end unless ``--keep``); also the first 29,000 pairs as a Multi30k-sized corpus.
+   Written with 1,000 validation pairs under ``--work-dir`` (default: a temporary folder, removed at the end
+   unless ``--keep``); also the first 29,000 pairs as a Multi30k-sized corpus.
 2. **Preprocessing**: ``seq2seq preprocess`` of the corpus with 1 and with 2 workers (the Multi30k recipe's data
    settings: unigram tokenizers of 8,000 pieces): pairs/s (wall clock) and the peak RSS of its process tree
    (the sum over the process and its workers, sampled every 50 ms).
-3. **Loader**: ``data.BatchIterator`` over the preprocessed training split (``corpus.CorpusSplit``: ArrayRecord),
+3. **Loader**: ``batch_iterator.BatchIterator`` over the preprocessed training split (``corpus.CorpusSplit``),
    pinned to one core, building finished batches as the trainer asks for them: target tokens/s (real target
    tokens: ``tgt_len`` summed) for row batches and token budgets, with no background thread and with the
    trainer's one; and the same over the examples held in memory (a list), the loader's own cost.

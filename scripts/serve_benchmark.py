@@ -19,9 +19,9 @@ requests per second that complete in the measurement window (the ``--seconds`` a
 clients' first, uneven searches out of the figures) and the 50th / 99th percentile latency of those requests, and
 the texts per search the server merged in the window. Clients are asyncio tasks in this process, which shares the
 machine with the server, each with its own ``httpx.AsyncClient`` (one keep-alive connection, as separate users
-have). ``--shared-pool`` puts them all on one client's pool of as many connections, as docs/benchmarks.md's earlier
-serving tables were measured: httpx then checks every connection of the pool on each request, which makes the
-benchmark's own process the slowest part of a round trip at 64 clients (docs/benchmarks.md, Serving).
+have). ``--shared-pool`` puts them all on one client's pool of as many connections: httpx then checks every connection
+of the pool on each request, which makes the benchmark's own process the slowest part of a round trip at 64
+clients (docs/benchmarks.md, Serving).
 """
 
 from __future__ import annotations

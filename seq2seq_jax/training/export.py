@@ -1,18 +1,12 @@
-"""The export directory for PyTorch users, and importing one (or a bare ``torch_ref`` state_dict) back into a
-JAX workdir.
+"""Export a workdir to the directory PyTorch users load, and import one (or a bare ``torch_ref`` state_dict)
+back into a JAX workdir.
 
-The directory layout, its version check, the strict state_dict check and the re-tying of a tied output
-embedding are ``seq2seq_jax.core.export_format`` (shared with ``torch_ref``). Tied output embedding: with
-``model.tie_output_embedding`` PyTorch's state_dict lists the one shared tensor as both ``tgt_embed.weight``
-and ``output.weight``; safetensors cannot store a tensor twice, so ``model.safetensors`` holds
-``tgt_embed.weight`` only and every loader (``torch_ref.load_pretrained``, ``import_torch``) re-ties
-``output.weight`` to it.
-
-No torch here except to read a ``torch.save``-d ``.pt`` file: safetensors files of every dtype, bfloat16
-included (as ``ml_dtypes.bfloat16``), are written and read through ``safetensors.numpy``.
-
-Both directions write into a temporary sibling directory and rename it into place at the end, so a failure
-never leaves a half-written export or workdir that looks complete.
+The layout, its version check, the strict state_dict check and the re-tying of a tied output embedding
+(stored once, as ``tgt_embed.weight``) are ``seq2seq_jax.core.export_format``, shared with ``torch_ref``;
+README, "The export directory". Torch is imported only to read a ``torch.save``-d ``.pt`` file: safetensors of
+every dtype (bfloat16 as ``ml_dtypes.bfloat16``) go through ``safetensors.numpy``. Both directions write into
+a temporary sibling directory renamed into place at the end, so a failure never leaves a half-written export
+or workdir that looks complete.
 """
 
 from __future__ import annotations

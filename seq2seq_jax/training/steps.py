@@ -1,18 +1,13 @@
-"""Training: the optax optimizer, pure ``train_step`` / ``eval_step`` over a pytree ``TrainState``, and the
-loop (validation, early stopping, NaN guard, checkpoints, SIGTERM, metrics to JSONL and TensorBoard).
+"""Pure training steps: the optax optimizer and schedule, the model's parameters, the ``TrainState`` pytree,
+and ``train_step`` / ``eval_step`` / gradient accumulation over it. The loop that runs them is ``trainer``.
 
-The step functions are pure: ``train_step(state, batch) -> (state, metrics)``; the caller jits them
-(with ``donate_argnums=0`` for the state). The model lives in the state as a pure nested dict of
-parameters and is rebuilt inside the step with ``nnx.merge(graphdef, params)``.
-Per-step dropout randomness is ``fold_in(state.rng, state.step)``, so a resumed run draws exactly what an
-uninterrupted one would.
-
-Gradient accumulation (``train.grad_accum_steps`` k > 1) keeps the state as it is and the steps pure:
-``make_grad_accumulation`` gives ``zero_accumulator(params)``, ``accumulate(state, acc, batch, micro_index)``
-(jitted once per batch shape) that adds one micro-batch's gradient of its *summed* token loss, and
-``apply_update(state, acc)`` (jitted once) that divides by the total token count and updates. The accumulator
-lives only between two updates, so checkpoints (taken between updates) and the state structure do not change.
-Micro-batch ``i`` of step ``s`` draws dropout from ``fold_in(fold_in(state.rng, s), i)``.
+``train_step(state, batch) -> (state, metrics)`` is pure; the caller jits it (``donate_argnums=0`` for the
+state). The model lives in the state as a nested dict of parameters and is rebuilt inside the step with
+``nnx.merge(graphdef, params)``. Dropout draws from ``fold_in(state.rng, state.step)`` (micro-batch ``i``:
+``fold_in(fold_in(state.rng, step), i)``), so a resumed run draws exactly what an uninterrupted one would.
+``make_grad_accumulation`` gives ``zero_accumulator``, ``accumulate`` (one micro-batch's gradient of its summed
+token loss) and ``apply_update`` (divide by the total token count, update): one update over k batches, the state
+unchanged in structure (docs/scaling.md, "Token budgets and gradient accumulation").
 """
 
 from __future__ import annotations
