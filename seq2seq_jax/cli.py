@@ -40,10 +40,13 @@ _EXTRA_OF_MODULE = {**dict.fromkeys(("jax", "jaxlib", "flax", "optax", "orbax", 
 _LIBRARY_NAMES = {"jax": "JAX", "jaxlib": "JAX", "flax": "JAX", "optax": "JAX", "orbax": "JAX", "torch": "PyTorch"}
 
 
-def _read_input(path: str | None) -> list[str]:
+def _read_input(path: str | None, input_format: str = "text") -> list[str]:
+    """The source lines of ``path`` (stdin when None), as the model reads them (``--input-format``)."""
     from seq2seq_jax.core.reading import read_lines, split_lines
+    from seq2seq_jax.core.triples import prepare_sources
 
-    return read_lines(path).lines if path else split_lines(sys.stdin.buffer.read())
+    lines = read_lines(path).lines if path else split_lines(sys.stdin.buffer.read())
+    return prepare_sources(lines, input_format, path or "<stdin>")
 
 
 def _load_model(args: argparse.Namespace):
@@ -195,11 +198,14 @@ def _output_text(hypotheses, translator, args: argparse.Namespace) -> str:
 
 def _translate_interactively(translator, args: argparse.Namespace) -> int:
     """Answer each stdin line as soon as it is read (one-row searches unless --batch-size says otherwise)."""
+    from seq2seq_jax.core.triples import prepare_sources
+
     for number, raw in enumerate(iter(sys.stdin.buffer.readline, b""), start=1):
         try:
             line = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
         except UnicodeDecodeError as error:
             raise ValueError(f"<stdin> line {number}: not valid UTF-8 ({error.reason})") from None
+        line = prepare_sources([line], args.input_format, f"<stdin> line {number}")[0]
         sys.stdout.write(_output_text(translator.translate([line])[0], translator, args))
         sys.stdout.flush()
     return 0
@@ -215,7 +221,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
         if args.batch_size is None:
             translator.config = dataclasses.replace(translator.config, batch_size=1)
         return _translate_interactively(translator, args)
-    lines = _read_input(args.input)
+    lines = _read_input(args.input, args.input_format)
     prefixes = None
     if args.prefix:
         from seq2seq_jax.core.reading import check_same_line_count, read_lines
@@ -249,7 +255,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from seq2seq_jax.decoding.metrics import exact_match, per_example_references, rouge, translation_scores
 
     model, translator = _load_translator(args)
-    sources = read_lines(args.src).lines
+    sources = _read_input(args.src, args.input_format)
     references = [read_lines(path).lines for path in args.ref]
     for path, refs in zip(args.ref, references, strict=True):
         if len(refs) != len(sources):

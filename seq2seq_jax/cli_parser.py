@@ -11,6 +11,7 @@ import argparse
 from seq2seq_jax import __version__, compilation_cache
 from seq2seq_jax.core.decode_flags import add_decode_flags, add_output_flags, checkpoint_arg
 from seq2seq_jax.core.presets import PRESETS, SUMMARIES
+from seq2seq_jax.core.triples import INPUT_FORMATS
 
 CACHE_VARIABLE = compilation_cache.ENVIRONMENT_VARIABLE
 ENSEMBLE_HELP = "trained workdir (repeat for an ensemble; decoding defaults come from the first)"
@@ -88,6 +89,13 @@ def _add_config(commands) -> None:
                         help="list every field instead: section.name, type, default and meaning")
 
 
+def _add_input_format(parser) -> None:
+    parser.add_argument("--input-format", choices=INPUT_FORMATS, default="text",
+                        help="text: source lines as given; triples: data-to-text, each line a set of "
+                             "'subject | predicate | object' triples joined by ' <TSP> ', linearized as the "
+                             "webnlg recipe trains on (docs/data-to-text.md)")
+
+
 def _add_translate(commands) -> None:
     translate = commands.add_parser("translate", help="translate stdin (or --input) line by line")
     translate.add_argument("--workdir", required=True, action="append", metavar="W", help=ENSEMBLE_HELP)
@@ -100,6 +108,7 @@ def _add_translate(commands) -> None:
                            help="write one attention heatmap PNG per non-blank line")
     translate.add_argument("--interactive", action="store_true",
                            help="answer each stdin line as soon as it is read, flushing stdout")
+    _add_input_format(translate)
     add_output_flags(translate)
     add_decode_flags(translate)
     _add_checkpoint(translate)
@@ -113,6 +122,7 @@ def _add_evaluate(commands) -> None:
                           help="reference translations, line-aligned with --src (repeat for several references)")
     evaluate.add_argument("--rouge", action="store_true", help="also report ROUGE-1/2/L (rouge-score, stemmed F1)")
     evaluate.add_argument("--json", action="store_true", help="print every score as one JSON object")
+    _add_input_format(evaluate)
     add_decode_flags(evaluate)
     _add_checkpoint(evaluate)
 

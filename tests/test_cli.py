@@ -211,3 +211,21 @@ def test_errors_are_one_line_and_the_traceback_comes_with_verbose(tmp_path, caps
     for verbose in (["--verbose", *args], [*args, "-v"]):
         code, _, err = run_cli(verbose, capsys, monkeypatch, stdin="x\n")
         assert code == 2 and "config.json not found" in err.splitlines()[0] and "Traceback" in err
+
+
+def test_triples_input_is_linearized_as_the_data_to_text_recipe_trains(workdir, tmp_path, capsys, monkeypatch):
+    triples = "Aarhus_Airport | cityServed | \"Aarhus, Denmark\"\n\nMay_1 | yearOf | 2000\n"
+    linear = "<S> Aarhus Airport <P> city served <O> Aarhus, Denmark\n\n<S> May 1 <P> year of <O> 2000\n"
+    as_triples = run_cli(["translate", "--workdir", str(workdir), "--input-format", "triples"], capsys, monkeypatch,
+                         stdin=triples)
+    as_text = run_cli(["translate", "--workdir", str(workdir)], capsys, monkeypatch, stdin=linear)
+    assert as_triples[0] == as_text[0] == 0 and as_triples[1] == as_text[1] and len(as_text[1].split("\n")) == 4
+    (tmp_path / "sets.src").write_text(triples, encoding="utf-8")
+    (tmp_path / "ref").write_text("a\n\nb\n", encoding="utf-8")
+    code, out, err = run_cli(["evaluate", "--workdir", str(workdir), "--src", str(tmp_path / "sets.src"), "--ref",
+                              str(tmp_path / "ref"), "--input-format", "triples", "--json"], capsys, monkeypatch)
+    assert code == 0 and json.loads(out)["sentences"] == 3, err
+    (tmp_path / "bad.src").write_text("A | b | C\nA | b\n", encoding="utf-8")
+    code, _, err = run_cli(["evaluate", "--workdir", str(workdir), "--src", str(tmp_path / "bad.src"), "--ref",
+                            str(tmp_path / "ref"), "--input-format", "triples"], capsys, monkeypatch)
+    assert code == 2 and "bad.src:2: triple 1" in err

@@ -42,7 +42,8 @@ def test_recipe_config_loads_and_search_is_valid(name):
         for value in values:  # every searched setting is a valid decode config
             DecodeConfig(**{**config.decode.to_dict(), "beam_size": recipe.beam_size, key: value})
     assert recipe.metric in ("bleu", "rouge")
-    assert (recipe.test is None) == (recipe.metric == "rouge")
+    # a test set is scored once, unless the recipe reports its validation sets (summarization, data-to-text)
+    assert (recipe.test is None) == (recipe.metric == "rouge" or recipe.valid_sets is not None)
 
 
 @pytest.mark.parametrize("name", sorted(RUNNER.RECIPES))
@@ -97,6 +98,9 @@ class _FakeCheckpointer:
         return self.step
 
 
+TRAIN_ARGV: list[list[str]] = []  # what the fake training of _fake_run was called with
+
+
 def _fake_run(monkeypatch, tmp_path, name, reached=None, ensemble_seeds=None, select="validation"):
     """Run ``RUNNER.run`` (``RUNNER.run_ensemble`` with ``ensemble_seeds``) with training, averaging and decoding
     replaced by fakes (nothing compiles).
@@ -114,15 +118,24 @@ def _fake_run(monkeypatch, tmp_path, name, reached=None, ensemble_seeds=None, se
     lines = {"train": ["#Person1#: seen a. #Person2#: b.", "#Person1#: c. #Person2#: d."],
              "valid": ["#Person1#:  seen a. #Person2#: b.", "#Person1#: new e. #Person2#: f."],
              "test": ["x y", "z"]}
+    if recipe.input_format == "triples":
+        lines = dict.fromkeys(("train", "valid", "test"), ["A_x | bC | D", "A | b | C <TSP> E | f | G"])
     for split in ("train", "valid", "test"):
         for side, path in enumerate(getattr(recipe, split) or ()):
             (data / path).parent.mkdir(parents=True, exist_ok=True)
             (data / path).write_text("".join((line if side == 0 else f"ref {i}") + "\n"
                                              for i, line in enumerate(lines[split])))
+    if recipe.valid_sets is not None:  # the sets' sources; ref1 full, ref2 for the second set only, the rest empty
+        sources, references = recipe.valid_sets
+        (data / sources).write_text("".join(line + "\n" for line in lines["valid"]))
+        for k, path in enumerate(references):
+            (data / path).write_text("".join((f"ref {i}" if k == 0 else f"second {i}" if k == 1 and i else "") + "\n"
+                                             for i in range(len(lines["valid"]))))
     config = ExperimentConfig.load(RECIPE_DIR / recipe.config)
     workdir = tmp_path / "run"
 
     def fake_main(argv):
+        TRAIN_ARGV.append(list(argv))
         run_dir = Path(argv[argv.index("--workdir") + 1])
         run_dir.mkdir()
         config.with_overrides([argv[i + 1] for i, flag in enumerate(argv) if flag == "--set"]).save(
@@ -144,8 +157,9 @@ def _fake_run(monkeypatch, tmp_path, name, reached=None, ensemble_seeds=None, se
         value += decode.get("no_repeat_ngram_size", 0) / 8  # the largest size in the grid (4) adds 0.5
         value -= decode.get("min_len", 0) / 10
         scores = ({"rouge1": value, "rouge2": value, "rougeL": value, "score": value} if metric == "rouge" else
-                  {"bleu": value, "chrf": value, "bleu_signature": "s", "chrf_signature": "c", "score": value})
-        return scores, list(refs), 0.1
+                  {"bleu": value, "chrf": value, "chrf_pp": value, "ter": 50.0, "bleu_signature": "s",
+                   "chrf_signature": "c", "chrf_pp_signature": "cpp", "ter_signature": "t", "score": value})
+        return scores, [ref if isinstance(ref, str) else ref[0] for ref in refs], 0.1
 
     monkeypatch.setattr(cli, "main", fake_main)
     monkeypatch.setattr(averaging, "average_checkpoints", lambda *args, **kwargs: [])
@@ -187,6 +201,21 @@ def test_runner_summarization_reports_unseen_subset_and_baselines(monkeypatch, t
     assert report["valid_unseen"]["examples"] == 1  # the first valid dialogue is a train dialogue (whitespace aside)
     assert set(report["baselines"]) == {"Lead-3", "Longest-3"}
     assert "test" not in report
+
+
+def test_runner_data_to_text_linearizes_and_scores_every_reference(monkeypatch, tmp_path):
+    """webnlg: the sources are linearized before training and decoding; steps 2-4 score dev_sets with all of a
+    set's references (the empty lines of the higher refN files left out), by triple count too."""
+    report, decoded, results = _fake_run(monkeypatch, tmp_path, "webnlg")
+    trained_on = Path(TRAIN_ARGV[-1][TRAIN_ARGV[-1].index("--train-src") + 1]).read_text(encoding="utf-8")
+    assert trained_on == "<S> A x <P> b c <O> D\n<S> A <P> b <O> C <S> E <P> f <O> G\n"
+    assert report["decode_search"]["chosen"]["length_penalty"] == 2.0  # the largest value scores best here
+    assert report["valid"]["set"] == "webnlg/dev_sets.src" and "test" not in report
+    assert set(report["valid_by_triple_count"]) == {"1", "2"}
+    assert [sample["references"] for sample in report["samples"]] == [["ref 0"], ["ref 1", "second 1"]]
+    assert report["samples"][0]["source"] == "<S> A x <P> b c <O> D"
+    summary = (results / "README.md").read_text()
+    assert "multi-reference" in summary and "| triples | sets | BLEU | chrF++ |" in summary
 
 
 def test_runner_refuses_a_run_stopped_early(monkeypatch, tmp_path):

@@ -63,6 +63,9 @@ class Recipe:
     beam_size: int = 5
     published: dict[str, float] = dataclasses.field(default_factory=dict)
     extractive_baselines: bool = False
+    input_format: str = "text"        # "triples": every source file linearized first (seq2seq_jax.core.triples)
+    valid_sets: tuple[str, tuple[str, ...]] | None = None  # (sources, reference files): steps 2-4 score these,
+    #                                   multi-reference, instead of ``valid`` (which training validates on)
 
 
 RECIPES = {
@@ -87,6 +90,12 @@ RECIPES = {
         search={"no_repeat_ngram_size": (0, 3, 4), "length_penalty": (0.0, 1.0), "min_len": (0, 15, 25),
                 "beam_size": (5, 1)},
         decode_bucket_width=200, extractive_baselines=True),
+    "webnlg": Recipe(
+        config="webnlg.json",
+        train=("webnlg/train.src", "webnlg/train.tgt"), valid=("webnlg/dev.src", "webnlg/dev.tgt"),
+        test=None, metric="bleu", input_format="triples",
+        valid_sets=("webnlg/dev_sets.src", tuple(f"webnlg/dev_sets.ref{k}" for k in range(1, 9))),
+        search={"length_penalty": (0.0, 0.5, 1.0, 2.0), "beam_size": (5, 1)}, decode_bucket_width=16),
 }
 
 
@@ -151,6 +160,50 @@ def score_test_set(recipe: Recipe, data: Path, workdir: Path | tuple[Path, ...],
     return {"set": recipe.test[1], **scores, "sentences": len(hyps), "seconds": round(seconds, 1)}, test_src
 
 
+def prepare_sources(recipe: Recipe, data: Path, relative: str, prepared: Path) -> Path:
+    """The source file the model reads: ``data / relative`` itself, or (``input_format`` triples) its linearized
+    copy in ``prepared``, written by ``seq2seq_jax.core.triples`` (the same as ``translate --input-format
+    triples``)."""
+    if recipe.input_format == "text":
+        return data / relative
+    from seq2seq_jax.core.reading import read_lines
+    from seq2seq_jax.core.triples import prepare_sources as linearized
+
+    out = prepared / Path(relative).name
+    prepared.mkdir(parents=True, exist_ok=True)
+    lines = linearized(read_lines(data / relative).lines, recipe.input_format, str(data / relative))
+    out.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return out
+
+
+def validation_set(recipe: Recipe, data: Path, prepared: Path) -> tuple[list[str], list]:
+    """What steps 2-4 score: ``valid`` (one reference a line), or ``valid_sets`` with every reference of a set
+    (empty reference lines left out)."""
+    from seq2seq_jax.core.reading import read_lines
+    from seq2seq_jax.decoding.metrics import per_example_references
+
+    if recipe.valid_sets is None:
+        return read_pair(data, recipe.valid)
+    sources, reference_files = recipe.valid_sets
+    src = read_lines(prepare_sources(recipe, data, sources, prepared)).lines
+    streams = [read_lines(data / name).lines for name in reference_files]
+    return src, per_example_references(streams, [str(data / name) for name in reference_files])
+
+
+def by_triple_count(recipe: Recipe, data: Path, hyps: list[str], refs: list) -> dict:
+    """BLEU of the sets of each size (1-7 triples) of ``valid_sets``, and how many sets each size has."""
+    from seq2seq_jax.core.reading import read_lines
+    from seq2seq_jax.core.triples import parse_triples
+
+    sizes = [len(parse_triples(line)) for line in read_lines(data / recipe.valid_sets[0]).lines]
+    table = {}
+    for size in sorted(set(sizes)):
+        chosen = [i for i, n in enumerate(sizes) if n == size]
+        table[str(size)] = {"sets": len(chosen), **{key: value for key, value in score(
+            "bleu", [hyps[i] for i in chosen], [refs[i] for i in chosen]).items() if key in ("bleu", "chrf_pp")}}
+    return table
+
+
 def read_pair(data: Path, pair: tuple[str, str]) -> tuple[list[str], list[str]]:
     from seq2seq_jax.core.reading import read_lines
 
@@ -188,7 +241,8 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
 
     recipe = RECIPES[name]
     config_file = RECIPE_DIR / recipe.config
-    for relative in recipe.train + recipe.valid + (recipe.test or ()):
+    sets = (recipe.valid_sets[0], *recipe.valid_sets[1]) if recipe.valid_sets else ()
+    for relative in recipe.train + recipe.valid + (recipe.test or ()) + sets:
         if not (data / relative).is_file():
             raise FileNotFoundError(f"{data / relative} not found: pass --data, the folder holding "
                                     f"{relative.split('/')[0]}/")
@@ -198,8 +252,11 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
     report: dict = {"recipe": name, "label": label, "command": command, "data": str(data)}
 
     # 1. train (resumes an existing workdir); only a run that reached train.max_steps goes on
-    argv = ["train", "--workdir", str(workdir), "--train-src", str(data / recipe.train[0]),
-            "--train-tgt", str(data / recipe.train[1]), "--valid-src", str(data / recipe.valid[0]),
+    prepared = workdir.with_name(workdir.name + ".sources")  # linearized sources (input_format triples)
+    argv = ["train", "--workdir", str(workdir),
+            "--train-src", str(prepare_sources(recipe, data, recipe.train[0], prepared)),
+            "--train-tgt", str(data / recipe.train[1]),
+            "--valid-src", str(prepare_sources(recipe, data, recipe.valid[0], prepared)),
             "--valid-tgt", str(data / recipe.valid[1])]
     resumed = (workdir / "config.json").is_file()
     if not resumed:
@@ -225,7 +282,7 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
     log(f"{name}: trained in {report['training']['seconds']:.0f} s")
 
     # 2. best checkpoint or the average of the last ones, chosen on validation
-    valid_src, valid_ref = read_pair(data, recipe.valid)
+    valid_src, valid_ref = validation_set(recipe, data, prepared)
     averaged = workdir.with_name(workdir.name + ".avg")
     shutil.rmtree(averaged, ignore_errors=True)  # always from the checkpoints the run has now
     average_checkpoints(workdir, averaged, last=config.train.keep_checkpoints)
@@ -267,11 +324,17 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
         log(f"{name}: test BLEU {report['test']['bleu']:.2f} chrF {report['test']['chrf']:.2f}")
     else:
         report["valid"] = best["valid"]
-        # The same numbers without the validation dialogues that also occur (up to whitespace) in train.
-        train_sources = {" ".join(line.split()) for line in read_pair(data, recipe.train)[0]}
-        unseen = [i for i, line in enumerate(valid_src) if " ".join(line.split()) not in train_sources]
-        report["valid_unseen"] = {"examples": len(unseen), **score(
-            recipe.metric, [best["hyps"][i] for i in unseen], [valid_ref[i] for i in unseen])}
+        if recipe.metric == "rouge":
+            # The same numbers without the validation dialogues that also occur (up to whitespace) in train.
+            train_sources = {" ".join(line.split()) for line in read_pair(data, recipe.train)[0]}
+            unseen = [i for i, line in enumerate(valid_src) if " ".join(line.split()) not in train_sources]
+            report["valid_unseen"] = {"examples": len(unseen), **score(
+                recipe.metric, [best["hyps"][i] for i in unseen], [valid_ref[i] for i in unseen])}
+        if recipe.valid_sets is not None:
+            report["valid"]["set"] = recipe.valid_sets[0]
+            report["valid_by_triple_count"] = by_triple_count(recipe, data, best["hyps"], valid_ref)
+            report["samples"] = [{"source": valid_src[i], "output": best["hyps"][i], "references": valid_ref[i]}
+                                 for i in range(0, len(valid_src), max(1, len(valid_src) // 8))]
         (results / f"{label}.valid.hyp").write_text("".join(h + "\n" for h in best["hyps"]), encoding="utf-8")
     if recipe.extractive_baselines:
         from seq2seq_jax.decoding.extractive import lead, longest
@@ -285,7 +348,7 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
     # 5. results
     report["environment"] = environment()
     plot_training_curves(read_metrics_jsonl(workdir / "metrics.jsonl"), results / f"{label}_curves.png")
-    (results / f"{label}.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_report(results / f"{label}.json", report, data)
     summary_file = write_summary(results)
     log(f"{name}: wrote {results / (label + '.json')}, {results / (label + '_curves.png')} and {summary_file}")
     return report
@@ -338,12 +401,12 @@ def run_ensemble(name: str, data: Path, workdir: Path, results: Path, seeds: lis
             f"first model alone {report['speed']['first_model']}")
     report["environment"] = environment()
     out = results / f"{name}-ensemble.json"
-    out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_report(out, report, data)
     log(f"{name}: wrote {out} and {write_summary(results)}")
     return report
 
 
-TARGETS = {"multi30k-de-en": {"bleu": 38.0}, "multi30k-en-de": {"bleu": 35.0},
+TARGETS = {"multi30k-de-en": {"bleu": 38.0}, "multi30k-en-de": {"bleu": 35.0}, "webnlg": {"bleu": 60.0},
            "dialogsum": {"rouge1": 38.0, "rouge2": 12.0, "rougeL": 31.0}}
 
 
@@ -375,7 +438,9 @@ def write_summary(results: Path) -> Path:
             lines += [f"| target | {targets['bleu']:.1f} | |"] if "bleu" in targets else []
             lines += [f"| published: {system} | {value:.1f} | |" for system, value in report["published"].items()]
             lines += ["", f"BLEU signature: `{test['bleu_signature']}`; chrF: `{test['chrf_signature']}`.", ""]
-        if "valid" in report:
+        if "valid" in report and "bleu" in report["valid"]:
+            lines += _data_to_text_summary(report)
+        elif "valid" in report:
             valid = report["valid"]
             lines += ["| system (validation set) | ROUGE-1 | ROUGE-2 | ROUGE-L |", "|---|---|---|---|",
                       f"| this recipe, measured | {valid['rouge1']:.1f} | {valid['rouge2']:.1f} | "
@@ -394,6 +459,24 @@ def write_summary(results: Path) -> Path:
     out = results / "README.md"
     out.write_text("\n".join(lines), encoding="utf-8")
     return out
+
+
+def _data_to_text_summary(report: dict) -> list[str]:
+    """The summary rows of a recipe scored on multi-reference validation sets (webnlg): the scores, by set size,
+    and sample outputs beside their references."""
+    valid = report["valid"]
+    lines = [f"Scored on `{valid['set']}`, every reference of a set (multi-reference); the decoding settings were "
+             "chosen on this same set.", "", "| BLEU | chrF++ | TER |", "|---|---|---|",
+             f"| {valid['bleu']:.1f} | {valid['chrf_pp']:.1f} | {valid['ter']:.1f} |", "",
+             "| triples | sets | BLEU | chrF++ |", "|---|---|---|---|"]
+    lines += [f"| {size} | {row['sets']} | {row['bleu']:.1f} | {row['chrf_pp']:.1f} |"
+              for size, row in report.get("valid_by_triple_count", {}).items()]
+    lines += ["", f"BLEU signature: `{valid['bleu_signature']}`; chrF++: `{valid['chrf_pp_signature']}`; TER: "
+              f"`{valid['ter_signature']}`.", ""]
+    for sample in report.get("samples", []):
+        lines += [f"- source: `{sample['source']}`", f"  - output: {sample['output']}",
+                  *(f"  - reference: {reference}" for reference in sample["references"])]
+    return lines + [""]
 
 
 def _ensemble_summary(report: dict) -> list[str]:
@@ -416,6 +499,15 @@ def _ensemble_summary(report: dict) -> list[str]:
                   f"first model alone ({ensemble['first_seconds']:.1f} s and {single['first_seconds']:.1f} s the "
                   "first time, compilation included)."]
     return lines + [""]
+
+
+def write_report(path: Path, report: dict, data: Path) -> None:
+    """``report`` as JSON, with no machine's paths in it: the checkout's own paths relative to it, the corpora's
+    folder as ``path/to/data``."""
+    text = json.dumps(report, indent=2, sort_keys=True) + "\n"
+    for root, shown in ((str(data.resolve()), "path/to/data"), (str(data), "path/to/data"), (str(REPO) + "/", "")):
+        text = text.replace(root, shown)
+    path.write_text(text, encoding="utf-8")
 
 
 def environment() -> dict:
