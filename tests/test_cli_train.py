@@ -97,3 +97,14 @@ def test_init_from_through_the_command_line(source, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--workdir", str(tmp_path / "x"), "--init-from", str(source), "--init-checkpoint", "last"])
     assert "'last' is not a checkpoint" in capsys.readouterr().err
+
+
+def test_a_printed_preset_given_back_as_a_config_file_is_the_same_run(files, tmp_path, capsys):
+    """``seq2seq config --preset small > small.json`` then ``train --config small.json`` trains what ``train
+    --preset small`` trains: the same resolved config (and training is deterministic for a config)."""
+    assert cli.main(["config", "--preset", "small"]) == 0
+    (tmp_path / "small.json").write_text(capsys.readouterr().out, encoding="utf-8")
+    from_file = resolved([*files, "--config", str(tmp_path / "small.json"), "--set", "train.max_steps=7"],
+                         tmp_path / "A")
+    from_preset = resolved([*files, "--preset", "small", "--set", "train.max_steps=7"], tmp_path / "B")
+    assert from_file == from_preset and from_file.data.tokenizer == "unigram"
