@@ -83,6 +83,7 @@ class _BeamLoop:
     attention_width: int | None
     max_lens: jax.Array           # [B] rule 1
     penalty: jax.Array            # lp(0 .. L+1), rule 2
+    positions: jax.Array          # [L] 0 .. L-1
     prefix: jax.Array | None      # [B*K, P] rule 10
     prefix_len: jax.Array | None  # [B*K]
 
@@ -129,7 +130,7 @@ class _BeamLoop:
     def _candidates(self, carry: _BeamCarry, log_probs: jax.Array, new_state: Any) -> _Candidates:
         """Rule 5: the top 2K of ``K*V`` summed log-probs, ties to the lower flat index ``beam * V + token``."""
         batch, beams, vocab = self.batch, self.beams, self.vocab
-        t, positions = carry.step, jnp.arange(self.buffer_len)
+        t, positions = carry.step, self.positions
         flat_sums = (carry.alive_sums[:, :, None] + log_probs.reshape(batch, beams, vocab)).reshape(batch, -1)
         sums, flat = top_k(flat_sums, 2 * beams)  # [B, 2K]
         source_beams, tokens = flat // vocab, flat % vocab
@@ -142,10 +143,11 @@ class _BeamLoop:
                                   _take_beams(carry.alive_attention, source_beams))
         return _Candidates(sums, source_beams, tokens, sequences, attention)
 
-    def _finish(self, carry: _BeamCarry, candidates: _Candidates):
-        """Rule 6: candidates ranked < K that are EOS or at the length limit join the finished set."""
+    def _finish(self, carry: _BeamCarry, candidates: _Candidates, is_eos: jax.Array):
+        """Rule 6: candidates ranked < K that are EOS (``is_eos [B, 2K]``) or at the length limit join the
+        finished set."""
         beams, generated = self.beams, carry.step + 1
-        finishable = (candidates.tokens[:, :beams] == EOS_ID) | (generated >= self.max_lens)[:, None]
+        finishable = is_eos[:, :beams] | (generated >= self.max_lens)[:, None]
         new_scores = jnp.where(finishable, candidates.sums[:, :beams] / self.penalty[generated],
                                jnp.array(-jnp.inf, self.dtype))
         scores, picked = jax.lax.top_k(jnp.concatenate([carry.finished_scores, new_scores], axis=1), beams)
@@ -162,10 +164,11 @@ class _BeamLoop:
         """One step: rules 4-8; a done sentence's sets stay as they were."""
         log_probs, new_state = self._log_probs(carry)
         candidates = self._candidates(carry, log_probs, new_state)
-        finished_tokens, finished_scores, finished_lengths, finished_attention = self._finish(carry, candidates)
+        is_eos = candidates.tokens == EOS_ID
+        finished_tokens, finished_scores, finished_lengths, finished_attention = self._finish(carry, candidates,
+                                                                                              is_eos)
 
         # Rule 7: the best K non-EOS candidates stay alive; the model state follows their source beams.
-        is_eos = candidates.tokens == EOS_ID
         alive_sums, alive_rank = jax.lax.top_k(jnp.where(is_eos, -jnp.inf, candidates.sums), self.beams)
         source_beams = _take_beams(candidates.beams, alive_rank)  # [B, K]
         source_rows = (jnp.arange(self.batch)[:, None] * self.beams + source_beams).reshape(self.rows)
@@ -219,7 +222,7 @@ def beam_search(decode_step: DecodeStep, init_state: Any, src_len: jax.Array, se
         dtype=dtype, attention_width=attention_width,
         max_lens=max_len_per_sentence(src_len, settings.max_len_a, settings.max_len_b, max_len_bound),
         penalty=jnp.asarray(length_penalty_table(max_len_bound + 1, settings.length_penalty), dtype),
-        prefix=prefix, prefix_len=prefix_len)
+        positions=jnp.arange(max_len_bound), prefix=prefix, prefix_len=prefix_len)
     final = jax.lax.while_loop(loop.not_done, loop.step, loop.initial(state))
     n_best = settings.n_best
     attention = None if final.finished_attention is None else final.finished_attention[:, :n_best]

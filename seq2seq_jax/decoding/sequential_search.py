@@ -91,6 +91,7 @@ class _SequentialLoop:
     choose: ChooseToken
     buffer_len: int
     dtype: Any
+    positions: jax.Array  # [L] 0 .. L-1
 
     def step(self, carry: _SequentialCarry, limits: _RowLimits) -> _SequentialCarry:
         """Feed each row's last token, choose the next (the prefix token inside a prefix), record it."""
@@ -106,7 +107,7 @@ class _SequentialLoop:
             token = jnp.where(t < limits.prefix_len, prefix_token(limits.prefix, t), token)
         token_log_prob = jnp.take_along_axis(log_probs, token[:, None], axis=1)[:, 0]
         active = ~carry.done
-        write = active[:, None] & (jnp.arange(self.buffer_len) == t)
+        write = active[:, None] & (self.positions == t)
         attention = carry.attention
         if attention is not None:
             step_attention = new_state["attention"].astype(self.dtype)[:, None, :]
@@ -178,7 +179,7 @@ def _sequential_decode(decode_step: DecodeStep, init_state: Any, src_len: jax.Ar
         attention=None if attention_width is None else jnp.zeros((batch, max_len_bound, attention_width), dtype),
         done=jnp.zeros((batch,), bool),
     )
-    loop = _SequentialLoop(decode_step, settings, choose, max_len_bound, dtype)
+    loop = _SequentialLoop(decode_step, settings, choose, max_len_bound, dtype, jnp.arange(max_len_bound))
     return loop.run_compacted(init, limits) if compact else loop.run(init, limits, None)
 
 
