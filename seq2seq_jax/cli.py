@@ -7,7 +7,7 @@
     seq2seq translate --workdir W [--workdir W2 ...] [--beam-size K] [--input F] [--output F] [--prefix F] ...
     seq2seq evaluate  --workdir W [--workdir W2 ...] --src F --ref F [--ref F ...] [--beam-size K] [--rouge] [--json]
     seq2seq score     --workdir W [--workdir W2 ...] --src F --tgt F [--json] [--output F]
-    seq2seq plot      --workdir W [--out F] [--attention "source sentence" --attention-out F]
+    seq2seq plot      --workdir W [--output F] [--attention "source sentence" --attention-output F]
     seq2seq config    [--preset NAME] [--config FILE | --workdir W] [--set SECTION.KEY=VALUE ...] [--describe]
     seq2seq average   --workdir W --out W2 [--last N | --steps S1,S2,...]
     seq2seq serve     --workdir W [--workdir W2 ...] [--host 127.0.0.1] [--port 5000] [--max-batch 64] ...
@@ -312,7 +312,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from seq2seq_jax.training.workdir import Workdir
 
     run = Workdir(Path(args.workdir))
-    out = Path(args.out or run.path / "training_curves.png")
+    out = Path(args.output or run.path / "training_curves.png")
     plot_training_curves(read_metrics_jsonl(run.metrics_path), out)
     print(f"wrote {out}")
     if args.attention is not None:
@@ -321,7 +321,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         args.checkpoint = "best"
         trained, translator = _load_translator(args)
         best = translator.translate([args.attention], with_attention=True)[0][0]
-        attention_out = Path(args.attention_out or run.path / "attention.png")
+        attention_out = Path(args.attention_output or run.path / "attention.png")
         _plot_hypothesis_attention(trained, args.attention, best, attention_out)
         print(f"wrote {attention_out}")
     return 0

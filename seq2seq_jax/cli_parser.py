@@ -143,10 +143,12 @@ def _add_score(commands) -> None:
 def _add_plot(commands) -> None:
     plot = commands.add_parser("plot", help="training curves PNG; attention heatmap for one sentence")
     plot.add_argument("--workdir", required=True, metavar="W", help="trained workdir (its metrics.jsonl)")
-    plot.add_argument("--out", metavar="F", help="training-curves PNG to write (default: W/training_curves.png)")
+    plot.add_argument("--output", "--out", dest="output", metavar="F",
+                      help="training-curves PNG to write (default: W/training_curves.png)")
     plot.add_argument("--attention", metavar="SENTENCE",
                       help="also translate this sentence with the best checkpoint and plot its attention")
-    plot.add_argument("--attention-out", metavar="F", help="attention PNG to write (default: W/attention.png)")
+    plot.add_argument("--attention-output", "--attention-out", dest="attention_output", metavar="F",
+                      help="attention PNG to write (default: W/attention.png)")
 
 
 def _add_export_import(commands) -> None:

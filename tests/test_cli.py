@@ -103,7 +103,7 @@ def test_evaluate_refuses_mismatched_counts(workdir, tmp_path, capsys, monkeypat
 
 def test_plot_writes_pngs(workdir, tmp_path, capsys, monkeypatch):
     code, out, err = run_cli(["plot", "--workdir", str(workdir), "--out", str(tmp_path / "curves.png"),
-                              "--attention", "May 1, 2000", "--attention-out", str(tmp_path / "attention.png")],
+                              "--attention", "May 1, 2000", "--attention-output", str(tmp_path / "attention.png")],
                              capsys, monkeypatch)
     assert code == 0, err
     for name in ("curves.png", "attention.png"):
