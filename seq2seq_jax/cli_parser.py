@@ -196,6 +196,8 @@ def _add_serve(commands) -> None:
                        help="every search has --max-batch rows: scores bit-identical to a text's score alone "
                             "(default: 1, 4, 16, ... rows, whichever holds the batch; equal texts, scores within "
                             "float32 rounding)")
+    serve.add_argument("--max-queue", type=int, default=256, metavar="N",
+                       help="most texts waiting for a search; a request past it gets 429 with Retry-After")
     serve.add_argument("--warmup-src-len", type=int, default=32, metavar="TOKENS",
                        help="compile the default settings' searches for sources up to this length at start-up")
 

@@ -62,14 +62,15 @@ def second_workdir(tmp_path_factory):
 
 @contextlib.contextmanager
 def running_server(workdir, log_dir: Path, *options: str, during_warm_up: dict | None = None,
-                   seen: list | None = None):
-    """``seq2seq serve`` on a free port; yields (base URL, process, log path) once /health says ready. With
+                   seen: list | None = None, launcher: tuple[str, ...] = ("-m", "seq2seq_jax")):
+    """``seq2seq serve`` on a free port; yields (base URL, process, log path) once /health says ready (``launcher``:
+    Python's arguments before the command's, ``-c SCRIPT`` to run it under a script). With
     ``during_warm_up``, that ``/v1/translate`` body is posted as soon as /health says "warming up" or lists shapes
     still warming, and the log path is followed by ``(the /health body it was sent at, its response)``, once
     answered. ``seen`` gets every /health body up to the first ready one."""
     port = free_port()
     log = log_dir / "server.log"
-    command = [sys.executable, "-m", "seq2seq_jax", "serve", "--workdir", str(workdir), "--port", str(port),
+    command = [sys.executable, *launcher, "serve", "--workdir", str(workdir), "--port", str(port),
                "--warmup-src-len", "32", *options] + [f"--{k.replace('_', '-')}={v}" for k, v in LIMITS.items()]
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environment())

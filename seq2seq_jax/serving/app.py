@@ -31,7 +31,7 @@ from fastapi_offline import FastAPIOffline
 from seq2seq_jax.core.config import DecodeConfig
 from seq2seq_jax.decoding.loaded_model import Seq2SeqModel
 from seq2seq_jax.decoding.translate import Hypothesis
-from seq2seq_jax.serving.decoder import BatchingDecoder
+from seq2seq_jax.serving.decoder import BatchingDecoder, QueueFull
 from seq2seq_jax.serving.middleware import BodySizeLimit, add_error_handlers
 from seq2seq_jax.serving.page import index
 from seq2seq_jax.serving.programs import ServerStatus
@@ -61,6 +61,8 @@ class Routes:
                       prefixes: list[str] | None = None) -> list[list[Hypothesis]]:
         try:
             future = self.decoder.submit(texts, config, attention, prefixes)
+        except QueueFull as error:
+            raise HTTPException(429, str(error), headers={"Retry-After": str(error.retry_after)}) from None
         except RuntimeError as error:
             raise HTTPException(503, str(error)) from None
         return await asyncio.wrap_future(future)

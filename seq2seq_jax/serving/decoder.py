@@ -20,6 +20,7 @@ import concurrent.futures
 import dataclasses
 import gc
 import logging
+import math
 import threading
 import time
 from typing import Any
@@ -33,6 +34,15 @@ from seq2seq_jax.serving.programs import ServerStatus, Shape, TranslatorCache, W
 from seq2seq_jax.serving.schema import ServeLimits
 
 logger = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """``submit`` refused: the texts would take the queue past ``max_queue``; ``retry_after``: seconds to wait."""
+
+    def __init__(self, queued: int, limit: int, retry_after: int):
+        super().__init__(f"{queued} texts are waiting, the most this server queues is {limit} (seq2seq serve "
+                         f"--max-queue): retry after {retry_after} s")
+        self.retry_after = retry_after
 
 
 @dataclasses.dataclass
@@ -73,6 +83,8 @@ class BatchingDecoder:
         self.in_flight = 0  # requests accepted and not yet answered
         self.merged_batches = 0  # decoding rounds, each serving ``merged_requests`` / ``merged_batches`` requests
         self.merged_requests = 0
+        self.refused_requests = 0  # refused with the queue full (429)
+        self.cancelled_requests = 0  # timed out or abandoned by their clients before their search began
         self._thread = threading.Thread(target=self._run, name="seq2seq-decode", daemon=True)
 
     # -- the event loop's side ---------------------------------------------------------------------------------
@@ -90,16 +102,26 @@ class BatchingDecoder:
     def submit(self, texts: list[str], config: DecodeConfig, attention: bool,
                prefixes: list[str] | None = None) -> concurrent.futures.Future:
         """Queue ``texts`` (with one target prefix each, or none); the future gets one list of hypotheses (best
-        first) per text, in order. Accepted during warm-up too: answered once the first shape is compiled."""
+        first) per text, in order. Accepted during warm-up too: answered once the first shape is compiled.
+        Raises ``QueueFull`` (nothing queued) when the texts would take the queue past ``max_queue`` texts."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._condition:
             if self._stopping:
                 raise RuntimeError("the server is shutting down")
+            queued = sum(len(job.texts) for job in self._queue)
+            if queued + len(texts) > self.limits.max_queue:
+                self.refused_requests += 1
+                raise QueueFull(queued, self.limits.max_queue, self._retry_after(queued))
             self._queue.append(Job(list(texts), None if prefixes is None else list(prefixes), config, attention,
                                    future, time.monotonic()))
             self.in_flight += 1
             self._condition.notify_all()
         return future
+
+    def _retry_after(self, queued: int) -> int:
+        """Whole seconds until the queue has room, guessed from the last search (1 before any)."""
+        seconds = self._last.seconds if self._last is not None else 1.0
+        return max(1, math.ceil(seconds * (queued / self.limits.max_batch + 1)))
 
     @property
     def status(self) -> ServerStatus:
@@ -115,7 +137,8 @@ class BatchingDecoder:
     def counts(self) -> dict[str, int]:
         with self._condition:
             return {"queued_texts": sum(len(job.texts) for job in self._queue), "in_flight_requests": self.in_flight,
-                    "merged_batches": self.merged_batches, "merged_requests": self.merged_requests}
+                    "merged_batches": self.merged_batches, "merged_requests": self.merged_requests,
+                    "refused_requests": self.refused_requests, "cancelled_requests": self.cancelled_requests}
 
     # -- the decoding thread -----------------------------------------------------------------------------------
 
@@ -170,6 +193,7 @@ class BatchingDecoder:
         running, abandoned = [], []  # a client that went away cancelled its future
         for job in jobs:
             (running if job.future.set_running_or_notify_cancel() else abandoned).append(job)
+        self.cancelled_requests += len(abandoned)
         self._finished(abandoned)
         if not running:
             return

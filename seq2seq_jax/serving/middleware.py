@@ -1,7 +1,7 @@
 """How the server refuses: a body over ``max_body_bytes`` gets 413 before any handler (``BodySizeLimit``), a
 POST not sent as JSON 415 (a guard against cross-site requests to a loopback server), malformed JSON 400, a body
-the schema refuses 422, an unexpected error 500; every refusal is a JSON ``{"error": "..."}`` that names the
-field (``add_error_handlers``)."""
+the schema refuses 422, a full queue 429 (with ``Retry-After``), an unexpected error 500; every refusal is a JSON
+``{"error": "..."}`` that names the field (``add_error_handlers``)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 
-def error_response(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
+def error_response(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
 class BodySizeLimit:
@@ -68,7 +68,7 @@ async def invalid_request(request: Request, error: RequestValidationError) -> JS
 
 
 async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
-    return error_response(error.status_code, str(error.detail))
+    return error_response(error.status_code, str(error.detail), headers=error.headers)
 
 
 async def internal_error(_request: Request, error: Exception) -> JSONResponse:

@@ -34,13 +34,15 @@ class ServeLimits:
     max_beam_size: int = 16
     warmup_src_len: int = 32
     fixed_rows: bool = False
+    max_queue: int = 256  # texts waiting for a search; past it, 429
+    request_timeout: float = 60.0  # seconds from acceptance to answer; past it, 503 (0: none)
 
     def __post_init__(self):
-        for name in ("max_batch", "max_chars", "max_texts", "max_body_bytes", "max_beam_size"):
+        for name in ("max_batch", "max_chars", "max_texts", "max_body_bytes", "max_beam_size", "max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.max_wait_ms < 0 or self.warmup_src_len < 0 or self.refill_share < 0:
-            raise ValueError("--max-wait-ms, --refill-share and --warmup-src-len must be >= 0")
+        if min(self.max_wait_ms, self.warmup_src_len, self.refill_share, self.request_timeout) < 0:
+            raise ValueError("--max-wait-ms, --refill-share, --warmup-src-len and --request-timeout must be >= 0")
 
 
 class TranslateRequest(BaseModel):

@@ -1,0 +1,97 @@
+"""``seq2seq serve`` as a deployer runs it, on loopback: a subprocess started under a script that injects faults
+(a text ``!sleep=S`` holds its search S seconds, ``!explode`` fails its answer) so that the queue, timeouts and
+errors can be driven from outside. A burst past ``--max-queue`` gets 429s and every accepted request its answer."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+from test_serve import running_server, warmed_up, workdir  # noqa: F401 (workdir: a fixture)
+
+FAULTS = """
+import re, sys, time
+from seq2seq_jax.serving import app, decoder
+translate = decoder.BatchingDecoder._translate
+def slow(self, texts, *args):
+    for text in texts:
+        if match := re.match(r"!sleep=([0-9.]+)", text):
+            time.sleep(float(match.group(1)))
+    return translate(self, texts, *args)
+decoder.BatchingDecoder._translate = slow
+answer = app.hypothesis_json
+def failing(model, source, hypothesis):
+    if source == "!explode":
+        raise RuntimeError("the secret s3cr3t in /home/deployer/private")
+    return answer(model, source, hypothesis)
+app.hypothesis_json = failing
+from seq2seq_jax import cli
+sys.exit(cli.main(sys.argv[1:]))
+"""
+MAX_QUEUE = 4
+
+
+@pytest.fixture(scope="module")
+def deploy_server(workdir, tmp_path_factory):  # noqa: F811
+    """The fault-injected server with the deployment options."""
+    with running_server(workdir, tmp_path_factory.mktemp("deploy-log"), "--max-queue", str(MAX_QUEUE),
+                        launcher=("-c", FAULTS)) as running:
+        yield running
+
+
+def post(url: str, body, timeout: float = 120, **kwargs) -> httpx.Response:
+    return httpx.post(url, json=body, timeout=timeout, **kwargs)
+
+
+def in_background(call) -> tuple[threading.Thread, list]:
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(call()))
+    thread.start()
+    return thread, result
+
+
+def wait_for(url: str, condition, seconds: float = 60) -> dict:
+    """/health once ``condition(health)`` holds."""
+    deadline = time.monotonic() + seconds
+    while not condition(health := httpx.get(f"{url}/health", timeout=10).json()):
+        assert time.monotonic() < deadline, health
+        time.sleep(0.02)
+    return health
+
+
+def test_a_burst_past_the_queue_gets_429s_and_every_accepted_request_its_answer(deploy_server):
+    url = deploy_server[0]
+    warmed_up(url)
+    texts = [f"{day} May 20{day:02d}" for day in range(1, 13)]
+    before = httpx.get(f"{url}/health").json()
+    blocker, blocked = in_background(lambda: post(f"{url}/v1/translate", {"texts": ["!sleep=2"]}))
+    wait_for(url, lambda h: h["in_flight_requests"] == 1 and h["queued_texts"] == 0)  # it holds the decoder
+    barrier = threading.Barrier(len(texts))
+    answers: list = [None] * len(texts)
+
+    def client(index: int) -> None:
+        barrier.wait(timeout=60)
+        answers[index] = post(f"{url}/v1/translate", {"texts": [texts[index]]})
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(texts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads + [blocker]:
+        thread.join(timeout=180)
+    assert blocked[0].status_code == 200, blocked[0].text
+    statuses = [answer.status_code for answer in answers]
+    accepted = [i for i, status in enumerate(statuses) if status == 200]
+    refused = [i for i, status in enumerate(statuses) if status == 429]
+    assert len(accepted) + len(refused) == len(texts) and 1 <= len(accepted) <= MAX_QUEUE and refused, statuses
+    for index in refused:
+        assert int(answers[index].headers["Retry-After"]) >= 1
+        assert "--max-queue" in answers[index].json()["error"]
+    after = httpx.get(f"{url}/health").json()
+    assert after["in_flight_requests"] == 0 and after["queued_texts"] == 0
+    assert after["merged_requests"] - before["merged_requests"] == 1 + len(accepted)  # each answered once
+    assert after["refused_requests"] - before["refused_requests"] == len(refused)
+    for index in accepted:  # the answer it gets alone; the server still serves
+        alone = post(f"{url}/v1/translate", {"texts": [texts[index]]})
+        assert alone.status_code == 200 and alone.json() == answers[index].json()
