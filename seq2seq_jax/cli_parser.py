@@ -198,6 +198,8 @@ def _add_serve(commands) -> None:
                             "float32 rounding)")
     serve.add_argument("--max-queue", type=int, default=256, metavar="N",
                        help="most texts waiting for a search; a request past it gets 429 with Retry-After")
+    serve.add_argument("--request-timeout", type=float, default=60.0, metavar="SECONDS",
+                       help="a request not answered this long after it was accepted gets 503 (0: no limit)")
     serve.add_argument("--warmup-src-len", type=int, default=32, metavar="TOKENS",
                        help="compile the default settings' searches for sources up to this length at start-up")
 

@@ -31,12 +31,14 @@ from seq2seq_jax import cli
 sys.exit(cli.main(sys.argv[1:]))
 """
 MAX_QUEUE = 4
+TIMEOUT = 3  # seconds
 
 
 @pytest.fixture(scope="module")
 def deploy_server(workdir, tmp_path_factory):  # noqa: F811
     """The fault-injected server with the deployment options."""
     with running_server(workdir, tmp_path_factory.mktemp("deploy-log"), "--max-queue", str(MAX_QUEUE),
+                        "--request-timeout", str(TIMEOUT),
                         launcher=("-c", FAULTS)) as running:
         yield running
 
@@ -66,7 +68,7 @@ def test_a_burst_past_the_queue_gets_429s_and_every_accepted_request_its_answer(
     warmed_up(url)
     texts = [f"{day} May 20{day:02d}" for day in range(1, 13)]
     before = httpx.get(f"{url}/health").json()
-    blocker, blocked = in_background(lambda: post(f"{url}/v1/translate", {"texts": ["!sleep=2"]}))
+    blocker, blocked = in_background(lambda: post(f"{url}/v1/translate", {"texts": ["!sleep=1.5"]}))
     wait_for(url, lambda h: h["in_flight_requests"] == 1 and h["queued_texts"] == 0)  # it holds the decoder
     barrier = threading.Barrier(len(texts))
     answers: list = [None] * len(texts)
@@ -95,3 +97,31 @@ def test_a_burst_past_the_queue_gets_429s_and_every_accepted_request_its_answer(
     for index in accepted:  # the answer it gets alone; the server still serves
         alone = post(f"{url}/v1/translate", {"texts": [texts[index]]})
         assert alone.status_code == 200 and alone.json() == answers[index].json()
+
+
+def test_a_request_past_the_timeout_gets_503_and_the_next_is_answered(deploy_server):
+    url = deploy_server[0]
+    started = time.monotonic()
+    late = post(f"{url}/v1/translate", {"texts": ["!sleep=4.5"]})
+    assert late.status_code == 503 and "--request-timeout" in late.json()["error"], late.text
+    assert TIMEOUT <= time.monotonic() - started < TIMEOUT + 1.5
+    assert "its search had begun" in late.json()["error"]
+    after = post(f"{url}/v1/translate", {"texts": ["May 1, 2000"]})  # queued behind the rest of that search
+    assert after.status_code == 200 and after.json()["translations"][0][0]["text"]
+
+
+def test_a_client_gone_before_its_search_began_is_not_decoded(deploy_server):
+    url = deploy_server[0]
+    wait_for(url, lambda h: h["in_flight_requests"] == 0)
+    before = httpx.get(f"{url}/health").json()
+    blocker, blocked = in_background(lambda: post(f"{url}/v1/translate", {"texts": ["!sleep=2"]}))
+    wait_for(url, lambda h: h["in_flight_requests"] == 1 and h["queued_texts"] == 0)
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+        post(f"{url}/v1/translate", {"texts": ["June 2, 2002"]}, timeout=0.5)
+    gone = wait_for(url, lambda h: h["cancelled_requests"] > before["cancelled_requests"], seconds=10)
+    assert gone["in_flight_requests"] == 1  # withdrawn at once, while the blocker still decodes
+    blocker.join(timeout=60)
+    assert blocked[0].status_code == 200
+    after = wait_for(url, lambda h: h["in_flight_requests"] == 0)
+    assert after["merged_requests"] - before["merged_requests"] == 1  # the blocker alone was decoded
+    assert after["cancelled_requests"] - before["cancelled_requests"] == 1

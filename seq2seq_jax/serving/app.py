@@ -24,7 +24,7 @@ import math
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import Body, FastAPI, HTTPException
+from fastapi import Body, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi_offline import FastAPIOffline
 
@@ -49,6 +49,12 @@ def hypothesis_json(model: Seq2SeqModel, source: str, hypothesis: Hypothesis) ->
     return answer
 
 
+async def client_gone(http: Request) -> None:
+    """Returns once the client has closed the connection (the body is read: what comes next is the disconnect)."""
+    while (await http.receive())["type"] != "http.disconnect":
+        pass
+
+
 class Routes:
     """The endpoints (module docstring), bound to one model, its decoder and the request checks."""
 
@@ -57,17 +63,32 @@ class Routes:
         self.decoder = decoder
         self.checks = checks
 
-    async def _decode(self, texts: list[str], config: DecodeConfig, attention: bool,
+    async def _decode(self, http: Request, texts: list[str], config: DecodeConfig, attention: bool,
                       prefixes: list[str] | None = None) -> list[list[Hypothesis]]:
+        """The texts' hypotheses, or 429 (queue full), 503 (past ``request_timeout``, or shutting down); a request
+        whose client went away, or timed out, before its search began leaves the queue undecoded."""
         try:
             future = self.decoder.submit(texts, config, attention, prefixes)
         except QueueFull as error:
             raise HTTPException(429, str(error), headers={"Retry-After": str(error.retry_after)}) from None
         except RuntimeError as error:
             raise HTTPException(503, str(error)) from None
-        return await asyncio.wrap_future(future)
+        answer = asyncio.wrap_future(future)
+        gone = asyncio.ensure_future(client_gone(http))
+        timeout = self.decoder.limits.request_timeout or None
+        try:
+            await asyncio.wait({answer, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if answer.done():
+            return answer.result()
+        began = not self.decoder.withdraw(future)
+        if gone.done() and not gone.cancelled():
+            raise HTTPException(499, "the client closed the connection")  # nobody reads it
+        raise HTTPException(503, f"timed out: no answer within {timeout:g} s (seq2seq serve --request-timeout); "
+                                 f"{'its search had begun' if began else 'it was not decoded'}")
 
-    async def translate_v1(self, request: TranslateRequest) -> dict[str, Any]:
+    async def translate_v1(self, request: TranslateRequest, http: Request) -> dict[str, Any]:
         """Per text, in order, its hypotheses best first: text, score and, when asked, the attention weights
         ``[target pieces (+ </s>), source pieces + </s>]`` with the pieces they refer to. ``prefixes``: one target
         prefix per text (``""`` for none) that each of its hypotheses starts with (included in text and score)."""
@@ -75,16 +96,17 @@ class Routes:
         config = self.checks.config(request.texts, **settings)
         if request.prefixes is not None:
             self.checks.prefixes(request.texts, request.prefixes)
-        results = await self._decode(request.texts, config, request.attention, request.prefixes)
+        results = await self._decode(http, request.texts, config, request.attention, request.prefixes)
         return {"translations": [[hypothesis_json(self.model, text, h) for h in hypotheses]
                                  for text, hypotheses in zip(request.texts, results, strict=True)]}
 
-    async def translate_onmt(self, items: Annotated[list[OnmtItem], Body(min_length=1)]) -> list[list[dict[str, Any]]]:
+    async def translate_onmt(self, items: Annotated[list[OnmtItem], Body(min_length=1)],
+                             http: Request) -> list[list[dict[str, Any]]]:
         """OpenNMT-py's ``onmt_server`` answer: one list per n-best rank, each with one entry per input. A blank
         source is not translated: its ``tgt`` is empty and its ``pred_score`` 0 (the log-probability of nothing)."""
         texts = [item.src for item in items]
         config = self.checks.config(texts)
-        results = await self._decode(texts, config, False)
+        results = await self._decode(http, texts, config, False)
 
         def entry(text: str, hypotheses: list[Hypothesis], rank: int) -> dict[str, Any]:
             hypothesis = hypotheses[rank] if hypotheses else Hypothesis("", [], 0.0)

@@ -118,6 +118,20 @@ class BatchingDecoder:
             self._condition.notify_all()
         return future
 
+    def withdraw(self, future: concurrent.futures.Future) -> bool:
+        """Cancel the request of ``future`` if its search has not begun (it leaves the queue at once); False if it
+        has (its answer will be dropped)."""
+        with self._condition:
+            for job in self._queue:
+                if job.future is future:
+                    if not future.cancel():
+                        return False
+                    self._queue.remove(job)
+                    self.in_flight -= 1
+                    self.cancelled_requests += 1
+                    return True
+        return False
+
     def _retry_after(self, queued: int) -> int:
         """Whole seconds until the queue has room, guessed from the last search (1 before any)."""
         seconds = self._last.seconds if self._last is not None else 1.0
