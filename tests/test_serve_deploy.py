@@ -125,3 +125,20 @@ def test_a_client_gone_before_its_search_began_is_not_decoded(deploy_server):
     after = wait_for(url, lambda h: h["in_flight_requests"] == 0)
     assert after["merged_requests"] - before["merged_requests"] == 1  # the blocker alone was decoded
     assert after["cancelled_requests"] - before["cancelled_requests"] == 1
+
+
+def test_an_internal_error_gets_a_request_id_and_its_traceback_goes_to_the_log(deploy_server):
+    url, _, log = deploy_server
+    failed = post(f"{url}/v1/translate", {"texts": ["May 1, 2000", "!explode"]})
+    assert failed.status_code == 500, failed.text
+    request_id = failed.json()["request_id"]
+    assert failed.headers["X-Request-ID"] == request_id and request_id in failed.json()["error"]
+    for secret in ("s3cr3t", "/home", "RuntimeError", "Traceback", "app.py"):
+        assert secret not in failed.text
+    logged = log.read_text()
+    assert f"request {request_id} (POST /v1/translate) failed" in logged
+    assert "Traceback" in logged and "s3cr3t" in logged.split(request_id, 1)[1]
+    answer = post(f"{url}/v1/translate", {"texts": ["May 1, 2000"]}, headers={"X-Request-ID": "trace-42"})
+    assert answer.status_code == 200 and answer.headers["X-Request-ID"] == "trace-42"
+    refused = post(f"{url}/v1/translate", {"texts": []}, headers={"X-Request-ID": "bad id/../x"})
+    assert refused.status_code == 422 and len(refused.headers["X-Request-ID"]) == 16  # a new one

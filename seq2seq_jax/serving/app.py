@@ -32,7 +32,7 @@ from seq2seq_jax.core.config import DecodeConfig
 from seq2seq_jax.decoding.loaded_model import Seq2SeqModel
 from seq2seq_jax.decoding.translate import Hypothesis
 from seq2seq_jax.serving.decoder import BatchingDecoder, QueueFull
-from seq2seq_jax.serving.middleware import BodySizeLimit, add_error_handlers
+from seq2seq_jax.serving.middleware import BodySizeLimit, RequestIds, add_error_handlers
 from seq2seq_jax.serving.page import index
 from seq2seq_jax.serving.programs import ServerStatus
 from seq2seq_jax.serving.schema import OnmtItem, RequestChecks, ServeLimits, TranslateRequest
@@ -161,6 +161,7 @@ def create_app(model: Seq2SeqModel, limits: ServeLimits) -> FastAPI:
                          description="Translate with a seq2seq-jax workdir. Concurrent requests are merged into "
                                      "one compiled search; every answer equals the one its text gets alone.")
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(RequestIds)  # outside BodySizeLimit: every answer has an id
     add_error_handlers(app)
     app.state.decoder = decoder
     app.add_api_route("/v1/translate", routes.translate_v1, methods=["POST"])

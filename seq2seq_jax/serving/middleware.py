@@ -1,16 +1,23 @@
 """How the server refuses: a body over ``max_body_bytes`` gets 413 before any handler (``BodySizeLimit``), a
 POST not sent as JSON 415 (a guard against cross-site requests to a loopback server), malformed JSON 400, a body
-the schema refuses 422, a full queue 429 (with ``Retry-After``), an unexpected error 500; every refusal is a JSON
-``{"error": "..."}`` that names the field (``add_error_handlers``)."""
+the schema refuses 422, a full queue 429 (with ``Retry-After``), an unexpected error 500 with the request's id and
+a generic message (``RequestIds``; the traceback goes to the log); every refusal is a JSON ``{"error": "..."}``
+that names the field (``add_error_handlers``)."""
 
 from __future__ import annotations
 
+import logging
+import re
+import uuid
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+
+logger = logging.getLogger(__name__)
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a client's own X-Request-ID, kept when it looks like this
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
@@ -54,6 +61,41 @@ class BodySizeLimit:
         return await self.app(scope, replay, send)
 
 
+class RequestIds:
+    """ASGI middleware: every HTTP request gets an id (the client's ``X-Request-ID`` if it is one, else a new one),
+    sent back as ``X-Request-ID``; an unexpected error gets 500 with the id and a generic message, and its
+    traceback goes to the log under that id, never to the client."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
+        scope["seq2seq.request_id"] = request_id
+        started = False
+
+        async def send_with_id(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (b"x-request-id", request_id.encode("latin-1"))]}
+            await send(message)
+
+        try:
+            return await self.app(scope, receive, send_with_id)
+        except Exception:
+            logger.exception("request %s (%s %s) failed", request_id, scope["method"], scope["path"])
+            if started:
+                raise
+            failed = error_response(500, f"internal error (request id {request_id}): the server could not answer "
+                                         "this request; its log has the details", request_id=request_id)
+            return await failed(scope, receive, send_with_id)
+
+
 async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
     content_type = request.headers.get("content-type", "")
     if request.method == "POST" and "json" not in content_type:
@@ -71,11 +113,6 @@ async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
     return error_response(error.status_code, str(error.detail), headers=error.headers)
 
 
-async def internal_error(_request: Request, error: Exception) -> JSONResponse:
-    return error_response(500, f"internal error: {type(error).__name__}: {error}")
-
-
 def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(HTTPException, http_error)
-    app.add_exception_handler(Exception, internal_error)
