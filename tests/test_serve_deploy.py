@@ -142,3 +142,12 @@ def test_an_internal_error_gets_a_request_id_and_its_traceback_goes_to_the_log(d
     assert answer.status_code == 200 and answer.headers["X-Request-ID"] == "trace-42"
     refused = post(f"{url}/v1/translate", {"texts": []}, headers={"X-Request-ID": "bad id/../x"})
     assert refused.status_code == 422 and len(refused.headers["X-Request-ID"]) == 16  # a new one
+
+
+def test_info_names_the_workdir_and_checkpoint_never_a_path(deploy_server, workdir):  # noqa: F811
+    info = httpx.get(f"{deploy_server[0]}/v1/info")
+    assert info.status_code == 200
+    body = info.json()
+    assert (body["workdir"], body["checkpoint"], body["step"]) == (workdir.name, "best", 8)
+    assert [(m["workdir"], m["checkpoint"], m["step"]) for m in body["models"]] == [(workdir.name, "best", 8)]
+    assert str(workdir.parent) not in info.text and "/tmp" not in info.text

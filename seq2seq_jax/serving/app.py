@@ -7,7 +7,8 @@
                                  [[{"src", "tgt", "n_best", "pred_score"}, ...per input] ...per n-best rank]
     GET  /health                ready (200) or warming up (503), the loaded step, the compiled shapes and those
                                  still warming up
-    GET  /v1/info               model and decode config, every model's step and validation metrics, the limits
+    GET  /v1/info               model and decode config, every model's workdir name, checkpoint, step and
+                                 validation metrics (no file-system path), the limits
     GET  /                      the web page; /docs and /redoc: FastAPI's OpenAPI pages, served offline
 
 The models are one workdir's or an ensemble's (``Seq2SeqModel``); the first gives the tokenizers, the decode
@@ -21,6 +22,7 @@ import contextlib
 import dataclasses
 import gc
 import math
+import pathlib
 from typing import Annotated, Any
 
 import numpy as np
@@ -58,8 +60,10 @@ async def client_gone(http: Request) -> None:
 class Routes:
     """The endpoints (module docstring), bound to one model, its decoder and the request checks."""
 
-    def __init__(self, model: Seq2SeqModel, decoder: BatchingDecoder, checks: RequestChecks):
+    def __init__(self, model: Seq2SeqModel, decoder: BatchingDecoder, checks: RequestChecks,
+                 checkpoint: str | int = "best"):
         self.model = model
+        self.checkpoint = checkpoint
         self.decoder = decoder
         self.checks = checks
 
@@ -132,24 +136,27 @@ class Routes:
 
     async def info(self) -> dict[str, Any]:
         """The model and default decode configuration, the checkpoint's step and validation metrics, the limits;
-        ``models``: those of every model of an ensemble (``model``, ``step`` and ``metrics``: the first's)."""
+        ``models``: those of every model of an ensemble (``model``, ``step`` and ``metrics``: the first's), each
+        named by its workdir's last path component and the checkpoint asked for (no file-system path)."""
         decoder, model = self.decoder, self.model
         decode = {k: v for k, v in decoder.default_config.to_dict().items()
                   if k not in ("sample", "temperature", "top_k", "top_p", "seed", "batch_size")}
-        models = [{"workdir": name, "model": m.config.model.to_dict(), "step": m.step,
+        models = [{"workdir": pathlib.PurePath(name).name, "checkpoint": self.checkpoint,
+                   "model": m.config.model.to_dict(), "step": m.step,
                    "metrics": {k: v for k, v in m.metrics.items() if math.isfinite(v)}}
                   for name, m in zip(model.names, model.models, strict=True)]
-        return {**{k: models[0][k] for k in ("model", "step", "metrics")}, "decode": decode,
+        return {**{k: models[0][k] for k in ("workdir", "checkpoint", "model", "step", "metrics")}, "decode": decode,
                 "ensemble": model.is_ensemble, "models": models, "tokenizer": model.models[0].config.data.tokenizer,
                 "bucket_width": decoder.bucket_width, "row_buckets": list(decoder.rows),
                 "limits": dataclasses.asdict(decoder.limits)}
 
 
-def create_app(model: Seq2SeqModel, limits: ServeLimits) -> FastAPI:
-    """The FastAPI application serving ``model`` (its decoding thread starts and stops with the app)."""
+def create_app(model: Seq2SeqModel, limits: ServeLimits, checkpoint: str | int = "best") -> FastAPI:
+    """The FastAPI application serving ``model`` (its decoding thread starts and stops with the app);
+    ``checkpoint``: the one loaded (best, latest or a step), as ``/v1/info`` names it."""
     decoder = BatchingDecoder(model, limits)
     checks = RequestChecks(limits, decoder.default_config, model.new_translator(decoder.default_config))
-    routes = Routes(model, decoder, checks)
+    routes = Routes(model, decoder, checks, checkpoint)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):

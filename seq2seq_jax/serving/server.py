@@ -13,7 +13,7 @@ from seq2seq_jax.serving.schema import ServeLimits
 logger = logging.getLogger(__name__)
 
 
-def serve(model: Seq2SeqModel, host: str, port: int, limits: ServeLimits) -> int:
+def serve(model: Seq2SeqModel, host: str, port: int, limits: ServeLimits, checkpoint: str | int = "best") -> int:
     """Warm ``model`` up in the background and serve it until SIGTERM/SIGINT; returns 0 after a graceful
     shutdown."""
     import uvicorn
@@ -22,8 +22,9 @@ def serve(model: Seq2SeqModel, host: str, port: int, limits: ServeLimits) -> int
         logger.info("loaded step %d of %s", trained.step, name)
     if model.is_ensemble:
         logger.info("serving an ensemble of %d models", len(model.models))
-    server = uvicorn.Server(uvicorn.Config(create_app(model, limits), host=host, port=port, log_level="info",
-                                           access_log=False, timeout_graceful_shutdown=None))
+    app = create_app(model, limits, checkpoint)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False,
+                                           timeout_graceful_shutdown=None))
     # uvicorn re-raises the signal it shut down on once it is done; these handlers absorb it, so the process
     # exits 0 after a graceful shutdown rather than being killed by the default handler.
     for handled in (signal.SIGTERM, signal.SIGINT):
