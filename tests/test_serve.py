@@ -227,13 +227,14 @@ def test_answers_equal_the_translate_command(server, workdir, capsys):
     assert_same_as_translate(expected, translations, SOURCES, 2)
     # OpenNMT-py's format, with the workdir's default settings (greedy, one hypothesis).
     expected = cli_translate(workdir, capsys, SOURCES)
-    answer = post(f"{url}/translator/translate", [{"src": text, "id": 100} for text in SOURCES])
+    answer = post(f"{url}/translator/translate", [{"src": text, "id": 100 + i} for i, text in enumerate(SOURCES)])
     assert answer.status_code == 200, answer.text
     (ranks,) = answer.json()
     assert [item["tgt"] for item in ranks] == expected
     assert [item["src"] for item in ranks] == SOURCES
     assert all(item["n_best"] == 1 and isinstance(item["pred_score"], float) for item in ranks)
-    assert ranks[2] == {"src": "", "tgt": "", "n_best": 1, "pred_score": 0.0}  # a blank source is not translated
+    assert ranks[2] == {"src": "", "tgt": "", "n_best": 1, "pred_score": 0.0, "id": 102}  # a blank one: not translated
+    assert [item["id"] for item in ranks] == list(range(100, 100 + len(SOURCES)))  # echoed
     single = post(f"{url}/v1/translate", {"texts": [SOURCES[0]]}).json()["translations"][0][0]
     assert single["score"] == ranks[0]["pred_score"] and single["text"] == ranks[0]["tgt"]
 
@@ -366,6 +367,7 @@ BAD_REQUESTS = [  # (endpoint, raw body, status, a part of the error message)
      "prefixes:2: the prefix has 20 target pieces, more than the 19 tokens"),
     ("/v1/translate", json.dumps({"texts": ["a" * 40] * 120}).encode(), 413, "over the 4096-byte limit"),
     ("/translator/translate", b'[]', 422, "List should have at least 1 item"),
+    ("/translator/translate", b'[{"src": "a", "id": "x"}]', 422, "0.id: Input should be a valid integer"),
     ("/translator/translate", b'[{"id": 100}]', 422, "0.src: Field required"),
     ("/translator/translate", b'{"src": "a"}', 422, "Input should be a valid list"),
 ]
@@ -377,6 +379,7 @@ def test_bad_requests_get_a_4xx_and_the_server_keeps_serving(server, endpoint, b
     answer = httpx.post(f"{url}{endpoint}", content=body, headers={"Content-Type": "application/json"}, timeout=60)
     assert answer.status_code == status, answer.text
     assert message in answer.json()["error"], answer.json()
+    assert (answer.json().get("status") == "error") == endpoint.startswith("/translator/")  # OpenNMT-py's shape
     assert post(f"{url}/v1/translate", {"texts": ["May 1, 2000"]}).status_code == 200
 
 
@@ -418,6 +421,9 @@ def test_health_info_docs_and_page(server):
     assert "valid_loss" in info["metrics"] and info["limits"]["max_texts"] == 8
     assert {"/v1/translate", "/translator/translate", "/health", "/v1/info"} <= set(
         httpx.get(f"{url}/openapi.json").json()["paths"])
+    assert httpx.get(f"{url}/translator/health").json() == {"status": "ok"}
+    (onmt_model,) = httpx.get(f"{url}/translator/models").json()
+    assert onmt_model["model_id"] == 100 and onmt_model["loaded"] and onmt_model["opt"]["steps"] == [8]
     for docs_path, script in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
         docs = httpx.get(f"{url}{docs_path}")
         scripts = re.findall(r'<script src="([^"]+)"', docs.text)

@@ -4,7 +4,8 @@
                                  "min_len"?, "no_repeat_ngram_size"?, "attention"?} (default: the workdir's decode
                                  config) -> {"translations": [[{"text", "score", "attention"?}, ...], ...]}
     POST /translator/translate  OpenNMT-py's onmt_server format: [{"src": "...", "id": 100}, ...] ->
-                                 [[{"src", "tgt", "n_best", "pred_score"}, ...per input] ...per n-best rank]
+                                 [[{"src", "tgt", "n_best", "pred_score", "id"}, ...per input] ...per n-best rank];
+                                 /translator/health, /translator/models; errors {"error", "status": "error"}
     GET  /health                ready (200) or warming up (503), the loaded step, the compiled shapes and those
                                  still warming up
     GET  /v1/info               model and decode config, every model's workdir name, checkpoint, step and
@@ -37,7 +38,7 @@ from seq2seq_jax.serving.decoder import BatchingDecoder, QueueFull
 from seq2seq_jax.serving.middleware import BodySizeLimit, RequestIds, add_error_handlers
 from seq2seq_jax.serving.page import index
 from seq2seq_jax.serving.programs import ServerStatus
-from seq2seq_jax.serving.schema import OnmtItem, RequestChecks, ServeLimits, TranslateRequest
+from seq2seq_jax.serving.schema import ONMT_ID, OnmtItem, RequestChecks, ServeLimits, TranslateRequest
 
 
 def hypothesis_json(model: Seq2SeqModel, source: str, hypothesis: Hypothesis) -> dict[str, Any]:
@@ -106,18 +107,34 @@ class Routes:
 
     async def translate_onmt(self, items: Annotated[list[OnmtItem], Body(min_length=1)],
                              http: Request) -> list[list[dict[str, Any]]]:
-        """OpenNMT-py's ``onmt_server`` answer: one list per n-best rank, each with one entry per input. A blank
-        source is not translated: its ``tgt`` is empty and its ``pred_score`` 0 (the log-probability of nothing)."""
+        """OpenNMT-py's ``onmt_server`` answer: one list per n-best rank, each with one entry per input (its ``id``
+        echoed). A blank source is not translated: its ``tgt`` is empty and its ``pred_score`` 0 (the
+        log-probability of nothing)."""
         texts = [item.src for item in items]
         config = self.checks.config(texts)
         results = await self._decode(http, texts, config, False)
 
-        def entry(text: str, hypotheses: list[Hypothesis], rank: int) -> dict[str, Any]:
+        def entry(item: OnmtItem, hypotheses: list[Hypothesis], rank: int) -> dict[str, Any]:
             hypothesis = hypotheses[rank] if hypotheses else Hypothesis("", [], 0.0)
-            return {"src": text, "tgt": hypothesis.text, "n_best": config.n_best, "pred_score": hypothesis.score}
+            return {"src": item.src, "tgt": hypothesis.text, "n_best": config.n_best, "pred_score": hypothesis.score,
+                    "id": item.id}
 
-        return [[entry(text, hypotheses, rank) for text, hypotheses in zip(texts, results, strict=True)]
+        return [[entry(item, hypotheses, rank) for item, hypotheses in zip(items, results, strict=True)]
                 for rank in range(config.n_best)]
+
+    async def onmt_health(self) -> JSONResponse:
+        """OpenNMT-py's ``/translator/health``: ``{"status": "ok"}`` once ready (503 and the status before)."""
+        ready = self.decoder.status is ServerStatus.READY
+        return JSONResponse({"status": "ok" if ready else self.decoder.status.value}, status_code=200 if ready else 503)
+
+    async def onmt_models(self) -> list[dict[str, Any]]:
+        """OpenNMT-py's ``/translator/models``: the one model served (an ensemble is one), under OpenNMT's model
+        id, with its workdirs' names, the checkpoint and the decode defaults as its ``opt``."""
+        config = self.decoder.default_config
+        return [{"model_id": ONMT_ID, "models": [pathlib.PurePath(name).name for name in self.model.names],
+                 "loaded": True, "timeout": -1,
+                 "opt": {"checkpoint": self.checkpoint, "steps": [m.step for m in self.model.models],
+                         "beam_size": config.beam_size, "n_best": config.n_best}}]
 
     async def health(self) -> JSONResponse:
         """``ready`` (200) once the likeliest shape is compiled, before that ``warming up`` (503; requests are
@@ -173,6 +190,8 @@ def create_app(model: Seq2SeqModel, limits: ServeLimits, checkpoint: str | int =
     app.state.decoder = decoder
     app.add_api_route("/v1/translate", routes.translate_v1, methods=["POST"])
     app.add_api_route("/translator/translate", routes.translate_onmt, methods=["POST"])
+    app.add_api_route("/translator/health", routes.onmt_health, methods=["GET"])
+    app.add_api_route("/translator/models", routes.onmt_models, methods=["GET"])
     app.add_api_route("/health", routes.health, methods=["GET"])
     app.add_api_route("/v1/info", routes.info, methods=["GET"])
     app.add_api_route("/", index, methods=["GET"], response_class=HTMLResponse, include_in_schema=False)
