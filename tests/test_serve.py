@@ -62,12 +62,14 @@ def second_workdir(tmp_path_factory):
 
 @contextlib.contextmanager
 def running_server(workdir, log_dir: Path, *options: str, during_warm_up: dict | None = None,
-                   seen: list | None = None, launcher: tuple[str, ...] = ("-m", "seq2seq_jax")):
+                   seen: list | None = None, launcher: tuple[str, ...] = ("-m", "seq2seq_jax"),
+                   probes: list | None = None):
     """``seq2seq serve`` on a free port; yields (base URL, process, log path) once /health says ready (``launcher``:
     Python's arguments before the command's, ``-c SCRIPT`` to run it under a script). With
     ``during_warm_up``, that ``/v1/translate`` body is posted as soon as /health says "warming up" or lists shapes
     still warming, and the log path is followed by ``(the /health body it was sent at, its response)``, once
-    answered. ``seen`` gets every /health body up to the first ready one."""
+    answered. ``seen`` gets every /health body up to the first ready one, ``probes`` the status codes of /health
+    and /health/live asked one after the other till then."""
     port = free_port()
     log = log_dir / "server.log"
     command = [sys.executable, *launcher, "serve", "--workdir", str(workdir), "--port", str(port),
@@ -86,6 +88,8 @@ def running_server(workdir, log_dir: Path, *options: str, during_warm_up: dict |
                 health = httpx.get(f"{url}/health", timeout=5)
                 if seen is not None:
                     seen.append(health.json())
+                if probes is not None:
+                    probes.append((health.status_code, httpx.get(f"{url}/health/live", timeout=5).status_code))
                 if during_warm_up is not None and not early and (health.status_code == 503
                                                                  or health.json()["warming"]):
                     early.append(health.json())

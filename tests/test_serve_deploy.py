@@ -36,11 +36,13 @@ TIMEOUT = 3  # seconds
 
 @pytest.fixture(scope="module")
 def deploy_server(workdir, tmp_path_factory):  # noqa: F811
-    """The fault-injected server with the deployment options."""
+    """The fault-injected server with the deployment options; after the log path, the (/health, /health/live)
+    status codes asked during its start."""
+    probes: list = []
     with running_server(workdir, tmp_path_factory.mktemp("deploy-log"), "--max-queue", str(MAX_QUEUE),
                         "--request-timeout", str(TIMEOUT),
-                        launcher=("-c", FAULTS)) as running:
-        yield running
+                        launcher=("-c", FAULTS), probes=probes) as running:
+        yield (*running, probes)
 
 
 def post(url: str, body, timeout: float = 120, **kwargs) -> httpx.Response:
@@ -128,7 +130,7 @@ def test_a_client_gone_before_its_search_began_is_not_decoded(deploy_server):
 
 
 def test_an_internal_error_gets_a_request_id_and_its_traceback_goes_to_the_log(deploy_server):
-    url, _, log = deploy_server
+    url, _, log, _ = deploy_server
     failed = post(f"{url}/v1/translate", {"texts": ["May 1, 2000", "!explode"]})
     assert failed.status_code == 500, failed.text
     request_id = failed.json()["request_id"]
@@ -151,3 +153,11 @@ def test_info_names_the_workdir_and_checkpoint_never_a_path(deploy_server, workd
     assert (body["workdir"], body["checkpoint"], body["step"]) == (workdir.name, "best", 8)
     assert [(m["workdir"], m["checkpoint"], m["step"]) for m in body["models"]] == [(workdir.name, "best", 8)]
     assert str(workdir.parent) not in info.text and "/tmp" not in info.text
+
+
+def test_liveness_while_warming_up_readiness_once_ready(deploy_server):
+    url, probes = deploy_server[0], deploy_server[3]
+    assert probes and probes[-1] == (200, 200)
+    assert all(live == 200 and ready in (200, 503) for ready, live in probes), probes  # live while not ready
+    assert httpx.get(f"{url}/health/live").json() == {"status": "live"}
+    assert httpx.get(f"{url}/health").json()["status"] == "ready"

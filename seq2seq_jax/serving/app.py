@@ -6,8 +6,8 @@
     POST /translator/translate  OpenNMT-py's onmt_server format: [{"src": "...", "id": 100}, ...] ->
                                  [[{"src", "tgt", "n_best", "pred_score", "id"}, ...per input] ...per n-best rank];
                                  /translator/health, /translator/models; errors {"error", "status": "error"}
-    GET  /health                ready (200) or warming up (503), the loaded step, the compiled shapes and those
-                                 still warming up
+    GET  /health                readiness: ready (200) or warming up (503), the loaded step, the compiled shapes
+                                 and those still warming up; /health/live: liveness, 200 while the process serves
     GET  /v1/info               model and decode config, every model's workdir name, checkpoint, step and
                                  validation metrics (no file-system path), the limits
     GET  /                      the web page; /docs and /redoc: FastAPI's OpenAPI pages, served offline
@@ -136,6 +136,10 @@ class Routes:
                  "opt": {"checkpoint": self.checkpoint, "steps": [m.step for m in self.model.models],
                          "beam_size": config.beam_size, "n_best": config.n_best}}]
 
+    async def live(self) -> dict[str, str]:
+        """Liveness: 200 whenever the process answers, warming up or not (``/health`` says whether it is ready)."""
+        return {"status": "live"}
+
     async def health(self) -> JSONResponse:
         """``ready`` (200) once the likeliest shape is compiled, before that ``warming up`` (503; requests are
         queued meanwhile and answered after it); the loaded step (the first model's; ``steps``: every model's),
@@ -193,6 +197,7 @@ def create_app(model: Seq2SeqModel, limits: ServeLimits, checkpoint: str | int =
     app.add_api_route("/translator/health", routes.onmt_health, methods=["GET"])
     app.add_api_route("/translator/models", routes.onmt_models, methods=["GET"])
     app.add_api_route("/health", routes.health, methods=["GET"])
+    app.add_api_route("/health/live", routes.live, methods=["GET"])
     app.add_api_route("/v1/info", routes.info, methods=["GET"])
     app.add_api_route("/", index, methods=["GET"], response_class=HTMLResponse, include_in_schema=False)
     return app
