@@ -200,6 +200,13 @@ def _add_serve(commands) -> None:
                        help="most texts waiting for a search; a request past it gets 429 with Retry-After")
     serve.add_argument("--request-timeout", type=float, default=60.0, metavar="SECONDS",
                        help="a request not answered this long after it was accepted gets 503 (0: no limit)")
+    serve.add_argument("--api-key", metavar="KEY",
+                       help="require Authorization: Bearer KEY on every route but the health probes and the static "
+                            "pages (visible in ps: prefer --api-key-file or $SEQ2SEQ_JAX_API_KEY)")
+    serve.add_argument("--api-key-file", metavar="F", help="the API key, the first line of F")
+    serve.add_argument("--cors-origin", action="append", metavar="ORIGIN",
+                       help="allow browsers on ORIGIN (e.g. https://app.example.com) to call the server; repeatable "
+                            "(default: no cross-origin calls)")
     serve.add_argument("--warmup-src-len", type=int, default=32, metavar="TOKENS",
                        help="compile the default settings' searches for sources up to this length at start-up")
 

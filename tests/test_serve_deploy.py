@@ -1,6 +1,7 @@
 """``seq2seq serve`` as a deployer runs it, on loopback: a subprocess started under a script that injects faults
 (a text ``!sleep=S`` holds its search S seconds, ``!explode`` fails its answer) so that the queue, timeouts and
-errors can be driven from outside. A burst past ``--max-queue`` gets 429s and every accepted request its answer."""
+errors can be driven from outside. A burst past ``--max-queue`` gets 429s and every accepted request its answer;
+past ``--request-timeout`` 503; a 500 names a request id; the API key (the page asks for it) and CORS."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from test_serve import running_server, warmed_up, workdir  # noqa: F401 (workdir: a fixture)
+from test_serve import running_server, system_chromium, warmed_up, workdir  # noqa: F401 (workdir: a fixture)
 
 FAULTS = """
 import re, sys, time
@@ -32,6 +33,9 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 MAX_QUEUE = 4
 TIMEOUT = 3  # seconds
+KEY = "k3y-for-tests"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+ALLOWED = "http://allowed.test"
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +43,17 @@ def deploy_server(workdir, tmp_path_factory):  # noqa: F811
     """The fault-injected server with the deployment options; after the log path, the (/health, /health/live)
     status codes asked during its start."""
     probes: list = []
-    with running_server(workdir, tmp_path_factory.mktemp("deploy-log"), "--max-queue", str(MAX_QUEUE),
-                        "--request-timeout", str(TIMEOUT),
+    logs = tmp_path_factory.mktemp("deploy-log")
+    (logs / "key").write_text(KEY + "\n", encoding="utf-8")
+    with running_server(workdir, logs, "--max-queue", str(MAX_QUEUE), "--request-timeout", str(TIMEOUT),
+                        "--api-key-file", str(logs / "key"), "--cors-origin", ALLOWED, "--cors-origin", "http://b.test",
                         launcher=("-c", FAULTS), probes=probes) as running:
         yield (*running, probes)
 
 
-def post(url: str, body, timeout: float = 120, **kwargs) -> httpx.Response:
-    return httpx.post(url, json=body, timeout=timeout, **kwargs)
+def post(url: str, body, timeout: float = 120, headers: dict | None = None) -> httpx.Response:
+    """A POST with the API key."""
+    return httpx.post(url, json=body, timeout=timeout, headers={**AUTH, **(headers or {})})
 
 
 def in_background(call) -> tuple[threading.Thread, list]:
@@ -147,7 +154,7 @@ def test_an_internal_error_gets_a_request_id_and_its_traceback_goes_to_the_log(d
 
 
 def test_info_names_the_workdir_and_checkpoint_never_a_path(deploy_server, workdir):  # noqa: F811
-    info = httpx.get(f"{deploy_server[0]}/v1/info")
+    info = httpx.get(f"{deploy_server[0]}/v1/info", headers=AUTH)
     assert info.status_code == 200
     body = info.json()
     assert (body["workdir"], body["checkpoint"], body["step"]) == (workdir.name, "best", 8)
@@ -161,3 +168,74 @@ def test_liveness_while_warming_up_readiness_once_ready(deploy_server):
     assert all(live == 200 and ready in (200, 503) for ready, live in probes), probes  # live while not ready
     assert httpx.get(f"{url}/health/live").json() == {"status": "live"}
     assert httpx.get(f"{url}/health").json()["status"] == "ready"
+
+
+@pytest.mark.parametrize("method,path", [("POST", "/v1/translate"), ("POST", "/translator/translate"),
+                                         ("GET", "/v1/info"), ("GET", "/translator/models"),
+                                         ("GET", "/openapi.json")])
+def test_every_route_but_health_and_the_pages_needs_the_key(deploy_server, method, path):
+    url, _, log, _ = deploy_server
+    body = [{"src": "May 1"}] if path.startswith("/translator/") else {"texts": ["May 1"]}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        refused = httpx.request(method, f"{url}{path}", json=body if method == "POST" else None, headers=headers)
+        assert refused.status_code == 401 and "API key" in refused.json()["error"], refused.text
+        assert refused.headers["WWW-Authenticate"] == "Bearer"
+    answered = httpx.request(method, f"{url}{path}", json=body if method == "POST" else None, headers=AUTH,
+                             timeout=60)
+    assert answered.status_code == 200, answered.text
+    for open_path in ("/health", "/health/live", "/translator/health", "/", "/docs", "/redoc"):
+        assert httpx.get(f"{url}{open_path}").status_code == 200, open_path
+    assert KEY not in log.read_text()  # never logged
+
+
+def test_cors_preflight_for_the_configured_origins_only(deploy_server):
+    url = deploy_server[0]
+    preflight = {"Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"}
+    allowed = httpx.options(f"{url}/v1/translate", headers={"Origin": ALLOWED, **preflight})
+    assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == ALLOWED
+    assert "authorization" in allowed.headers["access-control-allow-headers"].lower()
+    refused = httpx.options(f"{url}/v1/translate", headers={"Origin": "http://evil.test", **preflight})
+    assert refused.status_code == 400 and "access-control-allow-origin" not in refused.headers
+    answer = post(f"{url}/v1/translate", {"texts": ["May 1"]}, headers={"Origin": ALLOWED})
+    assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == ALLOWED
+    other = post(f"{url}/v1/translate", {"texts": ["May 1"]}, headers={"Origin": "http://evil.test"})
+    assert "access-control-allow-origin" not in other.headers  # the browser hides the answer
+
+
+def test_api_key_sources(tmp_path):
+    from seq2seq_jax.serving.access import resolve_api_key
+
+    (tmp_path / "key").write_text("  from-file \nsecond line\n", encoding="utf-8")
+    assert resolve_api_key("flag", None, {"SEQ2SEQ_JAX_API_KEY": "env"}) == "flag"
+    assert resolve_api_key(None, str(tmp_path / "key"), {"SEQ2SEQ_JAX_API_KEY": "env"}) == "from-file"
+    assert resolve_api_key(None, None, {"SEQ2SEQ_JAX_API_KEY": "env"}) == "env"
+    assert resolve_api_key(None, None, {}) is None
+    for key, key_file in (("a", str(tmp_path / "key")), ("  ", None)):
+        with pytest.raises(ValueError):
+            resolve_api_key(key, key_file, {})
+
+
+def test_web_page_asks_for_the_key_and_sends_it(deploy_server):
+    executable = system_chromium()
+    from playwright.sync_api import sync_playwright
+
+    url = deploy_server[0]
+    expected = post(f"{url}/v1/translate", {"texts": ["July 4, 1776"], "beam_size": 2, "n_best": 2})
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(url, timeout=60_000)
+            page.wait_for_selector("#apikey", state="visible", timeout=60_000)  # asked for, after /v1/info's 401
+            page.fill("#apikey", KEY)
+            page.fill("#source", "July 4, 1776")
+            page.fill("#beam", "2")
+            page.fill("#nbest", "2")
+            page.click("#submit")
+            page.wait_for_selector("li.hyp .text", timeout=60_000)
+            texts = [h["text"] for h in expected.json()["translations"][0]]
+            assert page.locator("li.hyp .text").all_inner_texts() == texts
+            page.wait_for_function("document.getElementById('info').dataset.loaded === 'yes'", timeout=60_000)
+        finally:
+            browser.close()

@@ -24,6 +24,7 @@ import dataclasses
 import gc
 import math
 import pathlib
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import numpy as np
@@ -34,6 +35,7 @@ from fastapi_offline import FastAPIOffline
 from seq2seq_jax.core.config import DecodeConfig
 from seq2seq_jax.decoding.loaded_model import Seq2SeqModel
 from seq2seq_jax.decoding.translate import Hypothesis
+from seq2seq_jax.serving.access import add_access
 from seq2seq_jax.serving.decoder import BatchingDecoder, QueueFull
 from seq2seq_jax.serving.middleware import BodySizeLimit, RequestIds, add_error_handlers
 from seq2seq_jax.serving.page import index
@@ -172,9 +174,11 @@ class Routes:
                 "limits": dataclasses.asdict(decoder.limits)}
 
 
-def create_app(model: Seq2SeqModel, limits: ServeLimits, checkpoint: str | int = "best") -> FastAPI:
+def create_app(model: Seq2SeqModel, limits: ServeLimits, checkpoint: str | int = "best", api_key: str | None = None,
+               cors_origins: Sequence[str] = ()) -> FastAPI:
     """The FastAPI application serving ``model`` (its decoding thread starts and stops with the app);
-    ``checkpoint``: the one loaded (best, latest or a step), as ``/v1/info`` names it."""
+    ``checkpoint``: the one loaded (best, latest or a step), as ``/v1/info`` names it; ``api_key`` and
+    ``cors_origins``: ``seq2seq_jax.serving.access``."""
     decoder = BatchingDecoder(model, limits)
     checks = RequestChecks(limits, decoder.default_config, model.new_translator(decoder.default_config))
     routes = Routes(model, decoder, checks, checkpoint)
@@ -190,6 +194,7 @@ def create_app(model: Seq2SeqModel, limits: ServeLimits, checkpoint: str | int =
                                      "one compiled search; every answer equals the one its text gets alone.")
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
     app.add_middleware(RequestIds)  # outside BodySizeLimit: every answer has an id
+    add_access(app, api_key, cors_origins)  # outermost: the key before anything, CORS before the key
     add_error_handlers(app)
     app.state.decoder = decoder
     app.add_api_route("/v1/translate", routes.translate_v1, methods=["POST"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Sequence
 
 from seq2seq_jax.decoding.loaded_model import Seq2SeqModel
 from seq2seq_jax.serving.app import create_app
@@ -13,16 +14,17 @@ from seq2seq_jax.serving.schema import ServeLimits
 logger = logging.getLogger(__name__)
 
 
-def serve(model: Seq2SeqModel, host: str, port: int, limits: ServeLimits, checkpoint: str | int = "best") -> int:
+def serve(model: Seq2SeqModel, host: str, port: int, limits: ServeLimits, checkpoint: str | int = "best",
+          api_key: str | None = None, cors_origins: Sequence[str] = ()) -> int:
     """Warm ``model`` up in the background and serve it until SIGTERM/SIGINT; returns 0 after a graceful
-    shutdown."""
+    shutdown. ``api_key``, ``cors_origins``: ``seq2seq_jax.serving.access``."""
     import uvicorn
 
     for name, trained in zip(model.names, model.models, strict=True):
         logger.info("loaded step %d of %s", trained.step, name)
     if model.is_ensemble:
         logger.info("serving an ensemble of %d models", len(model.models))
-    app = create_app(model, limits, checkpoint)
+    app = create_app(model, limits, checkpoint, api_key, cors_origins)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False,
                                            timeout_graceful_shutdown=None))
     # uvicorn re-raises the signal it shut down on once it is done; these handlers absorb it, so the process
