@@ -5,6 +5,7 @@ past ``--request-timeout`` 503; a 500 names a request id; the API key (the page 
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -49,6 +50,13 @@ def deploy_server(workdir, tmp_path_factory):  # noqa: F811
                         "--api-key-file", str(logs / "key"), "--cors-origin", ALLOWED, "--cors-origin", "http://b.test",
                         launcher=("-c", FAULTS), probes=probes) as running:
         yield (*running, probes)
+
+
+@pytest.fixture(scope="module")
+def quiet_server(workdir, tmp_path_factory):  # noqa: F811
+    """The fault-injected server without an access log or a key (the module's last tests stop it)."""
+    with running_server(workdir, tmp_path_factory.mktemp("quiet-log"), "--quiet", launcher=("-c", FAULTS)) as running:
+        yield running
 
 
 def post(url: str, body, timeout: float = 120, headers: dict | None = None) -> httpx.Response:
@@ -239,3 +247,54 @@ def test_web_page_asks_for_the_key_and_sends_it(deploy_server):
             page.wait_for_function("document.getElementById('info').dataset.loaded === 'yes'", timeout=60_000)
         finally:
             browser.close()
+
+
+def scrape(url: str) -> dict[tuple, float]:
+    """/metrics as {(sample name, labels...): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    answer = httpx.get(f"{url}/metrics", headers=AUTH)
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+    return {(sample.name, *sorted(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(answer.text) for sample in family.samples}
+
+
+def test_metrics_count_what_was_sent_and_each_request_is_logged(deploy_server):
+    url, _, log, _ = deploy_server
+    wait_for(url, lambda h: h["in_flight_requests"] == 0)
+    before = scrape(url)
+    for index in range(3):
+        assert post(f"{url}/v1/translate", {"texts": ["May 1", "June 2"]},
+                    headers={"X-Request-ID": f"metrics-{index}"}).status_code == 200
+    assert post(f"{url}/translator/translate", [{"src": "May 1"}] * 3).status_code == 200
+    assert post(f"{url}/v1/translate", {"texts": []}).status_code == 422
+    assert httpx.post(f"{url}/v1/translate", json={"texts": ["a"]}).status_code == 401
+    assert httpx.get(f"{url}/no/such/path", headers=AUTH).status_code == 404
+    after = scrape(url)
+
+    def grew(name, **labels):
+        key = (name, *sorted(labels.items()))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert grew("seq2seq_requests_total", route="/v1/translate", status="200") == 3
+    assert grew("seq2seq_requests_total", route="/translator/translate", status="200") == 1
+    assert grew("seq2seq_requests_total", route="/v1/translate", status="422") == 1
+    assert grew("seq2seq_requests_total", route="/v1/translate", status="401") == 1
+    assert grew("seq2seq_requests_total", route="unmatched", status="404") == 1
+    assert grew("seq2seq_texts_total", route="/v1/translate") == 6
+    assert grew("seq2seq_texts_total", route="/translator/translate") == 3
+    assert grew("seq2seq_search_rows_count") == grew("seq2seq_search_seconds_count") == 4  # one search each
+    assert grew("seq2seq_search_rows_sum") == 4 + 4 + 4 + 4  # 2 or 3 texts: 4 rows
+    assert after[("seq2seq_queue_texts",)] == 0 and after[("seq2seq_compilations_total",)] >= 1
+    assert 0 < after[("seq2seq_time_to_ready_seconds",)] < 240
+    logged = log.read_text()
+    for index in range(3):
+        assert re.search(rf"POST /v1/translate 200 texts=2 [0-9.]+s id=metrics-{index}\n", logged), logged[-2000:]
+    assert re.search(r"GET unmatched 404 texts=0 [0-9.]+s id=", logged)
+
+
+def test_quiet_logs_no_access_lines(quiet_server):
+    url, _, log = quiet_server
+    assert post(f"{url}/v1/translate", {"texts": ["May 1"]}, headers={"X-Request-ID": "quiet-1"}).status_code == 200
+    assert scrape(url)[("seq2seq_requests_total", ("route", "/v1/translate"), ("status", "200"))] == 1
+    assert "quiet-1" not in log.read_text() and "POST /v1/translate" not in log.read_text()

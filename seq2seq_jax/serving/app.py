@@ -8,6 +8,7 @@
                                  /translator/health, /translator/models; errors {"error", "status": "error"}
     GET  /health                readiness: ready (200) or warming up (503), the loaded step, the compiled shapes
                                  and those still warming up; /health/live: liveness, 200 while the process serves
+    GET  /metrics               Prometheus metrics (seq2seq_jax.serving.metrics)
     GET  /v1/info               model and decode config, every model's workdir name, checkpoint, step and
                                  validation metrics (no file-system path), the limits
     GET  /                      the web page; /docs and /redoc: FastAPI's OpenAPI pages, served offline
@@ -29,14 +30,16 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import Body, FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from seq2seq_jax.core.config import DecodeConfig
 from seq2seq_jax.decoding.loaded_model import Seq2SeqModel
 from seq2seq_jax.decoding.translate import Hypothesis
 from seq2seq_jax.serving.access import add_access
 from seq2seq_jax.serving.decoder import BatchingDecoder, QueueFull
+from seq2seq_jax.serving.metrics import TEXTS_KEY, AccessLog
 from seq2seq_jax.serving.middleware import BodySizeLimit, RequestIds, add_error_handlers
 from seq2seq_jax.serving.page import index
 from seq2seq_jax.serving.programs import ServerStatus
@@ -103,6 +106,7 @@ class Routes:
         config = self.checks.config(request.texts, **settings)
         if request.prefixes is not None:
             self.checks.prefixes(request.texts, request.prefixes)
+        http.scope[TEXTS_KEY] = len(request.texts)
         results = await self._decode(http, request.texts, config, request.attention, request.prefixes)
         return {"translations": [[hypothesis_json(self.model, text, h) for h in hypotheses]
                                  for text, hypotheses in zip(request.texts, results, strict=True)]}
@@ -114,6 +118,7 @@ class Routes:
         log-probability of nothing)."""
         texts = [item.src for item in items]
         config = self.checks.config(texts)
+        http.scope[TEXTS_KEY] = len(texts)
         results = await self._decode(http, texts, config, False)
 
         def entry(item: OnmtItem, hypotheses: list[Hypothesis], rank: int) -> dict[str, Any]:
@@ -137,6 +142,10 @@ class Routes:
                  "loaded": True, "timeout": -1,
                  "opt": {"checkpoint": self.checkpoint, "steps": [m.step for m in self.model.models],
                          "beam_size": config.beam_size, "n_best": config.n_best}}]
+
+    async def metrics(self) -> Response:
+        """The Prometheus metrics (``seq2seq_jax.serving.metrics``), in its text format."""
+        return Response(self.decoder.metrics.text_format(), media_type=CONTENT_TYPE_LATEST)
 
     async def live(self) -> dict[str, str]:
         """Liveness: 200 whenever the process answers, warming up or not (``/health`` says whether it is ready)."""
@@ -175,10 +184,10 @@ class Routes:
 
 
 def create_app(model: Seq2SeqModel, limits: ServeLimits, checkpoint: str | int = "best", api_key: str | None = None,
-               cors_origins: Sequence[str] = ()) -> FastAPI:
+               cors_origins: Sequence[str] = (), quiet: bool = False) -> FastAPI:
     """The FastAPI application serving ``model`` (its decoding thread starts and stops with the app);
     ``checkpoint``: the one loaded (best, latest or a step), as ``/v1/info`` names it; ``api_key`` and
-    ``cors_origins``: ``seq2seq_jax.serving.access``."""
+    ``cors_origins``: ``seq2seq_jax.serving.access``; ``quiet``: no access log."""
     decoder = BatchingDecoder(model, limits)
     checks = RequestChecks(limits, decoder.default_config, model.new_translator(decoder.default_config))
     routes = Routes(model, decoder, checks, checkpoint)
@@ -194,7 +203,8 @@ def create_app(model: Seq2SeqModel, limits: ServeLimits, checkpoint: str | int =
                                      "one compiled search; every answer equals the one its text gets alone.")
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
     app.add_middleware(RequestIds)  # outside BodySizeLimit: every answer has an id
-    add_access(app, api_key, cors_origins)  # outermost: the key before anything, CORS before the key
+    add_access(app, api_key, cors_origins)  # the key before anything, CORS before the key
+    app.add_middleware(AccessLog, metrics=decoder.metrics, routes_of=app, quiet=quiet)  # sees every answer
     add_error_handlers(app)
     app.state.decoder = decoder
     app.add_api_route("/v1/translate", routes.translate_v1, methods=["POST"])
@@ -203,6 +213,7 @@ def create_app(model: Seq2SeqModel, limits: ServeLimits, checkpoint: str | int =
     app.add_api_route("/translator/models", routes.onmt_models, methods=["GET"])
     app.add_api_route("/health", routes.health, methods=["GET"])
     app.add_api_route("/health/live", routes.live, methods=["GET"])
+    app.add_api_route("/metrics", routes.metrics, methods=["GET"], include_in_schema=False)
     app.add_api_route("/v1/info", routes.info, methods=["GET"])
     app.add_api_route("/", index, methods=["GET"], response_class=HTMLResponse, include_in_schema=False)
     return app

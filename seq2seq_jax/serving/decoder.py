@@ -29,6 +29,7 @@ from seq2seq_jax.core.batching import round_up
 from seq2seq_jax.core.config import DecodeConfig
 from seq2seq_jax.decoding.loaded_model import Seq2SeqModel
 from seq2seq_jax.decoding.translate import Hypothesis, Translator
+from seq2seq_jax.serving.metrics import ServeMetrics
 from seq2seq_jax.serving.policy import LastSearch, row_buckets, seconds_to_wait
 from seq2seq_jax.serving.programs import ServerStatus, Shape, TranslatorCache, WarmupState, warm_up_plan
 from seq2seq_jax.serving.schema import ServeLimits
@@ -70,6 +71,8 @@ class BatchingDecoder:
         self.default_config = dataclasses.replace(model.decode_config, sample=False, batch_size=limits.max_batch)
         self.rows = row_buckets(limits.max_batch, limits.fixed_rows)
         self.bucket_width = model.models[0].config.data.bucket_width
+        self.metrics = ServeMetrics(self.rows)
+        self.metrics.watch_queue(lambda: self.counts()["queued_texts"])
         self.warm_up_state = WarmupState.FIRST
         self.warm_up_error = ""
         self._translators = TranslatorCache(model, self.default_config, compact=not limits.fixed_rows)
@@ -193,6 +196,7 @@ class BatchingDecoder:
             return False
         if self.warm_up_state is WarmupState.FIRST:
             logger.info("ready after %.1f s of warm-up", time.perf_counter() - start)
+            self.metrics.time_to_ready.set(time.perf_counter() - start)
         if self._warming:
             self.warm_up_state = WarmupState.BACKGROUND
             return True
@@ -290,9 +294,11 @@ class BatchingDecoder:
             for start in range(0, len(group), self.limits.max_batch):
                 chunk = group[start: start + self.limits.max_batch]
                 rows = next(r for r in self.rows if r >= len(chunk))
+                searched = time.perf_counter()
                 outputs = self._translator(config, rows).translate(
                     [texts[i] for i in chunk], with_attention=attention,
                     prefixes=None if prefixes is None else [prefixes[i] for i in chunk], prefix_name="prefixes")
+                self.metrics.search(rows, time.perf_counter() - searched)
                 translated = [i for i in chunk if texts[i].strip()]  # blank texts are not decoded
                 if translated:
                     self._record(Shape(self._translators.settings(config), rows, widths[translated[-1]], attention,
@@ -315,6 +321,8 @@ class BatchingDecoder:
             self._compiled[shape] = None
             if shape in self._warming:
                 self._warming.remove(shape)
+        if new:
+            self.metrics.compilations.inc()
         if new and not warm_up:  # compiled on first use
             logger.info("compiled a search for %d rows, sources of %d tokens, beam %d%s%s", shape.rows,
                         shape.src_len, shape.settings.beam_size, ", with attention" if shape.attention else "",

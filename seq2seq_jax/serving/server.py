@@ -15,16 +15,16 @@ logger = logging.getLogger(__name__)
 
 
 def serve(model: Seq2SeqModel, host: str, port: int, limits: ServeLimits, checkpoint: str | int = "best",
-          api_key: str | None = None, cors_origins: Sequence[str] = ()) -> int:
+          api_key: str | None = None, cors_origins: Sequence[str] = (), quiet: bool = False) -> int:
     """Warm ``model`` up in the background and serve it until SIGTERM/SIGINT; returns 0 after a graceful
-    shutdown. ``api_key``, ``cors_origins``: ``seq2seq_jax.serving.access``."""
+    shutdown. ``api_key``, ``cors_origins``: ``seq2seq_jax.serving.access``; ``quiet``: no access log."""
     import uvicorn
 
     for name, trained in zip(model.names, model.models, strict=True):
         logger.info("loaded step %d of %s", trained.step, name)
     if model.is_ensemble:
         logger.info("serving an ensemble of %d models", len(model.models))
-    app = create_app(model, limits, checkpoint, api_key, cors_origins)
+    app = create_app(model, limits, checkpoint, api_key, cors_origins, quiet)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False,
                                            timeout_graceful_shutdown=None))
     # uvicorn re-raises the signal it shut down on once it is done; these handlers absorb it, so the process
