@@ -5,6 +5,7 @@ past ``--request-timeout`` 503; a 500 names a request id; the API key (the page 
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -298,3 +299,27 @@ def test_quiet_logs_no_access_lines(quiet_server):
     assert post(f"{url}/v1/translate", {"texts": ["May 1"]}, headers={"X-Request-ID": "quiet-1"}).status_code == 200
     assert scrape(url)[("seq2seq_requests_total", ("route", "/v1/translate"), ("status", "200"))] == 1
     assert "quiet-1" not in log.read_text() and "POST /v1/translate" not in log.read_text()
+
+
+def test_score_equals_the_score_command(deploy_server, workdir, tmp_path, capsys):  # noqa: F811
+    from seq2seq_jax import cli
+
+    url = deploy_server[0]
+    sources = ["March 3, 2021", "14 July 1789", "", "1999-12-31"]
+    targets = ["2021-03-03", "1789-07-14", "2000-01-01", ""]
+    (tmp_path / "src").write_text("\n".join(sources) + "\n", encoding="utf-8")
+    (tmp_path / "tgt").write_text("\n".join(targets) + "\n", encoding="utf-8")
+    assert cli.main(["score", "--workdir", str(workdir), "--src", str(tmp_path / "src"), "--tgt",
+                     str(tmp_path / "tgt"), "--json"]) == 0
+    captured = capsys.readouterr()
+    expected = [json.loads(line) for line in captured.out.splitlines()]
+    answer = post(f"{url}/v1/score", {"pairs": [{"src": s, "tgt": t} for s, t in zip(sources, targets, strict=True)]})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["scores"] == expected and len(expected) == 4
+    assert answer.json()["summary"] == json.loads(captured.err.strip().splitlines()[-1])
+    for body, message in (({"pairs": []}, "pairs: List should have at least 1 item"),
+                          ({"pairs": [{"src": "a"}]}, "pairs.0.tgt: Field required"),
+                          ({"pairs": [{"src": "a", "tgt": "b" * 41}]}, "pairs.0.tgt: 41 characters"),
+                          ({"pairs": [{"src": "a", "tgt": "b"}] * 9}, "9 pairs, more than")):
+        refused = post(f"{url}/v1/score", body)
+        assert refused.status_code == 422 and message in refused.json()["error"], refused.text

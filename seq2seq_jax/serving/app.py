@@ -3,6 +3,8 @@
     POST /v1/translate          {"texts": [...], "prefixes"?, "beam_size"?, "n_best"?, "length_penalty"?,
                                  "min_len"?, "no_repeat_ngram_size"?, "attention"?} (default: the workdir's decode
                                  config) -> {"translations": [[{"text", "score", "attention"?}, ...], ...]}
+    POST /v1/score              {"pairs": [{"src", "tgt"}, ...]} -> {"scores": [{"log_prob", "mean", "count"}, ...],
+                                 "summary"}: forced decoding, as ``seq2seq score --json``
     POST /translator/translate  OpenNMT-py's onmt_server format: [{"src": "...", "id": 100}, ...] ->
                                  [[{"src", "tgt", "n_best", "pred_score", "id"}, ...per input] ...per n-best rank];
                                  /translator/health, /translator/models; errors {"error", "status": "error"}
@@ -23,8 +25,10 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import json
 import math
 import pathlib
+import threading
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -35,6 +39,7 @@ from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from seq2seq_jax.core.config import DecodeConfig
+from seq2seq_jax.core.pair_scores import PairScore, corpus_summary, format_score
 from seq2seq_jax.decoding.loaded_model import Seq2SeqModel
 from seq2seq_jax.decoding.translate import Hypothesis
 from seq2seq_jax.serving.access import add_access
@@ -43,7 +48,7 @@ from seq2seq_jax.serving.metrics import TEXTS_KEY, AccessLog
 from seq2seq_jax.serving.middleware import BodySizeLimit, RequestIds, add_error_handlers
 from seq2seq_jax.serving.page import index
 from seq2seq_jax.serving.programs import ServerStatus
-from seq2seq_jax.serving.schema import ONMT_ID, OnmtItem, RequestChecks, ServeLimits, TranslateRequest
+from seq2seq_jax.serving.schema import ONMT_ID, OnmtItem, RequestChecks, ScoreRequest, ServeLimits, TranslateRequest
 
 
 def hypothesis_json(model: Seq2SeqModel, source: str, hypothesis: Hypothesis) -> dict[str, Any]:
@@ -70,6 +75,7 @@ class Routes:
                  checkpoint: str | int = "best"):
         self.model = model
         self.checkpoint = checkpoint
+        self.scoring = threading.Lock()  # one forced-decoding call at a time
         self.decoder = decoder
         self.checks = checks
 
@@ -128,6 +134,28 @@ class Routes:
 
         return [[entry(item, hypotheses, rank) for item, hypotheses in zip(items, results, strict=True)]
                 for rank in range(config.n_best)]
+
+    async def score(self, request: ScoreRequest, http: Request) -> dict[str, Any]:
+        """Forced decoding, as ``seq2seq score --json``: per pair, in order, ``log_prob`` (the target pieces' and
+        EOS's summed log-probability), ``mean`` and ``count`` (pieces + 1); ``summary``: pairs, pieces, total
+        log-probability and perplexity (null when not finite). One scoring at a time, beside the decoding
+        thread; past ``request_timeout`` 503 (the scoring still finishes)."""
+        self.checks.pairs(request.pairs)
+        http.scope[TEXTS_KEY] = len(request.pairs)
+        sources, targets = [p.src for p in request.pairs], [p.tgt for p in request.pairs]
+
+        def score_pairs() -> list[PairScore]:
+            with self.scoring:
+                return self.model.score(sources, targets)
+
+        timeout = self.decoder.limits.request_timeout or None
+        try:
+            scores = await asyncio.wait_for(asyncio.to_thread(score_pairs), timeout)
+        except TimeoutError:
+            raise HTTPException(503, f"timed out: no scores within {timeout:g} s (seq2seq serve "
+                                     "--request-timeout)") from None
+        summary = {k: v if math.isfinite(v) else None for k, v in corpus_summary(scores).items()}
+        return {"scores": [json.loads(format_score(score, as_json=True)) for score in scores], "summary": summary}
 
     async def onmt_health(self) -> JSONResponse:
         """OpenNMT-py's ``/translator/health``: ``{"status": "ok"}`` once ready (503 and the status before)."""
@@ -208,6 +236,7 @@ def create_app(model: Seq2SeqModel, limits: ServeLimits, checkpoint: str | int =
     add_error_handlers(app)
     app.state.decoder = decoder
     app.add_api_route("/v1/translate", routes.translate_v1, methods=["POST"])
+    app.add_api_route("/v1/score", routes.score, methods=["POST"])
     app.add_api_route("/translator/translate", routes.translate_onmt, methods=["POST"])
     app.add_api_route("/translator/health", routes.onmt_health, methods=["GET"])
     app.add_api_route("/translator/models", routes.onmt_models, methods=["GET"])

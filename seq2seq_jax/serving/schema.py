@@ -59,6 +59,21 @@ class TranslateRequest(BaseModel):
     attention: StrictBool = False
 
 
+class ScorePair(BaseModel):
+    """One pair of ``POST /v1/score``: a source and the target to score against it."""
+
+    model_config = ConfigDict(extra="forbid")
+    src: StrictStr
+    tgt: StrictStr
+
+
+class ScoreRequest(BaseModel):
+    """``POST /v1/score``: the pairs to score by forced decoding, as ``seq2seq score`` does."""
+
+    model_config = ConfigDict(extra="forbid")
+    pairs: list[ScorePair] = Field(min_length=1)
+
+
 class OnmtItem(BaseModel):
     """One input of OpenNMT-py's ``/translator/translate``; ``id`` names the model there (one is served here)."""
 
@@ -96,6 +111,17 @@ class RequestChecks:
         if config.beam_size > largest:
             raise HTTPException(422, f"beam_size: {config.beam_size} is more than this server's limit of {largest}")
         return config
+
+    def pairs(self, pairs: list[ScorePair]) -> None:
+        """At most ``max_texts`` pairs, each side within ``max_chars``."""
+        if len(pairs) > self.limits.max_texts:
+            raise HTTPException(422, f"pairs: {len(pairs)} pairs, more than this server's limit of "
+                                     f"{self.limits.max_texts} per request")
+        for index, pair in enumerate(pairs):
+            for side in ("src", "tgt"):
+                if len(getattr(pair, side)) > self.limits.max_chars:
+                    raise HTTPException(422, f"pairs.{index}.{side}: {len(getattr(pair, side))} characters, more "
+                                             f"than this server's limit of {self.limits.max_chars}")
 
     def prefixes(self, texts: list[str], prefixes: list[str]) -> None:
         """One prefix per text, each within ``max_chars`` and its text's output limit (the decode config's
