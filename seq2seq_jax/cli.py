@@ -368,7 +368,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          max_texts=args.max_texts, max_body_bytes=args.max_body_bytes,
                          max_beam_size=args.max_beam_size, warmup_src_len=args.warmup_src_len,
                          fixed_rows=args.fixed_rows, max_queue=args.max_queue,
-                         request_timeout=args.request_timeout)
+                         request_timeout=args.request_timeout, shutdown_timeout=args.shutdown_timeout)
     return serve(_load_model(args), args.host, args.port, limits, args.checkpoint, api_key,
                  args.cors_origin or (), args.quiet)
 

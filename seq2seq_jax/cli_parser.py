@@ -207,6 +207,9 @@ def _add_serve(commands) -> None:
     serve.add_argument("--cors-origin", action="append", metavar="ORIGIN",
                        help="allow browsers on ORIGIN (e.g. https://app.example.com) to call the server; repeatable "
                             "(default: no cross-origin calls)")
+    serve.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="after SIGTERM, requests still unanswered this long get 503 and the server exits "
+                            "(0: wait for all)")
     serve.add_argument("--quiet", action="store_true",
                        help="no access log (one line per request: method, route, status, texts, seconds, id)")
     serve.add_argument("--warmup-src-len", type=int, default=32, metavar="TOKENS",

@@ -38,6 +38,7 @@ TIMEOUT = 3  # seconds
 KEY = "k3y-for-tests"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 ALLOWED = "http://allowed.test"
+SHUTDOWN_TIMEOUT = 2  # seconds
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,8 @@ def deploy_server(workdir, tmp_path_factory):  # noqa: F811
 @pytest.fixture(scope="module")
 def quiet_server(workdir, tmp_path_factory):  # noqa: F811
     """The fault-injected server without an access log or a key (the module's last tests stop it)."""
-    with running_server(workdir, tmp_path_factory.mktemp("quiet-log"), "--quiet", launcher=("-c", FAULTS)) as running:
+    with running_server(workdir, tmp_path_factory.mktemp("quiet-log"), "--quiet", "--shutdown-timeout",
+                        str(SHUTDOWN_TIMEOUT), launcher=("-c", FAULTS)) as running:
         yield running
 
 
@@ -323,3 +325,26 @@ def test_score_equals_the_score_command(deploy_server, workdir, tmp_path, capsys
                           ({"pairs": [{"src": "a", "tgt": "b"}] * 9}, "9 pairs, more than")):
         refused = post(f"{url}/v1/score", body)
         assert refused.status_code == 422 and message in refused.json()["error"], refused.text
+
+
+def test_sigterm_finishes_what_it_can_and_times_out_the_rest(quiet_server):
+    """The module's last test: it stops the quiet server. A request whose search ends in time is answered; one
+    stuck in a 30 s search gets 503 at --shutdown-timeout, and the process exits 0 soon after."""
+    import signal
+
+    url, process, log = quiet_server
+    wait_for(url, lambda h: h["in_flight_requests"] == 0)
+    quick, quick_answer = in_background(lambda: post(f"{url}/v1/translate", {"texts": ["!sleep=1"]}))
+    wait_for(url, lambda h: h["in_flight_requests"] == 1 and h["queued_texts"] == 0)
+    stuck, stuck_answer = in_background(lambda: post(f"{url}/v1/translate", {"texts": ["!sleep=30"]}))
+    wait_for(url, lambda h: h["in_flight_requests"] == 2)
+    signalled = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    quick.join(timeout=60)
+    stuck.join(timeout=60)
+    assert process.wait(timeout=30) == 0, log.read_text()
+    assert time.monotonic() - signalled < SHUTDOWN_TIMEOUT + 10
+    assert quick_answer[0].status_code == 200, quick_answer[0].text
+    assert stuck_answer[0].status_code == 503 and "--shutdown-timeout" in stuck_answer[0].json()["error"]
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/health", timeout=5)

@@ -29,6 +29,7 @@ import json
 import math
 import pathlib
 import threading
+import time
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -76,6 +77,7 @@ class Routes:
         self.model = model
         self.checkpoint = checkpoint
         self.scoring = threading.Lock()  # one forced-decoding call at a time
+        self.shutdown_expired = asyncio.Event()  # set --shutdown-timeout seconds after SIGTERM
         self.decoder = decoder
         self.checks = checks
 
@@ -91,16 +93,21 @@ class Routes:
             raise HTTPException(503, str(error)) from None
         answer = asyncio.wrap_future(future)
         gone = asyncio.ensure_future(client_gone(http))
+        late = asyncio.ensure_future(self.shutdown_expired.wait())
         timeout = self.decoder.limits.request_timeout or None
         try:
-            await asyncio.wait({answer, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({answer, gone, late}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
+            late.cancel()
         if answer.done():
             return answer.result()
         began = not self.decoder.withdraw(future)
         if gone.done() and not gone.cancelled():
             raise HTTPException(499, "the client closed the connection")  # nobody reads it
+        if self.shutdown_expired.is_set():
+            raise HTTPException(503, f"the server is shutting down and its --shutdown-timeout "
+                                     f"({self.decoder.limits.shutdown_timeout:g} s) is over")
         raise HTTPException(503, f"timed out: no answer within {timeout:g} s (seq2seq serve --request-timeout); "
                                  f"{'its search had begun' if began else 'it was not decoded'}")
 
@@ -224,7 +231,17 @@ def create_app(model: Seq2SeqModel, limits: ServeLimits, checkpoint: str | int =
     async def lifespan(_app):
         decoder.start()
         yield
-        await asyncio.to_thread(decoder.stop)
+        grace = None  # the rest of --shutdown-timeout (0: none), from when shutdown_started() was called
+        if limits.shutdown_timeout and app.state.shutdown_started is not None:
+            grace = max(0.0, limits.shutdown_timeout - (time.monotonic() - app.state.shutdown_started))
+        await asyncio.to_thread(decoder.stop, grace)
+
+    def shutdown_started() -> None:
+        """Called on the event loop as the server stops accepting: in-flight requests get 503 once
+        ``shutdown_timeout`` is over."""
+        app.state.shutdown_started = time.monotonic()
+        if limits.shutdown_timeout:
+            asyncio.get_running_loop().call_later(limits.shutdown_timeout, routes.shutdown_expired.set)
 
     app = FastAPIOffline(title="seq2seq-jax translation server", version="1", lifespan=lifespan,
                          description="Translate with a seq2seq-jax workdir. Concurrent requests are merged into "
@@ -235,6 +252,8 @@ def create_app(model: Seq2SeqModel, limits: ServeLimits, checkpoint: str | int =
     app.add_middleware(AccessLog, metrics=decoder.metrics, routes_of=app, quiet=quiet)  # sees every answer
     add_error_handlers(app)
     app.state.decoder = decoder
+    app.state.shutdown_started = None
+    app.state.on_shutdown = shutdown_started
     app.add_api_route("/v1/translate", routes.translate_v1, methods=["POST"])
     app.add_api_route("/v1/score", routes.score, methods=["POST"])
     app.add_api_route("/translator/translate", routes.translate_onmt, methods=["POST"])

@@ -95,12 +95,18 @@ class BatchingDecoder:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
-        """Finish every queued request (not the warm-up), then end the decoding thread."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish every queued request (not the warm-up), then end the decoding thread; after ``timeout`` seconds
+        the requests still queued are cancelled and a search still running is left to the (daemon) thread."""
         with self._condition:
             self._stopping = True
             self._condition.notify_all()
-        self._thread.join()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            with self._condition:
+                dropped = [job for job in self._queue if job.future.cancel()]
+                self._queue.clear()
+            logger.warning("shutdown timeout: %d queued requests dropped, a search left running", len(dropped))
 
     def submit(self, texts: list[str], config: DecodeConfig, attention: bool,
                prefixes: list[str] | None = None) -> concurrent.futures.Future:

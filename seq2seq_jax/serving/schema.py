@@ -36,13 +36,16 @@ class ServeLimits:
     fixed_rows: bool = False
     max_queue: int = 256  # texts waiting for a search; past it, 429
     request_timeout: float = 60.0  # seconds from acceptance to answer; past it, 503 (0: none)
+    shutdown_timeout: float = 30.0  # seconds from SIGTERM until requests still unanswered get 503 (0: none)
 
     def __post_init__(self):
         for name in ("max_batch", "max_chars", "max_texts", "max_body_bytes", "max_beam_size", "max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if min(self.max_wait_ms, self.warmup_src_len, self.refill_share, self.request_timeout) < 0:
-            raise ValueError("--max-wait-ms, --refill-share, --warmup-src-len and --request-timeout must be >= 0")
+        if min(self.max_wait_ms, self.warmup_src_len, self.refill_share, self.request_timeout,
+               self.shutdown_timeout) < 0:
+            raise ValueError("--max-wait-ms, --refill-share, --warmup-src-len, --request-timeout and "
+                             "--shutdown-timeout must be >= 0")
 
 
 class TranslateRequest(BaseModel):

@@ -1,5 +1,6 @@
 """``seq2seq serve``'s process: the app (``seq2seq_jax.serving.app``) on uvicorn, bound to ``host`` (127.0.0.1
-unless told otherwise). SIGTERM or SIGINT: stop accepting, answer every accepted request, exit 0."""
+unless told otherwise). SIGTERM or SIGINT: stop accepting, answer every accepted request, those still unanswered
+after ``--shutdown-timeout`` seconds with 503, exit 0."""
 
 from __future__ import annotations
 
@@ -25,8 +26,18 @@ def serve(model: Seq2SeqModel, host: str, port: int, limits: ServeLimits, checkp
     if model.is_ensemble:
         logger.info("serving an ensemble of %d models", len(model.models))
     app = create_app(model, limits, checkpoint, api_key, cors_origins, quiet)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False,
-                                           timeout_graceful_shutdown=None))
+
+    class GracefulServer(uvicorn.Server):
+        """uvicorn's server, telling the app when it stops accepting (the --shutdown-timeout clock starts)."""
+
+        async def shutdown(self, sockets=None):
+            app.state.on_shutdown()
+            await super().shutdown(sockets)
+
+    # uvicorn's own limit is a second past the app's, which answers what is still in flight with 503 first.
+    graceful = limits.shutdown_timeout + 1 if limits.shutdown_timeout else None
+    server = GracefulServer(uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False,
+                                           timeout_graceful_shutdown=graceful))
     # uvicorn re-raises the signal it shut down on once it is done; these handlers absorb it, so the process
     # exits 0 after a graceful shutdown rather than being killed by the default handler.
     for handled in (signal.SIGTERM, signal.SIGINT):
