@@ -1,18 +1,13 @@
-"""The FastAPI application of ``seq2seq serve``:
+"""The FastAPI application of ``seq2seq serve`` (the routes' docstrings give each body):
 
-    POST /v1/translate          {"texts": [...], "prefixes"?, "beam_size"?, "n_best"?, "length_penalty"?,
-                                 "min_len"?, "no_repeat_ngram_size"?, "attention"?} (default: the workdir's decode
-                                 config) -> {"translations": [[{"text", "score", "attention"?}, ...], ...]}
-    POST /v1/score              {"pairs": [{"src", "tgt"}, ...]} -> {"scores": [{"log_prob", "mean", "count"}, ...],
-                                 "summary"}: forced decoding, as ``seq2seq score --json``
-    POST /translator/translate  OpenNMT-py's onmt_server format: [{"src": "...", "id": 100}, ...] ->
-                                 [[{"src", "tgt", "n_best", "pred_score", "id"}, ...per input] ...per n-best rank];
-                                 /translator/health, /translator/models; errors {"error", "status": "error"}
-    GET  /health                readiness: ready (200) or warming up (503), the loaded step, the compiled shapes
-                                 and those still warming up; /health/live: liveness, 200 while the process serves
+    POST /v1/translate          {"texts", "prefixes"?, decode settings?, "attention"?} -> {"translations"}
+    POST /v1/score              {"pairs": [{"src", "tgt"}]} -> {"scores", "summary"}, as ``seq2seq score --json``
+    POST /translator/translate  OpenNMT-py's onmt_server format, ids echoed; GET /translator/health and
+                                 /translator/models; errors there {"error", "status": "error"}
+    GET  /health                readiness (503 until the first search is compiled), compiled and warming shapes;
+                                 /health/live: liveness, 200 while the process serves
     GET  /metrics               Prometheus metrics (seq2seq_jax.serving.metrics)
-    GET  /v1/info               model and decode config, every model's workdir name, checkpoint, step and
-                                 validation metrics (no file-system path), the limits
+    GET  /v1/info               model, decode config, each model's workdir name (no path), checkpoint, step, metrics
     GET  /                      the web page; /docs and /redoc: FastAPI's OpenAPI pages, served offline
 
 The models are one workdir's or an ensemble's (``Seq2SeqModel``); the first gives the tokenizers, the decode
