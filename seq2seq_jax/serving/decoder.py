@@ -217,8 +217,7 @@ class BatchingDecoder:
         running, abandoned = [], []  # a client that went away cancelled its future
         for job in jobs:
             (running if job.future.set_running_or_notify_cancel() else abandoned).append(job)
-        self.cancelled_requests += len(abandoned)
-        self._finished(abandoned)
+        self._finished(abandoned, cancelled=True)
         if not running:
             return
         self.merged_batches += 1
@@ -240,10 +239,13 @@ class BatchingDecoder:
                 offset += len(job.texts)
         self._finished(running, started)
 
-    def _finished(self, jobs: list[Job], started: float | None = None) -> None:
-        """``jobs`` are answered; with ``started``, by a search that began then (recorded for the policy)."""
+    def _finished(self, jobs: list[Job], started: float | None = None, cancelled: bool = False) -> None:
+        """``jobs`` are answered (or, ``cancelled``, were abandoned); with ``started``, by a search that began then
+        (recorded for the policy)."""
         with self._condition:
             self.in_flight -= len(jobs)
+            if cancelled:
+                self.cancelled_requests += len(jobs)
             if started is not None and jobs:
                 key, now = jobs[0].key, time.monotonic()
                 self._last = LastSearch(key, now, now - started, sum(len(job.texts) for job in jobs),
