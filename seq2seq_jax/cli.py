@@ -357,15 +357,20 @@ def cmd_average(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from seq2seq_jax.serving.access import resolve_api_key
     from seq2seq_jax.serving.schema import ServeLimits
     from seq2seq_jax.serving.server import serve
+
+    api_key = resolve_api_key(args.api_key, args.api_key_file)
 
     limits = ServeLimits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, refill_share=args.refill_share,
                          max_chars=args.max_chars,
                          max_texts=args.max_texts, max_body_bytes=args.max_body_bytes,
                          max_beam_size=args.max_beam_size, warmup_src_len=args.warmup_src_len,
-                         fixed_rows=args.fixed_rows)
-    return serve(_load_model(args), args.host, args.port, limits)
+                         fixed_rows=args.fixed_rows, max_queue=args.max_queue,
+                         request_timeout=args.request_timeout, shutdown_timeout=args.shutdown_timeout)
+    return serve(_load_model(args), args.host, args.port, limits, args.checkpoint, api_key,
+                 args.cors_origin or (), args.quiet)
 
 
 COMPILING_COMMANDS = {"train", "translate", "evaluate", "score", "serve"}

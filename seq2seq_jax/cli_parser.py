@@ -198,6 +198,22 @@ def _add_serve(commands) -> None:
                        help="every search has --max-batch rows: scores bit-identical to a text's score alone "
                             "(default: 1, 4, 16, ... rows, whichever holds the batch; equal texts, scores within "
                             "float32 rounding)")
+    serve.add_argument("--max-queue", type=int, default=256, metavar="N",
+                       help="most texts waiting for a search; a request past it gets 429 with Retry-After")
+    serve.add_argument("--request-timeout", type=float, default=60.0, metavar="SECONDS",
+                       help="a request not answered this long after it was accepted gets 503 (0: no limit)")
+    serve.add_argument("--api-key", metavar="KEY",
+                       help="require Authorization: Bearer KEY on every route but the health probes and the static "
+                            "pages (visible in ps: prefer --api-key-file or $SEQ2SEQ_JAX_API_KEY)")
+    serve.add_argument("--api-key-file", metavar="F", help="the API key, the first line of F")
+    serve.add_argument("--cors-origin", action="append", metavar="ORIGIN",
+                       help="allow browsers on ORIGIN (e.g. https://app.example.com) to call the server; repeatable "
+                            "(default: no cross-origin calls)")
+    serve.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="after SIGTERM, requests still unanswered this long get 503 and the server exits "
+                            "(0: wait for all)")
+    serve.add_argument("--quiet", action="store_true",
+                       help="no access log (one line per request: method, route, status, texts, seconds, id)")
     serve.add_argument("--warmup-src-len", type=int, default=32, metavar="TOKENS",
                        help="compile the default settings' searches for sources up to this length at start-up")
 

@@ -62,14 +62,17 @@ def second_workdir(tmp_path_factory):
 
 @contextlib.contextmanager
 def running_server(workdir, log_dir: Path, *options: str, during_warm_up: dict | None = None,
-                   seen: list | None = None):
-    """``seq2seq serve`` on a free port; yields (base URL, process, log path) once /health says ready. With
+                   seen: list | None = None, launcher: tuple[str, ...] = ("-m", "seq2seq_jax"),
+                   probes: list | None = None):
+    """``seq2seq serve`` on a free port; yields (base URL, process, log path) once /health says ready (``launcher``:
+    Python's arguments before the command's, ``-c SCRIPT`` to run it under a script). With
     ``during_warm_up``, that ``/v1/translate`` body is posted as soon as /health says "warming up" or lists shapes
     still warming, and the log path is followed by ``(the /health body it was sent at, its response)``, once
-    answered. ``seen`` gets every /health body up to the first ready one."""
+    answered. ``seen`` gets every /health body up to the first ready one, ``probes`` the status codes of /health
+    and /health/live asked one after the other till then."""
     port = free_port()
     log = log_dir / "server.log"
-    command = [sys.executable, "-m", "seq2seq_jax", "serve", "--workdir", str(workdir), "--port", str(port),
+    command = [sys.executable, *launcher, "serve", "--workdir", str(workdir), "--port", str(port),
                "--warmup-src-len", "32", *options] + [f"--{k.replace('_', '-')}={v}" for k, v in LIMITS.items()]
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environment())
@@ -85,6 +88,8 @@ def running_server(workdir, log_dir: Path, *options: str, during_warm_up: dict |
                 health = httpx.get(f"{url}/health", timeout=5)
                 if seen is not None:
                     seen.append(health.json())
+                if probes is not None:
+                    probes.append((health.status_code, httpx.get(f"{url}/health/live", timeout=5).status_code))
                 if during_warm_up is not None and not early and (health.status_code == 503
                                                                  or health.json()["warming"]):
                     early.append(health.json())
@@ -210,7 +215,8 @@ def test_ensemble_answers_equal_translate_with_two_workdirs(ensemble_server, wor
     answer = post(f"{url}/v1/translate", {"texts": SOURCES, "prefixes": PREFIXES})
     assert_same_as_translate(expected, answer.json()["translations"], SOURCES, 1)
     info = httpx.get(f"{url}/v1/info").json()
-    assert info["ensemble"] and [m["workdir"] for m in info["models"]] == [str(workdir), str(second_workdir)]
+    assert info["ensemble"] and [m["workdir"] for m in info["models"]] == [workdir.name, second_workdir.name]
+    assert str(workdir.parent) not in json.dumps(info)  # names, not paths
     assert [m["step"] for m in info["models"]] == [8, 8] and all("valid_loss" in m["metrics"] for m in info["models"])
     attention = post(f"{url}/v1/translate", {"texts": ["May 1, 2000"], "attention": True}).json()
     assert attention["translations"][0][0]["attention"]["source"] == list("May 1, 2000") + ["</s>"]
@@ -225,13 +231,14 @@ def test_answers_equal_the_translate_command(server, workdir, capsys):
     assert_same_as_translate(expected, translations, SOURCES, 2)
     # OpenNMT-py's format, with the workdir's default settings (greedy, one hypothesis).
     expected = cli_translate(workdir, capsys, SOURCES)
-    answer = post(f"{url}/translator/translate", [{"src": text, "id": 100} for text in SOURCES])
+    answer = post(f"{url}/translator/translate", [{"src": text, "id": 100 + i} for i, text in enumerate(SOURCES)])
     assert answer.status_code == 200, answer.text
     (ranks,) = answer.json()
     assert [item["tgt"] for item in ranks] == expected
     assert [item["src"] for item in ranks] == SOURCES
     assert all(item["n_best"] == 1 and isinstance(item["pred_score"], float) for item in ranks)
-    assert ranks[2] == {"src": "", "tgt": "", "n_best": 1, "pred_score": 0.0}  # a blank source is not translated
+    assert ranks[2] == {"src": "", "tgt": "", "n_best": 1, "pred_score": 0.0, "id": 102}  # a blank one: not translated
+    assert [item["id"] for item in ranks] == list(range(100, 100 + len(SOURCES)))  # echoed
     single = post(f"{url}/v1/translate", {"texts": [SOURCES[0]]}).json()["translations"][0][0]
     assert single["score"] == ranks[0]["pred_score"] and single["text"] == ranks[0]["tgt"]
 
@@ -364,6 +371,7 @@ BAD_REQUESTS = [  # (endpoint, raw body, status, a part of the error message)
      "prefixes:2: the prefix has 20 target pieces, more than the 19 tokens"),
     ("/v1/translate", json.dumps({"texts": ["a" * 40] * 120}).encode(), 413, "over the 4096-byte limit"),
     ("/translator/translate", b'[]', 422, "List should have at least 1 item"),
+    ("/translator/translate", b'[{"src": "a", "id": "x"}]', 422, "0.id: Input should be a valid integer"),
     ("/translator/translate", b'[{"id": 100}]', 422, "0.src: Field required"),
     ("/translator/translate", b'{"src": "a"}', 422, "Input should be a valid list"),
 ]
@@ -375,6 +383,7 @@ def test_bad_requests_get_a_4xx_and_the_server_keeps_serving(server, endpoint, b
     answer = httpx.post(f"{url}{endpoint}", content=body, headers={"Content-Type": "application/json"}, timeout=60)
     assert answer.status_code == status, answer.text
     assert message in answer.json()["error"], answer.json()
+    assert (answer.json().get("status") == "error") == endpoint.startswith("/translator/")  # OpenNMT-py's shape
     assert post(f"{url}/v1/translate", {"texts": ["May 1, 2000"]}).status_code == 200
 
 
@@ -416,6 +425,9 @@ def test_health_info_docs_and_page(server):
     assert "valid_loss" in info["metrics"] and info["limits"]["max_texts"] == 8
     assert {"/v1/translate", "/translator/translate", "/health", "/v1/info"} <= set(
         httpx.get(f"{url}/openapi.json").json()["paths"])
+    assert httpx.get(f"{url}/translator/health").json() == {"status": "ok"}
+    (onmt_model,) = httpx.get(f"{url}/translator/models").json()
+    assert onmt_model["model_id"] == 100 and onmt_model["loaded"] and onmt_model["opt"]["steps"] == [8]
     for docs_path, script in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
         docs = httpx.get(f"{url}{docs_path}")
         scripts = re.findall(r'<script src="([^"]+)"', docs.text)

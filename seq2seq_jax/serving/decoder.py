@@ -20,6 +20,7 @@ import concurrent.futures
 import dataclasses
 import gc
 import logging
+import math
 import threading
 import time
 from typing import Any
@@ -28,11 +29,21 @@ from seq2seq_jax.core.batching import round_up
 from seq2seq_jax.core.config import DecodeConfig
 from seq2seq_jax.decoding.loaded_model import Seq2SeqModel
 from seq2seq_jax.decoding.translate import Hypothesis, Translator
+from seq2seq_jax.serving.metrics import ServeMetrics
 from seq2seq_jax.serving.policy import LastSearch, row_buckets, seconds_to_wait
 from seq2seq_jax.serving.programs import ServerStatus, Shape, TranslatorCache, WarmupState, warm_up_plan
 from seq2seq_jax.serving.schema import ServeLimits
 
 logger = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """``submit`` refused: the texts would take the queue past ``max_queue``; ``retry_after``: seconds to wait."""
+
+    def __init__(self, queued: int, limit: int, retry_after: int):
+        super().__init__(f"{queued} texts are waiting, the most this server queues is {limit} (seq2seq serve "
+                         f"--max-queue): retry after {retry_after} s")
+        self.retry_after = retry_after
 
 
 @dataclasses.dataclass
@@ -60,6 +71,8 @@ class BatchingDecoder:
         self.default_config = dataclasses.replace(model.decode_config, sample=False, batch_size=limits.max_batch)
         self.rows = row_buckets(limits.max_batch, limits.fixed_rows)
         self.bucket_width = model.models[0].config.data.bucket_width
+        self.metrics = ServeMetrics(self.rows)
+        self.metrics.watch_queue(lambda: self.counts()["queued_texts"])
         self.warm_up_state = WarmupState.FIRST
         self.warm_up_error = ""
         self._translators = TranslatorCache(model, self.default_config, compact=not limits.fixed_rows)
@@ -73,6 +86,8 @@ class BatchingDecoder:
         self.in_flight = 0  # requests accepted and not yet answered
         self.merged_batches = 0  # decoding rounds, each serving ``merged_requests`` / ``merged_batches`` requests
         self.merged_requests = 0
+        self.refused_requests = 0  # refused with the queue full (429)
+        self.cancelled_requests = 0  # timed out or abandoned by their clients before their search began
         self._thread = threading.Thread(target=self._run, name="seq2seq-decode", daemon=True)
 
     # -- the event loop's side ---------------------------------------------------------------------------------
@@ -80,26 +95,56 @@ class BatchingDecoder:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
-        """Finish every queued request (not the warm-up), then end the decoding thread."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish every queued request (not the warm-up), then end the decoding thread; after ``timeout`` seconds
+        the requests still queued are cancelled and a search still running is left to the (daemon) thread."""
         with self._condition:
             self._stopping = True
             self._condition.notify_all()
-        self._thread.join()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            with self._condition:
+                dropped = [job for job in self._queue if job.future.cancel()]
+                self._queue.clear()
+            logger.warning("shutdown timeout: %d queued requests dropped, a search left running", len(dropped))
 
     def submit(self, texts: list[str], config: DecodeConfig, attention: bool,
                prefixes: list[str] | None = None) -> concurrent.futures.Future:
         """Queue ``texts`` (with one target prefix each, or none); the future gets one list of hypotheses (best
-        first) per text, in order. Accepted during warm-up too: answered once the first shape is compiled."""
+        first) per text, in order. Accepted during warm-up too: answered once the first shape is compiled.
+        Raises ``QueueFull`` (nothing queued) when the texts would take the queue past ``max_queue`` texts."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._condition:
             if self._stopping:
                 raise RuntimeError("the server is shutting down")
+            queued = sum(len(job.texts) for job in self._queue)
+            if queued + len(texts) > self.limits.max_queue:
+                self.refused_requests += 1
+                raise QueueFull(queued, self.limits.max_queue, self._retry_after(queued))
             self._queue.append(Job(list(texts), None if prefixes is None else list(prefixes), config, attention,
                                    future, time.monotonic()))
             self.in_flight += 1
             self._condition.notify_all()
         return future
+
+    def withdraw(self, future: concurrent.futures.Future) -> bool:
+        """Cancel the request of ``future`` if its search has not begun (it leaves the queue at once); False if it
+        has (its answer will be dropped)."""
+        with self._condition:
+            for job in self._queue:
+                if job.future is future:
+                    if not future.cancel():
+                        return False
+                    self._queue.remove(job)
+                    self.in_flight -= 1
+                    self.cancelled_requests += 1
+                    return True
+        return False
+
+    def _retry_after(self, queued: int) -> int:
+        """Whole seconds until the queue has room, guessed from the last search (1 before any)."""
+        seconds = self._last.seconds if self._last is not None else 1.0
+        return max(1, math.ceil(seconds * (queued / self.limits.max_batch + 1)))
 
     @property
     def status(self) -> ServerStatus:
@@ -115,7 +160,8 @@ class BatchingDecoder:
     def counts(self) -> dict[str, int]:
         with self._condition:
             return {"queued_texts": sum(len(job.texts) for job in self._queue), "in_flight_requests": self.in_flight,
-                    "merged_batches": self.merged_batches, "merged_requests": self.merged_requests}
+                    "merged_batches": self.merged_batches, "merged_requests": self.merged_requests,
+                    "refused_requests": self.refused_requests, "cancelled_requests": self.cancelled_requests}
 
     # -- the decoding thread -----------------------------------------------------------------------------------
 
@@ -156,6 +202,7 @@ class BatchingDecoder:
             return False
         if self.warm_up_state is WarmupState.FIRST:
             logger.info("ready after %.1f s of warm-up", time.perf_counter() - start)
+            self.metrics.time_to_ready.set(time.perf_counter() - start)
         if self._warming:
             self.warm_up_state = WarmupState.BACKGROUND
             return True
@@ -170,7 +217,7 @@ class BatchingDecoder:
         running, abandoned = [], []  # a client that went away cancelled its future
         for job in jobs:
             (running if job.future.set_running_or_notify_cancel() else abandoned).append(job)
-        self._finished(abandoned)
+        self._finished(abandoned, cancelled=True)
         if not running:
             return
         self.merged_batches += 1
@@ -192,10 +239,13 @@ class BatchingDecoder:
                 offset += len(job.texts)
         self._finished(running, started)
 
-    def _finished(self, jobs: list[Job], started: float | None = None) -> None:
-        """``jobs`` are answered; with ``started``, by a search that began then (recorded for the policy)."""
+    def _finished(self, jobs: list[Job], started: float | None = None, cancelled: bool = False) -> None:
+        """``jobs`` are answered (or, ``cancelled``, were abandoned); with ``started``, by a search that began then
+        (recorded for the policy)."""
         with self._condition:
             self.in_flight -= len(jobs)
+            if cancelled:
+                self.cancelled_requests += len(jobs)
             if started is not None and jobs:
                 key, now = jobs[0].key, time.monotonic()
                 self._last = LastSearch(key, now, now - started, sum(len(job.texts) for job in jobs),
@@ -252,9 +302,11 @@ class BatchingDecoder:
             for start in range(0, len(group), self.limits.max_batch):
                 chunk = group[start: start + self.limits.max_batch]
                 rows = next(r for r in self.rows if r >= len(chunk))
+                searched = time.perf_counter()
                 outputs = self._translator(config, rows).translate(
                     [texts[i] for i in chunk], with_attention=attention,
                     prefixes=None if prefixes is None else [prefixes[i] for i in chunk], prefix_name="prefixes")
+                self.metrics.search(rows, time.perf_counter() - searched)
                 translated = [i for i in chunk if texts[i].strip()]  # blank texts are not decoded
                 if translated:
                     self._record(Shape(self._translators.settings(config), rows, widths[translated[-1]], attention,
@@ -277,6 +329,8 @@ class BatchingDecoder:
             self._compiled[shape] = None
             if shape in self._warming:
                 self._warming.remove(shape)
+        if new:
+            self.metrics.compilations.inc()
         if new and not warm_up:  # compiled on first use
             logger.info("compiled a search for %d rows, sources of %d tokens, beam %d%s%s", shape.rows,
                         shape.src_len, shape.settings.beam_size, ", with attention" if shape.attention else "",

@@ -34,13 +34,18 @@ class ServeLimits:
     max_beam_size: int = 16
     warmup_src_len: int = 32
     fixed_rows: bool = False
+    max_queue: int = 256  # texts waiting for a search; past it, 429
+    request_timeout: float = 60.0  # seconds from acceptance to answer; past it, 503 (0: none)
+    shutdown_timeout: float = 30.0  # seconds from SIGTERM until requests still unanswered get 503 (0: none)
 
     def __post_init__(self):
-        for name in ("max_batch", "max_chars", "max_texts", "max_body_bytes", "max_beam_size"):
+        for name in ("max_batch", "max_chars", "max_texts", "max_body_bytes", "max_beam_size", "max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.max_wait_ms < 0 or self.warmup_src_len < 0 or self.refill_share < 0:
-            raise ValueError("--max-wait-ms, --refill-share and --warmup-src-len must be >= 0")
+        if min(self.max_wait_ms, self.warmup_src_len, self.refill_share, self.request_timeout,
+               self.shutdown_timeout) < 0:
+            raise ValueError("--max-wait-ms, --refill-share, --warmup-src-len, --request-timeout and "
+                             "--shutdown-timeout must be >= 0")
 
 
 class TranslateRequest(BaseModel):
@@ -55,6 +60,21 @@ class TranslateRequest(BaseModel):
     min_len: StrictInt | None = Field(None, ge=0)
     no_repeat_ngram_size: StrictInt | None = Field(None, ge=0)
     attention: StrictBool = False
+
+
+class ScorePair(BaseModel):
+    """One pair of ``POST /v1/score``: a source and the target to score against it."""
+
+    model_config = ConfigDict(extra="forbid")
+    src: StrictStr
+    tgt: StrictStr
+
+
+class ScoreRequest(BaseModel):
+    """``POST /v1/score``: the pairs to score by forced decoding, as ``seq2seq score`` does."""
+
+    model_config = ConfigDict(extra="forbid")
+    pairs: list[ScorePair] = Field(min_length=1)
 
 
 class OnmtItem(BaseModel):
@@ -94,6 +114,17 @@ class RequestChecks:
         if config.beam_size > largest:
             raise HTTPException(422, f"beam_size: {config.beam_size} is more than this server's limit of {largest}")
         return config
+
+    def pairs(self, pairs: list[ScorePair]) -> None:
+        """At most ``max_texts`` pairs, each side within ``max_chars``."""
+        if len(pairs) > self.limits.max_texts:
+            raise HTTPException(422, f"pairs: {len(pairs)} pairs, more than this server's limit of "
+                                     f"{self.limits.max_texts} per request")
+        for index, pair in enumerate(pairs):
+            for side in ("src", "tgt"):
+                if len(getattr(pair, side)) > self.limits.max_chars:
+                    raise HTTPException(422, f"pairs.{index}.{side}: {len(getattr(pair, side))} characters, more "
+                                             f"than this server's limit of {self.limits.max_chars}")
 
     def prefixes(self, texts: list[str], prefixes: list[str]) -> None:
         """One prefix per text, each within ``max_chars`` and its text's output limit (the decode config's
