@@ -85,8 +85,11 @@ def free_port() -> int:
 
 
 def start_server(workdir: Path, max_batch: int, max_wait_ms: float, log: Path,
-                 options: Sequence[str] = ()) -> tuple[subprocess.Popen, str, float]:
-    """``seq2seq serve`` (with extra ``options``) on a free port; returns (process, URL, seconds until ready)."""
+                 options: Sequence[str] = (), warmed_up: bool = True) -> tuple[subprocess.Popen, str, float]:
+    """``seq2seq serve`` (with extra ``options``) on a free port; returns (process, URL, seconds until ready).
+
+    The server is ready after its first program; with ``warmed_up`` this also waits until the rest of its
+    warm-up is done (``/health`` says ``warm_up: done``), so that a measurement after it times no compilation."""
     import httpx
 
     port = free_port()
@@ -95,13 +98,16 @@ def start_server(workdir: Path, max_batch: int, max_wait_ms: float, log: Path,
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url, start = f"http://127.0.0.1:{port}", time.perf_counter()
+    url, start, ready = f"http://127.0.0.1:{port}", time.perf_counter(), None
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"the server exited with {process.returncode}: {log.read_text()}")
         try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return process, url, time.perf_counter() - start
+            health = httpx.get(f"{url}/health", timeout=5)
+            if health.status_code == 200:
+                ready = ready if ready is not None else time.perf_counter() - start
+                if not warmed_up or health.json().get("warm_up") in ("done", "failed"):
+                    return process, url, ready
         except httpx.TransportError:
             pass
         time.sleep(0.05)  # fine enough to time start-up (startup_benchmark.py)
@@ -112,10 +118,13 @@ async def drive(url: str, clients: int, seconds: float, pool: list[str], shared_
     """``clients`` concurrent loops of single-sentence requests, each on its own connection (its own
     ``httpx.AsyncClient``), or with ``shared_pool`` on one client's pool of ``clients`` connections: for ``warmup``
     seconds not counted, then for the ``seconds`` of the measurement window. Counted: the requests that complete
-    in the window, and the searches the server ran in it (``/health`` at its start and end)."""
+    in the window, those answered 429 (an overload run: ``--server-options '--max-queue Q'`` with more clients than
+    Q; a shed client waits ``Retry-After``, at most 1 s, and sends again), and the searches the server ran in the
+    window (``/health`` at its start and end)."""
     import httpx
 
     latencies: list[float] = []
+    rejected = [0]  # 429 answers in the window: past the server's --max-queue
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     shared = httpx.AsyncClient(timeout=600, limits=limits) if shared_pool else None
     own = [] if shared_pool else [httpx.AsyncClient(timeout=600) for _ in range(clients)]
@@ -132,6 +141,10 @@ async def drive(url: str, clients: int, seconds: float, pool: list[str], shared_
             start = time.perf_counter()
             answer = await client.post(f"{url}/v1/translate", json={"texts": [text]})
             done = time.perf_counter()
+            if answer.status_code == 429:  # shed: wait as told (at most 1 s), then send again
+                rejected[0] += window_start <= done <= end
+                await asyncio.sleep(min(float(answer.headers.get("Retry-After", 1)), 1.0))
+                continue
             answer.raise_for_status()
             if window_start <= done <= end:
                 latencies.append(done - start)
@@ -148,7 +161,8 @@ async def drive(url: str, clients: int, seconds: float, pool: list[str], shared_
             await client.aclose()
     elapsed = time.perf_counter() - begin
     return {"clients": clients, "seconds": seconds, "warmup_s": warmup, "wall_s": elapsed,
-            "requests": len(latencies), "requests_per_s": len(latencies) / seconds,
+            "requests": len(latencies), "requests_per_s": len(latencies) / seconds, "rejected": rejected[0],
+            "rejected_share": rejected[0] / max(1, rejected[0] + len(latencies)),
             "p50_s": float(np.percentile(latencies, 50)) if latencies else None,
             "p99_s": float(np.percentile(latencies, 99)) if latencies else None,
             **{key: at_end[key] - at_start[key] for key in ("merged_batches", "merged_requests")}}
@@ -197,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {clients:3d} clients: {run['requests_per_s']:7.2f} requests/s, p50 {p50} s, "
                       f"p99 {p99} s ({run['requests']} requests, "
                       f"{run['merged_requests'] / max(1, run['merged_batches']):.1f} per search, "
-                      f"load {run['load_average'][0]:.1f})", flush=True)
+                      f"load {run['load_average'][0]:.1f})"
+                      + (f"; 429 to {run['rejected']} ({100 * run['rejected_share']:.0f}%)" if run["rejected"] else ""),
+                      flush=True)
         finally:
             process.terminate()
             process.wait(timeout=120)
