@@ -3,11 +3,11 @@
     python scripts/recipes/run.py NAME [--data DIR] [--workdir DIR] [--results DIR] [--ensemble-seed S ...]
         [--select validation|average]
 
-NAME is one of ``RECIPES`` (``multi30k-de-en``, ``multi30k-en-de``, ``dialogsum``); its settings are the
-config file beside this script: a preset (``seq2seq_jax/core/presets.py``) and the recipe's changes to it, which
-``seq2seq train --config`` resolves (``seq2seq config --config FILE`` prints the result). ``--data`` is the
-folder holding ``multi30k/`` and ``dialogsum/`` (default ``../shared/data``, relative to the repository). The
-steps:
+NAME is one of ``RECIPES`` (``multi30k-de-en``, ``multi30k-en-de``, ``multi30k-en-fr``, ``multi30k-en-cs``,
+``dialogsum``, ``webnlg``); its settings are the config file beside this script: a preset
+(``seq2seq_jax/core/presets.py``) and the recipe's changes to it, which ``seq2seq train --config`` resolves
+(``seq2seq config --config FILE`` prints the result). ``--data`` is the folder holding the corpora (default
+``../shared/data``, relative to the repository). The steps:
 
 1. ``seq2seq train`` on the training split, validating (greedy BLEU) on the validation split; an existing
    workdir is resumed, not restarted.
@@ -80,6 +80,12 @@ RECIPES = {
         train=("multi30k/train.en", "multi30k/train.de"), valid=("multi30k/val.en", "multi30k/val.de"),
         test=("multi30k/test_2016_flickr.en", "multi30k/test_2016_flickr.de"), metric="bleu",
         search={"length_penalty": (0.0, 0.5, 1.0, 1.5)}, decode_bucket_width=32),
+    # the En->De recipe's settings with another target: the bilingual baselines of multilingual training
+    **{f"multi30k-en-{target}": Recipe(
+        config="multi30k_en_de.json",
+        train=("multi30k/train.en", f"multi30k/train.{target}"), valid=("multi30k/val.en", f"multi30k/val.{target}"),
+        test=("multi30k/test_2016_flickr.en", f"multi30k/test_2016_flickr.{target}"), metric="bleu",
+        search={"length_penalty": (0.0, 0.5, 1.0, 1.5)}, decode_bucket_width=32) for target in ("fr", "cs")},
     "dialogsum": Recipe(
         config="dialogsum.json",
         train=("dialogsum/train.src", "dialogsum/train.tgt"), valid=("dialogsum/valid.src", "dialogsum/valid.tgt"),
