@@ -9,6 +9,8 @@ stacks never hands one a program compiled for another. Each subdirectory is capp
 evicts the least recently used entries). A cache that cannot be used (read-only, full, damaged entries, two
 processes writing at once) costs a compile, never the run: jax reads and writes entries under its own
 error handling, and this module falls back to no cache with one warning when the directory cannot be made.
+Searches are also kept whole, beside jax's entries, so that a second process need not trace them
+(``seq2seq_jax.decoding.stored_programs``, its own cap ``stored_programs.MAX_BYTES``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import hashlib
 import logging
 import os
 import platform
+import warnings
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -24,6 +27,7 @@ logger = logging.getLogger(__name__)
 ENVIRONMENT_VARIABLE = "SEQ2SEQ_JAX_CACHE_DIR"
 OFF = "off"
 MAX_BYTES = 2 << 30  # per machine and software stack
+STORED_PROGRAMS = "searches"  # the subdirectory of whole compiled searches (decoding.stored_programs)
 _unusable: set[Path] = set()  # directories this process could not create: warned about once
 
 
@@ -92,5 +96,26 @@ def enable(root: Path | None | str = "default") -> Path | None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
+    from seq2seq_jax.decoding import stored_programs
+
+    stored_programs.enable(directory / STORED_PROGRAMS)
+    _one_warning_for_unusable_entries()
     logger.debug(f"compilation cache: {directory}")
     return directory
+
+
+def _one_warning_for_unusable_entries() -> None:
+    """jax warns once per cache entry it cannot read or write (each a two-line ``UserWarning``); a damaged or
+    unwritable cache then fills the terminal. Show the first as one line and drop the rest."""
+    show = warnings.showwarning
+    shown = []
+
+    def show_first(message, category, filename, lineno, file=None, line=None):
+        if "persistent compilation cache" not in str(message):
+            return show(message, category, filename, lineno, file, line)
+        if not shown:
+            shown.append(message)
+            logger.warning(f"compilation cache entry unusable, compiling instead: {str(message).splitlines()[0]}")
+        return None
+
+    warnings.showwarning = show_first

@@ -17,6 +17,7 @@ from seq2seq_jax.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = "March 3, 2021\n14 July 1789\n"
+STORED = compilation_cache.STORED_PROGRAMS
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +70,12 @@ def test_second_run_reads_the_cache_and_translates_the_same(workdir, tmp_path):
     (stack,) = cache.iterdir()
     written = entries(stack)
     assert written and stack.name == compilation_cache.stack_key()
-    second = translate(workdir, str(cache))
+    assert [path.parent.name for path in written if path.suffix == ".program"] == [STORED]  # the search, whole
+    second = translate(workdir, str(cache), "--verbose", "--output", str(tmp_path / "second.txt"))
     assert second.returncode == 0, second.stderr
-    assert off.stdout == first.stdout == second.stdout and len(off.stdout.splitlines()) == 2
+    assert off.stdout == first.stdout == (tmp_path / "second.txt").read_text()
+    assert len(off.stdout.splitlines()) == 2
+    assert "loaded stored" in second.stdout and "compiled and stored" not in second.stdout  # nothing traced
     assert {path.name for path in entries(stack)} >= {path.name for path in written if "-cache" in path.name}
     assert "warning" not in (first.stderr + second.stderr).lower()
     no_flag = translate(workdir, str(tmp_path / "unused"), "--no-compile-cache")
@@ -89,14 +93,15 @@ def test_damaged_entries_and_concurrent_writers_fall_back_to_compiling(workdir, 
     results = [process.communicate(SOURCES, timeout=300) for process in both]
     assert [process.returncode for process in both] == [0, 0], [err for _, err in results]
     assert [out for out, _ in results] == [reference, reference]
-    damaged = [path for path in entries(cache) if "-cache" in path.name]
-    assert damaged
+    damaged = [path for path in entries(cache) if "-cache" in path.name or path.suffix == ".program"]
+    assert {path.suffix for path in damaged} == {"", ".program"}
     for index, path in enumerate(damaged):  # truncated, emptied, or garbage
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2] if index % 3 == 0 else b"" if index % 3 == 1 else b"garbage")
     again = translate(workdir, str(cache))
     assert again.returncode == 0, again.stderr
     assert again.stdout == reference
+    assert len([line for line in again.stderr.splitlines() if "warning" in line.lower()]) <= 1
 
 
 def test_a_cache_directory_that_cannot_be_made_is_one_warning(workdir, tmp_path):

@@ -13,6 +13,7 @@ in one jitted search (``seq2seq_jax.decoding.ensemble``); the attention kept for
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 
 import jax
@@ -26,6 +27,7 @@ from seq2seq_jax.core.search_settings import Hypothesis, output_ids
 from seq2seq_jax.core.tokenizer import PAD_ID, Tokenizer
 from seq2seq_jax.decoding.ensemble import ensemble_search_state
 from seq2seq_jax.decoding.search import EOS_ID, max_len_bound_for, search
+from seq2seq_jax.decoding.stored_programs import StoredProgram
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +62,9 @@ class Translator:
         length); the settings are fixed per Translator."""
         key = (src_size, max_len_bound, with_attention, prefix_size)
         if key not in self._compiled:
-            self._compiled[key] = jax.jit(make_search(self.graphdef, self.config, max_len_bound, with_attention,
-                                                      self.compact))
+            jitted = jax.jit(make_search(self.graphdef, self.config, max_len_bound, with_attention, self.compact))
+            self._compiled[key] = StoredProgram(jitted, search_description(
+                self.graphdef, self.config, max_len_bound, with_attention, self.compact))
             logger.debug("compiling search for source length %d, output bound %d%s (%d programs)", src_size,
                         max_len_bound, " with attention" if with_attention else "", len(self._compiled))
         return self._compiled[key]
@@ -177,6 +180,15 @@ def make_search(graphdef: nnx.GraphDef | tuple[nnx.GraphDef, ...], config: Decod
                       prefix_len=prefix_len, compact=compact)
 
     return run
+
+
+def search_description(graphdef: nnx.GraphDef | tuple[nnx.GraphDef, ...], config: DecodeConfig, max_len_bound: int,
+                       with_attention: bool, compact: bool) -> str:
+    """What ``make_search``'s program is a function of besides its arguments' shapes, as text: the key of its
+    stored executable (``seq2seq_jax.decoding.stored_programs``). Object addresses are left out of the graph
+    definition, which names the model's modules, static attributes and functions."""
+    graph = re.sub(r" at 0x[0-9a-fA-F]+", "", repr(graphdef))
+    return f"make_search\n{graph}\n{config!r}\n{max_len_bound} {with_attention} {compact}"
 
 
 def _prefix_batch(prefix_ids: list[list[int]] | None, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
