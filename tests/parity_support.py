@@ -45,6 +45,8 @@ def tiny_config(dtype: str = "float64", **overrides) -> ModelConfig:
         values["dec_layers"] = values.get("enc_layers", 1)
     if values.get("tie_output_embedding"):
         values["readout_size"] = values["tgt_embed_size"]
+    if values.get("tie_src_tgt_embedding"):  # one joint vocabulary, one embedding width
+        values["src_vocab_size"], values["src_embed_size"] = values["tgt_vocab_size"], values["tgt_embed_size"]
     return ModelConfig(**values)
 
 

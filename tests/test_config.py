@@ -28,6 +28,8 @@ def test_json_round_trip(tmp_path):
     (dict(attention="luong"), "model.attention"),
     (dict(rnn_dropout=1.0), "rnn_dropout"),
     (dict(copy_attention=True, src_vocab_size=40, tgt_vocab_size=41), "joint"),
+    (dict(tie_src_tgt_embedding=True, src_embed_size=16, tgt_embed_size=32), "src_embed_size == tgt_embed_size"),
+    (dict(tie_src_tgt_embedding=True, src_vocab_size=40, tgt_vocab_size=41), "data.joint_vocab"),
 ])
 def test_invalid_model_combinations(fields, message):
     with pytest.raises(ConfigError, match=message):
@@ -39,6 +41,17 @@ def test_copy_attention_needs_a_joint_vocabulary():
         ExperimentConfig().with_overrides(["model.copy_attention=true"])
     config = ExperimentConfig().with_overrides(["model.copy_attention=true", "data.joint_vocab=true"])
     assert config.model.copy_attention and ModelConfig(copy_attention=True, src_vocab_size=40, tgt_vocab_size=40)
+
+
+def test_shared_source_target_embedding_needs_a_joint_vocabulary():
+    with pytest.raises(ConfigError, match="model.tie_src_tgt_embedding needs data.joint_vocab=true"):
+        ExperimentConfig().with_overrides(["model.tie_src_tgt_embedding=true"])
+    config = ExperimentConfig().with_overrides(["model.tie_src_tgt_embedding=true", "model.tie_output_embedding=true",
+                                                "model.readout_size=32", "data.joint_vocab=true"])
+    assert config.model.tie_src_tgt_embedding and config.model.tie_output_embedding
+    assert config.with_vocab_sizes(40, 40).model.src_vocab_size == 40
+    with pytest.raises(ConfigError, match="src_vocab_size=40, tgt_vocab_size=41"):
+        config.with_vocab_sizes(40, 41)  # the sizes the tokenizers give, checked before a model is built
 
 
 def test_overrides_parse_types_and_apply_together():

@@ -4,6 +4,9 @@ passes every shape check but fails the forward comparison."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import jax
 import numpy as np
 import pytest
 import torch
@@ -71,6 +74,42 @@ def test_tied_output_must_equal_embedding():
     state_dict["output.weight"] = state_dict["output.weight"] + 1.0
     with pytest.raises(ValueError, match="output.weight"):
         from_torch_state_dict(state_dict, config)
+
+
+def test_tied_source_embedding_must_equal_target_embedding():
+    config = tiny_config("float64", tie_output_embedding=True, tie_src_tgt_embedding=True)
+    reference, _ = make_pair(config, "torch->flax")
+    state_dict = {k: v.detach().numpy().copy() for k, v in reference.state_dict().items()}
+    assert {"src_embed.weight", "tgt_embed.weight", "output.weight"} <= set(state_dict)
+    state_dict["src_embed.weight"] = state_dict["src_embed.weight"] + 1.0
+    with pytest.raises(ValueError, match=r"src_embed\.weight differs .*model\.tie_src_tgt_embedding"):
+        from_torch_state_dict(state_dict, config)
+    del state_dict["src_embed.weight"]
+    with pytest.raises(ValueError, match=r"missing keys: \['src_embed\.weight'\]"):
+        from_torch_state_dict(state_dict, config)
+
+
+def test_three_way_tying_keeps_one_embedding_matrix():
+    """Output tying drops W_o; sharing the source embedding drops one more [V, E] matrix, in both frameworks;
+    the converted state_dict names the one matrix three times, as PyTorch does."""
+    from flax import nnx
+
+    untied = tiny_config("float64", tie_output_embedding=True, src_vocab_size=13, src_embed_size=6)
+    shared = tiny_config("float64", tie_output_embedding=True, tie_src_tgt_embedding=True)
+    assert dataclasses.replace(untied, tie_src_tgt_embedding=True) == shared
+    counts = {}
+    for name, config in (("untied", untied), ("shared", shared)):
+        reference, model = make_pair(config, "flax->torch")
+        with precision("float64"):
+            params = nnx.state(model, nnx.Param).to_pure_dict()
+            counts[name] = sum(np.size(leaf) for leaf in jax.tree.leaves(params))
+        assert counts[name] == sum(p.numel() for p in reference.parameters())
+    assert counts["untied"] - counts["shared"] == shared.tgt_vocab_size * shared.tgt_embed_size
+    assert "src_embed" not in params and not any(m.flax_path.startswith("src_embed") for m in name_map(shared))
+    state_dict = to_torch_state_dict(jax.tree.map(np.asarray, params), shared)
+    for key in ("src_embed.weight", "output.weight"):
+        np.testing.assert_array_equal(state_dict[key], state_dict["tgt_embed.weight"], err_msg=key)
+    assert reference.src_embed.weight is reference.tgt_embed.weight is reference.output.weight
 
 
 def _forward_error(state_dict, reference) -> float:

@@ -41,6 +41,11 @@ CONFIG = ExperimentConfig(
 # must carry the copy gate and compute the same mixture.
 COPY_CONFIG = dataclasses.replace(CONFIG, model=dataclasses.replace(CONFIG.model, copy_attention=True),
                                   data=dataclasses.replace(CONFIG.data, joint_vocab=True))
+# Three-way tying (one joint vocabulary): one embedding matrix for the encoder, the decoder and the output layer,
+# stored once in the export and re-tied by torch_ref.
+TIED_CONFIG = dataclasses.replace(CONFIG, model=dataclasses.replace(CONFIG.model, tie_output_embedding=True,
+                                                                    tie_src_tgt_embedding=True),
+                                  data=dataclasses.replace(CONFIG.data, joint_vocab=True))
 INPUTS = [src for src, _ in generate_task("dates", 200, seed=777)] + ["", "x", "", "  \t "]
 BLOCK_JAX = """
 import runpy, sys
@@ -78,6 +83,12 @@ def trained(tmp_path_factory):
 def trained_copy(tmp_path_factory):
     """``(workdir, export_dir)`` of the tiny demo model with copy attention."""
     return _train_and_export(COPY_CONFIG, tmp_path_factory.mktemp("export_copy"))
+
+
+@pytest.fixture(scope="module")
+def trained_tied(tmp_path_factory):
+    """``(workdir, export_dir)`` of the tiny demo model with three-way embedding tying."""
+    return _train_and_export(TIED_CONFIG, tmp_path_factory.mktemp("export_tied"))
 
 
 def _tensors(directory: Path) -> dict[str, np.ndarray]:
@@ -192,7 +203,7 @@ def test_load_pretrained_errors_name_the_file_and_keys(trained, tmp_path, how):
     assert str(directory) in str(error.value)
 
 
-@pytest.mark.parametrize("model_kind", ["trained", "trained_copy"])
+@pytest.mark.parametrize("model_kind", ["trained", "trained_copy", "trained_tied"])
 def test_export_import_export_gives_identical_tensors(request, model_kind, tmp_path):
     _, export_dir = request.getfixturevalue(model_kind)
     if model_kind == "trained_copy":
@@ -273,7 +284,7 @@ def _jax_translations(workdir: Path, decode: DecodeConfig):
     return translator.translate(INPUTS)
 
 
-@pytest.mark.parametrize("model_kind", ["trained", "trained_copy"])
+@pytest.mark.parametrize("model_kind", ["trained", "trained_copy", "trained_tied"])
 @pytest.mark.parametrize("beam_size", [1, 5])
 def test_torch_translate_matches_jax(request, model_kind, beam_size):
     workdir, export_dir = request.getfixturevalue(model_kind)
@@ -297,7 +308,33 @@ def test_torch_translate_matches_jax(request, model_kind, beam_size):
     print(f"beam {beam_size}: {same}/{len(INPUTS)} identical lines, largest score difference {worst:.2e}")
 
 
-def test_torch_translate_runs_without_jax(trained, tmp_path):
+def test_three_way_tied_export_stores_one_embedding_and_loads_it_tied(trained_tied):
+    workdir, export_dir = trained_tied
+    tensors = _tensors(export_dir)
+    assert "tgt_embed.weight" in tensors and not {"src_embed.weight", "output.weight"} & set(tensors)
+    meta = json.loads((export_dir / "meta.json").read_text())
+    assert meta["tied_output_embedding_stored_once"] and meta["tied_src_tgt_embedding_stored_once"]
+    model, src_tok, tgt_tok = torch_ref.load_pretrained(export_dir)
+    assert model.src_embed.weight is model.tgt_embed.weight is model.output.weight
+    np.testing.assert_array_equal(model.src_embed.weight.detach().numpy(), tensors["tgt_embed.weight"])
+    assert src_tok.vocab_size == tgt_tok.vocab_size == model.config.src_vocab_size  # one joint vocabulary
+    assert ExperimentConfig.load(workdir / "config.json").model.tie_src_tgt_embedding
+
+
+def test_retie_refuses_a_tied_tensor_that_differs():
+    from seq2seq_jax.core.export_format import retie
+
+    config = TIED_CONFIG.model
+    embedding = np.arange(6.0).reshape(3, 2)
+    tied = retie({"tgt_embed.weight": embedding}, config, "weights.pt")
+    assert tied["src_embed.weight"] is tied["output.weight"] is embedding
+    with pytest.raises(ExportFormatError, match=r"weights.pt: src_embed.weight differs .*tie_src_tgt_embedding"):
+        retie({"tgt_embed.weight": embedding, "src_embed.weight": embedding + 1}, config, "weights.pt")
+
+
+@pytest.mark.parametrize("model_kind", ["trained", "trained_tied"])
+def test_torch_translate_runs_without_jax(request, model_kind, tmp_path):
+    trained = request.getfixturevalue(model_kind)
     _, export_dir = trained
     lines = INPUTS[:20] + ["", "March 3, 2021", ""]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}

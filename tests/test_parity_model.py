@@ -49,13 +49,28 @@ COPY_CASES = [
     dict(attention="dot", decoder_style="bahdanau", bridge="last", bidirectional=True, enc_layers=1,
          dec_layers=1, tie_output_embedding=True),
 ]
-GRID = _grid() + [dict(case, copy_attention=True, src_vocab_size=13) for case in COPY_CASES]
+# One embedding matrix for source and target (tie_src_tgt_embedding), with and without the output projection
+# (three-way and two-way tying); the shared matrix's gradient is the sum over the encoder, decoder and output.
+SHARED_CASES = [
+    dict(attention="additive", decoder_style="bahdanau", bridge="dense", bidirectional=True, enc_layers=2,
+         dec_layers=1, tie_output_embedding=True),
+    dict(attention="general", decoder_style="luong", bridge="zero", bidirectional=False, enc_layers=1,
+         dec_layers=2, tie_output_embedding=True),
+    dict(attention="dot", decoder_style="bahdanau", bridge="last", bidirectional=True, enc_layers=1,
+         dec_layers=1, tie_output_embedding=False),
+    dict(attention="additive", decoder_style="bahdanau", bridge="dense", bidirectional=True, enc_layers=1,
+         dec_layers=1, tie_output_embedding=True, copy_attention=True),
+]
+GRID = (_grid() + [dict(case, copy_attention=True, src_vocab_size=13) for case in COPY_CASES]
+        + [dict(case, tie_src_tgt_embedding=True) for case in SHARED_CASES])
+THREE_WAY = GRID.index(dict(SHARED_CASES[0], tie_src_tgt_embedding=True))
 
 
 def _case_id(case):
     return "-".join([case["attention"], case["decoder_style"], case["bridge"],
                      "bi" if case["bidirectional"] else "uni", f"enc{case['enc_layers']}",
                      f"dec{case['dec_layers']}", "tied" if case["tie_output_embedding"] else "untied"]
+                    + (["shared-src"] if case.get("tie_src_tgt_embedding") else [])
                     + (["copy"] if case.get("copy_attention") else []))
 
 
@@ -125,7 +140,7 @@ def test_loss_matches(dtype, label_smoothing):
     check("loss", dtype, float(loss_sum), float(ref_sum))
 
 
-@pytest.mark.parametrize("case", [GRID[0], GRID[7], GRID[14], GRID[18]], ids=_case_id)
+@pytest.mark.parametrize("case", [GRID[0], GRID[7], GRID[14], GRID[18], GRID[THREE_WAY]], ids=_case_id)
 def test_padding_changes_no_real_output(case):
     config = tiny_config("float32", **case)
     batch = make_batch(config)
@@ -142,7 +157,7 @@ def test_padding_changes_no_real_output(case):
         check("padding", "float32", ref_long[row, :length], ref_short[row, :length])
 
 
-@pytest.mark.parametrize("case", [GRID[1], GRID[4], GRID[17], GRID[19]], ids=_case_id)
+@pytest.mark.parametrize("case", [GRID[1], GRID[4], GRID[17], GRID[19], GRID[THREE_WAY]], ids=_case_id)
 def test_round_trips(case):
     config = tiny_config("float32", **case)
     with precision("float32"):

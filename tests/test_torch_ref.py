@@ -167,6 +167,19 @@ def test_tied_output_weight_is_the_embedding_tensor():
     torch.testing.assert_close(other.output.weight, model.tgt_embed.weight, rtol=0, atol=0)
 
 
+def test_three_way_tying_is_one_embedding_tensor():
+    config = make_config(tie_output_embedding=True, tie_src_tgt_embedding=True, src_vocab_size=BASE.tgt_vocab_size,
+                         src_embed_size=BASE.tgt_embed_size)
+    model = Seq2Seq(config)
+    assert model.src_embed.weight is model.tgt_embed.weight is model.output.weight
+    assert {name for name, _ in model.named_parameters() if name.endswith("embed.weight")} == {"src_embed.weight"}
+    assert {"src_embed.weight", "tgt_embed.weight", "output.weight"} <= set(model.state_dict())
+    other = Seq2Seq(config)
+    other.load_state_dict(model.state_dict())
+    assert other.src_embed.weight is other.tgt_embed.weight is other.output.weight
+    torch.testing.assert_close(other.src_embed.weight, model.tgt_embed.weight, rtol=0, atol=0)
+
+
 # ------------------------------------------------------------------------------------------ the formulation
 
 

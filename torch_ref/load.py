@@ -3,10 +3,10 @@
     model, src_tokenizer, tgt_tokenizer = torch_ref.load_pretrained("export_dir")
 
 The directory holds ``config.json`` (``format_version``, the model config, the experiment config),
-``model.safetensors`` (the ``torch_ref.Seq2Seq`` state_dict), ``tokenizer/`` and ``meta.json``. For a model
-with a tied output embedding the file holds ``tgt_embed.weight`` only (safetensors stores a tensor once);
-loading re-ties ``output.weight`` to it. Loading is strict: a missing, unexpected, misshapen or
-wrongly-typed tensor is an error naming the file and the keys.
+``model.safetensors`` (the ``torch_ref.Seq2Seq`` state_dict), ``tokenizer/`` and ``meta.json``. Tensors tied
+to the target embedding (``output.weight``, ``src_embed.weight``) are left out of the file, which holds
+``tgt_embed.weight`` once (safetensors stores a tensor once); loading re-ties them. Loading is strict: a
+missing, unexpected, misshapen or wrongly-typed tensor is an error naming the file and the keys.
 
 The format itself (file names, version check, strict check, re-tying) is ``seq2seq_jax.core.export_format``,
 shared with ``seq2seq import-torch``. This module never imports JAX (``seq2seq_jax.core`` is JAX-free).
@@ -83,9 +83,9 @@ def read_state_dict(path: str | Path, device: str | torch.device = "cpu") -> dic
 
 
 def check_loadable(state_dict: dict[str, torch.Tensor], model: Seq2Seq, origin: str) -> dict[str, torch.Tensor]:
-    """Re-tie a tied output embedding, then check keys, shapes and dtypes against ``model``; returns the
-    state_dict to load with ``strict=True``. Every problem is listed, naming ``origin`` and the keys."""
-    state_dict = retie(state_dict, model.config.tie_output_embedding, origin)
+    """Re-tie the tensors tied to the target embedding, then check keys, shapes and dtypes against ``model``;
+    returns the state_dict to load with ``strict=True``. Every problem is listed, naming ``origin`` and the keys."""
+    state_dict = retie(state_dict, model.config, origin)
     expected = {key: (tuple(value.shape), dtype_name(value)) for key, value in model.state_dict().items()}
     check_state_dict(state_dict, expected, f"{origin} does not match the model of config.json")
     return state_dict

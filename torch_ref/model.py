@@ -124,7 +124,8 @@ class Seq2Seq(nn.Module):
     """Embedding -> (bi)LSTM encoder -> bridge -> attention LSTM decoder -> readout -> logits.
 
     Built from a resolved ``ModelConfig``; parameters are in ``config.param_dtype`` and initialised
-    uniformly in ``[-init_scale, init_scale]``.
+    uniformly in ``[-init_scale, init_scale]``. Tying shares ``tgt_embed.weight`` as ``output.weight``
+    (``tie_output_embedding``) and as ``src_embed.weight`` (``tie_src_tgt_embedding``).
     """
 
     def __init__(self, config: ModelConfig):
@@ -176,6 +177,8 @@ class Seq2Seq(nn.Module):
         self.to(dtype)
         if config.tie_output_embedding:
             self.output.weight = self.tgt_embed.weight
+        if config.tie_src_tgt_embedding:  # sizes equal: ModelConfig checks them
+            self.src_embed.weight = self.tgt_embed.weight
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -10,7 +10,6 @@ with a message that says which fields disagree.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -18,6 +17,7 @@ from typing import Any, get_type_hints
 from seq2seq_jax.core.json_files import read_json
 from seq2seq_jax.core.presets import PRESETS, merge_sections, preset_sections
 from seq2seq_jax.core.search_settings import max_len_for
+from seq2seq_jax.core.suggestions import closest, did_you_mean
 
 ATTENTION_SCORES = ("additive", "dot", "general")
 DECODER_STYLES = ("bahdanau", "luong")
@@ -42,21 +42,6 @@ def _f(default: Any, help: str) -> Any:
     """A config field with its default and its one-line meaning (``seq2seq config --describe``, the help of the
     command-line flags that set it)."""
     return dataclasses.field(default=default, metadata={"help": help})
-
-
-def closest(name: str, known) -> str | None:
-    """The one of ``known`` that a misspelled ``name`` most likely meant, or None."""
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-    if not close:  # a looser match that starts like the name given ('beem' -> 'beam_size')
-        close = [candidate for candidate in difflib.get_close_matches(name, list(known), n=3, cutoff=0.45)
-                 if candidate[:1] == name[:1]]
-    return close[0] if close else None
-
-
-def did_you_mean(name: str, known) -> str:
-    """`` (did you mean 'x'?)`` for the closest of ``known`` to a misspelled ``name``, or ``""``."""
-    match = closest(name, known)
-    return f" (did you mean {match!r}?)" if match else ""
 
 
 class _JsonConfig:
@@ -114,6 +99,8 @@ class ModelConfig(_JsonConfig):
     readout_size: int = _f(64, "width of the attentional readout vector r_t that feeds the output layer")
     tie_output_embedding: bool = _f(False, "share the output projection with the target embeddings (needs readout_size "
                                            "== tgt_embed_size)")
+    tie_src_tgt_embedding: bool = _f(False, "one embedding matrix for source and target (needs data.joint_vocab and "
+                                            "src_embed_size == tgt_embed_size)")
     copy_attention: bool = _f(False, "pointer-generator: mix copying source tokens into the output (needs "
                                      "data.joint_vocab)")
     embed_dropout: float = _f(0.0, "dropout rate on source and target embeddings")
@@ -155,6 +142,12 @@ class ModelConfig(_JsonConfig):
             _check(self.readout_size == self.tgt_embed_size,
                    f"tie_output_embedding needs readout_size == tgt_embed_size, got {self.readout_size} "
                    f"and {self.tgt_embed_size}")
+        if self.tie_src_tgt_embedding:
+            _check(self.src_embed_size == self.tgt_embed_size, f"tie_src_tgt_embedding needs src_embed_size == "
+                   f"tgt_embed_size, got {self.src_embed_size} and {self.tgt_embed_size}")
+            _check(not (self.src_vocab_size and self.tgt_vocab_size) or self.src_vocab_size == self.tgt_vocab_size,
+                   f"tie_src_tgt_embedding shares the embedding of one (joint, data.joint_vocab) vocabulary; got "
+                   f"src_vocab_size={self.src_vocab_size}, tgt_vocab_size={self.tgt_vocab_size}")
         if self.copy_attention and self.src_vocab_size and self.tgt_vocab_size:
             _check(self.src_vocab_size == self.tgt_vocab_size,
                    f"copy_attention copies source ids into the target vocabulary, so both must be one (joint) "
@@ -429,6 +422,9 @@ class ExperimentConfig(_JsonConfig):
         _check(not self.model.copy_attention or self.data.joint_vocab,
                "model.copy_attention needs data.joint_vocab: copying puts a source token's id into the target "
                "distribution, so source and target must share one vocabulary")
+        _check(not self.model.tie_src_tgt_embedding or self.data.joint_vocab,
+               "model.tie_src_tgt_embedding needs data.joint_vocab=true: one embedding row per token id serves "
+               "both sides only when source and target share one vocabulary")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], preset: str | None = None) -> ExperimentConfig:

@@ -5,9 +5,10 @@
     DIR/tokenizer/         src.* and tgt.* tokenizer files
     DIR/meta.json          step, checkpoint, validation metrics of that checkpoint, library versions
 
-A tied output embedding is stored once, as ``tgt_embed.weight``; readers re-tie ``output.weight`` to it
-(``retie``). State_dicts are checked strictly by key, shape and dtype name (``check_state_dict``), on numpy
-arrays and torch tensors alike, without importing either framework.
+Tensors tied to the target embedding (``output.weight``, ``src_embed.weight``; ``tied_keys``) are stored once,
+as ``tgt_embed.weight``; readers re-tie them to it (``retie``). State_dicts are checked strictly by key, shape
+and dtype name (``check_state_dict``), on numpy arrays and torch tensors alike, without importing either
+framework.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ MODEL_FILE = "model.safetensors"
 META_FILE = "meta.json"
 TOKENIZER_DIR = "tokenizer"
 TIED_KEY = "output.weight"
+SRC_TIED_KEY = "src_embed.weight"
 TIED_SOURCE_KEY = "tgt_embed.weight"
 
 
@@ -72,15 +74,23 @@ def _equal(a: Any, b: Any) -> bool:
     return bool(equal(b)) if equal is not None else bool(np.array_equal(a, b))
 
 
-def retie(state_dict: Mapping[str, Any], tied: bool, origin: str) -> dict[str, Any]:
-    """For a tied model (``tied``), ``output.weight`` set to ``tgt_embed.weight``; an ``output.weight`` present
-    and different is an error naming ``origin``."""
+def tied_keys(config: ModelConfig) -> dict[str, str]:
+    """``{state_dict key: config field}`` of the tensors that ``config`` ties to ``tgt_embed.weight``."""
+    ties = {TIED_KEY: "tie_output_embedding", SRC_TIED_KEY: "tie_src_tgt_embedding"}
+    return {key: field for key, field in ties.items() if getattr(config, field)}
+
+
+def retie(state_dict: Mapping[str, Any], config: ModelConfig, origin: str) -> dict[str, Any]:
+    """``state_dict`` with every key that ``config`` ties (``tied_keys``) set to ``tgt_embed.weight``; such a
+    key present and different is an error naming ``origin``."""
     state_dict = dict(state_dict)
-    if tied and TIED_SOURCE_KEY in state_dict:
-        if TIED_KEY in state_dict and not _equal(state_dict[TIED_KEY], state_dict[TIED_SOURCE_KEY]):
-            raise ExportFormatError(f"{origin}: {TIED_KEY} differs from {TIED_SOURCE_KEY}, but the config ties "
-                                    "them (model.tie_output_embedding)")
-        state_dict[TIED_KEY] = state_dict[TIED_SOURCE_KEY]
+    if TIED_SOURCE_KEY not in state_dict:
+        return state_dict
+    for key, field in tied_keys(config).items():
+        if key in state_dict and not _equal(state_dict[key], state_dict[TIED_SOURCE_KEY]):
+            raise ExportFormatError(f"{origin}: {key} differs from {TIED_SOURCE_KEY}, but the config ties "
+                                    f"them (model.{field})")
+        state_dict[key] = state_dict[TIED_SOURCE_KEY]
     return state_dict
 
 
@@ -107,6 +117,6 @@ def check_state_dict(found: Mapping[str, Any], expected: Mapping[str, tuple[tupl
         raise ExportFormatError(f"{mismatch}: " + "; ".join(problems))
 
 
-__all__ = ["FORMAT_VERSION", "CONFIG_FILE", "MODEL_FILE", "META_FILE", "TOKENIZER_DIR", "TIED_KEY", "TIED_SOURCE_KEY",
-           "ExportFormatError", "check_export_record", "read_export_config", "dtype_name", "retie",
-           "check_state_dict"]
+__all__ = ["FORMAT_VERSION", "CONFIG_FILE", "MODEL_FILE", "META_FILE", "TOKENIZER_DIR", "TIED_KEY", "SRC_TIED_KEY",
+           "TIED_SOURCE_KEY", "ExportFormatError", "check_export_record", "read_export_config", "dtype_name",
+           "tied_keys", "retie", "check_state_dict"]

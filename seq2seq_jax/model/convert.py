@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from seq2seq_jax.core.config import ModelConfig
-from seq2seq_jax.core.export_format import check_state_dict
+from seq2seq_jax.core.export_format import TIED_SOURCE_KEY, check_state_dict, tied_keys
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,10 +55,10 @@ def _linear(flax_name: str, torch_name: str, in_size: int, out_size: int, bias: 
 def name_map(config: ModelConfig) -> list[ParamMapping]:
     """Every parameter of the model described by ``config``, in a fixed order."""
     c = config.require_resolved()
-    mappings = [
-        ParamMapping("src_embed.embedding", "src_embed.weight", (c.src_vocab_size, c.src_embed_size), False),
-        ParamMapping("tgt_embed.embedding", "tgt_embed.weight", (c.tgt_vocab_size, c.tgt_embed_size), False),
-    ]
+    mappings = [] if c.tie_src_tgt_embedding else [
+        ParamMapping("src_embed.embedding", "src_embed.weight", (c.src_vocab_size, c.src_embed_size), False)]
+    mappings.append(ParamMapping("tgt_embed.embedding", "tgt_embed.weight", (c.tgt_vocab_size, c.tgt_embed_size),
+                                 False))
     for layer in range(c.enc_layers):
         input_size = c.src_embed_size if layer == 0 else c.memory_size
         mappings += _lstm_mappings(f"encoder.layers.{layer}.fwd", f"l{layer}", "encoder", input_size,
@@ -121,8 +121,8 @@ def unflatten_params(flat: Mapping[str, np.ndarray]) -> dict[Any, Any]:
 def to_torch_state_dict(params: Mapping[Any, Any], config: ModelConfig) -> dict[str, np.ndarray]:
     """Flax params (nested pure dict) -> ``torch_ref.Seq2Seq`` state_dict as numpy arrays.
 
-    With a tied output embedding, ``output.weight`` is emitted as the target embedding (PyTorch's
-    state_dict lists a shared tensor under both names).
+    Keys tied to the target embedding (``output.weight`` with ``tie_output_embedding``, ``src_embed.weight``
+    with ``tie_src_tgt_embedding``) are emitted as it: PyTorch's state_dict lists a shared tensor under each name.
     """
     mappings = name_map(config)
     flat = flatten_params(params)
@@ -132,24 +132,27 @@ def to_torch_state_dict(params: Mapping[Any, Any], config: ModelConfig) -> dict[
     for m in mappings:
         array = flat[m.flax_path]
         state_dict[m.torch_key] = np.array(array.T if m.transpose else array, order="C", copy=True)
-    if config.tie_output_embedding:
-        state_dict["output.weight"] = state_dict["tgt_embed.weight"]
+    for key in tied_keys(config):
+        state_dict[key] = state_dict[TIED_SOURCE_KEY]
     return state_dict
 
 
 def from_torch_state_dict(state_dict: Mapping[str, np.ndarray], config: ModelConfig) -> dict[Any, Any]:
     """``torch_ref.Seq2Seq`` state_dict (numpy arrays) -> Flax params as a nested pure dict.
 
-    With a tied output embedding, ``output.weight`` must be present and equal to ``tgt_embed.weight``.
+    Every key tied to the target embedding (``tied_keys``) must be present and equal to ``tgt_embed.weight``.
     """
     mappings = name_map(config)
     expected = {m.torch_key: (m.torch_shape, config.param_dtype) for m in mappings}
-    if config.tie_output_embedding:
-        expected["output.weight"] = ((config.tgt_vocab_size, config.tgt_embed_size), config.param_dtype)
+    ties = tied_keys(config)
+    for key in ties:
+        expected[key] = ((config.tgt_vocab_size, config.tgt_embed_size), config.param_dtype)
     arrays = {key: np.asarray(value) for key, value in state_dict.items()}
     check_state_dict(arrays, expected, "PyTorch state_dict does not match the model config")
-    if config.tie_output_embedding and not np.array_equal(arrays["output.weight"], arrays["tgt_embed.weight"]):
-        raise ValueError("PyTorch state_dict: output.weight differs from tgt_embed.weight, but the config ties them")
+    for key, field in ties.items():
+        if not np.array_equal(arrays[key], arrays[TIED_SOURCE_KEY]):
+            raise ValueError(f"PyTorch state_dict: {key} differs from {TIED_SOURCE_KEY}, but the config ties them "
+                             f"(model.{field})")
     flat = {m.flax_path: np.array(arrays[m.torch_key].T if m.transpose else arrays[m.torch_key], order="C", copy=True)
             for m in mappings}
     return unflatten_params(flat)

@@ -73,7 +73,10 @@ class DecoderLayers(nnx.Module):
 
 
 class Seq2Seq(nnx.Module):
-    """LSTM encoder, attention, LSTM decoder (Bahdanau or Luong style), readout and output layer."""
+    """LSTM encoder, attention, LSTM decoder (Bahdanau or Luong style), readout and output layer.
+
+    With ``tie_src_tgt_embedding`` there is no ``src_embed``: the encoder embeds with ``tgt_embed``.
+    """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         config = config.require_resolved()
@@ -84,7 +87,8 @@ class Seq2Seq(nnx.Module):
         self.compute_dtype = compute_dtype
         linear = dict(param_dtype=param_dtype, dtype=compute_dtype, kernel_init=init, bias_init=init, rngs=rngs)
         embed = dict(param_dtype=param_dtype, dtype=compute_dtype, embedding_init=init, rngs=rngs)
-        self.src_embed = nnx.Embed(config.src_vocab_size, config.src_embed_size, **embed)
+        if not config.tie_src_tgt_embedding:  # tied: the encoder reads tgt_embed (one matrix, stored once)
+            self.src_embed = nnx.Embed(config.src_vocab_size, config.src_embed_size, **embed)
         self.tgt_embed = nnx.Embed(config.tgt_vocab_size, config.tgt_embed_size, **embed)
         self.encoder = Encoder(config, rngs=rngs)
         if config.bridge == "dense":
@@ -110,7 +114,8 @@ class Seq2Seq(nnx.Module):
         """``src [B, S]``, ``src_len [B]`` -> ``memory [B, S, M]`` and decoder initial ``h0, c0 [L, B, H]``."""
         config = self.config
         rng_embed, rng_encoder = _split(dropout_rng, 2)
-        x = _dropout_time_major(self.src_embed(src.T), config.embed_dropout, rng_embed)  # [S, B, E_src]
+        src_embed = self.tgt_embed if config.tie_src_tgt_embedding else self.src_embed
+        x = _dropout_time_major(src_embed(src.T), config.embed_dropout, rng_embed)  # [S, B, E_src]
         memory, h_n, c_n = self.encoder(x, src_len, rng_encoder)  # h_n: [L_enc, D, B, H_enc]
         memory = memory.transpose(1, 0, 2)  # [B, S, M]: attention reads it batch-major
         batch = src.shape[0]

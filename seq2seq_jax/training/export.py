@@ -1,8 +1,8 @@
 """Export a workdir to the directory PyTorch users load, and import one (or a bare ``torch_ref`` state_dict)
 back into a JAX workdir.
 
-The layout, its version check, the strict state_dict check and the re-tying of a tied output embedding
-(stored once, as ``tgt_embed.weight``) are ``seq2seq_jax.core.export_format``, shared with ``torch_ref``;
+The layout, its version check, the strict state_dict check and the re-tying of tensors tied to the target
+embedding (stored once, as ``tgt_embed.weight``) are ``seq2seq_jax.core.export_format``, shared with ``torch_ref``;
 README, "The export directory". Torch is imported only to read a ``torch.save``-d ``.pt`` file: safetensors of
 every dtype (bfloat16 as ``ml_dtypes.bfloat16``) go through ``safetensors.numpy``. Both directions write into
 a temporary sibling directory renamed into place at the end, so a failure never leaves a half-written export
@@ -16,7 +16,7 @@ import importlib.metadata
 import json
 import platform
 import shutil
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,10 @@ from seq2seq_jax.core.export_format import (
     FORMAT_VERSION,
     META_FILE,
     MODEL_FILE,
-    TIED_KEY,
     TOKENIZER_DIR,
     read_export_config,
     retie,
+    tied_keys,
 )
 from seq2seq_jax.core.export_format import ExportFormatError as ExportError
 from seq2seq_jax.core.install_hint import install_command
@@ -65,12 +65,12 @@ def _write_json(path: Path, record: Mapping[str, Any]) -> None:
     path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def save_state_dict(state_dict: Mapping[str, np.ndarray], path: str | Path, tied: bool) -> None:
-    """Write a numpy ``torch_ref`` state_dict as safetensors (``output.weight`` left out when ``tied``)."""
+def save_state_dict(state_dict: Mapping[str, np.ndarray], path: str | Path, tied: Collection[str]) -> None:
+    """Write a numpy ``torch_ref`` state_dict as safetensors, without the ``tied`` keys (those a model ties to
+    ``tgt_embed.weight``, ``tied_keys``: readers re-tie them)."""
     from safetensors.numpy import save_file
 
-    arrays = {key: np.ascontiguousarray(value) for key, value in state_dict.items()
-              if not (tied and key == TIED_KEY)}
+    arrays = {key: np.ascontiguousarray(value) for key, value in state_dict.items() if key not in tied}
     # One metadata entry: safetensors orders several at random (non-reproducible bytes).
     save_file(arrays, str(path), metadata={"format": "torch_ref"})
 
@@ -143,7 +143,7 @@ def export_torch(workdir: str | Path, out_dir: str | Path, checkpoint: str | int
     with staged_directory(out_dir, replace=force) as temporary:
         _write_json(temporary / CONFIG_FILE, {"format_version": FORMAT_VERSION, "model": config.model.to_dict(),
                                               "experiment": config.to_dict()})
-        save_state_dict(state_dict, temporary / MODEL_FILE, config.model.tie_output_embedding)
+        save_state_dict(state_dict, temporary / MODEL_FILE, tied_keys(config.model))
         tokenizer_out = temporary / TOKENIZER_DIR
         tokenizer_out.mkdir()
         for path in tokenizer_files(Workdir(Path(workdir)).tokenizer_dir):
@@ -156,6 +156,7 @@ def export_torch(workdir: str | Path, out_dir: str | Path, checkpoint: str | int
             "source_workdir": str(Path(workdir).absolute()),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "tied_output_embedding_stored_once": bool(config.model.tie_output_embedding),
+            "tied_src_tgt_embedding_stored_once": bool(config.model.tie_src_tgt_embedding),
             "versions": library_versions(),
         })
     return out_dir
@@ -242,7 +243,7 @@ def _import_into(src: Path, workdir: Path, config: str | Path | None) -> int:
     recorded = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
     metrics = {str(k): float(v) for k, v in recorded.items() if isinstance(v, (int, float))}
 
-    state_dict = retie(read_state_dict_file(state_file), model_config.tie_output_embedding, str(state_file))
+    state_dict = retie(read_state_dict_file(state_file), model_config, str(state_file))
     try:
         flat = flatten_params(from_torch_state_dict(state_dict, model_config))
     except ValueError as error:
