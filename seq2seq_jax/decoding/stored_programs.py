@@ -53,9 +53,11 @@ def _package_digest() -> str:
 
 
 def _arguments_signature(args: tuple) -> str:
-    """The call's tree structure and each leaf's shape, dtype and weak type: what the executable was compiled for."""
+    """The call's tree structure and each leaf's shape, dtype, weak type and placement (a jax array's sharding):
+    what the executable was compiled for."""
     leaves, tree = jax.tree.flatten(args)
-    avals = [(tuple(leaf.shape), str(leaf.dtype), bool(getattr(leaf, "weak_type", False))) for leaf in leaves]
+    avals = [(tuple(leaf.shape), str(leaf.dtype), bool(getattr(leaf, "weak_type", False)),
+              str(getattr(leaf, "sharding", None))) for leaf in leaves]
     return f"{tree}\n{avals}"
 
 
@@ -135,8 +137,8 @@ def _evict(folder: Path) -> None:
 
 class StoredProgram:
     """``jitted`` (a ``jax.jit`` function) called through the store: each new argument signature's executable is
-    loaded when stored under ``description`` and compiled (then stored) when not. Without a store it is
-    ``jitted`` itself."""
+    loaded when stored under ``description`` and compiled (then stored) when not. Without a store, and in a run
+    of several processes, it is ``jitted`` itself."""
 
     def __init__(self, jitted, description: str):
         self.jitted = jitted
@@ -145,7 +147,7 @@ class StoredProgram:
 
     def __call__(self, *args):
         folder = directory()
-        if folder is None:
+        if folder is None or jax.process_count() > 1:  # a program of several processes is compiled by each
             return self.jitted(*args)
         signature = _arguments_signature(args)
         executable = self._executables.get(signature)
