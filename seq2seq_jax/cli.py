@@ -222,6 +222,11 @@ def cmd_translate(args: argparse.Namespace) -> int:
             translator.config = dataclasses.replace(translator.config, batch_size=1)
         return _translate_interactively(translator, args)
     lines = _read_input(args.input, args.input_format)
+    if args.batch_size is None:
+        from seq2seq_jax.core.batching import rows_for
+
+        translator.config = dataclasses.replace(translator.config,
+                                                batch_size=rows_for(len(lines), translator.config.batch_size))
     prefixes = None
     if args.prefix:
         from seq2seq_jax.core.reading import check_same_line_count, read_lines

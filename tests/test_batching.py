@@ -18,7 +18,7 @@ import pytest
 from run_support import TINY, captured_log, step_losses, tiny_config
 from test_data import make_examples
 
-from seq2seq_jax.core.batching import BatchPolicy, _make_batch, batch_shapes, eval_batches, padded_shapes
+from seq2seq_jax.core.batching import BatchPolicy, _make_batch, batch_shapes, eval_batches, padded_shapes, rows_for
 from seq2seq_jax.core.config import ModelConfig, TrainConfig
 from seq2seq_jax.core.reading import DataError
 from seq2seq_jax.core.tokenizer import EOS_ID
@@ -253,3 +253,8 @@ def test_two_devices_train_like_one_with_token_budget_and_accumulation(tmp_path,
     losses = step_losses(workdir)
     for step in range(1, 5):
         assert losses[step] == pytest.approx(uninterrupted[step], rel=1e-6), step
+
+
+def test_a_short_input_decodes_in_the_fewest_power_of_two_rows():
+    assert [rows_for(lines, 64) for lines in (0, 1, 2, 3, 5, 33, 63, 64, 1000)] == [1, 1, 2, 4, 8, 64, 64, 64, 64]
+    assert rows_for(5, 6) == 6 and rows_for(7, 6) == 6  # never more than the configured batch

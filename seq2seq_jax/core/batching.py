@@ -54,6 +54,13 @@ def round_up(length: int | np.ndarray, multiple: int) -> int | np.ndarray:
     return -(-length // multiple) * multiple
 
 
+def rows_for(lines: int, batch_size: int) -> int:
+    """The rows of a decode batch for an input of ``lines`` lines: ``batch_size``, or for a shorter input the
+    power of two that holds it (a one-line input is one row, not ``batch_size`` rows of padding; powers of two
+    keep the compiled programs few)."""
+    return batch_size if lines >= batch_size else min(batch_size, 1 << max(lines - 1, 0).bit_length())
+
+
 def example_lengths(examples: Sequence[Example]) -> np.ndarray:
     """``[n, 2] int32``: ``len(src)`` (EOS included) and ``len(tgt)`` (no BOS/EOS) of every example; reads
     each of them once. A preprocessed corpus stores this array, so its batches are planned without reading."""
