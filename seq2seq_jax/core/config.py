@@ -10,12 +10,14 @@ with a message that says which fields disagree.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from seq2seq_jax.core.config_values import ConfigError, parse_value
+from seq2seq_jax.core.corpora import CorpusError, CorpusSpec, check_corpora
 from seq2seq_jax.core.json_files import read_json
+from seq2seq_jax.core.names import closest, did_you_mean
 from seq2seq_jax.core.presets import PRESETS, merge_sections, preset_sections
 from seq2seq_jax.core.search_settings import max_len_for
 
@@ -23,10 +25,6 @@ ATTENTION_SCORES = ("additive", "dot", "general")
 DECODER_STYLES = ("bahdanau", "luong")
 BRIDGES = ("zero", "last", "dense")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
-
-
-class ConfigError(ValueError):
-    """A configuration value or combination of values that cannot work."""
 
 
 def _check(condition: bool, message: str) -> None:
@@ -42,21 +40,6 @@ def _f(default: Any, help: str) -> Any:
     """A config field with its default and its one-line meaning (``seq2seq config --describe``, the help of the
     command-line flags that set it)."""
     return dataclasses.field(default=default, metadata={"help": help})
-
-
-def closest(name: str, known) -> str | None:
-    """The one of ``known`` that a misspelled ``name`` most likely meant, or None."""
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-    if not close:  # a looser match that starts like the name given ('beem' -> 'beam_size')
-        close = [candidate for candidate in difflib.get_close_matches(name, list(known), n=3, cutoff=0.45)
-                 if candidate[:1] == name[:1]]
-    return close[0] if close else None
-
-
-def did_you_mean(name: str, known) -> str:
-    """`` (did you mean 'x'?)`` for the closest of ``known`` to a misspelled ``name``, or ``""``."""
-    match = closest(name, known)
-    return f" (did you mean {match!r}?)" if match else ""
 
 
 class _JsonConfig:
@@ -232,8 +215,13 @@ class DataConfig(_JsonConfig):
                                    "above")
     tokenizer_sample_size: int = _f(1_000_000, "tokenizers are trained on a reservoir sample of at most this many "
                                                "pairs")
+    corpora: tuple[CorpusSpec, ...] = _f((), "several corpora instead of train_src/valid_src, each with its tgt_lang "
+                                           "(docs/multilingual.md)")
+    sampling_temperature: float = _f(1.0, "corpora are drawn at rates p_i ~ n_i ** (1 / T): 1 proportional, large T "
+                                          "uniform")
 
     def __post_init__(self):
+        self._check_corpora()
         _check(self.tokenizer in ("char", "word", "unigram", "bpe"),
                f"data.tokenizer must be one of char, word, unigram, bpe; got {self.tokenizer!r}")
         _check(self.long_pair_policy in ("drop", "crop"),
@@ -262,9 +250,29 @@ class DataConfig(_JsonConfig):
         _check(bool(self.valid_src) == bool(self.valid_tgt),
                "data.valid_src and data.valid_tgt must be given together")
 
+    def _check_corpora(self) -> None:
+        try:
+            object.__setattr__(self, "corpora", tuple(CorpusSpec.from_value(value, position)
+                                                      for position, value in enumerate(self.corpora)))
+            check_corpora(self.corpora)
+        except CorpusError as error:
+            raise ConfigError(str(error)) from None
+        _check(self.sampling_temperature > 0, f"data.sampling_temperature must be positive, got "
+               f"{self.sampling_temperature}")
+        given = [name for name in ("train_src", "train_tsv", "valid_src", "valid_tsv") if getattr(self, name)]
+        _check(not (self.corpora and given), f"data.corpora replaces data.{given[0] if given else ''}: give the "
+               "files in the corpora list (each corpus its own valid_src/valid_tgt)")
+
     @property
     def uses_files(self) -> bool:
-        return bool(self.train_src or self.train_tsv)
+        return bool(self.train_src or self.train_tsv or self.corpora)
+
+    @property
+    def languages(self) -> dict[str, str]:
+        """``{target language: tag}`` of ``corpora`` ({} for a run without language tags)."""
+        from seq2seq_jax.core.corpora import languages_of
+
+        return languages_of(self.corpora)
 
     @property
     def bucket_widths(self) -> tuple[int, int]:
@@ -342,6 +350,7 @@ class DecodeConfig(_JsonConfig):
     top_p: float = _f(1.0, "sampling: only the smallest set of tokens holding this probability (nucleus; 1: all)")
     seed: int = _f(0, "sampling: random seed")
     batch_size: int = _f(64, "sentences per search (a batch of source lines, not tokens)")
+    banned_ids: tuple[int, ...] = _f((), "target ids the search never outputs (the workdir's language tags add theirs)")
 
     def __post_init__(self):
         _check(self.beam_size >= 1, "decode.beam_size must be >= 1")
@@ -354,6 +363,8 @@ class DecodeConfig(_JsonConfig):
         _check(self.top_k >= 0, "decode.top_k must be >= 0 (0 disables)")
         _check(0.0 < self.top_p <= 1.0, "decode.top_p must be in (0, 1]")
         _check(self.batch_size >= 1, "decode.batch_size must be >= 1")
+        _check(all(isinstance(i, int) and i > 3 for i in self.banned_ids), "decode.banned_ids must be ids above "
+               f"the 4 special ids, got {self.banned_ids}")
 
     def max_len(self, src_len: int) -> int:
         """Largest number of generated tokens (EOS included) for a source of ``src_len`` tokens."""
@@ -396,26 +407,6 @@ def describe_fields() -> list[FieldDoc]:
 def field_help(section: str, name: str) -> str:
     """The one-line meaning of ``section.name``."""
     return {f.name: f.metadata["help"] for f in dataclasses.fields(_SECTIONS[section])}[name]
-
-
-def _parse_value(raw: str, annotation: str, key: str) -> Any:
-    if annotation == "bool":
-        lowered = raw.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"--set {key}={raw}: expected a boolean (true/false)")
-    if annotation.startswith("tuple[str"):
-        return tuple(item for item in raw.split(",") if item)
-    try:
-        if annotation == "int":
-            return int(raw)
-        if annotation == "float":
-            return float(raw)
-    except ValueError:
-        raise ConfigError(f"--set {key}={raw}: expected {annotation}") from None
-    return raw
 
 
 @dataclasses.dataclass(frozen=True)
@@ -492,6 +483,6 @@ class ExperimentConfig(_JsonConfig):
                          else None)
                 hint = f" (did you mean {meant!r}?)" if meant else ""
                 raise ConfigError(f"--set {key}: unknown field{hint}; {section_name} has {sorted(hints)}")
-            changes.setdefault(section_name, {})[field_name] = _parse_value(raw, str(hints[field_name]), key)
+            changes.setdefault(section_name, {})[field_name] = parse_value(raw, str(hints[field_name]), key)
         return dataclasses.replace(self, **{name: dataclasses.replace(getattr(self, name), **fields)
                                             for name, fields in changes.items()})
