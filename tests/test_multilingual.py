@@ -310,3 +310,34 @@ def test_resume_of_a_mixed_run_is_bit_identical(trained, tmp_path):
     assert sorted(resumed) == list(range(1, 13))
     for step in range(5, 13):
         assert resumed[step] == uninterrupted[step], step
+
+
+def test_the_server_takes_tgt_lang_and_lists_the_languages(trained):
+    """``tgt_lang`` in /v1/translate and /v1/score (422 listing the languages when missing or unknown); /v1/info
+    lists them (the page's language selector); requests into two languages decode alike to the API's answers."""
+    from fastapi.testclient import TestClient
+
+    import seq2seq_jax
+    from seq2seq_jax.serving.app import create_app
+    from seq2seq_jax.serving.schema import ServeLimits
+
+    workdir, _, _ = trained
+    model = seq2seq_jax.load(workdir)
+    with TestClient(create_app(model, ServeLimits(max_batch=8, warmup_src_len=16), quiet=True)) as client:
+        assert client.get("/v1/info").json()["languages"] == ["rev", "up"]
+        for language in ("rev", "up"):
+            answer = client.post("/v1/translate", json={"texts": SOURCES[:3], "tgt_lang": language, "beam_size": 1,
+                                                        "n_best": 1, "attention": True})
+            assert answer.status_code == 200, answer.text
+            expected = model.translate(SOURCES[:3], tgt_lang=language, beam_size=1, n_best=1)
+            translations = answer.json()["translations"]
+            assert [t[0]["text"] for t in translations] == [hyps[0].text for hyps in expected]
+            assert translations[0][0]["attention"]["source"][0] == f"<2{language}>"
+        missing = client.post("/v1/translate", json={"texts": ["ab"]})
+        assert missing.status_code == 422 and "translates into rev, up" in missing.text
+        unknown = client.post("/v1/score", json={"pairs": [{"src": "ab", "tgt": "BA"}], "tgt_lang": "fr"})
+        assert unknown.status_code == 422 and "its languages are rev, up" in unknown.text
+        scored = client.post("/v1/score", json={"pairs": [{"src": "ab", "tgt": "AB"}], "tgt_lang": "up"}).json()
+        assert scored["scores"][0]["log_prob"] == pytest.approx(model.score("ab", "AB", "up").log_prob)
+        page = client.get("/").text
+        assert 'id="lang"' in page and "body.tgt_lang" in page
