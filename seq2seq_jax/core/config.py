@@ -219,6 +219,9 @@ class DataConfig(_JsonConfig):
                                            "(docs/multilingual.md)")
     sampling_temperature: float = _f(1.0, "corpora are drawn at rates p_i ~ n_i ** (1 / T): 1 proportional, large T "
                                           "uniform")
+    subword_alpha: float = _f(0.0, "subword sampling of training pairs each epoch (unigram: smoothing alpha; bpe: "
+                                   "dropout rate); 0: off")
+    subword_nbest_size: int = _f(-1, "unigram subword sampling draws from the n best segmentations (-1: all)")
 
     def __post_init__(self):
         self._check_corpora()
@@ -235,6 +238,12 @@ class DataConfig(_JsonConfig):
                f"got {self.max_tokens}")
         _check(self.tgt_bucket_width >= 0,
                f"data.tgt_bucket_width must be positive (or 0: bucket_width), got {self.tgt_bucket_width}")
+        _check(0 <= self.subword_alpha <= 1, f"data.subword_alpha must be in [0, 1] (0: off), got {self.subword_alpha}")
+        _check(not self.subword_alpha or self.tokenizer in ("unigram", "bpe"),
+               f"data.subword_alpha samples sentencepiece segmentations: needs data.tokenizer unigram or bpe, not "
+               f"{self.tokenizer!r}")
+        _check(self.subword_nbest_size == -1 or self.subword_nbest_size > 1,
+               f"data.subword_nbest_size must be -1 (every segmentation) or > 1, got {self.subword_nbest_size}")
         if self.user_symbols:
             _check(self.tokenizer in ("unigram", "bpe"),
                    f"data.user_symbols needs a sentencepiece tokenizer (unigram or bpe), not {self.tokenizer!r}")

@@ -34,6 +34,9 @@ class TaggedTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         return self.prefix + self.base.encode(text)
 
+    def sample(self, text: str, alpha: float, nbest_size: int) -> list[int]:
+        return self.prefix + self.base.sample(text, alpha, nbest_size)
+
     def decode(self, ids: Iterable[int]) -> str:
         return self.base.decode(ids)
 

@@ -77,6 +77,11 @@ class Tokenizer:
         """Plain text of ``ids``; pad, bos and eos are skipped wherever they are (no stop at EOS)."""
         raise NotImplementedError
 
+    def sample(self, text: str, alpha: float, nbest_size: int) -> list[int]:
+        """One segmentation of ``text`` drawn at random (subword regularization), without BOS/EOS; sentencepiece
+        kinds only, drawn from sentencepiece's generator (``seq2seq_jax.core.subword_sampling`` seeds it)."""
+        raise TokenizerError(f"subword sampling needs a sentencepiece tokenizer (unigram or bpe), not {self.kind}")
+
     def piece_id(self, piece: str) -> int | None:
         """The id of ``piece`` when it is one whole entry of the vocabulary (a language tag), else None."""
         return None
@@ -234,6 +239,11 @@ class SentencePieceTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         return self._processor.encode(text, out_type=int)
+
+    def sample(self, text: str, alpha: float, nbest_size: int) -> list[int]:
+        """Unigram: a segmentation drawn from the ``nbest_size`` best (-1: the whole lattice) with smoothing
+        ``alpha``; BPE: BPE-dropout, each merge skipped with probability ``alpha`` (``nbest_size`` unused)."""
+        return self._processor.encode(text, out_type=int, enable_sampling=True, alpha=alpha, nbest_size=nbest_size)
 
     def piece_id(self, piece: str) -> int | None:
         token_id = self._processor.piece_to_id(piece)

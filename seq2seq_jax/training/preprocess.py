@@ -271,7 +271,8 @@ def _write_split(name: str, source: PairSource, directory: Path, encoding: _Enco
     report = new_report(data_config, name)
     writer = _ShardWriter(directory, name, records_per_shard)
     lengths = []
-    valid_text = (directory / valid_pairs_name(name)).open("w", encoding="utf-8") if is_valid_split(name) else None
+    keeps_text = is_valid_split(name) or (is_train_split(name) and data_config.subword_alpha > 0)  # sampled anew
+    kept_text = (directory / valid_pairs_name(name)).open("w", encoding="utf-8") if keeps_text else None
     bar = tqdm(total=total, desc=f"preprocess {name}", unit="pair", dynamic_ncols=True, file=sys.stderr,
                disable=None if progress else True)
     try:
@@ -281,14 +282,14 @@ def _write_split(name: str, source: PairSource, directory: Path, encoding: _Enco
             for record in records:
                 writer.write(record)
             lengths.append(chunk_lengths)
-            if valid_text is not None:
-                valid_text.writelines(json.dumps([pair[0], pair[1]], ensure_ascii=False) + "\n"
+            if kept_text is not None:
+                kept_text.writelines(json.dumps([pair[0], pair[1]], ensure_ascii=False) + "\n"
                                       for pair, keep in zip(chunk, kept, strict=True) if keep)
             bar.update(len(chunk))
     finally:
         bar.close()
-        if valid_text is not None:
-            valid_text.close()
+        if kept_text is not None:
+            kept_text.close()
     shards = writer.close()
     all_lengths = np.concatenate(lengths) if lengths else np.zeros((0, 2), dtype=np.int32)
     np.save(directory / lengths_name(name), all_lengths)

@@ -15,14 +15,16 @@ from typing import NamedTuple
 from seq2seq_jax.core.batching import BatchPolicy, LocalRows, batch_shapes
 from seq2seq_jax.core.config import ExperimentConfig
 from seq2seq_jax.core.corpora import train_split, valid_split
+from seq2seq_jax.core.languages import TaggedTokenizer
 from seq2seq_jax.core.logs import warnings_only
 from seq2seq_jax.core.mixing import ConcatSource, Mixture
 from seq2seq_jax.core.reading import DataError
+from seq2seq_jax.core.subword_sampling import SampledEpochs, SampledPart, SubwordSampling
 from seq2seq_jax.core.tokenizer import SIDE_NAMES, Tokenizer, load_tokenizers, same_tokenizer
 from seq2seq_jax.training import parallel
 from seq2seq_jax.training.batch_iterator import BatchIterator
 from seq2seq_jax.training.corpus import Corpus, open_corpus
-from seq2seq_jax.training.preprocess import corpus_mismatch, preprocess
+from seq2seq_jax.training.preprocess import corpus_mismatch, preprocess, split_prefixes
 from seq2seq_jax.training.preprocess import logger as preprocess_logger
 from seq2seq_jax.training.workdir import Workdir
 
@@ -135,6 +137,20 @@ def _training_source(corpus: Corpus, data_cfg) -> tuple[Sequence, Mixture | None
     return ConcatSource(parts), mixture
 
 
+def _subword_sampling(corpus: Corpus, data_cfg, src_tok: Tokenizer, tgt_tok: Tokenizer) -> SampledEpochs | None:
+    """With ``data.subword_alpha``, the epochs of sampled segmentations of the training splits (their text is
+    in the corpus: ``preprocess`` keeps it when sampling is on)."""
+    if not data_cfg.subword_alpha:
+        return None
+    names = [train_split(spec.name) for spec in data_cfg.corpora] or ["train"]
+    prefixes = split_prefixes(data_cfg, src_tok)
+    parts = [SampledPart(corpus.kept_pairs(name), corpus.split(name),
+                         TaggedTokenizer(src_tok, prefixes[name]) if name in prefixes else src_tok, tgt_tok)
+             for name in names]
+    return SampledEpochs(parts, SubwordSampling(data_cfg.subword_alpha, data_cfg.subword_nbest_size),
+                         data_cfg.seed, data_cfg.max_src_len, data_cfg.max_tgt_len)
+
+
 def _valid_sets(corpus: Corpus, data_cfg) -> list[ValidSet]:
     if not data_cfg.corpora:
         return [ValidSet("", None, corpus.split("valid"), corpus.valid_pairs())] if corpus.has_split("valid") else []
@@ -162,7 +178,8 @@ def prepare_data(config: ExperimentConfig, run: Workdir, main_process: bool, pol
     train_examples, mixture = _training_source(corpus, data_cfg)
     valid_sets = _valid_sets(corpus, data_cfg)
     iterator = BatchIterator(train_examples, policy, data_cfg.seed, local_rows=local_rows,
-                             read_threads=READ_THREADS, prefetch=PREFETCH_READS, mixture=mixture)
+                             read_threads=READ_THREADS, prefetch=PREFETCH_READS, mixture=mixture,
+                             resample=_subword_sampling(corpus, data_cfg, src_tok, tgt_tok))
     if data_cfg.max_tokens:
         shapes = iterator.batch_shapes()
         logger.info(f"batches: {iterator.batches_per_epoch} per epoch of at most {data_cfg.max_tokens} padded tokens; "
