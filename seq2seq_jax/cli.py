@@ -60,16 +60,17 @@ def _load_model(args: argparse.Namespace):
 
 
 def _load_translator(args: argparse.Namespace):
+    """The model of ``_load_model`` and its translator into ``--tgt-lang``."""
     model = _load_model(args)
-    return model, model.translator()
+    return model, model.translator(tgt_lang=args.tgt_lang)
 
 
-def _plot_hypothesis_attention(trained, source: str, hypothesis, path: Path) -> None:
+def _plot_hypothesis_attention(translator, source: str, hypothesis, path: Path) -> None:
     """Heatmap of one hypothesis' attention, labelled with source and target tokens (and EOS rows/columns)."""
     from seq2seq_jax.training.plots import plot_attention
 
-    src_tokens = trained.src_tokenizer.pieces(trained.src_tokenizer.encode(source)) + ["</s>"]
-    tgt_tokens = trained.tgt_tokenizer.pieces(hypothesis.tokens)
+    src_tokens = translator.src_tokenizer.pieces(translator.src_tokenizer.encode(source)) + ["</s>"]
+    tgt_tokens = translator.tgt_tokenizer.pieces(hypothesis.tokens)
     weights = hypothesis.attention
     tgt_tokens += ["</s>"] * (weights.shape[0] - len(tgt_tokens))  # the EOS step, when the hypothesis has one
     plot_attention(weights, src_tokens, tgt_tokens, path)
@@ -216,7 +217,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
         given = next(flag for flag in ("input", "output", "plot_attention", "prefix") if getattr(args, flag))
         raise ValueError(f"--interactive reads stdin and writes stdout: no --{given.replace('_', '-')} beside it "
                          "(without --interactive, --input and --output translate a file)")
-    trained, translator = _load_translator(args)
+    _, translator = _load_translator(args)
     if args.interactive:
         if args.batch_size is None:
             translator.config = dataclasses.replace(translator.config, batch_size=1)
@@ -247,7 +248,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
         directory.mkdir(parents=True, exist_ok=True)
         for number, (line, hypotheses) in enumerate(zip(lines, results, strict=True), start=1):
             if hypotheses:  # a blank line has no translation, so no heatmap
-                _plot_hypothesis_attention(trained, line, hypotheses[0], directory / f"attention_{number:05d}.png")
+                _plot_hypothesis_attention(translator, line, hypotheses[0], directory / f"attention_{number:05d}.png")
     print(f"translated {len(lines)} lines with {translator.compiled_programs} compiled search programs",
           file=sys.stderr)
     return 0
@@ -271,14 +272,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = {**translation_scores(hyps, per_example), "exact_match": exact_match(hyps, per_example),
               "sentences": len(sources), "step": steps[0] if len(steps) == 1 else steps}
     first = model.models[0]
-    examples, report = encode_pairs(list(zip(sources, references[0], strict=True)), model.src_tokenizer,
+    examples, report = encode_pairs(list(zip(sources, references[0], strict=True)), translator.src_tokenizer,
                                              model.tgt_tokenizer, dataclasses.replace(
                                                  first.config.data, max_src_len=10**9, max_tgt_len=10**9),
                                              name="evaluate")
     if examples:  # the perplexity of the non-empty pairs, with the model's (or the ensemble's) probabilities
         kept = report.kept_indices
         result["perplexity"] = corpus_perplexity(model.score([sources[i] for i in kept],
-                                                             [references[0][i] for i in kept]))
+                                                             [references[0][i] for i in kept], args.tgt_lang))
         result["perplexity_pairs"] = report.kept
     if args.rouge:
         result.update(rouge(hyps, per_example))
@@ -302,7 +303,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     sources, targets = read_pairs(args.src, args.tgt)
     model = _load_model(args)
-    scores = model.score(sources, targets)
+    scores = model.score(sources, targets, args.tgt_lang)
     text = "".join(format_score(pair, args.json) + "\n" for pair in scores)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
@@ -324,10 +325,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
         if not args.attention.strip():
             raise ValueError("--attention: the sentence is blank; a blank source is not translated")
         args.checkpoint = "best"
-        trained, translator = _load_translator(args)
+        _, translator = _load_translator(args)
         best = translator.translate([args.attention], with_attention=True)[0][0]
         attention_out = Path(args.attention_output or run.path / "attention.png")
-        _plot_hypothesis_attention(trained, args.attention, best, attention_out)
+        _plot_hypothesis_attention(translator, args.attention, best, attention_out)
         print(f"wrote {attention_out}")
     return 0
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from seq2seq_jax import __version__, compilation_cache
-from seq2seq_jax.core.decode_flags import add_decode_flags, add_output_flags, checkpoint_arg
+from seq2seq_jax.core.decode_flags import add_decode_flags, add_language_flag, add_output_flags, checkpoint_arg
 from seq2seq_jax.core.presets import PRESETS, SUMMARIES
 from seq2seq_jax.core.triples import INPUT_FORMATS
 
@@ -109,6 +109,7 @@ def _add_translate(commands) -> None:
     translate.add_argument("--interactive", action="store_true",
                            help="answer each stdin line as soon as it is read, flushing stdout")
     _add_input_format(translate)
+    add_language_flag(translate)
     add_output_flags(translate)
     add_decode_flags(translate)
     _add_checkpoint(translate)
@@ -123,6 +124,7 @@ def _add_evaluate(commands) -> None:
     evaluate.add_argument("--rouge", action="store_true", help="also report ROUGE-1/2/L (rouge-score, stemmed F1)")
     evaluate.add_argument("--json", action="store_true", help="print every score as one JSON object")
     _add_input_format(evaluate)
+    add_language_flag(evaluate)
     add_decode_flags(evaluate)
     _add_checkpoint(evaluate)
 
@@ -137,6 +139,7 @@ def _add_score(commands) -> None:
     score.add_argument("--output", metavar="F", help="write the scores to this file instead of stdout")
     score.add_argument("--batch-size", type=int, metavar="N",
                        help="sentence pairs per forced-decoding batch (default: the workdir's decode.batch_size)")
+    add_language_flag(score)
     _add_checkpoint(score)
 
 
@@ -149,6 +152,7 @@ def _add_plot(commands) -> None:
                       help="also translate this sentence with the best checkpoint and plot its attention")
     plot.add_argument("--attention-output", "--attention-out", dest="attention_output", metavar="F",
                       help="attention PNG to write (default: W/attention.png)")
+    add_language_flag(plot)
 
 
 def _add_export_import(commands) -> None:

@@ -192,6 +192,18 @@ def test_no_repeat_ngram_parity():
         assert len(bigrams) == len(set(bigrams))
 
 
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_banned_ids_parity(beam_size):
+    """decode.banned_ids (a multilingual model's language tags): never output, in both searches alike."""
+    free = parity("base", beam_size=beam_size, n_best=beam_size)
+    counts = np.bincount(free.tokens[free.tokens > 3], minlength=VOCAB)
+    banned = tuple(int(i) for i in np.argsort(-counts)[:2])
+    assert counts[list(banned)].min() > 0  # the unbanned search outputs both
+    result = parity("base", beam_size=beam_size, n_best=beam_size, banned_ids=banned)
+    for i, slot in np.ndindex(result.lengths.shape):
+        assert not set(result.tokens[i, slot, :result.lengths[i, slot]].tolist()) & set(banned)
+
+
 def test_negative_length_penalty_parity():
     parity("base", beam_size=4, n_best=2, length_penalty=-0.5)
 

@@ -121,7 +121,8 @@ def _fake_run(monkeypatch, tmp_path, name, reached=None, ensemble_seeds=None, se
     if recipe.input_format == "triples":
         lines = dict.fromkeys(("train", "valid", "test"), ["A_x | bC | D", "A | b | C <TSP> E | f | G"])
     for split in ("train", "valid", "test"):
-        for side, path in enumerate(getattr(recipe, split) or ()):
+        pairs = RUNNER.directions(recipe, getattr(recipe, split)).values() if getattr(recipe, split) else ()
+        for side, path in ((side, path) for pair in pairs for side, path in enumerate(pair)):
             (data / path).parent.mkdir(parents=True, exist_ok=True)
             (data / path).write_text("".join((line if side == 0 else f"ref {i}") + "\n"
                                              for i, line in enumerate(lines[split])))
@@ -148,14 +149,15 @@ def _fake_run(monkeypatch, tmp_path, name, reached=None, ensemble_seeds=None, se
 
     decoded = []
 
-    def fake_decode(model, decode, sources, refs, metric, bucket_width):
+    def fake_decode(model, decode, sources, refs, metric, bucket_width, tgt_lang=None):
         label = "+".join(m.name for m in model) if isinstance(model, tuple) else model.name
-        decoded.append((label, dict(decode)))
+        decoded.append((label, dict(decode)) if tgt_lang is None else (label, dict(decode), tgt_lang))
         value = 10.0 * decode.get("length_penalty", 0.0) + (1.0 if label.endswith(".avg") else 0.0)
         if isinstance(model, tuple):  # the ensemble prefers length penalty 0.5
             value = 20.0 - abs(decode.get("length_penalty", 0.0) - 0.5) + len(model)
         value += decode.get("no_repeat_ngram_size", 0) / 8  # the largest size in the grid (4) adds 0.5
         value -= decode.get("min_len", 0) / 10
+        value += {None: 0.0, "de": 0.0, "fr": 3.0, "cs": -3.0}[tgt_lang]  # a multilingual model's directions
         scores = ({"rouge1": value, "rouge2": value, "rougeL": value, "score": value} if metric == "rouge" else
                   {"bleu": value, "chrf": value, "chrf_pp": value, "ter": 50.0, "bleu_signature": "s",
                    "chrf_signature": "c", "chrf_pp_signature": "cpp", "ter_signature": "t", "score": value})
@@ -262,3 +264,29 @@ def test_runner_select_average_skips_the_best_checkpoint(monkeypatch, tmp_path):
                                                "speed run.avg+run.seed5.avg", "speed run.avg"}
     assert [m["selection"] for m in report["members"]] == ["average of last 4", "average of last 4"]
     assert report["command"] == "python scripts/recipes/run.py multi30k-en-de --ensemble-seed 5 --select average"
+
+
+def test_runner_multilingual_recipe_trains_once_and_scores_each_direction(monkeypatch, tmp_path):
+    """multi30k-en-x: one training from the config's corpora (their files under --data), every validation and the
+    test decode once per target language with its --tgt-lang, the mean of the directions compared."""
+    report, decoded, results = _fake_run(monkeypatch, tmp_path, "multi30k-en-x")
+    argv = TRAIN_ARGV[-1]
+    assert "--train-src" not in argv
+    written = ExperimentConfig.load(argv[argv.index("--config") + 1])
+    assert [c.src for c in written.data.corpora] == [str(tmp_path / "data" / "multi30k/train.en")] * 3
+    assert written.data.languages == {"de": "<2de>", "fr": "<2fr>", "cs": "<2cs>"}
+    assert {entry[2] for entry in decoded} == {"de", "fr", "cs"} and all(len(entry) == 3 for entry in decoded)
+    assert len(decoded) == 3 * 6  # five validation decodes and the test, each in three directions
+    assert report["decode_search"]["chosen"]["length_penalty"] == 1.5
+    test = report["test"]
+    assert test["bleu"] == pytest.approx(16.0)  # the mean of 16, 19 and 13
+    assert {lang: entry["bleu"] for lang, entry in test["by_language"].items()} == pytest.approx(
+        {"de": 16.0, "fr": 19.0, "cs": 13.0})
+    assert test["by_language"]["fr"]["set"] == "multi30k/test_2016_flickr.fr"
+    assert report["valid_chosen"]["by_language"]["cs"]["bleu"] == pytest.approx(13.0)
+    for lang in ("de", "fr", "cs"):
+        assert (results / f"multi30k-en-x.test.{lang}.hyp").read_text() == "ref 0\nref 1\n"
+    summary = (results / "README.md").read_text()
+    assert "| this recipe, fr (multi30k/test_2016_flickr.fr) | 19.0 | 19.0 |" in summary
+    with pytest.raises(ValueError, match="bilingual translation recipes"):
+        RUNNER.run_ensemble("multi30k-en-x", tmp_path, tmp_path / "x", results, [5])

@@ -25,10 +25,10 @@ def slow(self, texts, *args):
     return translate(self, texts, *args)
 decoder.BatchingDecoder._translate = slow
 answer = app.hypothesis_json
-def failing(model, source, hypothesis):
+def failing(model, source, hypothesis, *args):
     if source == "!explode":
         raise RuntimeError("the secret s3cr3t in /home/deployer/private")
-    return answer(model, source, hypothesis)
+    return answer(model, source, hypothesis, *args)
 app.hypothesis_json = failing
 from seq2seq_jax import cli
 sys.exit(cli.main(sys.argv[1:]))

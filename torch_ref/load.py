@@ -33,6 +33,7 @@ from seq2seq_jax.core.export_format import (
     retie,
 )
 from seq2seq_jax.core.json_files import read_json_object
+from seq2seq_jax.core.languages import Languages
 from seq2seq_jax.core.tokenizer import Tokenizer, load_tokenizers
 from torch_ref.model import Seq2Seq
 
@@ -61,6 +62,11 @@ def model_config(directory: str | Path) -> ModelConfig:
 def decode_config(directory: str | Path) -> DecodeConfig:
     """The decode settings of the exported experiment (defaults when the export has none)."""
     return read_config(directory).decode
+
+
+def languages(directory: str | Path) -> Languages:
+    """The target languages of an export (its config's ``data.corpora``; none for a model without tags)."""
+    return Languages.of(read_config(directory), str(directory))
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:
@@ -113,5 +119,6 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
     return model, src_tokenizer, tgt_tokenizer
 
 
-__all__ = ["load_pretrained", "read_config", "model_config", "decode_config", "read_meta", "check_loadable",
+__all__ = ["load_pretrained", "read_config", "model_config", "decode_config", "languages", "read_meta",
+           "check_loadable",
            "ExportFormatError", "FORMAT_VERSION"]

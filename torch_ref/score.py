@@ -1,6 +1,6 @@
 """Score given translations (forced decoding) with PyTorch alone, the twin of ``seq2seq_jax/decoding/scoring.py``::
 
-    python -m torch_ref.score DIR [DIR ...] --src F --tgt F [--json] [--output F] [--batch-size B]
+    python -m torch_ref.score DIR [DIR ...] --src F --tgt F [--json] [--output F] [--batch-size B] [--tgt-lang L]
 
 Per pair, one teacher-forced pass from BOS, ``log_softmax``, and the sum of the log-probabilities of the
 target pieces and EOS (``seq2seq_jax.core.pair_scores``: formats, corpus perplexity on stderr). Several export
@@ -16,9 +16,11 @@ from collections.abc import Sequence
 import torch
 
 from seq2seq_jax.core.config import ConfigError
+from seq2seq_jax.core.decode_flags import add_language_flag
 from seq2seq_jax.core.pair_scores import PairScore, format_score, format_summary, read_pairs
 from seq2seq_jax.core.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, TokenizerError
 from torch_ref.ensemble import Ensemble, load_ensemble, mean_log_probs
+from torch_ref.load import languages as read_languages
 from torch_ref.model import Seq2Seq
 
 
@@ -81,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--output", help="write this file instead of stdout")
     parser.add_argument("--batch-size", type=int, default=64)
+    add_language_flag(parser)
     return parser
 
 
@@ -89,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sources, targets = read_pairs(args.src, args.tgt)
         model, src_tokenizer, tgt_tokenizer = load_ensemble(args.directories)
+        src_tokenizer = read_languages(args.directories[0]).source_tokenizer(src_tokenizer, args.tgt_lang)
         scores = score(model, src_tokenizer, tgt_tokenizer, sources, targets, args.batch_size)
     except (ConfigError, TokenizerError, ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"torch_ref.score: error: {error}", file=sys.stderr)

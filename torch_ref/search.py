@@ -70,6 +70,8 @@ def _apply_bans(log_probs: torch.Tensor, histories: list[list[int]], generated: 
     log_probs = log_probs.clone()
     if generated < settings.min_len:
         log_probs[:, EOS_ID] = -math.inf
+    if settings.banned_ids:
+        log_probs[:, list(settings.banned_ids)] = -math.inf
     if settings.no_repeat_ngram_size > 0:
         for row, history in enumerate(histories):
             for token in banned_ngram_tokens(history, settings.no_repeat_ngram_size):

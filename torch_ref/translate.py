@@ -1,12 +1,14 @@
 """Translate text with PyTorch alone, from an export directory (``seq2seq export-torch``)::
 
     python -m torch_ref.translate DIR [DIR ...] [decode flags of seq2seq translate] [--input F] [--output F]
+        [--tgt-lang L]
 
 Reads stdin (or ``--input``) and writes exactly one line per input line, in order (a blank input line gives an
 empty output line). Decoding settings default to the export's ``decode`` section. The output equals ``seq2seq
 translate`` on the workdir the export came from: the same tokenization (source ids + EOS), the same beam search
 (``torch_ref.search``, rules of docs/search.md; greedy is beam 1), the same output line. Several directories
-decode as an ensemble (settings from the first); ``--prefix F`` gives one target prefix per line. Sampling is
+decode as an ensemble (settings from the first); ``--prefix F`` gives one target prefix per line; ``--tgt-lang``
+the target language of a multilingual export (its tag starts every source, tags are never output). Sampling is
 not supported here (beam search is used). No JAX: this module imports torch, ``torch_ref`` and the JAX-free
 ``seq2seq_jax.core``.
 """
@@ -20,13 +22,14 @@ from collections.abc import Sequence
 import torch
 
 from seq2seq_jax.core.config import ConfigError, DecodeConfig
-from seq2seq_jax.core.decode_flags import add_decode_flags, add_output_flags
+from seq2seq_jax.core.decode_flags import add_decode_flags, add_language_flag, add_output_flags
 from seq2seq_jax.core.reading import check_same_line_count, split_lines
 from seq2seq_jax.core.search_settings import Hypothesis, decode_settings, format_output, max_len_for, output_ids
 from seq2seq_jax.core.tokenizer import Tokenizer, TokenizerError
 from seq2seq_jax.core.tokens import EOS_ID, PAD_ID
 from torch_ref.ensemble import Ensemble, load_ensemble
 from torch_ref.load import decode_config as read_decode_config
+from torch_ref.load import languages as read_languages
 from torch_ref.model import Seq2Seq
 from torch_ref.search import beam_search
 
@@ -111,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prefix", metavar="F", help="one target prefix per input line (an empty line for none) "
                         "that every hypothesis starts with")
     parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
+    add_language_flag(parser)
     add_output_flags(parser)
     return parser
 
@@ -125,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
             print("torch_ref.translate: sampling is not supported; using beam search "
                   f"(beam size {config.beam_size})", file=sys.stderr)
         model, src_tokenizer, tgt_tokenizer = load_ensemble(args.directories)
+        languages = read_languages(args.directories[0])
+        src_tokenizer = languages.source_tokenizer(src_tokenizer, args.tgt_lang)
+        config = languages.decode_config(config, tgt_tokenizer)
         if args.input:
             with open(args.input, "rb") as handle:
                 lines = split_lines(handle.read(), args.input)

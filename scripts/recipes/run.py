@@ -4,7 +4,7 @@
         [--select validation|average]
 
 NAME is one of ``RECIPES`` (``multi30k-de-en``, ``multi30k-en-de``, ``multi30k-en-fr``, ``multi30k-en-cs``,
-``dialogsum``, ``webnlg``); its settings are the config file beside this script: a preset
+``multi30k-en-x``, ``dialogsum``, ``webnlg``); its settings are the config file beside this script: a preset
 (``seq2seq_jax/core/presets.py``) and the recipe's changes to it, which ``seq2seq train --config`` resolves
 (``seq2seq config --config FILE`` prints the result). ``--data`` is the folder holding the corpora (default
 ``../shared/data``, relative to the repository). The steps:
@@ -13,7 +13,8 @@ NAME is one of ``RECIPES`` (``multi30k-de-en``, ``multi30k-en-de``, ``multi30k-e
    workdir is resumed, not restarted.
 2. ``seq2seq average`` of the last ``train.keep_checkpoints`` checkpoints; the best checkpoint and the average
    are both scored on validation (beam 5) and the better one is kept (``--select average``: the average, without
-   the comparison).
+   the comparison). A multilingual recipe (``multi30k-en-x``: one model En->{De,Fr,Cs}, docs/multilingual.md)
+   scores each direction with its ``--tgt-lang`` and compares the mean over directions, in steps 2-4 alike.
 3. The decoding settings of the recipe (length penalty α; for summaries also no-repeat n-gram size and
    minimum length) are searched on the validation set only, one after the other.
 4. Translation recipes score ``test_2016_flickr`` once, with the chosen model and settings (sacrebleu
@@ -66,6 +67,8 @@ class Recipe:
     input_format: str = "text"        # "triples": every source file linearized first (seq2seq_jax.core.triples)
     valid_sets: tuple[str, tuple[str, ...]] | None = None  # (sources, reference files): steps 2-4 score these,
     #                                   multi-reference, instead of ``valid`` (which training validates on)
+    languages: tuple[str, ...] = ()   # multilingual: "{lang}" in train/valid/test is each target language; the
+    #                                   config's data.corpora names the files relative to --data
 
 
 RECIPES = {
@@ -86,6 +89,12 @@ RECIPES = {
         train=("multi30k/train.en", f"multi30k/train.{target}"), valid=("multi30k/val.en", f"multi30k/val.{target}"),
         test=("multi30k/test_2016_flickr.en", f"multi30k/test_2016_flickr.{target}"), metric="bleu",
         search={"length_penalty": (0.0, 0.5, 1.0, 1.5)}, decode_bucket_width=32) for target in ("fr", "cs")},
+    # one model for the three directions above (tagged multilingual training), the En->De recipe's settings
+    "multi30k-en-x": Recipe(
+        config="multi30k_en_x.json",
+        train=("multi30k/train.en", "multi30k/train.{lang}"), valid=("multi30k/val.en", "multi30k/val.{lang}"),
+        test=("multi30k/test_2016_flickr.en", "multi30k/test_2016_flickr.{lang}"), metric="bleu",
+        search={"length_penalty": (0.0, 0.5, 1.0, 1.5)}, decode_bucket_width=32, languages=("de", "fr", "cs")),
     "dialogsum": Recipe(
         config="dialogsum.json",
         train=("dialogsum/train.src", "dialogsum/train.tgt"), valid=("dialogsum/valid.src", "dialogsum/valid.tgt"),
@@ -121,18 +130,35 @@ def score(metric: str, hyps: list[str], refs: list[str]) -> dict:
     return result
 
 
-def load_translator(workdir: Path | tuple[Path, ...], decode: dict, bucket_width: int):
+def directions(recipe: Recipe, pair: tuple[str, str]) -> dict[str | None, tuple[str, str]]:
+    """``pair`` of each target language of a multilingual recipe (``{lang}`` filled in); ``{None: pair}`` else."""
+    if not recipe.languages:
+        return {None: pair}
+    return {lang: (pair[0].format(lang=lang), pair[1].format(lang=lang)) for lang in recipe.languages}
+
+
+def corpora_config(recipe: Recipe, data: Path, out: Path) -> Path:
+    """The recipe's config file with its ``data.corpora`` files under ``data``, written to ``out``."""
+    values = json.loads((RECIPE_DIR / recipe.config).read_text(encoding="utf-8"))
+    values["data"]["corpora"] = [{key: str(data / value) if key in ("src", "tgt", "valid_src", "valid_tgt") else value
+                                  for key, value in corpus.items()} for corpus in values["data"]["corpora"]]
+    out.write_text(json.dumps(values, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def load_translator(workdir: Path | tuple[Path, ...], decode: dict, bucket_width: int, tgt_lang: str | None = None):
     """A ``Translator`` of the best checkpoint of ``workdir`` (a tuple of workdirs: their ensemble, with the first
-    one's decoding defaults) with ``decode`` settings and sources padded to multiples of ``bucket_width``."""
+    one's decoding defaults) with ``decode`` settings and sources padded to multiples of ``bucket_width``, into
+    ``tgt_lang`` (a multilingual model's)."""
     from seq2seq_jax.api import load
     from seq2seq_jax.decoding.translate import Translator
 
     model = load(list(workdir) if isinstance(workdir, tuple) else workdir)
-    config = dataclasses.replace(model.models[0].config.decode, **decode)
+    config = dataclasses.replace(model.decode_config, **decode)  # with the banned language tags, if any
     graphdefs, params = [m.graphdef for m in model.models], [m.params for m in model.models]
     if not model.is_ensemble:
         graphdefs, params = graphdefs[0], params[0]
-    return Translator(graphdefs, params, model.src_tokenizer, model.tgt_tokenizer, config, bucket_width)
+    return Translator(graphdefs, params, model.source_tokenizer(tgt_lang), model.tgt_tokenizer, config, bucket_width)
 
 
 def decode_seconds(workdir: Path | tuple[Path, ...], decode: dict, sources: list[str], bucket_width: int) -> dict:
@@ -147,23 +173,50 @@ def decode_seconds(workdir: Path | tuple[Path, ...], decode: dict, sources: list
 
 
 def decode_and_score(workdir: Path | tuple[Path, ...], decode: dict, sources: list[str], refs: list[str],
-                     metric: str, bucket_width: int) -> tuple:
-    """``(scores, hypotheses, seconds)`` of ``load_translator(workdir, decode, bucket_width)`` on ``sources``."""
-    translator = load_translator(workdir, decode, bucket_width)
+                     metric: str, bucket_width: int, tgt_lang: str | None = None) -> tuple:
+    """``(scores, hypotheses, seconds)`` of ``load_translator(workdir, decode, bucket_width, tgt_lang)`` on
+    ``sources``."""
+    translator = load_translator(workdir, decode, bucket_width, tgt_lang)
     start = time.perf_counter()
     hyps = translator.translate_best(sources)
     return score(metric, hyps, refs), hyps, time.perf_counter() - start
 
 
+def decode_directions(workdir: Path | tuple[Path, ...], decode: dict, sets: dict, metric: str, bucket_width: int
+                      ) -> tuple:
+    """``decode_and_score`` of each direction of ``sets`` (``{tgt_lang or None: (sources, refs)}``): one
+    direction's own result; several give each one's scores under ``by_language``, their means beside them (the
+    ``score`` compared), and the hypotheses per language."""
+    if list(sets) == [None]:
+        return decode_and_score(workdir, decode, *sets[None], metric, bucket_width)
+    results = {lang: decode_and_score(workdir, decode, src, refs, metric, bucket_width, tgt_lang=lang)
+               for lang, (src, refs) in sets.items()}
+    first = next(iter(results.values()))[0]
+    scores = {key: statistics.mean(r[0][key] for r in results.values()) if isinstance(value, float) else value
+              for key, value in first.items()}
+    scores["by_language"] = {lang: r[0] for lang, r in results.items()}
+    return scores, {lang: r[1] for lang, r in results.items()}, sum(r[2] for r in results.values())
+
+
+def read_sets(recipe: Recipe, data: Path, pair: tuple[str, str]) -> dict:
+    """``{tgt_lang or None: (sources, references)}`` of ``pair`` (each direction of a multilingual recipe)."""
+    return {lang: read_pair(data, files) for lang, files in directions(recipe, pair).items()}
+
+
 def score_test_set(recipe: Recipe, data: Path, workdir: Path | tuple[Path, ...], decode: dict, hyp_path: Path
                    ) -> tuple[dict, list[str]]:
-    """Decode ``recipe.test`` once with ``decode``, write the hypotheses to ``hyp_path``; returns the report entry
-    and the sources."""
-    test_src, test_ref = read_pair(data, recipe.test)
-    scores, hyps, seconds = decode_and_score(workdir, decode, test_src, test_ref, recipe.metric,
-                                             recipe.decode_bucket_width)
-    hyp_path.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
-    return {"set": recipe.test[1], **scores, "sentences": len(hyps), "seconds": round(seconds, 1)}, test_src
+    """Decode ``recipe.test`` once with ``decode`` (each direction), write the hypotheses to ``hyp_path`` (one file
+    a language, ``NAME.test.LANG.hyp``); returns the report entry and the (first direction's) sources."""
+    sets = read_sets(recipe, data, recipe.test)
+    scores, hyps, seconds = decode_directions(workdir, decode, sets, recipe.metric, recipe.decode_bucket_width)
+    for lang, lines in (hyps.items() if isinstance(hyps, dict) else [(None, hyps)]):
+        path = hyp_path if lang is None else hyp_path.with_suffix(f".{lang}.hyp")
+        path.write_text("".join(h + "\n" for h in lines), encoding="utf-8")
+    for lang, entry in scores.get("by_language", {}).items():
+        entry["set"] = directions(recipe, recipe.test)[lang][1]
+    target = recipe.test[1].replace("{lang}", "{" + ",".join(recipe.languages) + "}")
+    test_src = next(iter(sets.values()))[0]
+    return {"set": target, **scores, "sentences": len(test_src), "seconds": round(seconds, 1)}, test_src
 
 
 def prepare_sources(recipe: Recipe, data: Path, relative: str, prepared: Path) -> Path:
@@ -248,7 +301,9 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
     recipe = RECIPES[name]
     config_file = RECIPE_DIR / recipe.config
     sets = (recipe.valid_sets[0], *recipe.valid_sets[1]) if recipe.valid_sets else ()
-    for relative in recipe.train + recipe.valid + (recipe.test or ()) + sets:
+    files = [f for pair in (recipe.train, recipe.valid, *([recipe.test] if recipe.test else []))
+             for pairs in directions(recipe, pair).values() for f in pairs]
+    for relative in dict.fromkeys(files + list(sets)):
         if not (data / relative).is_file():
             raise FileNotFoundError(f"{data / relative} not found: pass --data, the folder holding "
                                     f"{relative.split('/')[0]}/")
@@ -259,13 +314,16 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
 
     # 1. train (resumes an existing workdir); only a run that reached train.max_steps goes on
     prepared = workdir.with_name(workdir.name + ".sources")  # linearized sources (input_format triples)
-    argv = ["train", "--workdir", str(workdir),
-            "--train-src", str(prepare_sources(recipe, data, recipe.train[0], prepared)),
-            "--train-tgt", str(data / recipe.train[1]),
-            "--valid-src", str(prepare_sources(recipe, data, recipe.valid[0], prepared)),
-            "--valid-tgt", str(data / recipe.valid[1])]
+    argv = ["train", "--workdir", str(workdir)]
+    if not recipe.languages:  # a multilingual recipe's files are its config's data.corpora
+        argv += ["--train-src", str(prepare_sources(recipe, data, recipe.train[0], prepared)),
+                 "--train-tgt", str(data / recipe.train[1]),
+                 "--valid-src", str(prepare_sources(recipe, data, recipe.valid[0], prepared)),
+                 "--valid-tgt", str(data / recipe.valid[1])]
     resumed = (workdir / "config.json").is_file()
     if not resumed:
+        if recipe.languages:
+            config_file = corpora_config(recipe, data, workdir.with_name(workdir.name + ".config.json"))
         argv += ["--config", str(config_file)]
     for override in overrides:
         argv += ["--set", override]
@@ -288,7 +346,9 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
     log(f"{name}: trained in {report['training']['seconds']:.0f} s")
 
     # 2. best checkpoint or the average of the last ones, chosen on validation
-    valid_src, valid_ref = validation_set(recipe, data, prepared)
+    valid = (read_sets(recipe, data, recipe.valid) if recipe.languages
+             else {None: validation_set(recipe, data, prepared)})
+    valid_src, valid_ref = valid.get(None, ([], []))
     averaged = workdir.with_name(workdir.name + ".avg")
     shutil.rmtree(averaged, ignore_errors=True)  # always from the checkpoints the run has now
     average_checkpoints(workdir, averaged, last=config.train.keep_checkpoints)
@@ -298,8 +358,7 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
         resolved = dataclasses.replace(config.decode, **decode).to_dict()
         key = json.dumps([str(model), resolved], sort_keys=True)
         if key not in tried:
-            scores, hyps, seconds = decode_and_score(model, decode, valid_src, valid_ref, recipe.metric,
-                                                     recipe.decode_bucket_width)
+            scores, hyps, seconds = decode_directions(model, decode, valid, recipe.metric, recipe.decode_bucket_width)
             tried[key] = {"model": str(model), "decode": decode, "valid": scores, "seconds": round(seconds, 1),
                           "hyps": hyps}
             log(f"{name}: {model.name} {decode}: valid {recipe.metric} {scores['score']:.2f} ({seconds:.0f} s)")
@@ -365,8 +424,8 @@ def run_ensemble(name: str, data: Path, workdir: Path, results: Path, seeds: lis
     """Step 6: the recipe for the config's seed and for each of ``seeds``, then the chosen models as one ensemble
     (``select``: how each run chooses its model, step 2)."""
     recipe = RECIPES[name]
-    if recipe.metric != "bleu":
-        raise ValueError(f"{name}: ensembles are a step of the translation recipes (BLEU), not of {recipe.metric}")
+    if recipe.metric != "bleu" or recipe.languages:
+        raise ValueError(f"{name}: ensembles are a step of the bilingual translation recipes (BLEU)")
     members = [run(name, data, workdir, results, overrides, select=select)]
     for seed in seeds:
         members.append(run(name, data, workdir.with_name(f"{workdir.name}.seed{seed}"), results,
@@ -443,6 +502,8 @@ def write_summary(results: Path) -> Path:
                       f"| this recipe, measured ({test['set']}) | {test['bleu']:.1f} | {test['chrf']:.1f} |"]
             lines += [f"| target | {targets['bleu']:.1f} | |"] if "bleu" in targets else []
             lines += [f"| published: {system} | {value:.1f} | |" for system, value in report["published"].items()]
+            lines += [f"| this recipe, {lang} ({entry['set']}) | {entry['bleu']:.1f} | {entry['chrf']:.1f} |"
+                      for lang, entry in test.get("by_language", {}).items()]
             lines += ["", f"BLEU signature: `{test['bleu_signature']}`; chrF: `{test['chrf_signature']}`.", ""]
         if "valid" in report and "bleu" in report["valid"]:
             lines += _data_to_text_summary(report)

@@ -14,7 +14,10 @@ import json
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from seq2seq_jax.core.config_values import ConfigError, parse_value
+from seq2seq_jax.core.corpora import CorpusError, CorpusSpec, check_corpora
 from seq2seq_jax.core.json_files import read_json
+from seq2seq_jax.core.names import closest, did_you_mean
 from seq2seq_jax.core.presets import PRESETS, merge_sections, preset_sections
 from seq2seq_jax.core.search_settings import max_len_for
 from seq2seq_jax.core.suggestions import closest, did_you_mean
@@ -23,10 +26,6 @@ ATTENTION_SCORES = ("additive", "dot", "general")
 DECODER_STYLES = ("bahdanau", "luong")
 BRIDGES = ("zero", "last", "dense")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
-
-
-class ConfigError(ValueError):
-    """A configuration value or combination of values that cannot work."""
 
 
 def _check(condition: bool, message: str) -> None:
@@ -225,8 +224,16 @@ class DataConfig(_JsonConfig):
                                    "above")
     tokenizer_sample_size: int = _f(1_000_000, "tokenizers are trained on a reservoir sample of at most this many "
                                                "pairs")
+    corpora: tuple[CorpusSpec, ...] = _f((), "several corpora instead of train_src/valid_src, each with its tgt_lang "
+                                           "(docs/multilingual.md)")
+    sampling_temperature: float = _f(1.0, "corpora are drawn at rates p_i ~ n_i ** (1 / T): 1 proportional, large T "
+                                          "uniform")
+    subword_alpha: float = _f(0.0, "subword sampling of training pairs each epoch (unigram: smoothing alpha; bpe: "
+                                   "dropout rate); 0: off")
+    subword_nbest_size: int = _f(-1, "unigram subword sampling draws from the n best segmentations (-1: all)")
 
     def __post_init__(self):
+        self._check_corpora()
         _check(self.tokenizer in ("char", "word", "unigram", "bpe"),
                f"data.tokenizer must be one of char, word, unigram, bpe; got {self.tokenizer!r}")
         _check(self.long_pair_policy in ("drop", "crop"),
@@ -240,6 +247,12 @@ class DataConfig(_JsonConfig):
                f"got {self.max_tokens}")
         _check(self.tgt_bucket_width >= 0,
                f"data.tgt_bucket_width must be positive (or 0: bucket_width), got {self.tgt_bucket_width}")
+        _check(0 <= self.subword_alpha <= 1, f"data.subword_alpha must be in [0, 1] (0: off), got {self.subword_alpha}")
+        _check(not self.subword_alpha or self.tokenizer in ("unigram", "bpe"),
+               f"data.subword_alpha samples sentencepiece segmentations: needs data.tokenizer unigram or bpe, not "
+               f"{self.tokenizer!r}")
+        _check(self.subword_nbest_size == -1 or self.subword_nbest_size > 1,
+               f"data.subword_nbest_size must be -1 (every segmentation) or > 1, got {self.subword_nbest_size}")
         if self.user_symbols:
             _check(self.tokenizer in ("unigram", "bpe"),
                    f"data.user_symbols needs a sentencepiece tokenizer (unigram or bpe), not {self.tokenizer!r}")
@@ -255,9 +268,29 @@ class DataConfig(_JsonConfig):
         _check(bool(self.valid_src) == bool(self.valid_tgt),
                "data.valid_src and data.valid_tgt must be given together")
 
+    def _check_corpora(self) -> None:
+        try:
+            object.__setattr__(self, "corpora", tuple(CorpusSpec.from_value(value, position)
+                                                      for position, value in enumerate(self.corpora)))
+            check_corpora(self.corpora)
+        except CorpusError as error:
+            raise ConfigError(str(error)) from None
+        _check(self.sampling_temperature > 0, f"data.sampling_temperature must be positive, got "
+               f"{self.sampling_temperature}")
+        given = [name for name in ("train_src", "train_tsv", "valid_src", "valid_tsv") if getattr(self, name)]
+        _check(not (self.corpora and given), f"data.corpora replaces data.{given[0] if given else ''}: give the "
+               "files in the corpora list (each corpus its own valid_src/valid_tgt)")
+
     @property
     def uses_files(self) -> bool:
-        return bool(self.train_src or self.train_tsv)
+        return bool(self.train_src or self.train_tsv or self.corpora)
+
+    @property
+    def languages(self) -> dict[str, str]:
+        """``{target language: tag}`` of ``corpora`` ({} for a run without language tags)."""
+        from seq2seq_jax.core.corpora import languages_of
+
+        return languages_of(self.corpora)
 
     @property
     def bucket_widths(self) -> tuple[int, int]:
@@ -335,6 +368,7 @@ class DecodeConfig(_JsonConfig):
     top_p: float = _f(1.0, "sampling: only the smallest set of tokens holding this probability (nucleus; 1: all)")
     seed: int = _f(0, "sampling: random seed")
     batch_size: int = _f(64, "sentences per search (a batch of source lines, not tokens)")
+    banned_ids: tuple[int, ...] = _f((), "target ids the search never outputs (the workdir's language tags add theirs)")
 
     def __post_init__(self):
         _check(self.beam_size >= 1, "decode.beam_size must be >= 1")
@@ -347,6 +381,8 @@ class DecodeConfig(_JsonConfig):
         _check(self.top_k >= 0, "decode.top_k must be >= 0 (0 disables)")
         _check(0.0 < self.top_p <= 1.0, "decode.top_p must be in (0, 1]")
         _check(self.batch_size >= 1, "decode.batch_size must be >= 1")
+        _check(all(isinstance(i, int) and i > 3 for i in self.banned_ids), "decode.banned_ids must be ids above "
+               f"the 4 special ids, got {self.banned_ids}")
 
     def max_len(self, src_len: int) -> int:
         """Largest number of generated tokens (EOS included) for a source of ``src_len`` tokens."""
@@ -389,26 +425,6 @@ def describe_fields() -> list[FieldDoc]:
 def field_help(section: str, name: str) -> str:
     """The one-line meaning of ``section.name``."""
     return {f.name: f.metadata["help"] for f in dataclasses.fields(_SECTIONS[section])}[name]
-
-
-def _parse_value(raw: str, annotation: str, key: str) -> Any:
-    if annotation == "bool":
-        lowered = raw.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"--set {key}={raw}: expected a boolean (true/false)")
-    if annotation.startswith("tuple[str"):
-        return tuple(item for item in raw.split(",") if item)
-    try:
-        if annotation == "int":
-            return int(raw)
-        if annotation == "float":
-            return float(raw)
-    except ValueError:
-        raise ConfigError(f"--set {key}={raw}: expected {annotation}") from None
-    return raw
 
 
 @dataclasses.dataclass(frozen=True)
@@ -488,6 +504,6 @@ class ExperimentConfig(_JsonConfig):
                          else None)
                 hint = f" (did you mean {meant!r}?)" if meant else ""
                 raise ConfigError(f"--set {key}: unknown field{hint}; {section_name} has {sorted(hints)}")
-            changes.setdefault(section_name, {})[field_name] = _parse_value(raw, str(hints[field_name]), key)
+            changes.setdefault(section_name, {})[field_name] = parse_value(raw, str(hints[field_name]), key)
         return dataclasses.replace(self, **{name: dataclasses.replace(getattr(self, name), **fields)
                                             for name, fields in changes.items()})

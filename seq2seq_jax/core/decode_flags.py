@@ -36,6 +36,12 @@ def add_decode_flags(parser: argparse.ArgumentParser, *, sampling: bool = True,
     return group
 
 
+def add_language_flag(parser: argparse.ArgumentParser) -> None:
+    """``--tgt-lang L``: the target language of a multilingual model (docs/multilingual.md)."""
+    parser.add_argument("--tgt-lang", metavar="L", help="target language of a multilingual model (one of its "
+                        "data.corpora's tgt_lang; needed when it has several, refused by a model without tags)")
+
+
 def add_output_flags(parser: argparse.ArgumentParser) -> None:
     """``--with-score`` and ``--one-line-per-input``: the layout of the output lines (``format_output``)."""
     parser.add_argument("--with-score", action="store_true",

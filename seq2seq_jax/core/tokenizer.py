@@ -77,6 +77,15 @@ class Tokenizer:
         """Plain text of ``ids``; pad, bos and eos are skipped wherever they are (no stop at EOS)."""
         raise NotImplementedError
 
+    def sample(self, text: str, alpha: float, nbest_size: int) -> list[int]:
+        """One segmentation of ``text`` drawn at random (subword regularization), without BOS/EOS; sentencepiece
+        kinds only, drawn from sentencepiece's generator (``seq2seq_jax.core.subword_sampling`` seeds it)."""
+        raise TokenizerError(f"subword sampling needs a sentencepiece tokenizer (unigram or bpe), not {self.kind}")
+
+    def piece_id(self, piece: str) -> int | None:
+        """The id of ``piece`` when it is one whole entry of the vocabulary (a language tag), else None."""
+        return None
+
     def pieces(self, ids: Iterable[int]) -> list[str]:
         """One display label per id (for attention heatmaps): its text, or "·" for a piece that decodes to
         nothing (a space, a special token)."""
@@ -127,11 +136,12 @@ class VocabularyTokenizer(Tokenizer):
         self._id_of = {token: index + NUM_SPECIALS for index, token in enumerate(self.tokens)}
 
     @classmethod
-    def train(cls, kind: str, lines: Iterable[str], min_freq: int,
-              max_vocab_size: int) -> VocabularyTokenizer:
+    def train(cls, kind: str, lines: Iterable[str], min_freq: int, max_vocab_size: int,
+              reserved: Sequence[str] = ()) -> VocabularyTokenizer:
         """Vocabulary of the tokens seen at least ``min_freq`` times, the most frequent first (ties in code
-        point order), at most ``max_vocab_size`` entries counting the 4 specials."""
-        if max_vocab_size <= NUM_SPECIALS:
+        point order), at most ``max_vocab_size`` entries counting the 4 specials; ``reserved`` tokens (language
+        tags) come first, whether seen or not."""
+        if max_vocab_size <= NUM_SPECIALS + len(reserved):
             raise TokenizerError(f"data.max_vocab_size must exceed the {NUM_SPECIALS} special tokens, "
                                  f"got {max_vocab_size}")
         counts: collections.Counter[str] = collections.Counter()
@@ -141,7 +151,8 @@ class VocabularyTokenizer(Tokenizer):
             raise TokenizerError(f"cannot train a {kind} tokenizer: the training text has no tokens")
         frequent = sorted((token for token, count in counts.items() if count >= min_freq),
                           key=lambda token: (-counts[token], token))
-        return cls(kind, frequent[: max_vocab_size - NUM_SPECIALS])
+        frequent = [token for token in frequent if token not in reserved]
+        return cls(kind, list(reserved) + frequent[: max_vocab_size - NUM_SPECIALS - len(reserved)])
 
     @staticmethod
     def _split(kind: str, text: str) -> list[str]:
@@ -153,6 +164,9 @@ class VocabularyTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         return [self._id_of.get(token, UNK_ID) for token in self._split(self.kind, text)]
+
+    def piece_id(self, piece: str) -> int | None:
+        return self._id_of.get(piece)
 
     def decode(self, ids: Iterable[int]) -> str:
         pieces = []
@@ -189,20 +203,22 @@ class SentencePieceTokenizer(Tokenizer):
 
     @classmethod
     def train(cls, kind: str, lines: Sequence[str], vocab_size: int, character_coverage: float,
-              user_symbols: Sequence[str] = ()) -> SentencePieceTokenizer:
+              user_symbols: Sequence[str] = (), reserved: Sequence[str] = ()) -> SentencePieceTokenizer:
         """Train on ``lines`` deterministically (one thread, fixed seed): the same text gives the same model.
 
         ``vocab_size`` is an upper bound (``hard_vocab_limit=False``): a small corpus may give fewer pieces.
         It must leave room for the 4 specials, the 256 byte pieces and every character kept. Each of
         ``user_symbols`` becomes two pieces, the symbol alone and after a word boundary (``▁#Person1#``), so
-        that a symbol after a space is one piece, not two.
+        that a symbol after a space is one piece, not two. Each of ``reserved`` (language tags) is one piece,
+        never split.
         """
         nonempty = [line for line in lines if line]
         if not nonempty:
             raise TokenizerError(f"cannot train a {kind} tokenizer: the training text is empty")
         longest_bytes = max(len(line.encode("utf-8")) for line in nonempty)
         model = io.BytesIO()
-        symbols = [form for symbol in user_symbols for form in (symbol, WORD_BOUNDARY + symbol)]
+        symbols = list(reserved) + [form for symbol in user_symbols for form in (symbol, WORD_BOUNDARY + symbol)
+                                    if form not in reserved]
         sentencepiece.set_random_generator_seed(SENTENCEPIECE_SEED)
         try:
             sentencepiece.SentencePieceTrainer.train(
@@ -224,6 +240,15 @@ class SentencePieceTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         return self._processor.encode(text, out_type=int)
 
+    def sample(self, text: str, alpha: float, nbest_size: int) -> list[int]:
+        """Unigram: a segmentation drawn from the ``nbest_size`` best (-1: the whole lattice) with smoothing
+        ``alpha``; BPE: BPE-dropout, each merge skipped with probability ``alpha`` (``nbest_size`` unused)."""
+        return self._processor.encode(text, out_type=int, enable_sampling=True, alpha=alpha, nbest_size=nbest_size)
+
+    def piece_id(self, piece: str) -> int | None:
+        token_id = self._processor.piece_to_id(piece)
+        return token_id if token_id != UNK_ID and self._processor.id_to_piece(token_id) == piece else None
+
     def decode(self, ids: Iterable[int]) -> str:
         return self._processor.decode([i for i in self._checked_ids(ids) if i not in SKIPPED_IN_DECODE])
 
@@ -240,14 +265,15 @@ class SentencePieceTokenizer(Tokenizer):
         return [json_path, model_path]
 
 
-def train_tokenizer(data_config, lines: Sequence[str]) -> Tokenizer:
-    """Train the tokenizer kind ``data_config.tokenizer`` on ``lines``."""
+def train_tokenizer(data_config, lines: Sequence[str], reserved: Sequence[str] = ()) -> Tokenizer:
+    """Train the tokenizer kind ``data_config.tokenizer`` on ``lines``, ``reserved`` pieces (language tags)
+    whole entries of its vocabulary."""
     kind = data_config.tokenizer
     if kind in ("char", "word"):
-        return VocabularyTokenizer.train(kind, lines, data_config.min_freq, data_config.max_vocab_size)
+        return VocabularyTokenizer.train(kind, lines, data_config.min_freq, data_config.max_vocab_size, reserved)
     if kind in SENTENCEPIECE_KINDS:
         return SentencePieceTokenizer.train(kind, lines, data_config.vocab_size,
-                                            data_config.character_coverage, data_config.user_symbols)
+                                            data_config.character_coverage, data_config.user_symbols, reserved)
     raise TokenizerError(f"unknown tokenizer kind {kind!r}; kinds are {KINDS}")
 
 
@@ -295,12 +321,14 @@ def load_tokenizer(directory: str | Path, name: str) -> Tokenizer:
 def build_tokenizers(data_config, src_lines: Sequence[str], tgt_lines: Sequence[str],
                      directory: str | Path) -> tuple[Tokenizer, Tokenizer]:
     """Train the source and target tokenizers (one on both sides with ``joint_vocab``) and save them under
-    ``directory`` as ``src`` and ``tgt``."""
+    ``directory`` as ``src`` and ``tgt``. The language tags of ``data_config.corpora`` are reserved pieces of the
+    source vocabulary (the joint one)."""
+    tags = list(data_config.languages.values())
     if data_config.joint_vocab:
-        joint = train_tokenizer(data_config, list(src_lines) + list(tgt_lines))
+        joint = train_tokenizer(data_config, list(src_lines) + list(tgt_lines), tags)
         src_tokenizer, tgt_tokenizer = joint, joint
     else:
-        src_tokenizer = train_tokenizer(data_config, src_lines)
+        src_tokenizer = train_tokenizer(data_config, src_lines, tags)
         tgt_tokenizer = train_tokenizer(data_config, tgt_lines)
     src_tokenizer.save(directory, "src")
     tgt_tokenizer.save(directory, "tgt")

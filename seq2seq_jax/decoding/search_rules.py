@@ -120,7 +120,7 @@ def prepare_state(decode_step: DecodeStep, state: Any, num_rows: int):
 
 
 def ban_tokens(log_probs: jax.Array, history: jax.Array, step: jax.Array, settings: DecodeConfig) -> jax.Array:
-    """Apply ``settings``' min_len and no-repeat-n-gram bans (rule 4).
+    """Apply ``settings``' min_len, banned-id and no-repeat-n-gram bans (rule 4).
 
     log_probs [N, V]; history [N, L] generated tokens, valid at positions < step; step: traced scalar t.
     Returns log_probs with banned entries at -inf.
@@ -131,6 +131,8 @@ def ban_tokens(log_probs: jax.Array, history: jax.Array, step: jax.Array, settin
     if settings.min_len > 1:
         eos_banned = generated < settings.min_len
         log_probs = log_probs.at[:, EOS_ID].set(jnp.where(eos_banned, neg_inf, log_probs[:, EOS_ID]))
+    if settings.banned_ids:  # language tags in a joint vocabulary: never an output
+        log_probs = log_probs.at[:, jnp.asarray(settings.banned_ids, jnp.int32)].set(neg_inf)
     ngram = settings.no_repeat_ngram_size
     buffer_len = history.shape[1]
     if ngram > 0 and buffer_len >= ngram:

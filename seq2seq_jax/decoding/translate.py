@@ -12,6 +12,7 @@ in one jitted search (``seq2seq_jax.decoding.ensemble``); the attention kept for
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 from collections.abc import Sequence
@@ -56,6 +57,15 @@ class Translator:
     @property
     def compiled_programs(self) -> int:
         return len(self._compiled)
+
+    def with_source_tokenizer(self, src_tokenizer: Tokenizer) -> Translator:
+        """This translator with another source tokenizer (a language tag's, ``core.languages``), sharing its
+        parameters, settings and compiled searches (a search does not depend on the tokenizer)."""
+        if src_tokenizer is self.src_tokenizer:
+            return self
+        other = copy.copy(self)
+        other.src_tokenizer = src_tokenizer
+        return other
 
     def _search_fn(self, src_size: int, max_len_bound: int, with_attention: bool, prefix_size: int = 0):
         """One jitted ``make_search`` per (padded source length, output bound, attention kept or not, padded prefix

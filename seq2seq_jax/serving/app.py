@@ -1,13 +1,14 @@
 """The FastAPI application of ``seq2seq serve`` (the routes' docstrings give each body):
 
-    POST /v1/translate          {"texts", "prefixes"?, decode settings?, "attention"?} -> {"translations"}
-    POST /v1/score              {"pairs": [{"src", "tgt"}]} -> {"scores", "summary"}, as ``seq2seq score --json``
+    POST /v1/translate          {"texts", "prefixes"?, decode settings?, "attention"?, "tgt_lang"?} -> {"translations"}
+    POST /v1/score              {"pairs": [{"src", "tgt"}], "tgt_lang"?} -> {"scores", "summary"}, as ``seq2seq score``
     POST /translator/translate  OpenNMT-py's onmt_server format, ids echoed; GET /translator/health and
                                  /translator/models; errors there {"error", "status": "error"}
     GET  /health                readiness (503 until the first search is compiled), compiled and warming shapes;
                                  /health/live: liveness, 200 while the process serves
     GET  /metrics               Prometheus metrics (seq2seq_jax.serving.metrics)
-    GET  /v1/info               model, decode config, each model's workdir name (no path), checkpoint, step, metrics
+    GET  /v1/info               model, decode config, each model's workdir name (no path), checkpoint, step, metrics,
+                                 the target languages of a multilingual model (``tgt_lang``: one is needed of several)
     GET  /                      the web page; /docs and /redoc: FastAPI's OpenAPI pages, served offline
 
 The models are one workdir's or an ensemble's (``Seq2SeqModel``); the first gives the tokenizers, the decode
@@ -47,13 +48,15 @@ from seq2seq_jax.serving.programs import ServerStatus
 from seq2seq_jax.serving.schema import ONMT_ID, OnmtItem, RequestChecks, ScoreRequest, ServeLimits, TranslateRequest
 
 
-def hypothesis_json(model: Seq2SeqModel, source: str, hypothesis: Hypothesis) -> dict[str, Any]:
+def hypothesis_json(model: Seq2SeqModel, source: str, hypothesis: Hypothesis,
+                    tgt_lang: str | None = None) -> dict[str, Any]:
     answer: dict[str, Any] = {"text": hypothesis.text, "score": hypothesis.score}
     if hypothesis.attention is not None:
+        src_tokenizer = model.source_tokenizer(tgt_lang)  # the tag is the first source piece
         weights = hypothesis.attention
         target = model.tgt_tokenizer.pieces(hypothesis.tokens)
         target += ["</s>"] * (weights.shape[0] - len(target))  # the EOS step, when the hypothesis has one
-        answer["attention"] = {"source": model.src_tokenizer.pieces(model.src_tokenizer.encode(source)) + ["</s>"],
+        answer["attention"] = {"source": src_tokenizer.pieces(src_tokenizer.encode(source)) + ["</s>"],
                                "target": target, "weights": np.round(weights.astype(np.float64), 5).tolist()}
     return answer
 
@@ -77,11 +80,11 @@ class Routes:
         self.checks = checks
 
     async def _decode(self, http: Request, texts: list[str], config: DecodeConfig, attention: bool,
-                      prefixes: list[str] | None = None) -> list[list[Hypothesis]]:
+                      prefixes: list[str] | None = None, tgt_lang: str | None = None) -> list[list[Hypothesis]]:
         """The texts' hypotheses, or 429 (queue full), 503 (past ``request_timeout``, or shutting down); a request
         whose client went away, or timed out, before its search began leaves the queue undecoded."""
         try:
-            future = self.decoder.submit(texts, config, attention, prefixes)
+            future = self.decoder.submit(texts, config, attention, prefixes, tgt_lang)
         except QueueFull as error:
             raise HTTPException(429, str(error), headers={"Retry-After": str(error.retry_after)}) from None
         except RuntimeError as error:
@@ -110,13 +113,14 @@ class Routes:
         """Per text, in order, its hypotheses best first: text, score and, when asked, the attention weights
         ``[target pieces (+ </s>), source pieces + </s>]`` with the pieces they refer to. ``prefixes``: one target
         prefix per text (``""`` for none) that each of its hypotheses starts with (included in text and score)."""
-        settings = request.model_dump(exclude={"texts", "prefixes", "attention"}, exclude_none=True)
+        settings = request.model_dump(exclude={"texts", "prefixes", "attention", "tgt_lang"}, exclude_none=True)
+        tgt_lang = self.checks.language(request.tgt_lang)
         config = self.checks.config(request.texts, **settings)
         if request.prefixes is not None:
             self.checks.prefixes(request.texts, request.prefixes)
         http.scope[TEXTS_KEY] = len(request.texts)
-        results = await self._decode(http, request.texts, config, request.attention, request.prefixes)
-        return {"translations": [[hypothesis_json(self.model, text, h) for h in hypotheses]
+        results = await self._decode(http, request.texts, config, request.attention, request.prefixes, tgt_lang)
+        return {"translations": [[hypothesis_json(self.model, text, h, tgt_lang) for h in hypotheses]
                                  for text, hypotheses in zip(request.texts, results, strict=True)]}
 
     async def translate_onmt(self, items: Annotated[list[OnmtItem], Body(min_length=1)],
@@ -125,9 +129,10 @@ class Routes:
         echoed). A blank source is not translated: its ``tgt`` is empty and its ``pred_score`` 0 (the
         log-probability of nothing)."""
         texts = [item.src for item in items]
+        tgt_lang = self.checks.language(None)  # the only language of a model with one; 422 for several
         config = self.checks.config(texts)
         http.scope[TEXTS_KEY] = len(texts)
-        results = await self._decode(http, texts, config, False)
+        results = await self._decode(http, texts, config, False, tgt_lang=tgt_lang)
 
         def entry(item: OnmtItem, hypotheses: list[Hypothesis], rank: int) -> dict[str, Any]:
             hypothesis = hypotheses[rank] if hypotheses else Hypothesis("", [], 0.0)
@@ -143,12 +148,13 @@ class Routes:
         log-probability and perplexity (null when not finite). One scoring at a time, beside the decoding
         thread; past ``request_timeout`` 503 (the scoring still finishes)."""
         self.checks.pairs(request.pairs)
+        tgt_lang = self.checks.language(request.tgt_lang)
         http.scope[TEXTS_KEY] = len(request.pairs)
         sources, targets = [p.src for p in request.pairs], [p.tgt for p in request.pairs]
 
         def score_pairs() -> list[PairScore]:
             with self.scoring:
-                return self.model.score(sources, targets)
+                return self.model.score(sources, targets, tgt_lang)
 
         timeout = self.decoder.limits.request_timeout or None
         try:
@@ -209,6 +215,7 @@ class Routes:
                   for name, m in zip(model.names, model.models, strict=True)]
         return {**{k: models[0][k] for k in ("workdir", "checkpoint", "model", "step", "metrics")}, "decode": decode,
                 "ensemble": model.is_ensemble, "models": models, "tokenizer": model.models[0].config.data.tokenizer,
+                "languages": model.languages.names,
                 "bucket_width": decoder.bucket_width, "row_buckets": list(decoder.rows),
                 "limits": dataclasses.asdict(decoder.limits)}
 
@@ -219,7 +226,8 @@ def create_app(model: Seq2SeqModel, limits: ServeLimits, checkpoint: str | int =
     ``checkpoint``: the one loaded (best, latest or a step), as ``/v1/info`` names it; ``api_key`` and
     ``cors_origins``: ``seq2seq_jax.serving.access``; ``quiet``: no access log."""
     decoder = BatchingDecoder(model, limits)
-    checks = RequestChecks(limits, decoder.default_config, model.new_translator(decoder.default_config))
+    checks = RequestChecks(limits, decoder.default_config, model.new_translator(decoder.default_config),
+                           model.languages)
     routes = Routes(model, decoder, checks, checkpoint)
 
     @contextlib.asynccontextmanager

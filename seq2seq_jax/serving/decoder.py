@@ -48,7 +48,8 @@ class QueueFull(Exception):
 
 @dataclasses.dataclass
 class Job:
-    """One accepted request: its texts (and one target prefix each, or None), settings and answer."""
+    """One accepted request: its texts (and one target prefix each, or None), settings, target language (None
+    for a model without tags) and answer; requests merge into one search when their ``key`` is the same."""
 
     texts: list[str]
     prefixes: list[str] | None
@@ -56,10 +57,11 @@ class Job:
     attention: bool
     future: concurrent.futures.Future
     enqueued: float
+    tgt_lang: str | None = None
 
     @property
-    def key(self) -> tuple[DecodeConfig, bool]:
-        return self.config, self.attention
+    def key(self) -> tuple[DecodeConfig, bool, str | None]:
+        return self.config, self.attention, self.tgt_lang
 
 
 class BatchingDecoder:
@@ -109,7 +111,7 @@ class BatchingDecoder:
             logger.warning("shutdown timeout: %d queued requests dropped, a search left running", len(dropped))
 
     def submit(self, texts: list[str], config: DecodeConfig, attention: bool,
-               prefixes: list[str] | None = None) -> concurrent.futures.Future:
+               prefixes: list[str] | None = None, tgt_lang: str | None = None) -> concurrent.futures.Future:
         """Queue ``texts`` (with one target prefix each, or none); the future gets one list of hypotheses (best
         first) per text, in order. Accepted during warm-up too: answered once the first shape is compiled.
         Raises ``QueueFull`` (nothing queued) when the texts would take the queue past ``max_queue`` texts."""
@@ -122,7 +124,7 @@ class BatchingDecoder:
                 self.refused_requests += 1
                 raise QueueFull(queued, self.limits.max_queue, self._retry_after(queued))
             self._queue.append(Job(list(texts), None if prefixes is None else list(prefixes), config, attention,
-                                   future, time.monotonic()))
+                                   future, time.monotonic(), tgt_lang))
             self.in_flight += 1
             self._condition.notify_all()
         return future
@@ -282,11 +284,12 @@ class BatchingDecoder:
             return jobs
 
     def _translate(self, texts: list[str], prefixes: list[str] | None, config: DecodeConfig,
-                   attention: bool) -> list[list[Hypothesis]]:
+                   attention: bool, tgt_lang: str | None = None) -> list[list[Hypothesis]]:
         """Decode ``texts`` (at most ``max_batch`` per search) with the smallest row count that holds them, padded
         to their longest source and their longest target prefix (rounded up to 8 pieces; none without prefixes);
-        with ``fixed_rows``, ``max_batch`` rows and one search per padded source and prefix length."""
-        tokenizer = self.model.src_tokenizer
+        with ``fixed_rows``, ``max_batch`` rows and one search per padded source and prefix length. The languages
+        of a multilingual model share the searches (only the source tag differs)."""
+        tokenizer = self.model.source_tokenizer(tgt_lang)
         widths = [int(round_up(len(tokenizer.encode(text)) + 1, self.bucket_width)) for text in texts]
         prefix_widths = [0] * len(texts)
         if prefixes is not None:
@@ -303,7 +306,7 @@ class BatchingDecoder:
                 chunk = group[start: start + self.limits.max_batch]
                 rows = next(r for r in self.rows if r >= len(chunk))
                 searched = time.perf_counter()
-                outputs = self._translator(config, rows).translate(
+                outputs = self._translator(config, rows).with_source_tokenizer(tokenizer).translate(
                     [texts[i] for i in chunk], with_attention=attention,
                     prefixes=None if prefixes is None else [prefixes[i] for i in chunk], prefix_name="prefixes")
                 self.metrics.search(rows, time.perf_counter() - searched)

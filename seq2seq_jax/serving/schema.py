@@ -15,6 +15,7 @@ from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from seq2seq_jax.core.config import ConfigError, DecodeConfig
+from seq2seq_jax.core.languages import LanguageError, Languages
 from seq2seq_jax.decoding.loaded_model import with_decode_overrides
 from seq2seq_jax.decoding.translate import Translator
 
@@ -60,6 +61,7 @@ class TranslateRequest(BaseModel):
     min_len: StrictInt | None = Field(None, ge=0)
     no_repeat_ngram_size: StrictInt | None = Field(None, ge=0)
     attention: StrictBool = False
+    tgt_lang: StrictStr | None = None  # the target language of a multilingual model
 
 
 class ScorePair(BaseModel):
@@ -75,6 +77,7 @@ class ScoreRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     pairs: list[ScorePair] = Field(min_length=1)
+    tgt_lang: StrictStr | None = None
 
 
 class OnmtItem(BaseModel):
@@ -89,10 +92,19 @@ class RequestChecks:
     """The checks of a request that its schema cannot express; each failure is an ``HTTPException(422)``.
     ``prefix_checker`` never decodes: it measures prefixes against their texts' output limits."""
 
-    def __init__(self, limits: ServeLimits, default_config: DecodeConfig, prefix_checker: Translator):
+    def __init__(self, limits: ServeLimits, default_config: DecodeConfig, prefix_checker: Translator,
+                 languages: Languages | None = None):
         self.limits = limits
         self.default_config = default_config
         self.prefix_checker = prefix_checker
+        self.languages = languages or Languages({})
+
+    def language(self, tgt_lang: str | None) -> str | None:
+        """The request's target language, resolved (``Languages.resolve``); a missing or unknown one is 422."""
+        try:
+            return self.languages.resolve(tgt_lang)
+        except LanguageError as error:
+            raise HTTPException(422, f"tgt_lang: {error}") from None
 
     def lengths(self, name: str, texts: list[str]) -> None:
         for index, text in enumerate(texts):

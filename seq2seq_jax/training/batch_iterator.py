@@ -19,7 +19,9 @@ from seq2seq_jax.core.batching import (
     batch_shapes,
 )
 from seq2seq_jax.core.encoding import Example
+from seq2seq_jax.core.mixing import Mixture
 from seq2seq_jax.core.reading import DataError
+from seq2seq_jax.core.subword_sampling import SampledEpochs
 
 
 class BatchIterator:
@@ -40,33 +42,54 @@ class BatchIterator:
     consecutive batches whose examples are read in one call (about ``READ_SIZE``), with ``read_threads``
     background threads and ``prefetch`` groups built ahead (0 and 0: built when asked for).
 
+    ``mixture`` (a ``seq2seq_jax.core.mixing.Mixture`` of the corpora that ``source``, a ``ConcatSource``, holds one
+    after the other): an epoch is the pairs the mixture draws for it instead of every example once.
+
+    ``resample`` (a ``seq2seq_jax.core.subword_sampling.SampledEpochs``): each epoch's examples are
+    ``resample(epoch)`` (as many as ``source`` holds, segmented anew), planned by their own lengths.
+
     ``epoch`` is the epoch the next batch comes from (0-based; it advances as soon as an epoch's last batch is
     given) and ``position`` the number of that epoch's batches already given.
     """
 
     def __init__(self, source: Sequence[Example], policy: BatchPolicy, seed: int, lengths: np.ndarray | None = None,
-                 local_rows: LocalRows | None = None, read_threads: int = 0, prefetch: int = 0):
+                 local_rows: LocalRows | None = None, read_threads: int = 0, prefetch: int = 0,
+                 mixture: Mixture | None = None, resample: SampledEpochs | None = None):
         if not len(source):
             raise DataError("no training examples to batch (every pair was empty or too long?)")
         if read_threads < 0 or prefetch < 0:
             raise ValueError(f"read_threads and prefetch must be >= 0, got {read_threads} and {prefetch}")
-        self.source = source
+        if mixture is not None and sum(mixture.counts) != len(source):
+            raise ValueError(f"the mixture's corpora hold {sum(mixture.counts)} examples, the source {len(source)}")
+        self.source, self.mixture = source, mixture
         self.num_examples = len(source)
         self.policy = policy
         self.seed = seed
         self.read_threads, self.prefetch = read_threads, prefetch
-        self.lengths = _source_lengths(source, lengths)
-        self._src_len, self._tgt_len = _lengths(self.lengths)
-        self._build = _BatchBuilder(source, self._src_len, self._tgt_len, policy, local_rows)
+        self.local_rows, self.resample, self._sampled_epoch = local_rows, resample, 0
+        self._use(resample(0) if resample is not None else source, None if resample is not None else lengths)
         self.epoch = 0
         self.position = 0
         self._plan = self._epoch_plan(0)
         self._groups = None  # grain's iterator over the rest of the epoch in groups, opened by __next__
         self._built: collections.deque[Batch] = collections.deque()  # the current group's batches not yet given
 
+    def _use(self, source: Sequence[Example], lengths: np.ndarray | None) -> None:
+        """Batch ``source`` from now on (its ``lengths``, else read from it)."""
+        if len(source) != self.num_examples:
+            raise ValueError(f"resampled {len(source)} examples, the training source holds {self.num_examples}")
+        self.source = source
+        self.lengths = _source_lengths(source, lengths)
+        self._src_len, self._tgt_len = _lengths(self.lengths)
+        self._build = _BatchBuilder(source, self._src_len, self._tgt_len, self.policy, self.local_rows)
+
     def _epoch_plan(self, epoch: int) -> list[np.ndarray]:
+        if self.resample is not None and epoch != self._sampled_epoch:
+            self._use(self.resample(epoch), None)
+            self._sampled_epoch = epoch
         rng = np.random.default_rng([self.seed, epoch])
-        batches = self.policy.plan(_positions(rng.permutation(self.num_examples)), self._src_len, self._tgt_len)
+        drawn = self.num_examples if self.mixture is None else self.mixture.epoch_indices(self.seed, epoch)
+        batches = self.policy.plan(_positions(rng.permutation(drawn)), self._src_len, self._tgt_len)
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def _open(self):
@@ -123,6 +146,10 @@ class BatchIterator:
         settings = self._settings()
         if not self.policy.max_tokens:
             del settings["max_tokens"], settings["row_quantum"]
+        if self.mixture is not None:
+            settings["mixture"] = self.mixture.state()
+        if self.resample is not None:
+            settings["subword_sampling"] = self.resample.sampling.state()
         return {"epoch": self.epoch, "position": self.position, **settings}
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -133,6 +160,10 @@ class BatchIterator:
         saved_state.setdefault("max_tokens", 0)  # row batching (and runs saved before token budgets)
         saved_state.setdefault("row_quantum", 1)
         settings = self._settings()
+        settings["mixture"] = None if self.mixture is None else self.mixture.state()
+        saved_state.setdefault("mixture", None)
+        settings["subword_sampling"] = None if self.resample is None else self.resample.sampling.state()
+        saved_state.setdefault("subword_sampling", None)
         for key, value in settings.items():
             if key in saved_state and saved_state[key] != value:
                 saved = state.get(key, saved_state[key])

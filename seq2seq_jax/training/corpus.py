@@ -2,7 +2,8 @@
 
 A directory ``D`` holds ``config.json``, ``tokenizer/``, per split ArrayRecord shards of the kept pairs (one
 record per ``Example``: int32 little-endian ``[len(src), *src, *tgt]``) with ``SPLIT.lengths.npy`` (int32
-``[N, 2]``, to plan batches without reading records), ``valid.pairs.jsonl`` (the kept validation text),
+``[N, 2]``, to plan batches without reading records), ``valid.pairs.jsonl`` (the kept validation text; and
+``train.pairs.jsonl`` when made with ``data.subword_alpha``, which samples from the text),
 ``report.json`` (the ``DataReport`` of each split) and ``manifest.json``, written last.
 
 ``open_corpus`` checks the manifest against the files (every shard present, of its recorded size and record
@@ -30,10 +31,11 @@ FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 REPORT_FILE = "report.json"
 VALID_PAIRS_FILE = "valid.pairs.jsonl"
-SPLITS = ("train", "valid")
+SPLITS = ("train", "valid")  # and with data.corpora, train.NAME and valid.NAME of each corpus
 # Data settings that do not change the records (how batches are cut, where the corpus is): every other field of
 # DataConfig must be the same to reuse a corpus.
-BATCHING_FIELDS = ("batch_size", "bucket_width", "tgt_bucket_width", "max_tokens", "seed", "preprocessed_dir")
+BATCHING_FIELDS = ("batch_size", "bucket_width", "tgt_bucket_width", "max_tokens", "seed", "preprocessed_dir",
+                   "sampling_temperature", "subword_alpha", "subword_nbest_size")
 # One record per chunk (reading a record decodes only that record), stored as is: compression saves little on
 # records of ~100 bytes and makes every read decompress one. Readers read both (a file names its options).
 WRITER_OPTIONS = "group_size:1,uncompressed"
@@ -46,6 +48,20 @@ def shard_name(split: str, index: int, count: int) -> str:
 
 def lengths_name(split: str) -> str:
     return f"{split}.lengths.npy"
+
+
+def valid_pairs_name(split: str) -> str:
+    """The kept text of a validation split (``valid.pairs.jsonl``, ``valid.NAME.pairs.jsonl``), or of a training
+    split made for subword sampling (``train.pairs.jsonl``)."""
+    return f"{split}.pairs.jsonl"
+
+
+def is_train_split(name: str) -> bool:
+    return name == "train" or name.startswith("train.")
+
+
+def is_valid_split(name: str) -> bool:
+    return name == "valid" or name.startswith("valid.")
 
 
 def record_settings(data_config) -> dict[str, Any]:
@@ -215,19 +231,28 @@ class Corpus:
         values = read_json(self.path / REPORT_FILE, DataError)
         return {name: DataReport.from_dict(report) for name, report in values.items()}
 
-    def valid_pairs(self) -> list[tuple[str, str]]:
-        """The text of the kept validation pairs, in the order of the ``valid`` split's records."""
-        if not self.has_split("valid"):
+    def valid_pairs(self, split: str = "valid") -> list[tuple[str, str]]:
+        """The text of the kept validation pairs, in the order of the ``split``'s records (``valid``, or a
+        corpus's ``valid.NAME``)."""
+        if not self.has_split(split):
             return []
-        path = self.path / VALID_PAIRS_FILE
+        return self.kept_pairs(split)
+
+    def kept_pairs(self, split: str) -> list[tuple[str, str]]:
+        """The text of the pairs of ``split``'s records, in their order: kept for validation splits, and for
+        training splits when the corpus was made with subword sampling (``data.subword_alpha``)."""
+        path = self.path / valid_pairs_name(split)
+        if is_train_split(split) and not path.is_file():
+            raise DataError(f"{path} not found: {self.path} was made without data.subword_alpha, so it holds no "
+                            "training text to sample segmentations from; preprocess it again with subword_alpha set")
         try:
             with path.open(encoding="utf-8") as handle:
                 pairs = [tuple(json.loads(line)) for line in handle]
         except (OSError, ValueError) as error:
-            raise DataError(f"{path}: cannot read the validation text: {error}") from None
-        if len(pairs) != self.manifest["splits"]["valid"]["records"]:
+            raise DataError(f"{path}: cannot read the text of the {split} pairs: {error}") from None
+        if len(pairs) != self.manifest["splits"][split]["records"]:
             raise DataError(f"{path} has {len(pairs)} pairs but the manifest records "
-                            f"{self.manifest['splits']['valid']['records']} validation records")
+                            f"{self.manifest['splits'][split]['records']} {split} records")
         return pairs
 
 
@@ -284,4 +309,5 @@ def open_corpus(path: str | Path) -> Corpus:
 
 
 __all__ = ["Corpus", "CorpusSplit", "open_corpus", "record_settings", "encode_record", "decode_record",
-           "decode_records", "shard_name", "lengths_name", "FORMAT_VERSION", "BATCHING_FIELDS"]
+           "decode_records", "shard_name", "lengths_name", "valid_pairs_name", "is_train_split", "is_valid_split",
+           "FORMAT_VERSION", "BATCHING_FIELDS"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import json
 import logging
 import multiprocessing
@@ -28,21 +29,25 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from seq2seq_jax.core.corpora import train_split, valid_split
 from seq2seq_jax.core.encoding import DataReport, encode_pair, new_report
+from seq2seq_jax.core.languages import TaggedTokenizer, tag_id
 from seq2seq_jax.core.reading import DataError, iter_parallel, iter_tsv
 from seq2seq_jax.core.tokenizer import SIDE_NAMES, Tokenizer, build_tokenizers, load_tokenizers
 from seq2seq_jax.training.corpus import (
     FORMAT_VERSION,
     MANIFEST_FILE,
     REPORT_FILE,
-    VALID_PAIRS_FILE,
     WRITER_OPTIONS,
     Corpus,
     encode_record,
+    is_train_split,
+    is_valid_split,
     lengths_name,
     open_corpus,
     record_settings,
     shard_name,
+    valid_pairs_name,
 )
 from seq2seq_jax.training.staging import is_nonempty_dir, staged_directory
 from seq2seq_jax.training.tasks import task_splits
@@ -88,8 +93,15 @@ class PairSource:
 
 
 def pair_sources(data_config) -> dict[str, PairSource]:
-    """The ``train`` source and, when configured, the ``valid`` one: files, or the built-in task's splits."""
+    """The ``train`` source and, when configured, the ``valid`` one: files, or the built-in task's splits. With
+    ``data.corpora``, ``train.NAME`` of each corpus, then ``valid.NAME`` of each that has validation files."""
     errors = data_config.encoding_errors
+    if data_config.corpora:
+        sources = {train_split(corpus.name): PairSource("parallel", (corpus.src, corpus.tgt), encoding_errors=errors)
+                   for corpus in data_config.corpora}
+        return {**sources, **{valid_split(corpus.name): PairSource("parallel", (corpus.valid_src, corpus.valid_tgt),
+                                                                    encoding_errors=errors)
+                              for corpus in data_config.corpora if corpus.has_valid}}
     if not data_config.uses_files:
         train, valid = task_splits(data_config.task, data_config.task_train_size, data_config.task_valid_size,
                                    data_config.task_seed)
@@ -127,18 +139,31 @@ def reservoir_sample(pairs, size: int, seed: int = SAMPLE_SEED) -> tuple[list[tu
     return [(source, target) for _, source, target in sample], count
 
 
+def split_prefixes(data_config, src_tokenizer: Tokenizer) -> dict[str, list[int]]:
+    """The ids every source of a split starts with: the tag of its corpus's target language (``data.corpora``)."""
+    prefixes = {}
+    for corpus in data_config.corpora:
+        if corpus.tag:
+            ids = [tag_id(src_tokenizer, corpus.tag, f"corpus {corpus.name}")]
+            prefixes[train_split(corpus.name)] = prefixes[valid_split(corpus.name)] = ids
+    return prefixes
+
+
 class ChunkEncoder:
-    """Text pairs -> records: ``(records, lengths [n, 2] int32, kept flags, DataReport)`` of a chunk."""
+    """Text pairs -> records: ``(records, lengths [n, 2] int32, kept flags, DataReport)`` of a chunk; the sources
+    of a tagged corpus's splits start with its tag (``split_prefixes``)."""
 
     def __init__(self, src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer, data_config):
         self.src_tokenizer, self.tgt_tokenizer, self.data_config = src_tokenizer, tgt_tokenizer, data_config
+        self.prefixes = split_prefixes(data_config, src_tokenizer)
 
     def __call__(self, pairs: list[tuple[str, str]], name: str):
         report = new_report(self.data_config, name)
         records, lengths, kept = [], [], []
+        prefix = self.prefixes.get(name)
+        src_tokenizer = TaggedTokenizer(self.src_tokenizer, prefix) if prefix else self.src_tokenizer
         for source, target in pairs:
-            example = encode_pair(source, target, self.src_tokenizer, self.tgt_tokenizer,
-                                           self.data_config, report)
+            example = encode_pair(source, target, src_tokenizer, self.tgt_tokenizer, self.data_config, report)
             kept.append(example is not None)
             if example is not None:
                 records.append(encode_record(example))
@@ -246,7 +271,8 @@ def _write_split(name: str, source: PairSource, directory: Path, encoding: _Enco
     report = new_report(data_config, name)
     writer = _ShardWriter(directory, name, records_per_shard)
     lengths = []
-    valid_text = (directory / VALID_PAIRS_FILE).open("w", encoding="utf-8") if name == "valid" else None
+    keeps_text = is_valid_split(name) or (is_train_split(name) and data_config.subword_alpha > 0)  # sampled anew
+    kept_text = (directory / valid_pairs_name(name)).open("w", encoding="utf-8") if keeps_text else None
     bar = tqdm(total=total, desc=f"preprocess {name}", unit="pair", dynamic_ncols=True, file=sys.stderr,
                disable=None if progress else True)
     try:
@@ -256,14 +282,14 @@ def _write_split(name: str, source: PairSource, directory: Path, encoding: _Enco
             for record in records:
                 writer.write(record)
             lengths.append(chunk_lengths)
-            if valid_text is not None:
-                valid_text.writelines(json.dumps([pair[0], pair[1]], ensure_ascii=False) + "\n"
+            if kept_text is not None:
+                kept_text.writelines(json.dumps([pair[0], pair[1]], ensure_ascii=False) + "\n"
                                       for pair, keep in zip(chunk, kept, strict=True) if keep)
             bar.update(len(chunk))
     finally:
         bar.close()
-        if valid_text is not None:
-            valid_text.close()
+        if kept_text is not None:
+            kept_text.close()
     shards = writer.close()
     all_lengths = np.concatenate(lengths) if lengths else np.zeros((0, 2), dtype=np.int32)
     np.save(directory / lengths_name(name), all_lengths)
@@ -337,8 +363,10 @@ def preprocess(config, out: str | Path, workers: int = 1, tokenizer_dir: str | P
             logger.info(f"tokenizers: the sentencepiece models {data_config.src_spm_model or data_config.tgt_spm_model}"
                         + ("" if data_config.joint_vocab else f" and {data_config.tgt_spm_model}"))
         else:
+            train_pairs = itertools.chain.from_iterable(source for name, source in sources.items()
+                                                        if is_train_split(name))
             sample, total = reservoir_sample(
-                tqdm(sources["train"], desc="sample train", unit="pair", dynamic_ncols=True, file=sys.stderr,
+                tqdm(train_pairs, desc="sample train", unit="pair", dynamic_ncols=True, file=sys.stderr,
                      disable=None if progress else True), data_config.tokenizer_sample_size)
             src_tok, tgt_tok = build_tokenizers(data_config, [s for s, _ in sample], [t for _, t in sample],
                                                 layout.tokenizer_dir)

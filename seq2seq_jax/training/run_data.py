@@ -14,13 +14,17 @@ from typing import NamedTuple
 
 from seq2seq_jax.core.batching import BatchPolicy, LocalRows, batch_shapes
 from seq2seq_jax.core.config import ExperimentConfig
+from seq2seq_jax.core.corpora import train_split, valid_split
+from seq2seq_jax.core.languages import TaggedTokenizer
 from seq2seq_jax.core.logs import warnings_only
+from seq2seq_jax.core.mixing import ConcatSource, Mixture
 from seq2seq_jax.core.reading import DataError
+from seq2seq_jax.core.subword_sampling import SampledEpochs, SampledPart, SubwordSampling
 from seq2seq_jax.core.tokenizer import SIDE_NAMES, Tokenizer, load_tokenizers, same_tokenizer
 from seq2seq_jax.training import parallel
 from seq2seq_jax.training.batch_iterator import BatchIterator
 from seq2seq_jax.training.corpus import Corpus, open_corpus
-from seq2seq_jax.training.preprocess import corpus_mismatch, preprocess
+from seq2seq_jax.training.preprocess import corpus_mismatch, preprocess, split_prefixes
 from seq2seq_jax.training.preprocess import logger as preprocess_logger
 from seq2seq_jax.training.workdir import Workdir
 
@@ -98,6 +102,16 @@ def prepare_run(config: ExperimentConfig, run: Workdir, corpus: Corpus, write: b
     return config, src_tok, tgt_tok
 
 
+class ValidSet(NamedTuple):
+    """One direction's validation pairs: ``name`` ("" for a run of one corpus), its target language (None
+    without tags), the encoded pairs (a CorpusSplit) and the text of those that were kept."""
+
+    name: str
+    tgt_lang: str | None
+    examples: Sequence
+    pairs: list[tuple[str, str]]
+
+
 class TrainingData(NamedTuple):
     """What ``prepare_data`` reads and encodes for a run."""
 
@@ -105,8 +119,44 @@ class TrainingData(NamedTuple):
     src_tokenizer: Tokenizer
     tgt_tokenizer: Tokenizer
     iterator: BatchIterator  # the training batches
-    valid_examples: Sequence          # encoded validation pairs (a CorpusSplit, or [] without validation)
-    valid_pairs: list[tuple[str, str]]  # the text of those that were kept
+    valid_sets: list[ValidSet]        # one per corpus with validation pairs ([] without validation)
+
+
+def _training_source(corpus: Corpus, data_cfg) -> tuple[Sequence, Mixture | None]:
+    """The training examples and, with ``data.corpora``, their mixture (its rates logged with each corpus's
+    counts)."""
+    if not data_cfg.corpora:
+        return corpus.split("train"), None
+    names = [spec.name for spec in data_cfg.corpora]
+    parts = [corpus.split(train_split(name)) for name in names]
+    mixture = Mixture(tuple(len(part) for part in parts), data_cfg.sampling_temperature, tuple(names))
+    reports = corpus.reports()
+    logger.info(f"mixing {len(parts)} corpora at temperature {data_cfg.sampling_temperature}:")
+    for line in mixture.describe([reports[train_split(name)].total for name in names]):
+        logger.info(f"  {line}")
+    return ConcatSource(parts), mixture
+
+
+def _subword_sampling(corpus: Corpus, data_cfg, src_tok: Tokenizer, tgt_tok: Tokenizer) -> SampledEpochs | None:
+    """With ``data.subword_alpha``, the epochs of sampled segmentations of the training splits (their text is
+    in the corpus: ``preprocess`` keeps it when sampling is on)."""
+    if not data_cfg.subword_alpha:
+        return None
+    names = [train_split(spec.name) for spec in data_cfg.corpora] or ["train"]
+    prefixes = split_prefixes(data_cfg, src_tok)
+    parts = [SampledPart(corpus.kept_pairs(name), corpus.split(name),
+                         TaggedTokenizer(src_tok, prefixes[name]) if name in prefixes else src_tok, tgt_tok)
+             for name in names]
+    return SampledEpochs(parts, SubwordSampling(data_cfg.subword_alpha, data_cfg.subword_nbest_size),
+                         data_cfg.seed, data_cfg.max_src_len, data_cfg.max_tgt_len)
+
+
+def _valid_sets(corpus: Corpus, data_cfg) -> list[ValidSet]:
+    if not data_cfg.corpora:
+        return [ValidSet("", None, corpus.split("valid"), corpus.valid_pairs())] if corpus.has_split("valid") else []
+    return [ValidSet(spec.name, spec.tgt_lang or None, corpus.split(valid_split(spec.name)),
+                     corpus.valid_pairs(valid_split(spec.name)))
+            for spec in data_cfg.corpora if corpus.has_split(valid_split(spec.name))]
 
 
 def prepare_data(config: ExperimentConfig, run: Workdir, main_process: bool, policy: BatchPolicy,
@@ -125,22 +175,22 @@ def prepare_data(config: ExperimentConfig, run: Workdir, main_process: bool, pol
     reports = corpus.reports()
     for name in corpus.splits:
         logger.info(reports[name].summary())
-    train_examples = corpus.split("train")
-    valid_examples = corpus.split("valid") if corpus.has_split("valid") else []
-    kept_valid_pairs = corpus.valid_pairs()
+    train_examples, mixture = _training_source(corpus, data_cfg)
+    valid_sets = _valid_sets(corpus, data_cfg)
     iterator = BatchIterator(train_examples, policy, data_cfg.seed, local_rows=local_rows,
-                             read_threads=READ_THREADS, prefetch=PREFETCH_READS)
+                             read_threads=READ_THREADS, prefetch=PREFETCH_READS, mixture=mixture,
+                             resample=_subword_sampling(corpus, data_cfg, src_tok, tgt_tok))
     if data_cfg.max_tokens:
         shapes = iterator.batch_shapes()
         logger.info(f"batches: {iterator.batches_per_epoch} per epoch of at most {data_cfg.max_tokens} padded tokens; "
             f"{len(shapes)} padded shapes (rows x source x target: "
             f"{' '.join('x'.join(map(str, shape)) for shape in sorted(shapes))}), so at most {len(shapes)} "
             "compiled train programs")
-        if valid_examples:  # a budget too small for a validation bucket fails now, not at the first validation
-            valid_shapes = batch_shapes(valid_examples, policy)
+        if valid_sets:  # a budget too small for a validation bucket fails now, not at the first validation
+            valid_shapes = set().union(*(batch_shapes(valid.examples, policy) for valid in valid_sets))
             logger.info(f"validation: {len(valid_shapes)} padded shapes")
     else:
         shapes = iterator.padded_shapes()
         logger.info(f"batches: {iterator.batches_per_epoch} per epoch of {data_cfg.batch_size} rows; "
             f"{len(shapes)} padded shapes, so at most {len(shapes)} compiled train programs")
-    return TrainingData(config, src_tok, tgt_tok, iterator, valid_examples, kept_valid_pairs)
+    return TrainingData(config, src_tok, tgt_tok, iterator, valid_sets)

@@ -31,10 +31,11 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from seq2seq_jax.core.batching import BatchPolicy, eval_batches
+from seq2seq_jax.core.batching import BatchPolicy
 from seq2seq_jax.core.config import ExperimentConfig
+from seq2seq_jax.core.languages import Languages
 from seq2seq_jax.core.logs import warnings_only
-from seq2seq_jax.decoding.metrics import corpus_bleu, exact_match, perplexity
+from seq2seq_jax.decoding.metrics import perplexity
 from seq2seq_jax.decoding.translate import Translator
 from seq2seq_jax.training import parallel
 from seq2seq_jax.training.batch_iterator import BatchIterator
@@ -53,6 +54,7 @@ from seq2seq_jax.training.steps import (
     make_optimizer,
     make_train_step,
 )
+from seq2seq_jax.training.validation import Validation
 from seq2seq_jax.training.workdir import Workdir, abstract_train_state, fresh_train_state
 from seq2seq_jax.training.workdir_lock import workdir_lock
 
@@ -196,38 +198,6 @@ class NonFiniteGuard:
                 f"step {step} without saving it. Lower train.learning_rate or check the data; the last good "
                 "checkpoint is kept.")
         return False
-
-
-class Validation:
-    """Validation loss and perplexity over the whole validation set; BLEU and exact match of the greedy (or
-    configured) decoding of its first ``train.valid_sample_size`` pairs, three of them logged."""
-
-    def __init__(self, eval_step, examples, pairs: list[tuple[str, str]], translator: Translator,
-                 config: ExperimentConfig, policy: BatchPolicy, mesh: Mesh):
-        self.eval_step, self.examples, self.translator = eval_step, examples, translator
-        self.policy, self.mesh = policy, mesh
-        self.sample = pairs[: config.train.valid_sample_size]
-        self.batch_sharding = parallel.batch_sharding(mesh)
-        self.local_rows = functools.partial(parallel.process_rows, self.batch_sharding)
-
-    def __call__(self, params) -> dict[str, float]:
-        loss_sum = tokens = 0.0
-        for batch in eval_batches(self.examples, self.policy, local_rows=self.local_rows):
-            batch_sum, batch_tokens = self.eval_step(params, parallel.shard_batch(batch.arrays(), self.batch_sharding,
-                                                                                  batch.global_rows))
-            loss_sum += float(batch_sum)
-            tokens += float(batch_tokens)
-        # Every process decodes the whole sample on one of its own devices (the same numbers everywhere, so
-        # that early stopping and the best checkpoint are decided alike); one device needs no copy.
-        self.translator.params = params if self.mesh.size == 1 else parallel.local_copy(params)
-        hyps = self.translator.translate_best([src for src, _ in self.sample])
-        refs = [tgt for _, tgt in self.sample]
-        bleu, _ = corpus_bleu(hyps, refs)
-        result = {"valid_loss": loss_sum / max(tokens, 1.0), "valid_ppl": perplexity(loss_sum, tokens),
-                  "valid_bleu": bleu, "valid_exact_match": exact_match(hyps, refs)}
-        for (src, ref), hyp in list(zip(self.sample, hyps, strict=True))[:3]:
-            logger.info(f"  src: {src}\n  ref: {ref}\n  hyp: {hyp}")
-        return result
 
 
 class TrainingCheckpoints:
@@ -403,10 +373,11 @@ def _train(config: ExperimentConfig, run: Workdir, mesh: Mesh, main_process: boo
     checkpoints = TrainingCheckpoints(run.checkpointer(config), data.iterator, early_stopping, config)
     graphdef, state, state_shardings, initialised = _initial_state(config, run, mesh, checkpoints, init_from)
     update = TrainingUpdate(graphdef, config, mesh, state_shardings, data.iterator)
-    translator = Translator(graphdef, None, data.src_tokenizer, data.tgt_tokenizer, config.decode,
+    decode_config = Languages.of(config, run.path).decode_config(config.decode, data.tgt_tokenizer)
+    translator = Translator(graphdef, None, data.src_tokenizer, data.tgt_tokenizer, decode_config,
                             config.data.bucket_width)
     validate = Validation(parallel.jit_eval_step(make_eval_step(graphdef), mesh, state_shardings.params),
-                          data.valid_examples, data.valid_pairs, translator, config, policy, mesh)
+                          data.valid_sets, translator, config, policy, mesh, str(run.path))
     loop = _Run(config, data, update, validate, checkpoints, early_stopping,
                 MetricsLog(run if main_process else None), main_process, initialised)
     step, stop_reason, last_metrics = _run_steps(loop, state)
@@ -429,7 +400,7 @@ def _run_steps(loop: _Run, state) -> tuple[int, str, dict[str, float]]:
                     file=sys.stderr, disable=None if loop.main_process else True)
     with _SigtermFlag() as sigterm, _closed_at_end(loop.checkpoints, loop.metrics_log, progress,
                                                    loop.data.iterator):
-        if loop.validate_first and loop.data.valid_examples:
+        if loop.validate_first and loop.data.valid_sets:
             last_metrics = _validate(loop, step, state, progress)
         while step < train_cfg.max_steps:
             if parallel.any_process(sigterm.raised):  # every process stops at the same step
@@ -447,7 +418,7 @@ def _run_steps(loop: _Run, state) -> tuple[int, str, dict[str, float]]:
                 loop.metrics_log.write(record)
                 progress.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
                 window = MetricsWindow()
-            if loop.data.valid_examples and _due(step, train_cfg.eval_every, train_cfg.max_steps):
+            if loop.data.valid_sets and _due(step, train_cfg.eval_every, train_cfg.max_steps):
                 last_metrics = _validate(loop, step, state, progress)
                 if loop.early_stopping.should_stop:
                     stop_reason = f"early stopping: no improvement in {train_cfg.patience} validations"
