@@ -27,7 +27,8 @@ from pathlib import Path
 
 from seq2seq_jax import cli_parser, compilation_cache
 from seq2seq_jax.core import logs
-from seq2seq_jax.core.config import ConfigError, ExperimentConfig, describe_fields
+from seq2seq_jax.core.config import ConfigError, ExperimentConfig
+from seq2seq_jax.core.field_docs import describe_fields
 from seq2seq_jax.core.install_hint import install_command
 from seq2seq_jax.core.search_settings import decode_settings, format_output
 

@@ -14,8 +14,9 @@ import pytest
 
 from seq2seq_jax import __version__, cli
 from seq2seq_jax.core import install_hint
-from seq2seq_jax.core.config import ExperimentConfig, describe_fields
+from seq2seq_jax.core.config import ExperimentConfig
 from seq2seq_jax.core.decode_flags import SAMPLING_FIELDS, SEARCH_FIELDS
+from seq2seq_jax.core.field_docs import describe_fields
 from seq2seq_jax.core.presets import PRESETS
 from torch_ref import translate as torch_translate
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from seq2seq_jax.core import config as config_module
+from seq2seq_jax.core import field_docs
 from seq2seq_jax.core.config import ConfigError, DecodeConfig, ExperimentConfig, ModelConfig
 from seq2seq_jax.core.presets import PRESETS
 
@@ -84,11 +84,11 @@ def test_decode_max_len():
 
 
 def test_every_field_has_a_one_line_meaning():
-    docs = config_module.describe_fields()
+    docs = field_docs.describe_fields()
     assert len(docs) == sum(len(dataclasses.fields(type(section))) for section in vars(ExperimentConfig()).values())
     for doc in docs:
         assert doc.help and "\n" not in doc.help and len(doc.help) <= 110, doc.key
-    assert config_module.field_help("decode", "batch_size").startswith("sentences per search")
+    assert field_docs.field_help("decode", "batch_size").startswith("sentences per search")
 
 
 def test_an_unknown_setting_says_what_was_meant():

@@ -20,7 +20,6 @@ from seq2seq_jax.core.json_files import read_json
 from seq2seq_jax.core.names import closest, did_you_mean
 from seq2seq_jax.core.presets import PRESETS, merge_sections, preset_sections
 from seq2seq_jax.core.search_settings import max_len_for
-from seq2seq_jax.core.suggestions import closest, did_you_mean
 
 ATTENTION_SCORES = ("additive", "dot", "general")
 DECODER_STYLES = ("bahdanau", "luong")
@@ -398,33 +397,6 @@ def preset_values(name: str) -> dict[str, dict[str, Any]]:
         raise ConfigError(f"unknown preset {name!r}{did_you_mean(name, PRESETS)}; presets are "
                           f"{', '.join(PRESETS)}")
     return preset_sections(name)
-
-
-@dataclasses.dataclass(frozen=True)
-class FieldDoc:
-    """One config field as ``seq2seq config --describe`` lists it."""
-
-    key: str      # section.name
-    type: str
-    default: Any
-    help: str
-
-
-def describe_fields() -> list[FieldDoc]:
-    """Every field of every section, in section and declaration order, with its type, default and meaning."""
-    docs = []
-    for section_name, section in _SECTIONS.items():
-        hints = get_type_hints(section)
-        for f in dataclasses.fields(section):
-            type_name = getattr(hints[f.name], "__name__", None) if hints[f.name] in (int, float, str, bool) else None
-            docs.append(FieldDoc(f"{section_name}.{f.name}", type_name or str(hints[f.name]), f.default,
-                                 f.metadata.get("help", "")))
-    return docs
-
-
-def field_help(section: str, name: str) -> str:
-    """The one-line meaning of ``section.name``."""
-    return {f.name: f.metadata["help"] for f in dataclasses.fields(_SECTIONS[section])}[name]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import get_type_hints
 
-from seq2seq_jax.core.config import DecodeConfig, field_help
+from seq2seq_jax.core.config import DecodeConfig
+from seq2seq_jax.core.field_docs import field_help
 
 # The search settings both sides implement, in the order --help lists them; sampling is the JAX side's alone.
 SEARCH_FIELDS = ("beam_size", "length_penalty", "n_best", "min_len", "max_len_a", "max_len_b", "no_repeat_ngram_size",
