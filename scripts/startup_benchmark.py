@@ -89,7 +89,9 @@ def translate_rounds(workdir: Path, export: Path, rounds: int, scratch: Path, co
         outputs.add(out)
         print(f"round {index + 1}: JAX first {first[-1]:.2f} s, second {second[-1]:.2f} s, torch_ref "
               f"{torch_s[-1]:.2f} s", flush=True)
-    compared = {"compare_root_s": statistics.median(other), "compare_root": str(compare_root)} if other else {}
+    compared = {"compare_root_s": statistics.median(other), "compare_commit": subprocess.run(
+        ["git", "-C", str(compare_root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    } if other else {}
     return {**compared, "jax_first_s": statistics.median(first), "jax_second_s": statistics.median(second),
             "torch_ref_s": statistics.median(torch_s), "rounds": {"jax_first": first, "jax_second": second,
                                                                   "torch_ref": torch_s},
@@ -147,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="startup-benchmark-"))
     try:
         export = prepare(args.workdir)
-        results = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True).stdout.strip()
+        results = {"commit": commit, "date": time.strftime("%Y-%m-%d"),
+                   "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                    "python_bytecode": "written (PYTHONDONTWRITEBYTECODE unset)",
                    "translate_one_sentence_beam5": translate_rounds(args.workdir, export, args.rounds, scratch,
                                                                      args.compare_root)}
