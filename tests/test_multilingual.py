@@ -341,3 +341,39 @@ def test_the_server_takes_tgt_lang_and_lists_the_languages(trained):
         assert scored["scores"][0]["log_prob"] == pytest.approx(model.score("ab", "AB", "up").log_prob)
         page = client.get("/").text
         assert 'id="lang"' in page and "body.tgt_lang" in page
+
+
+def test_the_page_shows_a_language_selector_and_translates_into_the_chosen_language(trained, tmp_path):
+    """Headless chromium on a real server of the multilingual workdir: the selector lists the workdir's
+    languages, and each choice gives the server's answer for that language."""
+    from test_serve import post, running_server, system_chromium
+
+    executable = system_chromium()
+    from playwright.sync_api import sync_playwright
+
+    workdir, _, _ = trained
+    with running_server(workdir, tmp_path) as (url, _, _), sync_playwright() as playwright:
+        expected = {language: post(f"{url}/v1/translate", {"texts": [SOURCES[2]], "tgt_lang": language,
+                                                           "beam_size": 1, "n_best": 1}).json()
+                    ["translations"][0][0]["text"] for language in ("rev", "up")}
+        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            sent = []
+            page.on("request", lambda request: sent.append(json.loads(request.post_data))
+                    if request.url.endswith("/v1/translate") else None)
+            page.goto(url, timeout=60_000)
+            page.wait_for_selector("#langbox:not([hidden])", timeout=60_000)
+            assert page.locator("#lang option").all_inner_texts() == ["rev", "up"]
+            page.fill("#source", SOURCES[2])
+            page.fill("#beam", "1")
+            page.fill("#nbest", "1")
+            for language in ("up", "rev"):
+                page.select_option("#lang", language)
+                page.click("#submit")
+                page.wait_for_function("want => [...document.querySelectorAll('li.hyp .text')]"
+                                       ".map(node => node.textContent).join('|') === want",
+                                       arg=expected[language], timeout=60_000)
+            assert [body["tgt_lang"] for body in sent] == ["up", "rev"]
+        finally:
+            browser.close()
