@@ -50,6 +50,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE_DIR = Path(__file__).resolve().parent
+if str(RECIPE_DIR) not in sys.path:  # the summary tables module beside this script, also when loaded by a test
+    sys.path.insert(0, str(RECIPE_DIR))
+
+from summary_tables import write_summary  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,30 +294,15 @@ def search_decoding(recipe: Recipe, try_settings) -> dict:
     return current
 
 
-def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str] = (), label: str | None = None,
-        select: str = "validation") -> dict:
+def train_recipe(name: str, data: Path, workdir: Path, prepared: Path, overrides) -> tuple:
+    """Step 1: ``seq2seq train`` of recipe ``name`` in ``workdir`` (resumed when it exists; linearized sources
+    in ``prepared``); ``(config, training report)`` once it reached ``train.max_steps``, an error otherwise."""
     from seq2seq_jax import cli
     from seq2seq_jax.core.config import ExperimentConfig
-    from seq2seq_jax.training.averaging import average_checkpoints
-    from seq2seq_jax.training.plots import plot_training_curves, read_metrics_jsonl
     from seq2seq_jax.training.workdir import Workdir
 
     recipe = RECIPES[name]
     config_file = RECIPE_DIR / recipe.config
-    sets = (recipe.valid_sets[0], *recipe.valid_sets[1]) if recipe.valid_sets else ()
-    files = [f for pair in (recipe.train, recipe.valid, *([recipe.test] if recipe.test else []))
-             for pairs in directions(recipe, pair).values() for f in pairs]
-    for relative in dict.fromkeys(files + list(sets)):
-        if not (data / relative).is_file():
-            raise FileNotFoundError(f"{data / relative} not found: pass --data, the folder holding "
-                                    f"{relative.split('/')[0]}/")
-    label = label or name  # the results files' name: NAME, or NAME-seedS for an ensemble member
-    command = " ".join(["python scripts/recipes/run.py", name, *(f"--set {o}" for o in overrides),
-                        *([f"--select {select}"] if select != "validation" else [])])
-    report: dict = {"recipe": name, "label": label, "command": command, "data": str(data)}
-
-    # 1. train (resumes an existing workdir); only a run that reached train.max_steps goes on
-    prepared = workdir.with_name(workdir.name + ".sources")  # linearized sources (input_format triples)
     argv = ["train", "--workdir", str(workdir)]
     if not recipe.languages:  # a multilingual recipe's files are its config's data.corpora
         argv += ["--train-src", str(prepare_sources(recipe, data, recipe.train[0], prepared)),
@@ -332,7 +321,6 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
     if cli.main(argv) != 0:
         raise RuntimeError(f"{name}: training failed")
     config = ExperimentConfig.load(workdir / "config.json")
-    report["config"] = config.to_dict()
     with Workdir(workdir).checkpointer(config) as checkpoints:
         reached = checkpoints.latest_step()
     if reached != config.train.max_steps:  # SIGTERM (or early stopping): not the recipe's model
@@ -342,8 +330,65 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
     previous = json.loads(timing_file.read_text()) if timing_file.is_file() else []
     runs = previous + [round(time.perf_counter() - start, 1)]
     timing_file.write_text(json.dumps(runs) + "\n")
-    report["training"] = {"seconds": round(sum(runs), 1), "invocations_seconds": runs, **training_summary(workdir)}
-    log(f"{name}: trained in {report['training']['seconds']:.0f} s")
+    training = {"seconds": round(sum(runs), 1), "invocations_seconds": runs, **training_summary(workdir)}
+    log(f"{name}: trained in {training['seconds']:.0f} s")
+    return config, training
+
+
+def final_scores(name: str, data: Path, chosen: Path, current: dict, best: dict, valid_src: list[str],
+                 valid_ref: list, out: Path) -> dict:
+    """Step 4: the report's final scores of the ``chosen`` model with the ``current`` settings: the test set
+    scored once, or (no test split) validation, whose ``best`` decoding is already done; the hypotheses go to
+    ``OUT.test.hyp`` / ``OUT.valid.hyp``, and summarization adds the extractive baselines."""
+    recipe = RECIPES[name]
+    scores: dict = {}
+    if recipe.test is not None:
+        scores["test"], _ = score_test_set(recipe, data, chosen, current, Path(f"{out}.test.hyp"))
+        log(f"{name}: test BLEU {scores['test']['bleu']:.2f} chrF {scores['test']['chrf']:.2f}")
+    else:
+        scores["valid"] = best["valid"]
+        if recipe.metric == "rouge":
+            # The same numbers without the validation dialogues that also occur (up to whitespace) in train.
+            train_sources = {" ".join(line.split()) for line in read_pair(data, recipe.train)[0]}
+            unseen = [i for i, line in enumerate(valid_src) if " ".join(line.split()) not in train_sources]
+            scores["valid_unseen"] = {"examples": len(unseen), **score(
+                recipe.metric, [best["hyps"][i] for i in unseen], [valid_ref[i] for i in unseen])}
+        if recipe.valid_sets is not None:
+            scores["valid"]["set"] = recipe.valid_sets[0]
+            scores["valid_by_triple_count"] = by_triple_count(recipe, data, best["hyps"], valid_ref)
+            scores["samples"] = [{"source": valid_src[i], "output": best["hyps"][i], "references": valid_ref[i]}
+                                 for i in range(0, len(valid_src), max(1, len(valid_src) // 8))]
+        Path(f"{out}.valid.hyp").write_text("".join(h + "\n" for h in best["hyps"]), encoding="utf-8")
+    if recipe.extractive_baselines:
+        from seq2seq_jax.decoding.extractive import lead, longest
+
+        scores["baselines"] = {"Lead-3": score("rouge", [lead(s, 3) for s in valid_src], valid_ref),
+                               "Longest-3": score("rouge", [longest(s, 3) for s in valid_src], valid_ref)}
+    return scores
+
+
+def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str] = (), label: str | None = None,
+        select: str = "validation") -> dict:
+    from seq2seq_jax.training.averaging import average_checkpoints
+    from seq2seq_jax.training.plots import plot_training_curves, read_metrics_jsonl
+
+    recipe = RECIPES[name]
+    sets = (recipe.valid_sets[0], *recipe.valid_sets[1]) if recipe.valid_sets else ()
+    files = [f for pair in (recipe.train, recipe.valid, *([recipe.test] if recipe.test else []))
+             for pairs in directions(recipe, pair).values() for f in pairs]
+    for relative in dict.fromkeys(files + list(sets)):
+        if not (data / relative).is_file():
+            raise FileNotFoundError(f"{data / relative} not found: pass --data, the folder holding "
+                                    f"{relative.split('/')[0]}/")
+    label = label or name  # the results files' name: NAME, or NAME-seedS for an ensemble member
+    command = " ".join(["python scripts/recipes/run.py", name, *(f"--set {o}" for o in overrides),
+                        *([f"--select {select}"] if select != "validation" else [])])
+    report: dict = {"recipe": name, "label": label, "command": command, "data": str(data)}
+
+    # 1. train (resumes an existing workdir); only a run that reached train.max_steps goes on
+    prepared = workdir.with_name(workdir.name + ".sources")  # linearized sources (input_format triples)
+    config, report["training"] = train_recipe(name, data, workdir, prepared, overrides)
+    report["config"] = config.to_dict()
 
     # 2. best checkpoint or the average of the last ones, chosen on validation
     valid = (read_sets(recipe, data, recipe.valid) if recipe.languages
@@ -383,29 +428,8 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
         {key: value for key, value in entry.items() if key != "hyps"} for entry in tried.values()
         if entry["model"] == str(chosen)]}
 
-    # 4. the final score: test once, or validation for the summarization recipe
-    if recipe.test is not None:
-        report["test"], _ = score_test_set(recipe, data, chosen, current, results / f"{label}.test.hyp")
-        log(f"{name}: test BLEU {report['test']['bleu']:.2f} chrF {report['test']['chrf']:.2f}")
-    else:
-        report["valid"] = best["valid"]
-        if recipe.metric == "rouge":
-            # The same numbers without the validation dialogues that also occur (up to whitespace) in train.
-            train_sources = {" ".join(line.split()) for line in read_pair(data, recipe.train)[0]}
-            unseen = [i for i, line in enumerate(valid_src) if " ".join(line.split()) not in train_sources]
-            report["valid_unseen"] = {"examples": len(unseen), **score(
-                recipe.metric, [best["hyps"][i] for i in unseen], [valid_ref[i] for i in unseen])}
-        if recipe.valid_sets is not None:
-            report["valid"]["set"] = recipe.valid_sets[0]
-            report["valid_by_triple_count"] = by_triple_count(recipe, data, best["hyps"], valid_ref)
-            report["samples"] = [{"source": valid_src[i], "output": best["hyps"][i], "references": valid_ref[i]}
-                                 for i in range(0, len(valid_src), max(1, len(valid_src) // 8))]
-        (results / f"{label}.valid.hyp").write_text("".join(h + "\n" for h in best["hyps"]), encoding="utf-8")
-    if recipe.extractive_baselines:
-        from seq2seq_jax.decoding.extractive import lead, longest
-
-        report["baselines"] = {"Lead-3": score("rouge", [lead(s, 3) for s in valid_src], valid_ref),
-                               "Longest-3": score("rouge", [longest(s, 3) for s in valid_src], valid_ref)}
+    # 4. the final score: test once, or validation for the summarization and data-to-text recipes
+    report.update(final_scores(name, data, chosen, current, best, valid_src, valid_ref, results / label))
     report["published"] = recipe.published
     report["translate_command"] = ("seq2seq translate --workdir " + str(chosen) + "".join(
         f" --{key.replace('_', '-')} {value}" for key, value in current.items()))
@@ -469,103 +493,6 @@ def run_ensemble(name: str, data: Path, workdir: Path, results: Path, seeds: lis
     write_report(out, report, data)
     log(f"{name}: wrote {out} and {write_summary(results)}")
     return report
-
-
-TARGETS = {"multi30k-de-en": {"bleu": 38.0}, "multi30k-en-de": {"bleu": 35.0}, "webnlg": {"bleu": 60.0},
-           "dialogsum": {"rouge1": 38.0, "rouge2": 12.0, "rougeL": 31.0}}
-
-
-def write_summary(results: Path) -> Path:
-    """``RESULTS/README.md``: every recipe's results file in ``results`` as tables (regenerated each run)."""
-    lines = ["# Recipe results", "",
-             "Written by `scripts/recipes/run.py` from the `*.json` files beside this file (one per recipe); "
-             "every number is measured by the run that wrote it.", ""]
-    for path in sorted(results.glob("*.json")):
-        report = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(report, dict) or "recipe" not in report:
-            continue
-        if "members" in report:
-            lines += _ensemble_summary(report)
-            continue
-        name, env, training = report["recipe"], report["environment"], report["training"]
-        config, label = report["config"], report.get("label", name)
-        lines += [f"## {label}", "", f"`{report['command']}` (commit {env['commit']}, {env['date']}, "
-                  f"{env['cpus_usable']} CPU core(s) usable, jax {env['versions']['jax']})", ""]
-        lines += [f"Training: {training['steps']} steps of {config['data']['batch_size']} sentences in "
-                  f"{training['seconds'] / 60:.1f} min, median {training['tokens_per_s_median'] or 0:.0f} target "
-                  f"tokens/s; model selection: {report['model_selection']['chosen']}; decoding chosen on "
-                  f"validation: `{json.dumps(report['decode_search']['chosen'], sort_keys=True)}`.", ""]
-        targets = TARGETS.get(name, {})
-        if "test" in report:
-            test = report["test"]
-            lines += ["| system | BLEU | chrF |", "|---|---|---|",
-                      f"| this recipe, measured ({test['set']}) | {test['bleu']:.1f} | {test['chrf']:.1f} |"]
-            lines += [f"| target | {targets['bleu']:.1f} | |"] if "bleu" in targets else []
-            lines += [f"| published: {system} | {value:.1f} | |" for system, value in report["published"].items()]
-            lines += [f"| this recipe, {lang} ({entry['set']}) | {entry['bleu']:.1f} | {entry['chrf']:.1f} |"
-                      for lang, entry in test.get("by_language", {}).items()]
-            lines += ["", f"BLEU signature: `{test['bleu_signature']}`; chrF: `{test['chrf_signature']}`.", ""]
-        if "valid" in report and "bleu" in report["valid"]:
-            lines += _data_to_text_summary(report)
-        elif "valid" in report:
-            valid = report["valid"]
-            lines += ["| system (validation set) | ROUGE-1 | ROUGE-2 | ROUGE-L |", "|---|---|---|---|",
-                      f"| this recipe, measured | {valid['rouge1']:.1f} | {valid['rouge2']:.1f} | "
-                      f"{valid['rougeL']:.1f} |"]
-            if "valid_unseen" in report:
-                unseen = report["valid_unseen"]
-                lines += [f"| this recipe, the {unseen['examples']} dialogues not in train | {unseen['rouge1']:.1f} | "
-                          f"{unseen['rouge2']:.1f} | {unseen['rougeL']:.1f} |"]
-            lines += [f"| {system} | {b['rouge1']:.1f} | {b['rouge2']:.1f} | {b['rougeL']:.1f} |"
-                      for system, b in report.get("baselines", {}).items()]
-            if targets:
-                lines += [f"| target | {targets['rouge1']:.1f} | {targets['rouge2']:.1f} | {targets['rougeL']:.1f} |"]
-            lines += ["", "ROUGE: rouge-score, stemming, F-measure, x100; the decoding settings were chosen on this "
-                      "same set (the recipe has no separate test split).", ""]
-        lines += [f"![training curves]({label}_curves.png)", ""]
-    out = results / "README.md"
-    out.write_text("\n".join(lines), encoding="utf-8")
-    return out
-
-
-def _data_to_text_summary(report: dict) -> list[str]:
-    """The summary rows of a recipe scored on multi-reference validation sets (webnlg): the scores, by set size,
-    and sample outputs beside their references."""
-    valid = report["valid"]
-    lines = [f"Scored on `{valid['set']}`, every reference of a set (multi-reference); the decoding settings were "
-             "chosen on this same set.", "", "| BLEU | chrF++ | TER |", "|---|---|---|",
-             f"| {valid['bleu']:.1f} | {valid['chrf_pp']:.1f} | {valid['ter']:.1f} |", "",
-             "| triples | sets | BLEU | chrF++ |", "|---|---|---|---|"]
-    lines += [f"| {size} | {row['sets']} | {row['bleu']:.1f} | {row['chrf_pp']:.1f} |"
-              for size, row in report.get("valid_by_triple_count", {}).items()]
-    lines += ["", f"BLEU signature: `{valid['bleu_signature']}`; chrF++: `{valid['chrf_pp_signature']}`; TER: "
-              f"`{valid['ter_signature']}`.", ""]
-    for sample in report.get("samples", []):
-        lines += [f"- source: `{sample['source']}`", f"  - output: {sample['output']}",
-                  *(f"  - reference: {reference}" for reference in sample["references"])]
-    return lines + [""]
-
-
-def _ensemble_summary(report: dict) -> list[str]:
-    """The summary section of an ensemble report (step 6): each member and the ensemble, validation and test."""
-    env = report["environment"]
-    lines = [f"## {report['label']}", "", f"`{report['command']}` (commit {env['commit']}, {env['date']}, "
-             f"{env['cpus_usable']} CPU core(s) usable, jax {env['versions']['jax']})", "",
-             "| system | decoding | validation BLEU | test BLEU | test chrF |", "|---|---|---|---|---|"]
-    rows = [(f"{m['label']} ({m['selection']})", m["decode"], m["valid"], m["test"]) for m in report["members"]]
-    rows.append((f"ensemble of the {len(report['members'])}", report["decode_search"]["chosen"], report["valid"],
-                 report.get("test")))
-    for system, decode, valid, test in rows:
-        test_cells = f"{test['bleu']:.1f} | {test['chrf']:.1f}" if test else "| "
-        lines.append(f"| {system} | `{json.dumps(decode, sort_keys=True)}` | {valid['bleu']:.1f} | {test_cells} |")
-    if "speed" in report:
-        speed = report["speed"]
-        ensemble, single = speed["ensemble"], speed["first_model"]
-        lines += ["", f"Decoding the {speed['sentences']} test sentences with the ensemble's settings, compiled: "
-                  f"{ensemble['compiled_seconds']:.1f} s for the ensemble, {single['compiled_seconds']:.1f} s for the "
-                  f"first model alone ({ensemble['first_seconds']:.1f} s and {single['first_seconds']:.1f} s the "
-                  "first time, compilation included)."]
-    return lines + [""]
 
 
 def write_report(path: Path, report: dict, data: Path) -> None:

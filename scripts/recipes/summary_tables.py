@@ -1,0 +1,103 @@
+"""``RESULTS/README.md``: the tables of every recipe's results file, beside each recipe's target
+(``scripts/recipes/run.py`` writes it after each run)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+TARGETS = {"multi30k-de-en": {"bleu": 38.0}, "multi30k-en-de": {"bleu": 35.0}, "webnlg": {"bleu": 60.0},
+           "dialogsum": {"rouge1": 38.0, "rouge2": 12.0, "rougeL": 31.0}}
+
+
+def write_summary(results: Path) -> Path:
+    """``RESULTS/README.md``: every recipe's results file in ``results`` as tables (regenerated each run)."""
+    lines = ["# Recipe results", "",
+             "Written by `scripts/recipes/run.py` from the `*.json` files beside this file (one per recipe); "
+             "every number is measured by the run that wrote it.", ""]
+    for path in sorted(results.glob("*.json")):
+        report = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(report, dict) or "recipe" not in report:
+            continue
+        if "members" in report:
+            lines += _ensemble_summary(report)
+            continue
+        name, env, training = report["recipe"], report["environment"], report["training"]
+        config, label = report["config"], report.get("label", name)
+        lines += [f"## {label}", "", f"`{report['command']}` (commit {env['commit']}, {env['date']}, "
+                  f"{env['cpus_usable']} CPU core(s) usable, jax {env['versions']['jax']})", ""]
+        lines += [f"Training: {training['steps']} steps of {config['data']['batch_size']} sentences in "
+                  f"{training['seconds'] / 60:.1f} min, median {training['tokens_per_s_median'] or 0:.0f} target "
+                  f"tokens/s; model selection: {report['model_selection']['chosen']}; decoding chosen on "
+                  f"validation: `{json.dumps(report['decode_search']['chosen'], sort_keys=True)}`.", ""]
+        targets = TARGETS.get(name, {})
+        if "test" in report:
+            test = report["test"]
+            lines += ["| system | BLEU | chrF |", "|---|---|---|",
+                      f"| this recipe, measured ({test['set']}) | {test['bleu']:.1f} | {test['chrf']:.1f} |"]
+            lines += [f"| target | {targets['bleu']:.1f} | |"] if "bleu" in targets else []
+            lines += [f"| published: {system} | {value:.1f} | |" for system, value in report["published"].items()]
+            lines += [f"| this recipe, {lang} ({entry['set']}) | {entry['bleu']:.1f} | {entry['chrf']:.1f} |"
+                      for lang, entry in test.get("by_language", {}).items()]
+            lines += ["", f"BLEU signature: `{test['bleu_signature']}`; chrF: `{test['chrf_signature']}`.", ""]
+        if "valid" in report and "bleu" in report["valid"]:
+            lines += _data_to_text_summary(report)
+        elif "valid" in report:
+            valid = report["valid"]
+            lines += ["| system (validation set) | ROUGE-1 | ROUGE-2 | ROUGE-L |", "|---|---|---|---|",
+                      f"| this recipe, measured | {valid['rouge1']:.1f} | {valid['rouge2']:.1f} | "
+                      f"{valid['rougeL']:.1f} |"]
+            if "valid_unseen" in report:
+                unseen = report["valid_unseen"]
+                lines += [f"| this recipe, the {unseen['examples']} dialogues not in train | {unseen['rouge1']:.1f} | "
+                          f"{unseen['rouge2']:.1f} | {unseen['rougeL']:.1f} |"]
+            lines += [f"| {system} | {b['rouge1']:.1f} | {b['rouge2']:.1f} | {b['rougeL']:.1f} |"
+                      for system, b in report.get("baselines", {}).items()]
+            if targets:
+                lines += [f"| target | {targets['rouge1']:.1f} | {targets['rouge2']:.1f} | {targets['rougeL']:.1f} |"]
+            lines += ["", "ROUGE: rouge-score, stemming, F-measure, x100; the decoding settings were chosen on this "
+                      "same set (the recipe has no separate test split).", ""]
+        lines += [f"![training curves]({label}_curves.png)", ""]
+    out = results / "README.md"
+    out.write_text("\n".join(lines), encoding="utf-8")
+    return out
+
+
+def _data_to_text_summary(report: dict) -> list[str]:
+    """The summary rows of a recipe scored on multi-reference validation sets (webnlg): the scores, by set size,
+    and sample outputs beside their references."""
+    valid = report["valid"]
+    lines = [f"Scored on `{valid['set']}`, every reference of a set (multi-reference); the decoding settings were "
+             "chosen on this same set.", "", "| BLEU | chrF++ | TER |", "|---|---|---|",
+             f"| {valid['bleu']:.1f} | {valid['chrf_pp']:.1f} | {valid['ter']:.1f} |", "",
+             "| triples | sets | BLEU | chrF++ |", "|---|---|---|---|"]
+    lines += [f"| {size} | {row['sets']} | {row['bleu']:.1f} | {row['chrf_pp']:.1f} |"
+              for size, row in report.get("valid_by_triple_count", {}).items()]
+    lines += ["", f"BLEU signature: `{valid['bleu_signature']}`; chrF++: `{valid['chrf_pp_signature']}`; TER: "
+              f"`{valid['ter_signature']}`.", ""]
+    for sample in report.get("samples", []):
+        lines += [f"- source: `{sample['source']}`", f"  - output: {sample['output']}",
+                  *(f"  - reference: {reference}" for reference in sample["references"])]
+    return lines + [""]
+
+
+def _ensemble_summary(report: dict) -> list[str]:
+    """The summary section of an ensemble report (step 6): each member and the ensemble, validation and test."""
+    env = report["environment"]
+    lines = [f"## {report['label']}", "", f"`{report['command']}` (commit {env['commit']}, {env['date']}, "
+             f"{env['cpus_usable']} CPU core(s) usable, jax {env['versions']['jax']})", "",
+             "| system | decoding | validation BLEU | test BLEU | test chrF |", "|---|---|---|---|---|"]
+    rows = [(f"{m['label']} ({m['selection']})", m["decode"], m["valid"], m["test"]) for m in report["members"]]
+    rows.append((f"ensemble of the {len(report['members'])}", report["decode_search"]["chosen"], report["valid"],
+                 report.get("test")))
+    for system, decode, valid, test in rows:
+        test_cells = f"{test['bleu']:.1f} | {test['chrf']:.1f}" if test else "| "
+        lines.append(f"| {system} | `{json.dumps(decode, sort_keys=True)}` | {valid['bleu']:.1f} | {test_cells} |")
+    if "speed" in report:
+        speed = report["speed"]
+        ensemble, single = speed["ensemble"], speed["first_model"]
+        lines += ["", f"Decoding the {speed['sentences']} test sentences with the ensemble's settings, compiled: "
+                  f"{ensemble['compiled_seconds']:.1f} s for the ensemble, {single['compiled_seconds']:.1f} s for the "
+                  f"first model alone ({ensemble['first_seconds']:.1f} s and {single['first_seconds']:.1f} s the "
+                  "first time, compilation included)."]
+    return lines + [""]
