@@ -119,3 +119,24 @@ def test_sampling_changes_training_batches_but_not_validation(sampled_run, tmp_p
     batches = [[next(data.iterator) for _ in range(3)] for data in (with_sampling, without)]
     assert any(not np.array_equal(a.src, b.src) for a, b in zip(*batches, strict=True))
     assert step_losses(sampled_run)[1] > 0
+
+
+def test_a_preprocessed_corpus_keeps_the_training_text_only_for_sampling(tmp_path):
+    """``preprocess`` with ``data.subword_alpha`` keeps ``train.pairs.jsonl`` beside the records, and training
+    from it samples; a corpus made without it is refused for sampling with what to do."""
+    from seq2seq_jax.core.batching import BatchPolicy
+    from seq2seq_jax.core.reading import DataError
+    from seq2seq_jax.training.preprocess import preprocess
+    from seq2seq_jax.training.run_data import prepare_data
+    from seq2seq_jax.training.workdir import Workdir
+
+    sampled = preprocess(tiny_config(*SAMPLED), tmp_path / "sampled", progress=False)
+    plain = preprocess(tiny_config(*SAMPLED[:2]), tmp_path / "plain", progress=False)
+    assert len(sampled.kept_pairs("train")) == len(sampled.split("train")) == 200
+    assert not (plain.path / "train.pairs.jsonl").exists()
+    data = prepare_data(tiny_config(*SAMPLED, f"data.preprocessed_dir={sampled.path}"), Workdir(tmp_path / "a"),
+                        True, BatchPolicy(16, (16, 16)))
+    assert data.iterator.state()["subword_sampling"] == {"alpha": 0.5, "nbest_size": -1}
+    with pytest.raises(DataError, match="made without data.subword_alpha"):
+        prepare_data(tiny_config(*SAMPLED, f"data.preprocessed_dir={plain.path}"), Workdir(tmp_path / "b"), True,
+                     BatchPolicy(16, (16, 16)))
