@@ -101,7 +101,7 @@ class _FakeCheckpointer:
 TRAIN_ARGV: list[list[str]] = []  # what the fake training of _fake_run was called with
 
 
-def _fake_run(monkeypatch, tmp_path, name, reached=None, ensemble_seeds=None, select="validation"):
+def _fake_run(monkeypatch, tmp_path, name, reached=None, ensemble_seeds=None, select="validation", **options):
     """Run ``RUNNER.run`` (``RUNNER.run_ensemble`` with ``ensemble_seeds``) with training, averaging and decoding
     replaced by fakes (nothing compiles).
 
@@ -179,7 +179,7 @@ def _fake_run(monkeypatch, tmp_path, name, reached=None, ensemble_seeds=None, se
     results.mkdir()
     if ensemble_seeds:
         return RUNNER.run_ensemble(name, data, workdir, results, ensemble_seeds, select=select), decoded, results
-    return RUNNER.run(name, data, workdir, results, select=select), decoded, results
+    return RUNNER.run(name, data, workdir, results, select=select, **options), decoded, results
 
 
 def test_runner_selects_on_validation_and_scores_test_once(monkeypatch, tmp_path):
@@ -193,6 +193,17 @@ def test_runner_selects_on_validation_and_scores_test_once(monkeypatch, tmp_path
     assert json.loads((results / "multi30k-de-en.json").read_text())["training"]["steps"] == 200
     assert (results / "multi30k-de-en_curves.png").is_file() and (results / "README.md").is_file()
     assert (results / "multi30k-de-en.test.hyp").read_text() == "ref 0\nref 1\n"
+
+
+def test_a_validation_only_trial_never_decodes_the_test_set(monkeypatch, tmp_path):
+    report, decoded, results = _fake_run(monkeypatch, tmp_path, "multi30k-de-en", validation_only=True,
+                                         label="trial-lp", overrides=["data.subword_alpha=0.1"])
+    assert "test" not in report and report["validation_only"] is True
+    assert len(decoded) == 5  # the validation decodes of the test above, not its test decode
+    assert report["command"] == ("python scripts/recipes/run.py multi30k-de-en --set data.subword_alpha=0.1 "
+                                 "--validation-only --label trial-lp")
+    assert report["config"]["data"]["subword_alpha"] == 0.1
+    assert (results / "trial-lp.json").is_file() and not list(results.glob("*.hyp"))
 
 
 def test_runner_summarization_reports_unseen_subset_and_baselines(monkeypatch, tmp_path):

@@ -1,7 +1,7 @@
 """Run a recipe end to end: train, average checkpoints, tune decoding on the validation set, score once.
 
     python scripts/recipes/run.py NAME [--data DIR] [--workdir DIR] [--results DIR] [--ensemble-seed S ...]
-        [--select validation|average]
+        [--select validation|average] [--set SECTION.KEY=VALUE ...] [--validation-only] [--label L]
 
 NAME is one of ``RECIPES`` (``multi30k-de-en``, ``multi30k-en-de``, ``multi30k-en-fr``, ``multi30k-en-cs``,
 ``multi30k-en-x``, ``dialogsum``, ``webnlg``); its settings are the config file beside this script: a preset
@@ -20,7 +20,8 @@ NAME is one of ``RECIPES`` (``multi30k-de-en``, ``multi30k-en-de``, ``multi30k-e
 4. Translation recipes score ``test_2016_flickr`` once, with the chosen model and settings (sacrebleu
    defaults: BLEU and chrF on detokenized, cased text). The summarization recipe reports validation ROUGE
    (rouge-score, stemming, F-measure), the set its targets are stated on, beside the Lead-3 and Longest-3
-   extractive baselines.
+   extractive baselines. ``--validation-only`` (with ``--label``) skips this step: a trial of other
+   settings (``--set``) reports its validation scores only, so settings are chosen without seeing the test set.
 5. ``RESULTS/NAME.json`` (scores, signatures, chosen settings, training time, tokens/s, versions),
    ``RESULTS/NAME_curves.png`` (training curves), the final hypotheses (``NAME.test.hyp`` or
    ``NAME.valid.hyp``) and ``RESULTS/README.md`` (tables of every recipe's results) are written; default
@@ -368,7 +369,9 @@ def final_scores(name: str, data: Path, chosen: Path, current: dict, best: dict,
 
 
 def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str] = (), label: str | None = None,
-        select: str = "validation") -> dict:
+        select: str = "validation", validation_only: bool = False) -> dict:
+    """Steps 1-5 of recipe ``name``; ``validation_only``: no final score (step 4), for trials and ablations whose
+    settings are chosen on validation while the test set stays unseen."""
     from seq2seq_jax.training.averaging import average_checkpoints
     from seq2seq_jax.training.plots import plot_training_curves, read_metrics_jsonl
 
@@ -382,7 +385,9 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
                                     f"{relative.split('/')[0]}/")
     label = label or name  # the results files' name: NAME, or NAME-seedS for an ensemble member
     command = " ".join(["python scripts/recipes/run.py", name, *(f"--set {o}" for o in overrides),
-                        *([f"--select {select}"] if select != "validation" else [])])
+                        *([f"--select {select}"] if select != "validation" else []),
+                        *(["--validation-only"] if validation_only else []),
+                        *([f"--label {label}"] if label and validation_only else [])])
     report: dict = {"recipe": name, "label": label, "command": command, "data": str(data)}
 
     # 1. train (resumes an existing workdir); only a run that reached train.max_steps goes on
@@ -429,7 +434,10 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
         if entry["model"] == str(chosen)]}
 
     # 4. the final score: test once, or validation for the summarization and data-to-text recipes
-    report.update(final_scores(name, data, chosen, current, best, valid_src, valid_ref, results / label))
+    if validation_only:
+        report["validation_only"] = True
+    else:
+        report.update(final_scores(name, data, chosen, current, best, valid_src, valid_ref, results / label))
     report["published"] = recipe.published
     report["translate_command"] = ("seq2seq translate --workdir " + str(chosen) + "".join(
         f" --{key.replace('_', '-')} {value}" for key, value in current.items()))
@@ -533,6 +541,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ensemble-seed", type=int, action="append", default=[], metavar="S",
                         help="also run the recipe with train.seed=S (repeatable) and score the chosen models as "
                              "one ensemble (step 6)")
+    parser.add_argument("--validation-only", action="store_true",
+                        help="steps 1-3 and 5 without the final score (step 4): a trial or an ablation, chosen on "
+                             "validation while the test set stays unseen")
+    parser.add_argument("--label", help="name of the results files (default NAME): one per trial")
     parser.add_argument("--select", choices=["validation", "average"], default="validation",
                         help="step 2: the better of the best checkpoint and the checkpoint average on validation "
                              "(default), or the average")
@@ -543,7 +555,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.ensemble_seed:
         run_ensemble(args.name, Path(args.data), workdir, results, args.ensemble_seed, args.set, args.select)
     else:
-        run(args.name, Path(args.data), workdir, results, args.set, select=args.select)
+        run(args.name, Path(args.data), workdir, results, args.set, label=args.label, select=args.select,
+            validation_only=args.validation_only)
     return 0
 
 
