@@ -196,14 +196,27 @@ def test_runner_selects_on_validation_and_scores_test_once(monkeypatch, tmp_path
 
 
 def test_a_validation_only_trial_never_decodes_the_test_set(monkeypatch, tmp_path):
+    """A trial with two averaging windows: one candidate per window, validation decodes only, and a row of the
+    summary's trial table naming what it changed against the recipe's own run."""
     report, decoded, results = _fake_run(monkeypatch, tmp_path, "multi30k-de-en", validation_only=True,
-                                         label="trial-lp", overrides=["data.subword_alpha=0.1"])
+                                         label="trial-lp", overrides=["data.subword_alpha=0.1"], average_windows=(2, 4))
     assert "test" not in report and report["validation_only"] is True
-    assert len(decoded) == 5  # the validation decodes of the test above, not its test decode
+    assert set(report["model_selection"]["candidates"]) == {"best checkpoint", "average of last 2",
+                                                            "average of last 4"}
+    assert len(decoded) == 6  # 3 candidates + 3 more penalties on validation, no test decode
     assert report["command"] == ("python scripts/recipes/run.py multi30k-de-en --set data.subword_alpha=0.1 "
-                                 "--validation-only --label trial-lp")
+                                 "--average-window 2 --average-window 4 --validation-only --label trial-lp")
     assert report["config"]["data"]["subword_alpha"] == 0.1
     assert (results / "trial-lp.json").is_file() and not list(results.glob("*.hyp"))
+    baseline = {**report, "label": "multi30k-de-en", "validation_only": False,
+                "config": {**report["config"], "data": {**report["config"]["data"], "subword_alpha": 0.0}}}
+    (results / "multi30k-de-en.json").write_text(json.dumps(baseline))
+    table = RUNNER.write_summary(results).read_text().split("## Trials of multi30k-de-en on validation")[1]
+    rows = [line for line in table.splitlines() if line.startswith("| multi30k-de-en") or line.startswith("| trial")]
+    assert len(rows) == 2 and "(the recipe)" in rows[0] and "`data.subword_alpha=0.1` |" in rows[1]
+    assert "average of last 2 0.00; average of last 4 1.00" in rows[1]  # .avg2 has not the fake's ".avg" bonus
+    with pytest.raises(ValueError, match="keeps 4 checkpoints"):
+        RUNNER.run("multi30k-de-en", tmp_path / "data", tmp_path / "run5", results, average_windows=(5,))
 
 
 def test_runner_summarization_reports_unseen_subset_and_baselines(monkeypatch, tmp_path):

@@ -1,7 +1,8 @@
 """Run a recipe end to end: train, average checkpoints, tune decoding on the validation set, score once.
 
     python scripts/recipes/run.py NAME [--data DIR] [--workdir DIR] [--results DIR] [--ensemble-seed S ...]
-        [--select validation|average] [--set SECTION.KEY=VALUE ...] [--validation-only] [--label L]
+        [--select validation|average] [--average-window K ...] [--set SECTION.KEY=VALUE ...] [--validation-only]
+        [--label L]
 
 NAME is one of ``RECIPES`` (``multi30k-de-en``, ``multi30k-en-de``, ``multi30k-en-fr``, ``multi30k-en-cs``,
 ``multi30k-en-x``, ``dialogsum``, ``webnlg``); its settings are the config file beside this script: a preset
@@ -13,8 +14,10 @@ NAME is one of ``RECIPES`` (``multi30k-de-en``, ``multi30k-en-de``, ``multi30k-e
    workdir is resumed, not restarted.
 2. ``seq2seq average`` of the last ``train.keep_checkpoints`` checkpoints; the best checkpoint and the average
    are both scored on validation (beam 5) and the better one is kept (``--select average``: the average, without
-   the comparison). A multilingual recipe (``multi30k-en-x``: one model En->{De,Fr,Cs}, docs/multilingual.md)
-   scores each direction with its ``--tgt-lang`` and compares the mean over directions, in steps 2-4 alike.
+   the comparison); ``--average-window K`` (repeatable) averages the last K instead, one candidate per K, so the
+   window is chosen on validation too. A multilingual recipe (``multi30k-en-x``: one model En->{De,Fr,Cs},
+   docs/multilingual.md) scores each direction with its ``--tgt-lang`` and compares the mean over directions, in
+   steps 2-4 alike.
 3. The decoding settings of the recipe (length penalty α; for summaries also no-repeat n-gram size and
    minimum length) are searched on the validation set only, one after the other.
 4. Translation recipes score ``test_2016_flickr`` once, with the chosen model and settings (sacrebleu
@@ -369,9 +372,10 @@ def final_scores(name: str, data: Path, chosen: Path, current: dict, best: dict,
 
 
 def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str] = (), label: str | None = None,
-        select: str = "validation", validation_only: bool = False) -> dict:
+        select: str = "validation", validation_only: bool = False, average_windows: tuple[int, ...] = ()) -> dict:
     """Steps 1-5 of recipe ``name``; ``validation_only``: no final score (step 4), for trials and ablations whose
-    settings are chosen on validation while the test set stays unseen."""
+    settings are chosen on validation while the test set stays unseen. ``average_windows``: the numbers of last
+    checkpoints averaged as candidates of step 2 (default: ``train.keep_checkpoints``)."""
     from seq2seq_jax.training.averaging import average_checkpoints
     from seq2seq_jax.training.plots import plot_training_curves, read_metrics_jsonl
 
@@ -386,6 +390,7 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
     label = label or name  # the results files' name: NAME, or NAME-seedS for an ensemble member
     command = " ".join(["python scripts/recipes/run.py", name, *(f"--set {o}" for o in overrides),
                         *([f"--select {select}"] if select != "validation" else []),
+                        *(f"--average-window {k}" for k in average_windows),
                         *(["--validation-only"] if validation_only else []),
                         *([f"--label {label}"] if label and validation_only else [])])
     report: dict = {"recipe": name, "label": label, "command": command, "data": str(data)}
@@ -399,9 +404,14 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
     valid = (read_sets(recipe, data, recipe.valid) if recipe.languages
              else {None: validation_set(recipe, data, prepared)})
     valid_src, valid_ref = valid.get(None, ([], []))
-    averaged = workdir.with_name(workdir.name + ".avg")
-    shutil.rmtree(averaged, ignore_errors=True)  # always from the checkpoints the run has now
-    average_checkpoints(workdir, averaged, last=config.train.keep_checkpoints)
+    candidates = {} if select == "average" else {"best checkpoint": workdir}
+    for window in average_windows or (config.train.keep_checkpoints,):
+        if not 1 <= window <= config.train.keep_checkpoints:
+            raise ValueError(f"--average-window {window}: the run keeps {config.train.keep_checkpoints} checkpoints")
+        suffix = ".avg" if window == config.train.keep_checkpoints else f".avg{window}"
+        averaged = candidates[f"average of last {window}"] = workdir.with_name(workdir.name + suffix)
+        shutil.rmtree(averaged, ignore_errors=True)  # always from the checkpoints the run has now
+        average_checkpoints(workdir, averaged, last=window)
     tried: dict[str, dict] = {}  # (model, resolved decode settings) -> scores on validation
 
     def valid_result(model: Path, decode: dict) -> dict:
@@ -415,9 +425,6 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
         return tried[key]
 
     base_decode = {"beam_size": recipe.beam_size, "n_best": 1}
-    candidates = {"best checkpoint": workdir, f"average of last {config.train.keep_checkpoints}": averaged}
-    if select == "average":
-        candidates.pop("best checkpoint")
     chosen_label = max(candidates, key=lambda label: valid_result(candidates[label], base_decode)["valid"]["score"])
     chosen = candidates[chosen_label]
     report["model_selection"] = {"chosen": chosen_label, "candidates": {
@@ -452,16 +459,17 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
 
 
 def run_ensemble(name: str, data: Path, workdir: Path, results: Path, seeds: list[int],
-                 overrides: list[str] = (), select: str = "validation") -> dict:
+                 overrides: list[str] = (), select: str = "validation", average_windows: tuple[int, ...] = ()) -> dict:
     """Step 6: the recipe for the config's seed and for each of ``seeds``, then the chosen models as one ensemble
     (``select``: how each run chooses its model, step 2)."""
     recipe = RECIPES[name]
     if recipe.metric != "bleu" or recipe.languages:
         raise ValueError(f"{name}: ensembles are a step of the bilingual translation recipes (BLEU)")
-    members = [run(name, data, workdir, results, overrides, select=select)]
+    members = [run(name, data, workdir, results, overrides, select=select, average_windows=average_windows)]
     for seed in seeds:
         members.append(run(name, data, workdir.with_name(f"{workdir.name}.seed{seed}"), results,
-                           [*overrides, f"train.seed={seed}"], label=f"{name}-seed{seed}", select=select))
+                           [*overrides, f"train.seed={seed}"], label=f"{name}-seed{seed}", select=select,
+                           average_windows=average_windows))
     models = tuple(Path(member["chosen_model"]) for member in members)
     valid_src, valid_ref = read_pair(data, recipe.valid)
     tried: dict[str, dict] = {}
@@ -480,7 +488,8 @@ def run_ensemble(name: str, data: Path, workdir: Path, results: Path, seeds: lis
     report: dict = {
         "recipe": name, "label": f"{name}-ensemble", "data": str(data),
         "command": " ".join(["python scripts/recipes/run.py", name + seed_flags, *(f"--set {o}" for o in overrides),
-                             *([f"--select {select}"] if select != "validation" else [])]),
+                             *([f"--select {select}"] if select != "validation" else []),
+                             *(f"--average-window {k}" for k in average_windows)]),
         "members": [{"label": m["label"], "model": m["chosen_model"], "selection": m["model_selection"]["chosen"],
                      "decode": m["decode_search"]["chosen"], "valid": m["valid_chosen"], "test": m.get("test")}
                     for m in members],
@@ -545,6 +554,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="steps 1-3 and 5 without the final score (step 4): a trial or an ablation, chosen on "
                              "validation while the test set stays unseen")
     parser.add_argument("--label", help="name of the results files (default NAME): one per trial")
+    parser.add_argument("--average-window", type=int, action="append", default=[], metavar="K",
+                        help="step 2: also try the average of the last K checkpoints (repeatable; default "
+                             "train.keep_checkpoints alone): a trial of the averaging window")
     parser.add_argument("--select", choices=["validation", "average"], default="validation",
                         help="step 2: the better of the best checkpoint and the checkpoint average on validation "
                              "(default), or the average")
@@ -553,10 +565,11 @@ def main(argv: list[str] | None = None) -> int:
     results.mkdir(parents=True, exist_ok=True)
     workdir = Path(args.workdir or REPO / "runs" / args.name)
     if args.ensemble_seed:
-        run_ensemble(args.name, Path(args.data), workdir, results, args.ensemble_seed, args.set, args.select)
+        run_ensemble(args.name, Path(args.data), workdir, results, args.ensemble_seed, args.set, args.select,
+                     tuple(args.average_window))
     else:
         run(args.name, Path(args.data), workdir, results, args.set, label=args.label, select=args.select,
-            validation_only=args.validation_only)
+            validation_only=args.validation_only, average_windows=tuple(args.average_window))
     return 0
 
 

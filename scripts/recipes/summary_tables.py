@@ -15,10 +15,9 @@ def write_summary(results: Path) -> Path:
     lines = ["# Recipe results", "",
              "Written by `scripts/recipes/run.py` from the `*.json` files beside this file (one per recipe); "
              "every number is measured by the run that wrote it.", ""]
-    for path in sorted(results.glob("*.json")):
-        report = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(report, dict) or "recipe" not in report:
-            continue
+    reports = [json.loads(path.read_text(encoding="utf-8")) for path in sorted(results.glob("*.json"))]
+    reports = [report for report in reports if isinstance(report, dict) and "recipe" in report]
+    for report in reports:
         if "members" in report:
             lines += _ensemble_summary(report)
             continue
@@ -58,6 +57,8 @@ def write_summary(results: Path) -> Path:
             lines += ["", "ROUGE: rouge-score, stemming, F-measure, x100; the decoding settings were chosen on this "
                       "same set (the recipe has no separate test split).", ""]
         lines += [f"![training curves]({label}_curves.png)", ""]
+    for recipe in dict.fromkeys(r["recipe"] for r in reports if r.get("validation_only")):
+        lines += _trials_summary(recipe, reports)
     out = results / "README.md"
     out.write_text("\n".join(lines), encoding="utf-8")
     return out
@@ -100,4 +101,43 @@ def _ensemble_summary(report: dict) -> list[str]:
                   f"{ensemble['compiled_seconds']:.1f} s for the ensemble, {single['compiled_seconds']:.1f} s for the "
                   f"first model alone ({ensemble['first_seconds']:.1f} s and {single['first_seconds']:.1f} s the "
                   "first time, compilation included)."]
+    return lines + [""]
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    """``{"section.key": value}`` of a nested config dict."""
+    flat = {}
+    for key, value in config.items():
+        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+    return flat
+
+
+def _valid_cell(valid: dict) -> str:
+    if "bleu" in valid:
+        return f"{valid['bleu']:.2f}"
+    return f"{valid['rouge1']:.2f} / {valid['rouge2']:.2f} / {valid['rougeL']:.2f}"
+
+
+def _trials_summary(recipe: str, reports: list[dict]) -> list[str]:
+    """The ablation table of ``recipe``: the recipe's own run (label = recipe) and every ``--validation-only``
+    trial, each with the settings it changed, its step-2 candidates and its score after the decoding search, all
+    on the validation set."""
+    base = next((r for r in reports if r.get("label") == recipe and not r.get("validation_only")), None)
+    rows = [r for r in reports if r["recipe"] == recipe and "members" not in r
+            and (r is base or r.get("validation_only"))]
+    base_config = _flat(base["config"]) if base else {}
+    metric = "BLEU" if "bleu" in rows[0]["valid_chosen"] else "ROUGE-1 / 2 / L"
+    lines = [f"## Trials of {recipe} on validation", "",
+             "Each trial changes the settings named beside it and nothing else; every score is on the validation "
+             f"set ({metric}). Step 2: the candidates at the recipe's beam, before the decoding search.", "",
+             "| run | settings changed | step 2 candidates | decoding chosen | validation | training min |",
+             "|---|---|---|---|---|---|"]
+    for report in rows:
+        changed = {key: value for key, value in _flat(report["config"]).items() if base_config.get(key) != value}
+        candidates = "; ".join(f"{name} {_valid_cell(entry['valid'])}"
+                               for name, entry in report["model_selection"]["candidates"].items())
+        settings = ", ".join(f"`{key}={json.dumps(value)}`" for key, value in sorted(changed.items()))
+        lines.append(f"| {report['label']} | {settings or '(the recipe)'} | {candidates} | "
+                     f"`{json.dumps(report['decode_search']['chosen'], sort_keys=True)}` | "
+                     f"{_valid_cell(report['valid_chosen'])} | {report['training']['seconds'] / 60:.1f} |")
     return lines + [""]
