@@ -5,6 +5,7 @@ SIGKILL)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import pickle
@@ -176,6 +177,17 @@ def test_a_missing_or_truncated_shard_is_an_error_naming_it(tmp_path, made, dama
         shard.write_bytes(shard.read_bytes()[:-100])
     with pytest.raises(DataError, match=f"{shard}: {damage}"):
         open_corpus(copy)
+
+
+def test_a_setting_newer_than_the_corpus_compares_as_its_default(made):
+    """A manifest written before a data setting existed matches a config holding that setting's default, and no
+    other value of it."""
+    config, corpus = made
+    older = copy.deepcopy(corpus)
+    older.manifest["data_config"].pop("corpora")
+    assert preprocess_lib.corpus_mismatch(older, config.data) is None
+    other = config.with_overrides(["data.max_src_len=5"]).data
+    assert "data.max_src_len=5 here, 6 in the corpus" in preprocess_lib.corpus_mismatch(older, other)
 
 
 def test_a_directory_without_manifest_is_not_a_corpus(tmp_path, made):

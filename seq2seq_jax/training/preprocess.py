@@ -401,8 +401,10 @@ def preprocess(config, out: str | Path, workers: int = 1, tokenizer_dir: str | P
 
 def corpus_mismatch(corpus: Corpus, data_config, sources: bool = True) -> str | None:
     """Why ``corpus`` was not made from ``data_config`` (None when it was): the data settings that differ, and
-    with ``sources`` the source files whose path or size differs."""
-    made_with, wanted = corpus.manifest["data_config"], record_settings(data_config)
+    with ``sources`` the source files whose path or size differs. A setting the manifest lacks (a corpus made
+    before the setting existed) was made with the setting's default."""
+    made_with = {**record_settings(type(data_config)()), **corpus.manifest["data_config"]}
+    wanted = record_settings(data_config)
     differences = [f"data.{key}={wanted.get(key)!r} here, {made_with.get(key)!r} in the corpus"
                    for key in sorted(set(made_with) | set(wanted)) if made_with.get(key) != wanted.get(key)]
     if sources and not differences:
