@@ -5,6 +5,7 @@ two processes filling it at once)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +79,12 @@ def test_second_run_reads_the_cache_and_translates_the_same(workdir, tmp_path):
     assert "loaded stored" in second.stdout and "compiled and stored" not in second.stdout  # nothing traced
     assert {path.name for path in entries(stack)} >= {path.name for path in written if "-cache" in path.name}
     assert "warning" not in (first.stderr + second.stderr).lower()
+    # The stored searches gone, jax's cache still holds their programs: what it reads is used, never stored
+    # (XLA:CPU serializes an executable it deserialized without its compiled functions).
+    shutil.rmtree(stack / STORED)
+    third = translate(workdir, str(cache), "--verbose", "--output", str(tmp_path / "third.txt"))
+    assert third.returncode == 0 and (tmp_path / "third.txt").read_text() == off.stdout, third.stderr
+    assert "compiled from jax's cache, not stored" in third.stdout and not (stack / STORED).exists()
     no_flag = translate(workdir, str(tmp_path / "unused"), "--no-compile-cache")
     assert no_flag.returncode == 0 and no_flag.stdout == off.stdout and not (tmp_path / "unused").exists()
 

@@ -24,6 +24,7 @@ def step(params, x, extra):
 @pytest.fixture
 def store(tmp_path):
     stored_programs.enable(tmp_path / "searches")
+    stored_programs._state["warned"] = False  # one warning per process: each test starts without one
     yield tmp_path / "searches"
     stored_programs.enable(None)
 
@@ -81,6 +82,22 @@ def test_a_damaged_entry_is_compiled_again_with_one_warning(store, caplog, damag
     assert same(result, jax.jit(step)(*arguments()))
     assert len(caplog.records) == 1 and "damaged" in caplog.records[0].message
     assert entry.read_bytes() != damaged  # written again, whole
+
+
+def test_an_entry_that_fails_to_run_is_compiled_again_with_one_warning(store, caplog):
+    """XLA:CPU serializes a deserialized executable without its compiled functions: such an entry passes its
+    checksum and loads, and fails on its first run; that run compiles instead and stores a sound entry."""
+    expected = jax.jit(step)(*arguments())
+    StoredProgram(jax.jit(step), "step")(*arguments())
+    (entry,) = store.glob("*.program")
+    stored_programs._store(entry, stored_programs._load(entry, arguments()))  # serialized again after loading
+    with caplog.at_level(logging.DEBUG, logger=stored_programs.__name__):
+        again = StoredProgram(jax.jit(step), "step")(*arguments())
+        third = StoredProgram(jax.jit(step), "step")(*arguments())
+    assert same(again, expected) and same(third, expected)
+    warnings = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "failed to run, compiling it instead" in warnings[0]
+    assert [r.message.split()[0] for r in caplog.records if r.levelno == logging.DEBUG] == ["compiled", "loaded"]
 
 
 def test_a_store_that_cannot_be_written_is_one_warning(tmp_path, caplog):

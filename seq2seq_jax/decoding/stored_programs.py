@@ -9,7 +9,10 @@ dtypes, this package's source, the flax version and the devices; the directory, 
 already names jax, jaxlib, the CPU and ``XLA_FLAGS``. An entry carries a checksum, so a damaged, truncated or
 foreign file is never handed to XLA: it costs a compile and one warning. Entries are written to a temporary file
 and renamed (two processes may write the same key), and the store is kept under ``MAX_BYTES`` by dropping the
-least recently used. Off unless ``enable`` was called (the commands and ``seq2seq_jax.load()`` call it through
+least recently used. An executable that jax read from its own persistent cache is not stored: XLA:CPU serializes
+such an executable again without its compiled functions (the loaded copy fails to run), so that program keeps
+going through jax's cache. A loaded executable whose first run fails is compiled again (one warning). Off unless
+``enable`` was called (the commands and ``seq2seq_jax.load()`` call it through
 ``seq2seq_jax.compilation_cache.enable``).
 """
 
@@ -31,6 +34,16 @@ MAX_BYTES = 512 << 20
 MAGIC = b"seq2seq-jax stored program 1\n"
 _DIGEST_BYTES = 32
 _state: dict[str, Path | bool | None] = {"directory": None, "warned": False}
+_JAX_CACHE_HIT = "/jax/compilation_cache/cache_hits"
+_jax_cache_hits = [0]  # jax's persistent-cache hits in this process, counted by _count_jax_cache_hits
+
+
+def _count_jax_cache_hits(event: str, **metadata) -> None:
+    if event == _JAX_CACHE_HIT:
+        _jax_cache_hits[0] += 1
+
+
+jax.monitoring.register_event_listener(_count_jax_cache_hits)
 
 
 def enable(directory: Path | None) -> None:
@@ -151,14 +164,32 @@ class StoredProgram:
             return self.jitted(*args)
         signature = _arguments_signature(args)
         executable = self._executables.get(signature)
-        if executable is None:
-            path = folder / f"{_entry_key(self.description, signature)}.program"
-            executable = _load(path, args)
-            if executable is None:
-                executable = self.jitted.lower(*args).compile()
-                _store(path, executable)
-                logger.debug("compiled and stored %s", path.name)
-            else:
+        if executable is not None:
+            return executable(*args)
+        path = folder / f"{_entry_key(self.description, signature)}.program"
+        executable = _load(path, args)
+        if executable is not None:
+            outputs = _first_run(executable, path, args)
+            if outputs is not None:
                 logger.debug("loaded stored %s", path.name)
-            self._executables[signature] = executable
+                self._executables[signature] = executable
+                return outputs
+        hits = _jax_cache_hits[0]
+        executable = self._executables[signature] = self.jitted.lower(*args).compile()
+        if _jax_cache_hits[0] == hits:
+            _store(path, executable)
+            logger.debug("compiled and stored %s", path.name)
+        else:
+            logger.debug("compiled from jax's cache, not stored: %s", path.name)
         return executable(*args)
+
+
+def _first_run(executable, path: Path, args: tuple):
+    """The outputs of a loaded executable's first run, waited for; None (one warning, the entry dropped) when it
+    fails to run."""
+    try:
+        return jax.block_until_ready(executable(*args))
+    except jax.errors.JaxRuntimeError as error:
+        _warn_once(f"stored search failed to run, compiling it instead: {path} ({str(error).splitlines()[0]})")
+        path.unlink(missing_ok=True)
+        return None
