@@ -394,7 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logs.configure(args.verbose, prefix="seq2seq serve: " if args.command == "serve" else "")
+    results_on_stdout = args.command in ("translate", "score") and not args.output
+    logs.configure(args.verbose, prefix="seq2seq serve: " if args.command == "serve" else "",
+                   results_on_stdout=results_on_stdout)
     try:
         if args.no_compile_cache:  # also for seq2seq_jax.load(), which the commands call
             os.environ[CACHE_VARIABLE] = compilation_cache.OFF

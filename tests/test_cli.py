@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import re
 import sys
 
 import jax
@@ -52,11 +53,12 @@ def test_translate_one_line_per_line_in_order(workdir, capsys, monkeypatch, beam
 
 def test_translate_compiles_one_program_per_padded_shape(workdir, capsys, monkeypatch):
     sources = [src for src, _ in generate_task("dates", 60, seed=5)]
-    code, out, err = run_cli(["translate", "--workdir", str(workdir), "--batch-size", "16"], capsys, monkeypatch,
-                             stdin="\n".join(sources) + "\n")
-    assert code == 0 and len(out.splitlines()) == 60
+    code, out, err = run_cli(["translate", "--workdir", str(workdir), "--batch-size", "16", "-v"], capsys,
+                             monkeypatch, stdin="\n".join(sources) + "\n")
+    assert code == 0 and len(out.splitlines()) == 60  # -v: the log lines go to stderr, stdout is translations
+    assert "compiling search for source length" in err
     shapes = {(len(s) + 1 + 15) // 16 for s in sources}  # char tokenizer: one token per character, plus EOS
-    compiled = int(err.split("with ")[1].split(" compiled")[0])
+    compiled = int(re.search(r"with (\d+) compiled", err).group(1))
     assert 1 <= compiled <= len(shapes) < 60
 
 

@@ -3,7 +3,7 @@
 INFO is what a run reports (data, vocabulary, batches, resumes, the end of training, validation samples);
 DEBUG the details (each compiled search, the tracebacks of orbax's background writes); WARNING what the user
 should act on. The library configures nothing; ``configure`` is the CLI's: INFO lines on stdout as plain
-text, warnings and errors on stderr, ``-v`` adds DEBUG.
+text (on stderr for a command whose results go to stdout), warnings and errors on stderr, ``-v`` adds DEBUG.
 """
 
 from __future__ import annotations
@@ -25,14 +25,15 @@ class _Below(logging.Filter):
         return record.levelno < self.level
 
 
-def configure(verbose: bool = False, prefix: str = "") -> None:
-    """The CLI's logging: the package's INFO (DEBUG with ``verbose``) to stdout, its warnings and errors to
-    stderr, each line as ``prefix`` + message; other libraries' warnings (INFO with ``verbose``) to stderr."""
+def configure(verbose: bool = False, prefix: str = "", results_on_stdout: bool = False) -> None:
+    """The CLI's logging: the package's INFO (DEBUG with ``verbose``) to stdout (to stderr when
+    ``results_on_stdout``: the command's output stays its output alone), its warnings and errors to stderr, each
+    line as ``prefix`` + message; other libraries' warnings (INFO with ``verbose``) to stderr."""
     package = logging.getLogger(PACKAGE)
     for handler in list(package.handlers):
         package.removeHandler(handler)
     formatter = logging.Formatter(prefix + "%(message)s")
-    out = logging.StreamHandler(sys.stdout)
+    out = logging.StreamHandler(sys.stderr if results_on_stdout else sys.stdout)
     out.addFilter(_Below(logging.WARNING))
     err = logging.StreamHandler(sys.stderr)
     err.setLevel(logging.WARNING)
