@@ -247,6 +247,7 @@ def test_runner_data_to_text_linearizes_and_scores_every_reference(monkeypatch, 
 def test_runner_refuses_a_run_stopped_early(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="stopped at step 150"):
         _fake_run(monkeypatch, tmp_path, "multi30k-de-en", reached=150)
+    assert len(json.loads((tmp_path / "run" / "recipe_training_seconds.json").read_text())) == 1  # its time counts
 
 
 def test_runner_ensemble_step(monkeypatch, tmp_path):

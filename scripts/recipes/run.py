@@ -325,15 +325,15 @@ def train_recipe(name: str, data: Path, workdir: Path, prepared: Path, overrides
     if cli.main(argv) != 0:
         raise RuntimeError(f"{name}: training failed")
     config = ExperimentConfig.load(workdir / "config.json")
+    timing_file = workdir / "recipe_training_seconds.json"  # one entry per invocation (resumed runs add up)
+    previous = json.loads(timing_file.read_text()) if timing_file.is_file() else []
+    runs = previous + [round(time.perf_counter() - start, 1)]
+    timing_file.write_text(json.dumps(runs) + "\n")  # a stopped invocation's time counts too
     with Workdir(workdir).checkpointer(config) as checkpoints:
         reached = checkpoints.latest_step()
     if reached != config.train.max_steps:  # SIGTERM (or early stopping): not the recipe's model
         raise RuntimeError(f"{name}: training stopped at step {reached} of {config.train.max_steps}; run the "
                            "same command again to resume")
-    timing_file = workdir / "recipe_training_seconds.json"  # one entry per invocation (resumed runs add up)
-    previous = json.loads(timing_file.read_text()) if timing_file.is_file() else []
-    runs = previous + [round(time.perf_counter() - start, 1)]
-    timing_file.write_text(json.dumps(runs) + "\n")
     training = {"seconds": round(sum(runs), 1), "invocations_seconds": runs, **training_summary(workdir)}
     log(f"{name}: trained in {training['seconds']:.0f} s")
     return config, training
