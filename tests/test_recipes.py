@@ -209,11 +209,12 @@ def test_a_validation_only_trial_never_decodes_the_test_set(monkeypatch, tmp_pat
     assert report["config"]["data"]["subword_alpha"] == 0.1
     assert (results / "trial-lp.json").is_file() and not list(results.glob("*.hyp"))
     baseline = {**report, "label": "multi30k-de-en", "validation_only": False,
-                "config": {**report["config"], "data": {**report["config"]["data"], "subword_alpha": 0.0}}}
+                "command": "python scripts/recipes/run.py multi30k-de-en"}
     (results / "multi30k-de-en.json").write_text(json.dumps(baseline))
     table = RUNNER.write_summary(results).read_text().split("## Trials of multi30k-de-en on validation")[1]
     rows = [line for line in table.splitlines() if line.startswith("| multi30k-de-en") or line.startswith("| trial")]
-    assert len(rows) == 2 and "(the recipe)" in rows[0] and "`data.subword_alpha=0.1` |" in rows[1]
+    assert len(rows) == 2 and "(the recipe)" in rows[0]
+    assert "| `data.subword_alpha=0.1`, `--average-window 2`, `--average-window 4` |" in rows[1]
     assert "average of last 2 0.00; average of last 4 1.00" in rows[1]  # .avg2 has not the fake's ".avg" bonus
     with pytest.raises(ValueError, match="keeps 4 checkpoints"):
         RUNNER.run("multi30k-de-en", tmp_path / "data", tmp_path / "run5", results, average_windows=(5,))

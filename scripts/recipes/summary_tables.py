@@ -104,12 +104,11 @@ def _ensemble_summary(report: dict) -> list[str]:
     return lines + [""]
 
 
-def _flat(config: dict, prefix: str = "") -> dict:
-    """``{"section.key": value}`` of a nested config dict."""
-    flat = {}
-    for key, value in config.items():
-        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
-    return flat
+def _changes(command: str) -> list[str]:
+    """What a run's command changed of its recipe: each ``--set`` override and ``--average-window``."""
+    words = command.split()
+    return [value if flag == "--set" else f"{flag} {value}" for flag, value in zip(words, words[1:], strict=False)
+            if flag in ("--set", "--average-window")]
 
 
 def _valid_cell(valid: dict) -> str:
@@ -120,12 +119,10 @@ def _valid_cell(valid: dict) -> str:
 
 def _trials_summary(recipe: str, reports: list[dict]) -> list[str]:
     """The ablation table of ``recipe``: the recipe's own run (label = recipe) and every ``--validation-only``
-    trial, each with the settings it changed, its step-2 candidates and its score after the decoding search, all
-    on the validation set."""
-    base = next((r for r in reports if r.get("label") == recipe and not r.get("validation_only")), None)
+    trial, each with what its command changed, its step-2 candidates and its score after the decoding search,
+    all on the validation set."""
     rows = [r for r in reports if r["recipe"] == recipe and "members" not in r
-            and (r is base or r.get("validation_only"))]
-    base_config = _flat(base["config"]) if base else {}
+            and (r.get("validation_only") or r.get("label") == recipe)]
     metric = "BLEU" if "bleu" in rows[0]["valid_chosen"] else "ROUGE-1 / 2 / L"
     lines = [f"## Trials of {recipe} on validation", "",
              "Each trial changes the settings named beside it and nothing else; every score is on the validation "
@@ -133,10 +130,9 @@ def _trials_summary(recipe: str, reports: list[dict]) -> list[str]:
              "| run | settings changed | step 2 candidates | decoding chosen | validation | training min |",
              "|---|---|---|---|---|---|"]
     for report in rows:
-        changed = {key: value for key, value in _flat(report["config"]).items() if base_config.get(key) != value}
         candidates = "; ".join(f"{name} {_valid_cell(entry['valid'])}"
                                for name, entry in report["model_selection"]["candidates"].items())
-        settings = ", ".join(f"`{key}={json.dumps(value)}`" for key, value in sorted(changed.items()))
+        settings = ", ".join(f"`{change}`" for change in _changes(report["command"]))
         lines.append(f"| {report['label']} | {settings or '(the recipe)'} | {candidates} | "
                      f"`{json.dumps(report['decode_search']['chosen'], sort_keys=True)}` | "
                      f"{_valid_cell(report['valid_chosen'])} | {report['training']['seconds'] / 60:.1f} |")
