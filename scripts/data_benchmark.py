@@ -51,7 +51,7 @@ from seq2seq_jax.core.encoding import encode_pairs  # noqa: E402
 from seq2seq_jax.core.reading import read_parallel  # noqa: E402
 from seq2seq_jax.training.batch_iterator import BatchIterator  # noqa: E402
 
-RECIPE = ROOT / "scripts" / "recipes" / "multi30k_en_de.json"
+RECIPE = ROOT / "scripts" / "recipes" / "multi30k_baseline.json"
 MULTI30K_PAIRS = 29_000
 VALID_PAIRS = 1_000
 WORDS = 8_000

@@ -1,6 +1,6 @@
 """Padding of token-budget batches (``data.max_tokens``) against row batches (``data.batch_size``) on a corpus.
 
-    python scripts/padding_report.py [--config scripts/recipes/multi30k_en_de.json]
+    python scripts/padding_report.py [--config scripts/recipes/multi30k_baseline.json]
         [--src /work/shared/data/multi30k/train.en] [--tgt /work/shared/data/multi30k/train.de]
         [--tokenizer-dir DIR] [--max-tokens N ...] [--set data.KEY=VALUE ...]
 
@@ -75,7 +75,7 @@ def matching_budget(examples, batch_size: int, widths: tuple[int, int], batches:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="scripts/recipes/multi30k_en_de.json")
+    parser.add_argument("--config", default="scripts/recipes/multi30k_baseline.json")
     parser.add_argument("--src", default=str(MULTI30K / "train.en"))
     parser.add_argument("--tgt", default=str(MULTI30K / "train.de"))
     parser.add_argument("--tokenizer-dir", default="")
