@@ -105,12 +105,13 @@ def make_pair(config: ModelConfig, direction: str, seed: int = 0):
     return pair_from_torch(config, seed) if direction == "torch->flax" else pair_from_jax(config, seed)
 
 
-def eos_prone_pair(dtype: str, copy: bool = False, tgt_vocab_size: int = 13):
+def eos_prone_pair(dtype: str, copy: bool = False, tgt_vocab_size: int = 13, coverage: bool = False):
     """``(config, torch_ref model, JAX model)`` for the search parity tests: a 2-layer Luong/general model whose
     EOS is likely enough that hypotheses end both by EOS and by length; with ``copy``, a Bahdanau model with copy
-    attention (the search then ranks mixture log-probabilities)."""
+    attention (the search then ranks mixture log-probabilities), with ``coverage`` as well coverage attention
+    (each hypothesis carries its own coverage, reordered with it)."""
     if copy:
-        config = tiny_config(dtype, copy_attention=True, src_vocab_size=13)
+        config = tiny_config(dtype, copy_attention=True, src_vocab_size=13, coverage_attention=coverage)
     else:
         config = tiny_config(dtype, decoder_style="luong", attention="general", enc_layers=2, dec_layers=2,
                              tgt_vocab_size=tgt_vocab_size)

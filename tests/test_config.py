@@ -30,6 +30,7 @@ def test_json_round_trip(tmp_path):
     (dict(copy_attention=True, src_vocab_size=40, tgt_vocab_size=41), "joint"),
     (dict(tie_src_tgt_embedding=True, src_embed_size=16, tgt_embed_size=32), "src_embed_size == tgt_embed_size"),
     (dict(tie_src_tgt_embedding=True, src_vocab_size=40, tgt_vocab_size=41), "data.joint_vocab"),
+    (dict(coverage_attention=True, attention="general"), "coverage_attention .* needs attention 'additive'"),
 ])
 def test_invalid_model_combinations(fields, message):
     with pytest.raises(ConfigError, match=message):
@@ -41,6 +42,15 @@ def test_copy_attention_needs_a_joint_vocabulary():
         ExperimentConfig().with_overrides(["model.copy_attention=true"])
     config = ExperimentConfig().with_overrides(["model.copy_attention=true", "data.joint_vocab=true"])
     assert config.model.copy_attention and ModelConfig(copy_attention=True, src_vocab_size=40, tgt_vocab_size=40)
+
+
+def test_coverage_loss_needs_coverage_attention():
+    with pytest.raises(ConfigError, match="train.coverage_loss_weight needs model.coverage_attention=true"):
+        ExperimentConfig().with_overrides(["train.coverage_loss_weight=1.0"])
+    with pytest.raises(ConfigError, match="train.coverage_loss_weight must be >= 0"):
+        ExperimentConfig().with_overrides(["model.coverage_attention=true", "train.coverage_loss_weight=-1"])
+    config = ExperimentConfig().with_overrides(["model.coverage_attention=true", "train.coverage_loss_weight=1.0"])
+    assert config.model.coverage_attention and config.train.coverage_loss_weight == 1.0
 
 
 def test_shared_source_target_embedding_needs_a_joint_vocabulary():

@@ -37,10 +37,13 @@ CONFIG = ExperimentConfig(
     train=TrainConfig(max_steps=30, eval_every=15, save_every=15, log_every=15, valid_sample_size=20,
                       learning_rate=1e-2, warmup_steps=5),
 )
-# The same model with copy attention (which needs one joint vocabulary): export, import and PyTorch translation
-# must carry the copy gate and compute the same mixture.
-COPY_CONFIG = dataclasses.replace(CONFIG, model=dataclasses.replace(CONFIG.model, copy_attention=True),
-                                  data=dataclasses.replace(CONFIG.data, joint_vocab=True))
+# The same model with copy attention (which needs one joint vocabulary) and coverage attention, trained with the
+# coverage loss: export, import and PyTorch translation must carry the copy gate and the coverage projection and
+# compute the same mixture with the same per-hypothesis coverage.
+COPY_CONFIG = dataclasses.replace(CONFIG, model=dataclasses.replace(CONFIG.model, copy_attention=True,
+                                                                    coverage_attention=True),
+                                  data=dataclasses.replace(CONFIG.data, joint_vocab=True),
+                                  train=dataclasses.replace(CONFIG.train, coverage_loss_weight=1.0))
 # Three-way tying (one joint vocabulary): one embedding matrix for the encoder, the decoder and the output layer,
 # stored once in the export and re-tied by torch_ref.
 TIED_CONFIG = dataclasses.replace(CONFIG, model=dataclasses.replace(CONFIG.model, tie_output_embedding=True,
@@ -81,7 +84,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained_copy(tmp_path_factory):
-    """``(workdir, export_dir)`` of the tiny demo model with copy attention."""
+    """``(workdir, export_dir)`` of the tiny demo model with copy and coverage attention."""
     return _train_and_export(COPY_CONFIG, tmp_path_factory.mktemp("export_copy"))
 
 
@@ -207,7 +210,7 @@ def test_load_pretrained_errors_name_the_file_and_keys(trained, tmp_path, how):
 def test_export_import_export_gives_identical_tensors(request, model_kind, tmp_path):
     _, export_dir = request.getfixturevalue(model_kind)
     if model_kind == "trained_copy":
-        assert {"copy_gate.weight", "copy_gate.bias"} <= set(_tensors(export_dir))
+        assert {"copy_gate.weight", "copy_gate.bias", "attention.coverage_proj.weight"} <= set(_tensors(export_dir))
     imported = tmp_path / "imported"
     assert cli.main(["import-torch", "--src", str(export_dir), "--workdir", str(imported)]) == 0
     assert ExperimentConfig.load(imported / "config.json") == ExperimentConfig.from_dict(

@@ -23,9 +23,10 @@ from parity_support import (
 
 import torch_ref
 from seq2seq_jax.model.convert import from_torch_state_dict, to_torch_state_dict
-from seq2seq_jax.training.losses import sequence_loss
+from seq2seq_jax.training.losses import coverage_loss, sequence_loss
 
 LABEL_SMOOTHING = 0.1
+COVERAGE_WEIGHT = 0.7
 
 
 def _grid():
@@ -61,9 +62,18 @@ SHARED_CASES = [
     dict(attention="additive", decoder_style="bahdanau", bridge="dense", bidirectional=True, enc_layers=1,
          dec_layers=1, tie_output_embedding=True, copy_attention=True),
 ]
+# Coverage attention (additive only): both decoder styles, with copy attention and without.
+COVERAGE_CASES = [
+    dict(attention="additive", decoder_style="bahdanau", bridge="dense", bidirectional=True, enc_layers=1,
+         dec_layers=1, tie_output_embedding=True, copy_attention=True, src_vocab_size=13),
+    dict(attention="additive", decoder_style="luong", bridge="zero", bidirectional=False, enc_layers=2,
+         dec_layers=2, tie_output_embedding=False),
+]
 GRID = (_grid() + [dict(case, copy_attention=True, src_vocab_size=13) for case in COPY_CASES]
-        + [dict(case, tie_src_tgt_embedding=True) for case in SHARED_CASES])
+        + [dict(case, tie_src_tgt_embedding=True) for case in SHARED_CASES]
+        + [dict(case, coverage_attention=True) for case in COVERAGE_CASES])
 THREE_WAY = GRID.index(dict(SHARED_CASES[0], tie_src_tgt_embedding=True))
+COVERAGE = GRID.index(dict(COVERAGE_CASES[0], coverage_attention=True))
 
 
 def _case_id(case):
@@ -71,15 +81,21 @@ def _case_id(case):
                      "bi" if case["bidirectional"] else "uni", f"enc{case['enc_layers']}",
                      f"dec{case['dec_layers']}", "tied" if case["tie_output_embedding"] else "untied"]
                     + (["shared-src"] if case.get("tie_src_tgt_embedding") else [])
-                    + (["copy"] if case.get("copy_attention") else []))
+                    + (["copy"] if case.get("copy_attention") else [])
+                    + (["coverage"] if case.get("coverage_attention") else []))
 
 
 def _jax_loss_and_grads(model_config, params, batch):
+    """Logits, the mean token loss and its gradients; with coverage attention the loss adds
+    ``COVERAGE_WEIGHT`` times the coverage loss."""
     def mean_loss(params):
         model = jax_model(model_config, params)
-        logits = model(jnp.asarray(batch.src), jnp.asarray(batch.src_len), jnp.asarray(batch.tgt_in))
+        logits, attention = model(jnp.asarray(batch.src), jnp.asarray(batch.src_len), jnp.asarray(batch.tgt_in),
+                                  return_attention=True)
         loss_sum, tokens = sequence_loss(logits, jnp.asarray(batch.tgt_out), jnp.asarray(batch.tgt_len),
                                          LABEL_SMOOTHING)
+        if model_config.coverage_attention:
+            loss_sum = loss_sum + COVERAGE_WEIGHT * coverage_loss(attention, jnp.asarray(batch.tgt_len))
         return loss_sum / tokens, logits
 
     (loss, logits), grads = jax.jit(jax.value_and_grad(mean_loss, has_aux=True))(params)
@@ -89,8 +105,10 @@ def _jax_loss_and_grads(model_config, params, batch):
 def _torch_loss_and_grads(reference, batch):
     tensors = batch.torch()
     reference.zero_grad()
-    logits = reference(tensors["src"], tensors["src_len"], tensors["tgt_in"])
+    logits, attention = reference(tensors["src"], tensors["src_len"], tensors["tgt_in"], return_attention=True)
     loss_sum, tokens = torch_ref.sequence_loss(logits, tensors["tgt_out"], tensors["tgt_len"], LABEL_SMOOTHING)
+    if reference.config.coverage_attention:
+        loss_sum = loss_sum + COVERAGE_WEIGHT * torch_ref.coverage_loss(attention, tensors["tgt_len"])
     loss = loss_sum / tokens
     loss.backward()
     grads = {name: p.grad.detach().numpy() for name, p in reference.named_parameters()}
@@ -140,7 +158,8 @@ def test_loss_matches(dtype, label_smoothing):
     check("loss", dtype, float(loss_sum), float(ref_sum))
 
 
-@pytest.mark.parametrize("case", [GRID[0], GRID[7], GRID[14], GRID[18], GRID[THREE_WAY]], ids=_case_id)
+@pytest.mark.parametrize("case", [GRID[0], GRID[7], GRID[14], GRID[18], GRID[THREE_WAY], GRID[COVERAGE]],
+                         ids=_case_id)
 def test_padding_changes_no_real_output(case):
     config = tiny_config("float32", **case)
     batch = make_batch(config)
@@ -157,7 +176,8 @@ def test_padding_changes_no_real_output(case):
         check("padding", "float32", ref_long[row, :length], ref_short[row, :length])
 
 
-@pytest.mark.parametrize("case", [GRID[1], GRID[4], GRID[17], GRID[19], GRID[THREE_WAY]], ids=_case_id)
+@pytest.mark.parametrize("case", [GRID[1], GRID[4], GRID[17], GRID[19], GRID[THREE_WAY], GRID[COVERAGE]],
+                         ids=_case_id)
 def test_round_trips(case):
     config = tiny_config("float32", **case)
     with precision("float32"):
@@ -178,3 +198,38 @@ def test_round_trips(case):
         first = reference(batch["src"], batch["src_len"], batch["tgt_in"])
         second = again(batch["src"], batch["src_len"], batch["tgt_in"])
     assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_coverage_loss_matches(dtype):
+    """Against torch_ref's step loop, and against a case worked by hand."""
+    rng = np.random.default_rng(4)
+    attention = rng.dirichlet(np.ones(5), size=(3, 6)).astype(dtype)  # [B, T, S], rows sum to 1
+    lengths = np.array([6, 2, 0])
+    with precision(dtype):
+        loss = coverage_loss(jnp.asarray(attention), jnp.asarray(lengths))
+    reference = torch_ref.coverage_loss(torch.from_numpy(attention), torch.from_numpy(lengths))
+    check("loss", dtype, float(loss), float(reference))
+    # Step 1 reads where nothing was read: 0. Step 2 reads 0.5 / 0.5 over coverage 1 / 0: min = 0.5. Step 3 (past
+    # the length) does not count.
+    worked = np.array([[[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]], dtype)
+    with precision(dtype):
+        assert float(coverage_loss(jnp.asarray(worked), jnp.asarray([2]))) == pytest.approx(0.5)
+
+
+def test_coverage_changes_the_attention_from_the_second_step():
+    """The coverage term is live: with ``coverage_proj`` zeroed the first step (coverage 0) is unchanged and
+    every later step's attention differs."""
+    config = tiny_config("float64", **GRID[COVERAGE])
+    batch = make_batch(config, src_lens=(5, 4), tgt_lens=(4, 4))
+    with precision("float64"):
+        _, model = make_pair(config, "flax->torch", seed=3)
+        params = jax_params(model)
+        zeroed = jax.tree.map(lambda leaf: leaf, params)
+        zeroed["attention"]["coverage_proj"]["kernel"] = jnp.zeros_like(params["attention"]["coverage_proj"]["kernel"])
+        inputs = (jnp.asarray(batch.src), jnp.asarray(batch.src_len), jnp.asarray(batch.tgt_in))
+        _, attention = model(*inputs, return_attention=True)
+        _, without = jax_model(config, zeroed)(*inputs, return_attention=True)
+    np.testing.assert_allclose(attention[:, 0], without[:, 0], rtol=0, atol=1e-15)
+    for step in range(1, 4):
+        assert np.abs(np.asarray(attention[:, step] - without[:, step])).max() > 1e-5, step

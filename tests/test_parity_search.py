@@ -28,12 +28,12 @@ SRC_LENS = (5, 2, 4, 1, 3)
 
 
 @functools.cache
-def _models(dtype: str, copy: bool = False):
-    return eos_prone_pair(dtype, copy)
+def _models(dtype: str, copy: bool = False, coverage: bool = False):
+    return eos_prone_pair(dtype, copy, coverage=coverage)
 
 
-def _jax_search(dtype, src, src_len, copy=False, **settings):
-    _, _, model = _models(dtype, copy)
+def _jax_search(dtype, src, src_len, copy=False, coverage=False, **settings):
+    _, _, model = _models(dtype, copy, coverage)
     bound = max_len_bound_for(src_len, settings["max_len_a"], settings["max_len_b"])
     with precision(dtype):
         # What Translator runs: memory, keys and mask once per sentence, only h, c, feed, attention per beam.
@@ -54,14 +54,16 @@ def _settings_id(settings):
     return f"K{settings['beam_size']}-a{settings['length_penalty']}-min{settings['min_len']}"
 
 
-@pytest.mark.parametrize(("settings", "copy"), [(settings, False) for settings in SETTINGS]
-                         + [(SETTINGS[index], True) for index in (1, 4, 8)],
+@pytest.mark.parametrize(("settings", "copy", "coverage"), [(settings, False, False) for settings in SETTINGS]
+                         + [(SETTINGS[index], True, False) for index in (1, 4, 8)]
+                         + [(SETTINGS[index], True, True) for index in (1, 5)],
                          ids=[_settings_id(settings) for settings in SETTINGS]
-                         + [f"{_settings_id(SETTINGS[index])}-copy" for index in (1, 4, 8)])
-def test_beam_nbest_matches_torch_float64(settings, copy):
-    config, reference, _ = _models("float64", copy)
+                         + [f"{_settings_id(SETTINGS[index])}-copy" for index in (1, 4, 8)]
+                         + [f"{_settings_id(SETTINGS[index])}-copy-coverage" for index in (1, 5)])
+def test_beam_nbest_matches_torch_float64(settings, copy, coverage):
+    config, reference, _ = _models("float64", copy, coverage)
     batch = make_batch(config, src_lens=SRC_LENS, tgt_lens=(1,) * len(SRC_LENS), seed=1)
-    result = jax.device_get(_jax_search("float64", batch.src, batch.src_len, copy, **settings))
+    result = jax.device_get(_jax_search("float64", batch.src, batch.src_len, copy, coverage, **settings))
     tensors = batch.torch()
     with torch.no_grad():
         state = reference.init_decode_state(tensors["src"], tensors["src_len"])

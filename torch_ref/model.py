@@ -46,12 +46,14 @@ class Attention(nn.Module):
         """``memory [batch, src_len, M]`` -> ``keys [batch, src_len, K]``."""
         raise NotImplementedError
 
-    def scores(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """``query [batch, H_dec]``, ``keys [batch, src_len, K]`` -> ``scores [batch, src_len]``."""
+    def scores(self, query: torch.Tensor, keys: torch.Tensor, coverage: torch.Tensor | None = None) -> torch.Tensor:
+        """``query [batch, H_dec]``, ``keys [batch, src_len, K]`` (and, for coverage attention, ``coverage
+        [batch, src_len]``) -> ``scores [batch, src_len]``."""
         raise NotImplementedError
 
     def forward(
-        self, query: torch.Tensor, keys: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor
+        self, query: torch.Tensor, keys: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
+        coverage: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One attention read.
 
@@ -60,11 +62,12 @@ class Attention(nn.Module):
             keys: ``[batch, src_len, K]`` from ``self.keys(memory)``.
             memory: ``[batch, src_len, M]``.
             src_mask: ``[batch, src_len]`` bool, True at real source positions.
+            coverage: ``[batch, src_len]``, the sum of the past steps' weights (coverage attention only).
 
         Returns:
             ``context [batch, M]`` and ``weights [batch, src_len]`` (zero at padded positions).
         """
-        scores = self.scores(query, keys).masked_fill(~src_mask, float("-inf"))
+        scores = self.scores(query, keys, coverage).masked_fill(~src_mask, float("-inf"))
         # Softmax in float32 (float64 when the model is float64), then back to the model's dtype.
         softmax_dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
         weights = torch.softmax(scores.to(softmax_dtype), dim=-1).to(memory.dtype)
@@ -73,20 +76,25 @@ class Attention(nn.Module):
 
 
 class AdditiveAttention(Attention):
-    """Bahdanau: ``e_j = v · tanh(query_proj(q) + key_proj(M_j))``."""
+    """Bahdanau: ``e_j = v · tanh(query_proj(q) + key_proj(M_j))``; with coverage,
+    ``e_j = v · tanh(query_proj(q) + key_proj(M_j) + coverage_proj(cov_j))``."""
 
-    def __init__(self, query_size: int, memory_size: int, attention_size: int):
+    def __init__(self, query_size: int, memory_size: int, attention_size: int, coverage: bool = False):
         super().__init__()
         self.query_proj = nn.Linear(query_size, attention_size, bias=False)
         self.key_proj = nn.Linear(memory_size, attention_size, bias=True)
         self.v = nn.Linear(attention_size, 1, bias=False)
+        if coverage:
+            self.coverage_proj = nn.Linear(1, attention_size, bias=False)
 
     def keys(self, memory: torch.Tensor) -> torch.Tensor:
         return self.key_proj(memory)  # [batch, src_len, A]
 
-    def scores(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        hidden = torch.tanh(self.query_proj(query)[:, None, :] + keys)  # [batch, src_len, A]
-        return self.v(hidden).squeeze(-1)
+    def scores(self, query: torch.Tensor, keys: torch.Tensor, coverage: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = self.query_proj(query)[:, None, :] + keys  # [batch, src_len, A]
+        if coverage is not None:
+            hidden = hidden + self.coverage_proj(coverage[:, :, None])
+        return self.v(torch.tanh(hidden)).squeeze(-1)
 
 
 class DotAttention(Attention):
@@ -95,7 +103,7 @@ class DotAttention(Attention):
     def keys(self, memory: torch.Tensor) -> torch.Tensor:
         return memory
 
-    def scores(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    def scores(self, query: torch.Tensor, keys: torch.Tensor, coverage: torch.Tensor | None = None) -> torch.Tensor:
         return torch.einsum("bh,bsh->bs", query, keys)
 
 
@@ -112,7 +120,8 @@ class GeneralAttention(DotAttention):
 
 def build_attention(config: ModelConfig) -> Attention:
     if config.attention == "additive":
-        return AdditiveAttention(config.dec_hidden_size, config.memory_size, config.attention_size)
+        return AdditiveAttention(config.dec_hidden_size, config.memory_size, config.attention_size,
+                                 coverage=config.coverage_attention)
     if config.attention == "dot":
         return DotAttention()
     if config.attention == "general":
@@ -247,14 +256,17 @@ class Seq2Seq(nn.Module):
 
         Returns a dict whose every value is batch-leading: ``memory [B, S, M]``, ``keys [B, S, K]``,
         ``src_mask [B, S]`` (bool), ``h``/``c [B, L_dec, H_dec]``, ``feed [B, R]`` (zeros),
-        ``attention [B, S]`` (zeros) and, with ``copy_attention``, the source ids ``src [B, S]``.
+        ``attention [B, S]`` (zeros), with ``copy_attention`` the source ids ``src [B, S]`` and with
+        ``coverage_attention`` the coverage ``[B, S]`` (zeros: the sum of the past steps' attention weights).
         """
         memory, (h_n, c_n) = self.encode(src, src_len)
         h0, c0 = self.bridge(h_n, c_n)
         batch, max_src_len, _ = memory.shape
         copy_state = {"src": src} if self.config.copy_attention else {}
+        coverage_state = {"coverage": memory.new_zeros(batch, max_src_len)} if self.config.coverage_attention else {}
         return {
             **copy_state,
+            **coverage_state,
             "memory": memory,
             "keys": self.attention.keys(memory),
             "src_mask": lengths_to_mask(src_len.to(memory.device), max_src_len),
@@ -273,11 +285,12 @@ class Seq2Seq(nn.Module):
         """
         embedded = self.embed_dropout(self.tgt_embed(tokens))  # [batch, E_tgt]
         memory, keys, src_mask = state["memory"], state["keys"], state["src_mask"]
+        coverage = state.get("coverage")
         previous = (state["h"].transpose(0, 1).contiguous(), state["c"].transpose(0, 1).contiguous())
 
         if self.config.decoder_style == "bahdanau":
             query = state["h"][:, -1]  # s_{t-1}: top layer before the step, [batch, H_dec]
-            context, weights = self.attention(query, keys, memory, src_mask)
+            context, weights = self.attention(query, keys, memory, src_mask, coverage)
             lstm_input = torch.cat([embedded, context], dim=-1)
             top_output, (h, c) = self.decoder(lstm_input[:, None, :], previous)
             top_output = top_output[:, 0]  # s_t, [batch, H_dec]
@@ -286,7 +299,7 @@ class Seq2Seq(nn.Module):
             lstm_input = torch.cat([embedded, state["feed"]], dim=-1)
             top_output, (h, c) = self.decoder(lstm_input[:, None, :], previous)
             top_output = top_output[:, 0]
-            context, weights = self.attention(top_output, keys, memory, src_mask)
+            context, weights = self.attention(top_output, keys, memory, src_mask, coverage)
             readout_input = torch.cat([context, top_output], dim=-1)
 
         readout = self.readout_dropout(torch.tanh(self.readout(readout_input)))  # r_t, [batch, R]
@@ -300,6 +313,8 @@ class Seq2Seq(nn.Module):
             "feed": readout,
             "attention": weights,
         }
+        if coverage is not None:
+            new_state["coverage"] = coverage + weights
         return logits, new_state
 
     def forward(
@@ -349,6 +364,18 @@ def copy_log_probs(
     gate = gate_logit.to(dtype)
     return torch.logaddexp(F.logsigmoid(gate) + torch.log_softmax(logits.to(dtype), dim=-1),
                            F.logsigmoid(-gate) + log_copy)
+
+
+def coverage_loss(attention: torch.Tensor, tgt_len: torch.Tensor) -> torch.Tensor:
+    """``Σ_{t < tgt_len} Σ_j min(α_tj, cov_tj)`` of ``attention [batch, tgt_len_max, S]`` with ``cov_t`` the sum
+    of the weights of the steps before ``t`` (docs/model.md, "Coverage"): a scalar, divided on the caller's side."""
+    coverage = torch.zeros_like(attention[:, 0])
+    total = attention.new_zeros(())
+    mask = lengths_to_mask(tgt_len.to(attention.device), attention.shape[1])
+    for t in range(attention.shape[1]):
+        total = total + (torch.minimum(attention[:, t], coverage).sum(-1) * mask[:, t]).sum()
+        coverage = coverage + attention[:, t]
+    return total
 
 
 def sequence_loss(

@@ -101,6 +101,8 @@ class ModelConfig(_JsonConfig):
                                             "src_embed_size == tgt_embed_size)")
     copy_attention: bool = _f(False, "pointer-generator: mix copying source tokens into the output (needs "
                                      "data.joint_vocab)")
+    coverage_attention: bool = _f(False, "the additive score also reads the sum of past attention weights (coverage; "
+                                         "needs attention additive)")
     embed_dropout: float = _f(0.0, "dropout rate on source and target embeddings")
     rnn_dropout: float = _f(0.0, "dropout rate between stacked LSTM layers")
     readout_dropout: float = _f(0.0, "dropout rate on the readout vector r_t")
@@ -146,6 +148,9 @@ class ModelConfig(_JsonConfig):
             _check(not (self.src_vocab_size and self.tgt_vocab_size) or self.src_vocab_size == self.tgt_vocab_size,
                    f"tie_src_tgt_embedding shares the embedding of one (joint, data.joint_vocab) vocabulary; got "
                    f"src_vocab_size={self.src_vocab_size}, tgt_vocab_size={self.tgt_vocab_size}")
+        if self.coverage_attention:
+            _check(self.attention == "additive", f"model.coverage_attention adds a term to the additive score; "
+                   f"it needs attention 'additive', got {self.attention!r}")
         if self.copy_attention and self.src_vocab_size and self.tgt_vocab_size:
             _check(self.src_vocab_size == self.tgt_vocab_size,
                    f"copy_attention copies source ids into the target vocabulary, so both must be one (joint) "
@@ -317,6 +322,8 @@ class TrainConfig(_JsonConfig):
     warmup_steps: int = _f(100, "steps of linear warm-up from 0 to learning_rate")
     max_grad_norm: float = _f(1.0, "clip the global gradient norm to this (0: no clipping)")
     label_smoothing: float = _f(0.0, "label smoothing epsilon of the cross-entropy loss")
+    coverage_loss_weight: float = _f(0.0, "weight of the coverage loss, sum_j min(attention_j, coverage_j) per target "
+                                          "token (needs coverage_attention)")
     max_steps: int = _f(1000, "updates to train for")
     log_every: int = _f(50, "log the training loss and speed every this many steps")
     eval_every: int = _f(250, "validate every this many steps")
@@ -338,6 +345,7 @@ class TrainConfig(_JsonConfig):
         _check(self.warmup_steps >= 0, "train.warmup_steps must be >= 0")
         _check(self.max_grad_norm >= 0, "train.max_grad_norm must be >= 0 (0 disables clipping)")
         _check_rate("train.label_smoothing", self.label_smoothing)
+        _check(self.coverage_loss_weight >= 0, "train.coverage_loss_weight must be >= 0 (0: off)")
         for name in ("log_every", "eval_every", "save_every", "keep_checkpoints", "max_nonfinite_steps",
                      "grad_accum_steps"):
             _check(getattr(self, name) > 0, f"train.{name} must be positive")
@@ -413,6 +421,9 @@ class ExperimentConfig(_JsonConfig):
         _check(not self.model.tie_src_tgt_embedding or self.data.joint_vocab,
                "model.tie_src_tgt_embedding needs data.joint_vocab=true: one embedding row per token id serves "
                "both sides only when source and target share one vocabulary")
+        _check(not self.train.coverage_loss_weight or self.model.coverage_attention,
+               "train.coverage_loss_weight needs model.coverage_attention=true: the loss penalises attending again "
+               "where the coverage the score reads is already high")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], preset: str | None = None) -> ExperimentConfig:

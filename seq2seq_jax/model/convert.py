@@ -74,6 +74,8 @@ def name_map(config: ModelConfig) -> list[ParamMapping]:
                             bias=False)
         mappings += _linear("attention.key_proj", "attention.key_proj", c.memory_size, c.attention_size, bias=True)
         mappings += _linear("attention.v", "attention.v", c.attention_size, 1, bias=False)
+        if c.coverage_attention:
+            mappings += _linear("attention.coverage_proj", "attention.coverage_proj", 1, c.attention_size, bias=False)
     elif c.attention == "general":
         mappings += _linear("attention.key_proj", "attention.key_proj", c.memory_size, c.dec_hidden_size,
                             bias=False)

@@ -137,6 +137,8 @@ class Attention(nnx.Module):
             self.query_proj = nnx.Linear(config.dec_hidden_size, config.attention_size, use_bias=False, **common)
             self.key_proj = nnx.Linear(config.memory_size, config.attention_size, use_bias=True, **common)
             self.v = nnx.Linear(config.attention_size, 1, use_bias=False, **common)
+            if config.coverage_attention:
+                self.coverage_proj = nnx.Linear(1, config.attention_size, use_bias=False, **common)
         elif self.score == "general":
             self.key_proj = nnx.Linear(config.memory_size, config.dec_hidden_size, use_bias=False, **common)
 
@@ -149,19 +151,24 @@ class Attention(nnx.Module):
             return memory.astype(self.compute_dtype)
         return self.key_proj(memory)
 
-    def __call__(self, query: jax.Array, keys: jax.Array, memory: jax.Array, src_mask: jax.Array
-                 ) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, query: jax.Array, keys: jax.Array, memory: jax.Array, src_mask: jax.Array,
+                 coverage: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """``query [B, Q]`` attends over ``memory [B, S, M]`` where ``src_mask [B, S]`` is true.
 
         ``query`` may also be ``[B, G, Q]``: ``G`` queries per sentence (the hypotheses of a beam) over the
-        sentence's one copy of ``keys``, ``memory`` and ``src_mask``.
+        sentence's one copy of ``keys``, ``memory`` and ``src_mask``. ``coverage [B, (G,) S]`` (with
+        ``coverage_attention``): the sum of the query's past attention weights, one row per query; the additive
+        score then reads ``coverage_proj(coverage_j)`` as well.
         Returns ``context [B, M]`` and ``weights [B, S]`` (``[B, G, M]`` and ``[B, G, S]`` for grouped queries;
         the softmax runs in at least float32).
         """
         per_sentence = (lambda x: x[:, None]) if query.ndim == 3 else (lambda x: x)
         keys, memory, src_mask = per_sentence(keys), per_sentence(memory), per_sentence(src_mask)
         if self.score == "additive":
-            hidden = jnp.tanh(self.query_proj(query)[..., None, :] + keys)  # [B, (G,) S, A]
+            hidden = self.query_proj(query)[..., None, :] + keys  # [B, (G,) S, A]
+            if coverage is not None:
+                hidden = hidden + self.coverage_proj(coverage[..., None].astype(self.compute_dtype))
+            hidden = jnp.tanh(hidden)
             scores = self.v(hidden)[..., 0]
         else:
             scores = jnp.sum(query.astype(keys.dtype)[..., None, :] * keys, axis=-1)

@@ -20,6 +20,7 @@ from seq2seq_jax.model.layers import (
     copy_log_probs,
     dropout,
     lstm_cell,
+    softmax_dtype,
     symmetric_uniform,
 )
 
@@ -154,17 +155,19 @@ class Seq2Seq(nnx.Module):
     def _recurrent_step(self, carry, embedded, attend, layers, rng):
         """One decoder time step before the output layer.
 
-        ``carry = (h, c, feed)``: ``h, c`` tuples of ``L`` arrays ``[B, H]``, ``feed [B, R]`` (Luong's
-        ``r_{t-1}``); ``embedded [B, E]``, the step's target embedding, or None when ``layers`` (``(kernel,
-        bias)`` per layer, ``_layer_kernels``) leave it out and layer 0's bias ``[B, 4H]`` holds its projection;
-        ``attend(query) -> (context, weights)``; ``rng`` drives dropout (None: inference).
-        Returns the new carry (Luong's ``feed`` is the step's readout ``r [B, R]``) and ``(top, context,
-        weights)``: the top output ``s [B, H]``, the context ``[B, M]`` and the attention weights ``[B, S]``.
+        ``carry = (h, c, feed, coverage)``: ``h, c`` tuples of ``L`` arrays ``[B, H]``, ``feed [B, R]``
+        (Luong's ``r_{t-1}``), ``coverage [B, S]`` (the sum of the past steps' attention weights; None without
+        ``coverage_attention``); ``embedded [B, E]``, the step's target embedding, or None when ``layers``
+        (``(kernel, bias)`` per layer, ``_layer_kernels``) leave it out and layer 0's bias ``[B, 4H]`` holds its
+        projection; ``attend(query, coverage) -> (context, weights)``; ``rng`` drives dropout (None: inference).
+        Returns the new carry (Luong's ``feed`` is the step's readout ``r [B, R]``; the coverage has the step's
+        weights added) and ``(top, context, weights)``: the top output ``s [B, H]``, the context ``[B, M]`` and
+        the attention weights ``[B, S]``.
         """
-        h, c, feed = carry
+        h, c, feed, coverage = carry
         config = self.config
         if config.decoder_style == "bahdanau":
-            context, weights = attend(h[-1])
+            context, weights = attend(h[-1], coverage)
             layer_input = context
         else:
             layer_input = feed
@@ -181,11 +184,13 @@ class Seq2Seq(nnx.Module):
             layer_input = h_l
         top = new_h[-1]
         if config.decoder_style == "luong":
-            context, weights = attend(top)
+            context, weights = attend(top, coverage)
             feed = jnp.tanh(self.readout(jnp.concatenate([context, top], axis=-1)))
             if rng is not None:
                 feed = dropout(feed, config.readout_dropout, jax.random.fold_in(rng, 0))
-        return (tuple(new_h), tuple(new_c), feed), (top, context, weights)
+        if coverage is not None:
+            coverage = coverage + weights.astype(coverage.dtype)
+        return (tuple(new_h), tuple(new_c), feed, coverage), (top, context, weights)
 
     def _bahdanau_readout(self, top, context, embedded, rng):
         """``r = tanh(W_r [s; c; emb] + b_r)`` on any leading shape ``[..., R]``."""
@@ -200,19 +205,24 @@ class Seq2Seq(nnx.Module):
 
     def init_decode_state(self, src: jax.Array, src_len: jax.Array) -> dict[str, jax.Array]:
         """Encode and build the decoder state of ``docs/model.md`` (every leaf batch-leading); with
-        ``copy_attention`` it also holds the source ids ``src [B, S]``."""
+        ``copy_attention`` it also holds the source ids ``src [B, S]``, with ``coverage_attention`` the
+        coverage ``[B, S]`` (zeros)."""
         memory, h0, c0 = self.encode(src, src_len)
         batch, src_size = src.shape
+        weights_dtype = softmax_dtype(self.compute_dtype)
         copy_state = {"src": src} if self.config.copy_attention else {}
+        coverage_state = ({"coverage": jnp.zeros((batch, src_size), weights_dtype)}
+                          if self.config.coverage_attention else {})
         return {
             **copy_state,
+            **coverage_state,
             "memory": memory,
             "keys": self.attention.precompute_keys(memory),
             "src_mask": jnp.arange(src_size)[None, :] < src_len[:, None],
             "h": h0.transpose(1, 0, 2),
             "c": c0.transpose(1, 0, 2),
             "feed": jnp.zeros((batch, self.config.readout_size), memory.dtype),
-            "attention": jnp.zeros((batch, src_size), jnp.float32 if memory.dtype != jnp.float64 else memory.dtype),
+            "attention": jnp.zeros((batch, src_size), weights_dtype),
         }
 
     def decode_weights(self) -> dict:
@@ -233,8 +243,8 @@ class Seq2Seq(nnx.Module):
         ``h, c [N, L, H]`` and ``feed [N, R]`` have a row per hypothesis. ``memory``, ``keys``, ``src_mask``
         (and ``src``) have a row per sentence, ``[B, ...]`` with ``N = B·G``: rows ``b·G .. b·G + G - 1`` are
         sentence ``b``'s hypotheses (``G = 1`` in teacher-forced use). ``attention [N, S]``, the step's
-        weights, is written only when the state holds it. ``weights``: ``decode_weights()`` (built here when
-        None).
+        weights, is written only when the state holds it; ``coverage [N, S]`` (``coverage_attention``) is per
+        hypothesis too. ``weights``: ``decode_weights()`` (built here when None).
         """
         weights = self.decode_weights() if weights is None else weights
         embedded = self.tgt_embed(tokens)
@@ -245,15 +255,17 @@ class Seq2Seq(nnx.Module):
         if rows % sentences:
             raise ValueError(f"decode_step: {rows} hypotheses do not divide among {sentences} sentences")
 
-        def attend(query):  # [N, H] -> context [N, M], weights [N, S]
+        def attend(query, coverage):  # [N, H], [N, S] or None -> context [N, M], weights [N, S]
             if rows == sentences:
-                return self.attention(query, state["keys"], state["memory"], state["src_mask"])
-            grouped = query.reshape(sentences, rows // sentences, query.shape[-1])
-            context, alignment = self.attention(grouped, state["keys"], state["memory"], state["src_mask"])
+                return self.attention(query, state["keys"], state["memory"], state["src_mask"], coverage)
+            group = (sentences, rows // sentences, -1)
+            grouped_coverage = None if coverage is None else coverage.reshape(group)
+            context, alignment = self.attention(query.reshape(group), state["keys"], state["memory"],
+                                                state["src_mask"], grouped_coverage)
             return context.reshape(rows, -1), alignment.reshape(rows, -1)
 
-        (h, c, readout), (top, context, attention) = self._recurrent_step(
-            (h, c, state["feed"]), embedded, attend, weights["layers"], None)
+        (h, c, readout, coverage), (top, context, attention) = self._recurrent_step(
+            (h, c, state["feed"], state.get("coverage")), embedded, attend, weights["layers"], None)
         if self.config.decoder_style == "bahdanau":
             readout = self._bahdanau_readout(top, context, embedded, None)
         logits = self.output(readout, weights["output"])
@@ -262,6 +274,8 @@ class Seq2Seq(nnx.Module):
             logits = self._copy(logits.reshape(grouped), readout.reshape(grouped), attention.reshape(grouped),
                                 state["src"]).reshape(rows, -1)
         new_state = dict(state, h=jnp.stack(h, axis=1), c=jnp.stack(c, axis=1), feed=readout)
+        if coverage is not None:
+            new_state["coverage"] = coverage
         if "attention" in state:
             new_state["attention"] = attention.astype(state["attention"].dtype)
         return logits, new_state
@@ -271,7 +285,8 @@ class Seq2Seq(nnx.Module):
         """Encode once and split the decode state for ``seq2seq_jax.decoding.search``: ``(state, step)``.
 
         ``state`` holds what each hypothesis carries and search copies per beam and reorders every step:
-        ``h, c [B, L, H]``, ``feed [B, R]`` and, when ``with_attention``, ``attention [B, S]``.
+        ``h, c [B, L, H]``, ``feed [B, R]``, ``coverage [B, S]`` (``coverage_attention``) and, when
+        ``with_attention``, ``attention [B, S]``.
         ``step(state, tokens)`` is ``decode_step`` closed over the sentence-level ``memory``, ``keys``,
         ``src_mask`` (and ``src`` for copy attention; ``[B, ...]``, one copy per sentence however many
         hypotheses) and over ``weights`` (``decode_weights()``, built here, once per search, when None); it
@@ -314,8 +329,9 @@ class Seq2Seq(nnx.Module):
         steps = tgt_in.shape[1]
         step_rngs = None if rng_steps is None else jax.random.split(rng_steps, steps)
         feed0 = jnp.zeros((src.shape[0], config.readout_size), memory.dtype)
+        coverage0 = jnp.zeros(src.shape, softmax_dtype(self.compute_dtype)) if config.coverage_attention else None
         (kernel0, _), *upper = self._layer_kernels(embedding_rows=False)
-        attend = jax.checkpoint(lambda query: self.attention(query, keys, memory, src_mask))
+        attend = jax.checkpoint(lambda query, coverage: self.attention(query, keys, memory, src_mask, coverage))
 
         def step(carry, inputs_t):
             gates_t, rng_t = inputs_t  # layer 0: the embedding's projection with both biases
@@ -325,7 +341,7 @@ class Seq2Seq(nnx.Module):
                 return carry, (carry[2], weights)
             return carry, (top, context, weights)
 
-        carry = (tuple(h0), tuple(c0), feed0)
+        carry = (tuple(h0), tuple(c0), feed0, coverage0)
         _, outputs = jax.lax.scan(step, carry, (gates_x0, step_rngs))
         if config.decoder_style == "bahdanau":
             tops, contexts, weights = outputs  # [T, B, ...]

@@ -1,7 +1,8 @@
-"""Masked, label-smoothed cross-entropy over target sequences.
+"""Masked, label-smoothed cross-entropy over target sequences, and the coverage loss of the attention.
 
-Returns the summed loss and the number of real target tokens; the division happens on the host (or after
-an all-reduce), so that batches of different sizes and devices of different shards weigh tokens equally.
+Both are sums over the real target tokens (``sequence_loss`` returns their number too); the division happens
+on the host (or after an all-reduce), so that batches of different sizes and devices of different shards weigh
+tokens equally.
 """
 
 from __future__ import annotations
@@ -31,3 +32,14 @@ def sequence_loss(logits: jax.Array, targets: jax.Array, tgt_len: jax.Array, lab
         nll = (1.0 - label_smoothing) * nll - label_smoothing * log_probs.mean(axis=-1)
     mask = target_mask(tgt_len, targets.shape[1])
     return jnp.sum(jnp.where(mask, nll, 0.0)), jnp.sum(mask).astype(log_probs.dtype)
+
+
+def coverage_loss(attention: jax.Array, tgt_len: jax.Array) -> jax.Array:
+    """The coverage loss of ``attention [B, T, S]`` (a teacher-forced pass's weights) summed over the real target
+    positions ``t < tgt_len [B]``: ``Σ_t Σ_j min(α_tj, cov_tj)`` with ``cov_t = Σ_{t' < t} α_t'`` (See et al.,
+    2017), so attending again where the source was already read costs what it repeats. In at least float32."""
+    attention = attention.astype(softmax_dtype(attention.dtype))
+    before = jnp.cumsum(attention, axis=1)[:, :-1]  # [B, T-1, S]
+    coverage = jnp.concatenate([jnp.zeros_like(attention[:, :1]), before], axis=1)  # the steps before t
+    per_step = jnp.sum(jnp.minimum(attention, coverage), axis=-1)  # [B, T]
+    return jnp.sum(jnp.where(target_mask(tgt_len, attention.shape[1]), per_step, 0.0))

@@ -23,7 +23,7 @@ from flax import nnx
 
 from seq2seq_jax.core.config import ModelConfig, TrainConfig
 from seq2seq_jax.model.seq2seq import Seq2Seq
-from seq2seq_jax.training.losses import sequence_loss
+from seq2seq_jax.training.losses import coverage_loss, sequence_loss
 
 
 @flax.struct.dataclass
@@ -117,11 +117,17 @@ def init_train_state(params: dict, optimizer: optax.GradientTransformation, seed
 
 
 def _batch_loss(graphdef: nnx.GraphDef, params, batch: dict[str, jax.Array], dropout_rng: jax.Array,
-                label_smoothing: float) -> tuple[jax.Array, jax.Array]:
-    """``(loss_sum, tokens)`` of the model ``params`` on ``batch``, with dropout drawn from ``dropout_rng``."""
+                label_smoothing: float, coverage_loss_weight: float = 0.0) -> tuple[jax.Array, jax.Array]:
+    """``(loss_sum, tokens)`` of the model ``params`` on ``batch``, with dropout drawn from ``dropout_rng``:
+    the label-smoothed cross-entropy plus, with ``coverage_loss_weight`` λ > 0, λ times the coverage loss."""
     model = nnx.merge(graphdef, params)
-    logits = model(batch["src"], batch["src_len"], batch["tgt_in"], dropout_rng=dropout_rng)
-    return sequence_loss(logits, batch["tgt_out"], batch["tgt_len"], label_smoothing)
+    if not coverage_loss_weight:
+        logits = model(batch["src"], batch["src_len"], batch["tgt_in"], dropout_rng=dropout_rng)
+        return sequence_loss(logits, batch["tgt_out"], batch["tgt_len"], label_smoothing)
+    logits, attention = model(batch["src"], batch["src_len"], batch["tgt_in"], dropout_rng=dropout_rng,
+                              return_attention=True)
+    loss_sum, tokens = sequence_loss(logits, batch["tgt_out"], batch["tgt_len"], label_smoothing)
+    return loss_sum + coverage_loss_weight * coverage_loss(attention, batch["tgt_len"]), tokens
 
 
 def _apply_gradients(state: TrainState, optimizer: optax.GradientTransformation, grads, loss_sum: jax.Array,
@@ -134,19 +140,22 @@ def _apply_gradients(state: TrainState, optimizer: optax.GradientTransformation,
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, label_smoothing: float):
+def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, label_smoothing: float,
+                    coverage_loss_weight: float = 0.0):
     """Return the pure ``train_step(state, batch) -> (state, metrics)``.
 
     ``batch`` holds ``src [B, S]``, ``src_len [B]``, ``tgt_in [B, T]``, ``tgt_out [B, T]``, ``tgt_len [B]``.
-    The gradient is that of the mean token loss; ``metrics`` holds ``loss_sum``, ``tokens`` (divide on the
-    host), ``grad_norm`` and ``finite`` (0 when this update was skipped).
+    The gradient is that of the mean token loss (with ``coverage_loss_weight`` λ, the cross-entropy plus λ
+    times the coverage loss); ``metrics`` holds ``loss_sum`` (that loss), ``tokens`` (divide on the host),
+    ``grad_norm`` and ``finite`` (0 when this update was skipped).
     """
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
         dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
         def mean_loss(params):
-            loss_sum, tokens = _batch_loss(graphdef, params, batch, dropout_rng, label_smoothing)
+            loss_sum, tokens = _batch_loss(graphdef, params, batch, dropout_rng, label_smoothing,
+                                           coverage_loss_weight)
             return loss_sum / jnp.maximum(tokens, 1.0), (loss_sum, tokens)
 
         (_, (loss_sum, tokens)), grads = jax.value_and_grad(mean_loss, has_aux=True)(state.params)
@@ -156,7 +165,7 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
 
 
 def make_grad_accumulation(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
-                           label_smoothing: float):
+                           label_smoothing: float, coverage_loss_weight: float = 0.0):
     """Return the pure ``(zero_accumulator, accumulate, apply_update)`` of one update over k micro-batches.
 
     The accumulator is ``{"grads": like params, "loss_sum": [], "tokens": []}``: sums over the micro-batches so
@@ -178,7 +187,8 @@ def make_grad_accumulation(graphdef: nnx.GraphDef, optimizer: optax.GradientTran
         dropout_rng = jax.random.fold_in(step_rng, micro_index)
 
         def summed_loss(params):
-            loss_sum, tokens = _batch_loss(graphdef, params, batch, dropout_rng, label_smoothing)
+            loss_sum, tokens = _batch_loss(graphdef, params, batch, dropout_rng, label_smoothing,
+                                           coverage_loss_weight)
             return loss_sum, tokens
 
         (loss_sum, tokens), grads = jax.value_and_grad(summed_loss, has_aux=True)(state.params)

@@ -289,11 +289,13 @@ class TrainingUpdate:
         self.batch_sharding = parallel.batch_sharding(mesh)
         self.shapes: set[tuple[int, int, int]] = set()
         if self.accum_steps == 1:
-            self.train_step = parallel.jit_train_step(make_train_step(graphdef, optimizer, train_cfg.label_smoothing),
+            self.train_step = parallel.jit_train_step(make_train_step(graphdef, optimizer, train_cfg.label_smoothing,
+                                                                      train_cfg.coverage_loss_weight),
                                                       mesh, state_shardings)
         else:
             self.zero, self.accumulate, self.apply_update = parallel.jit_grad_accumulation(
-                *make_grad_accumulation(graphdef, optimizer, train_cfg.label_smoothing), mesh, state_shardings)
+                *make_grad_accumulation(graphdef, optimizer, train_cfg.label_smoothing,
+                                        train_cfg.coverage_loss_weight), mesh, state_shardings)
             # Global (replicated) arrays, as a multi-process jit needs: one traced index, no recompiles.
             self.micro_indices = [parallel.place(np.int32(index), parallel.replicated(mesh))
                                   for index in range(self.accum_steps)]
