@@ -121,13 +121,12 @@ def _batch_loss(graphdef: nnx.GraphDef, params, batch: dict[str, jax.Array], dro
     """``(loss_sum, tokens)`` of the model ``params`` on ``batch``, with dropout drawn from ``dropout_rng``:
     the label-smoothed cross-entropy plus, with ``coverage_loss_weight`` λ > 0, λ times the coverage loss."""
     model = nnx.merge(graphdef, params)
-    if not coverage_loss_weight:
-        logits = model(batch["src"], batch["src_len"], batch["tgt_in"], dropout_rng=dropout_rng)
-        return sequence_loss(logits, batch["tgt_out"], batch["tgt_len"], label_smoothing)
     logits, attention = model(batch["src"], batch["src_len"], batch["tgt_in"], dropout_rng=dropout_rng,
                               return_attention=True)
     loss_sum, tokens = sequence_loss(logits, batch["tgt_out"], batch["tgt_len"], label_smoothing)
-    return loss_sum + coverage_loss_weight * coverage_loss(attention, batch["tgt_len"]), tokens
+    if coverage_loss_weight:
+        loss_sum = loss_sum + coverage_loss_weight * coverage_loss(attention, batch["tgt_len"])
+    return loss_sum, tokens
 
 
 def _apply_gradients(state: TrainState, optimizer: optax.GradientTransformation, grads, loss_sum: jax.Array,
