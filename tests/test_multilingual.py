@@ -184,6 +184,24 @@ def test_languages_resolve_or_list_the_model_languages():
         Languages({"cs": "<2cs>"}, "W").source_tokenizer(tokenizer, "cs")
 
 
+def test_a_tag_goes_first_or_last_and_survives_cropping():
+    from seq2seq_jax.core.encoding import EOS_ID, encode_pair, new_report
+
+    tokenizer = VocabularyTokenizer("char", ["<2de>", "<2fr>", "a", "b"])
+    first = Languages({"de": "<2de>", "fr": "<2fr>"}, "W").source_tokenizer(tokenizer, "fr")
+    last = Languages({"de": "<2de>", "fr": "<2fr>"}, "W", "last").source_tokenizer(tokenizer, "fr")
+    assert first.encode("ab") == [5, 6, 7] and last.encode("ab") == [6, 7, 5]
+    assert first.crop([5, 6, 7], 2) == [5, 6] and last.crop([6, 7, 5], 2) == [6, 5]  # the text is cropped
+    data = DataConfig(max_src_len=3, max_tgt_len=10, long_pair_policy="crop", tag_position="last")
+    report = new_report(data, "train")
+    example = encode_pair("abab", "ab", last, tokenizer, data, report)
+    assert example.src.tolist() == [6, 5, EOS_ID] and report.cropped == 1
+    with pytest.raises(ConfigError, match="data.tag_position must be 'first' or 'last', got 'middle'"):
+        DataConfig(tag_position="middle")
+    with pytest.raises(LanguageError, match="first or last in the source, not 'middle'"):
+        TaggedTokenizer(tokenizer, [5], "middle")
+
+
 def test_preprocess_writes_one_tagged_split_per_corpus_whatever_the_workers(tmp_path):
     from seq2seq_jax.training.preprocess import preprocess
 
@@ -310,6 +328,47 @@ def test_resume_of_a_mixed_run_is_bit_identical(trained, tmp_path):
     assert sorted(resumed) == list(range(1, 13))
     for step in range(5, 13):
         assert resumed[step] == uninterrupted[step], step
+
+
+def test_a_model_with_the_tag_last_trains_translates_and_exports_with_it_last(trained, tmp_path):
+    """``data.tag_position=last``: the training records hold the tag before the EOS, the workdir and the export
+    record the position, and the API and torch_ref put the tag there (the same n-best from both)."""
+    import seq2seq_jax
+    from seq2seq_jax.core.encoding import EOS_ID
+    from seq2seq_jax.training.corpus import open_corpus
+    from seq2seq_jax.training.export import export_torch
+    from seq2seq_jax.training.trainer import train
+    from torch_ref import translate as torch_translate_module
+
+    config = multi_config(tmp_path / "data", "data.tag_position=last", "train.max_steps=4", "train.eval_every=4")
+    train(config, tmp_path / "run")
+    assert ExperimentConfig.load(tmp_path / "run" / "config.json").data.tag_position == "last"
+    corpus = open_corpus(tmp_path / "run" / "data")
+    src_tok, _ = corpus.tokenizers()
+    for name, tag in (("en-rev", "<2rev>"), ("en-up", "<2up>")):
+        sources = [example.src for example in corpus.split(f"train.{name}")]
+        assert {(int(src[-2]), int(src[-1])) for src in sources} == {(src_tok.piece_id(tag), EOS_ID)}
+        assert all(src_tok.piece_id(tag) not in src[:-2].tolist() for src in sources)
+    model = seq2seq_jax.load(tmp_path / "run", beam_size=3, n_best=2)
+    tagged = model.source_tokenizer("up")
+    assert tagged.encode("ab") == src_tok.encode("ab") + [src_tok.piece_id("<2up>")]
+    export = export_torch(tmp_path / "run", tmp_path / "export")
+    languages = torch_ref.load.languages(export)
+    torch_model, torch_src_tok, tgt_tok = torch_ref.load_pretrained(export)
+    assert languages.source_tokenizer(torch_src_tok, "up").encode("ab") == tagged.encode("ab")
+    inputs = SOURCES + [" ".join(random.Random(i).choices(WORDS, k=3)) for i in range(10)]
+    jax_results = model.translate(inputs, tgt_lang="up")
+    torch_results = torch_translate_module.translate(
+        torch_model, languages.source_tokenizer(torch_src_tok, "up"), tgt_tok, inputs,
+        languages.decode_config(model.decode_config, tgt_tok))
+    for jax_hyps, torch_hyps in zip(jax_results, torch_results, strict=True):
+        assert [h.tokens for h in jax_hyps] == [h.tokens for h in torch_hyps]
+        np.testing.assert_allclose([h.score for h in jax_hyps], [h.score for h in torch_hyps], atol=1e-4)
+    first = seq2seq_jax.load(tmp_path / "run")
+    first.languages = dataclasses.replace(first.languages, position="first")
+    assert first.score("ab cd", "AB CD", "up").log_prob != model.score("ab cd", "AB CD", "up").log_prob
+    with pytest.raises(ValueError, match="its language tags in one place: .* puts them last, .* first"):
+        seq2seq_jax.load([trained[0], tmp_path / "run"])
 
 
 def test_the_server_takes_tgt_lang_and_lists_the_languages(trained):

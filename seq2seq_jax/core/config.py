@@ -232,6 +232,8 @@ class DataConfig(_JsonConfig):
                                            "(docs/multilingual.md)")
     sampling_temperature: float = _f(1.0, "corpora are drawn at rates p_i ~ n_i ** (1 / T): 1 proportional, large T "
                                           "uniform")
+    tag_position: str = _f("first", "where a corpus's language tag goes in its sources: first, or last (before the "
+                                    "EOS)")
     subword_alpha: float = _f(0.0, "subword sampling of training pairs each epoch (unigram: smoothing alpha; bpe: "
                                    "dropout rate); 0: off")
     subword_nbest_size: int = _f(-1, "unigram subword sampling draws from the n best segmentations (-1: all)")
@@ -281,6 +283,8 @@ class DataConfig(_JsonConfig):
             raise ConfigError(str(error)) from None
         _check(self.sampling_temperature > 0, f"data.sampling_temperature must be positive, got "
                f"{self.sampling_temperature}")
+        _check(self.tag_position in ("first", "last"),
+               f"data.tag_position must be 'first' or 'last', got {self.tag_position!r}")
         given = [name for name in ("train_src", "train_tsv", "valid_src", "valid_tsv") if getattr(self, name)]
         _check(not (self.corpora and given), f"data.corpora replaces data.{given[0] if given else ''}: give the "
                "files in the corpora list (each corpus its own valid_src/valid_tgt)")

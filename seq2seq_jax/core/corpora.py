@@ -1,10 +1,10 @@
 """The corpora of one run (``data.corpora``): each a pair of training files, its target language and its own
-validation files; the language tags they put at the start of their sources.
+validation files; the language tags they put in their sources.
 
-A corpus with a target language ``L`` gets the tag ``<2L>`` (``tag_of``) as the first source token of every pair,
-the standard recipe of tagged multilingual training (Johnson et al., 2017); the tag is a reserved piece of the
-source (or joint) vocabulary, never split. ``name`` (default ``SRC-TGT`` or ``TGT``) names the corpus's splits,
-reports and per-direction validation metrics. Standard library only.
+A corpus with a target language ``L`` gets the tag ``<2L>`` (``tag_of``) as the first source token of every pair
+(or the last before the EOS: ``data.tag_position``), the standard recipe of tagged multilingual training (Johnson
+et al., 2017); the tag is a reserved piece of the source (or joint) vocabulary, never split. ``name`` (default
+``SRC-TGT`` or ``TGT``) names the corpus's splits, reports and per-direction validation metrics. Standard library only.
 """
 
 from __future__ import annotations

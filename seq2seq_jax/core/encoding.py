@@ -93,7 +93,7 @@ def encode_pair(source: str, target: str, src_tokenizer: Tokenizer, tgt_tokenize
         if data_config.long_pair_policy != "crop" or max_src < 2 or max_tgt < 2:
             report.dropped_long += 1
             return None
-        src_ids, tgt_ids = src_ids[: max_src - 1], tgt_ids[: max_tgt - 1]
+        src_ids, tgt_ids = src_tokenizer.crop(src_ids, max_src - 1), tgt_tokenizer.crop(tgt_ids, max_tgt - 1)
         report.cropped += 1
     report.kept += 1
     report.src_tokens += len(src_ids)

@@ -1,8 +1,9 @@
-"""A model's target languages at decoding time: the tag each source starts with, and the ids never output.
+"""A model's target languages at decoding time: the tag in each source, and the ids never output.
 
-A run's languages are its config's ``data.corpora`` (``DataConfig.languages``: ``{language: tag}``), so a workdir
-and an export record them in ``config.json``. ``Languages.source_tokenizer(src_tok, tgt_lang)`` is the source
-tokenizer that puts the tag of ``tgt_lang`` first (``TaggedTokenizer``); ``Languages.decode_config`` bans every tag
+A run's languages are its config's ``data.corpora`` (``DataConfig.languages``: ``{language: tag}``) and where the tag
+goes (``data.tag_position``: first, or last before the EOS), so a workdir and an export record them in
+``config.json``. ``Languages.source_tokenizer(src_tok, tgt_lang)`` is the source tokenizer that puts the tag of
+``tgt_lang`` there (``TaggedTokenizer``); ``Languages.decode_config`` bans every tag
 that is a piece of the target vocabulary (a joint one) from the search's output. A run without tags takes no
 language; asking one of it, or none (or an unknown one) of a multilingual model, is a ``LanguageError`` that
 lists the model's languages. Standard library only.
@@ -20,22 +21,37 @@ class LanguageError(ValueError):
     """A target language missing, unknown, or asked of a model without language tags."""
 
 
-class TaggedTokenizer(Tokenizer):
-    """``base`` with the ids ``prefix`` (a language tag's) before every encoded text: ``encode(text) = prefix +
-    base.encode(text)``; everything else is ``base``'s."""
+TAG_POSITIONS = ("first", "last")
 
-    def __init__(self, base: Tokenizer, prefix: Sequence[int]):
-        self.base, self.prefix, self.kind = base, list(prefix), base.kind
+
+class TaggedTokenizer(Tokenizer):
+    """``base`` with the ids ``tag`` (a language tag's) in every encoded text: ``encode(text) = tag +
+    base.encode(text)`` at ``position`` "first", ``base.encode(text) + tag`` at "last"; ``crop`` keeps the tag;
+    everything else is ``base``'s."""
+
+    def __init__(self, base: Tokenizer, tag: Sequence[int], position: str = "first"):
+        if position not in TAG_POSITIONS:
+            raise LanguageError(f"a language tag goes first or last in the source, not {position!r}")
+        self.base, self.tag, self.position, self.kind = base, list(tag), position, base.kind
 
     @property
     def vocab_size(self) -> int:
         return self.base.vocab_size
 
+    def _tagged(self, ids: list[int]) -> list[int]:
+        return self.tag + ids if self.position == "first" else ids + self.tag
+
     def encode(self, text: str) -> list[int]:
-        return self.prefix + self.base.encode(text)
+        return self._tagged(self.base.encode(text))
 
     def sample(self, text: str, alpha: float, nbest_size: int) -> list[int]:
-        return self.prefix + self.base.sample(text, alpha, nbest_size)
+        return self._tagged(self.base.sample(text, alpha, nbest_size))
+
+    def crop(self, ids: list[int], length: int) -> list[int]:
+        """The first ``length`` ids of a tagged text with the tag kept: the text is what is cropped."""
+        if self.position == "first" or length <= len(self.tag):
+            return ids[:length]
+        return ids[: length - len(self.tag)] + self.tag
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.base.decode(ids)
@@ -47,7 +63,7 @@ class TaggedTokenizer(Tokenizer):
         return self.base.pieces(ids)
 
     def __repr__(self) -> str:
-        return f"TaggedTokenizer({self.base!r}, prefix={self.prefix})"
+        return f"TaggedTokenizer({self.base!r}, tag={self.tag}, position={self.position!r})"
 
 
 def tag_id(tokenizer: Tokenizer, tag: str, origin: str) -> int:
@@ -63,15 +79,16 @@ def tag_id(tokenizer: Tokenizer, tag: str, origin: str) -> int:
 @dataclasses.dataclass(frozen=True)
 class Languages:
     """``tags``: ``{target language: its tag}`` of a model (empty: no language tags); ``origin`` names the model
-    in errors (its workdir or export directory)."""
+    in errors (its workdir or export directory); ``position``: where the tag goes in a source (first or last)."""
 
     tags: dict[str, str]
     origin: str = "the model"
+    position: str = "first"
 
     @classmethod
     def of(cls, config, origin: str) -> Languages:
-        """The languages of an ``ExperimentConfig`` (its ``data.corpora``)."""
-        return cls(dict(config.data.languages), str(origin))
+        """The languages of an ``ExperimentConfig`` (its ``data.corpora`` and ``data.tag_position``)."""
+        return cls(dict(config.data.languages), str(origin), config.data.tag_position)
 
     @property
     def names(self) -> list[str]:
@@ -95,11 +112,12 @@ class Languages:
         return tgt_lang
 
     def source_tokenizer(self, src_tokenizer: Tokenizer, tgt_lang: str | None) -> Tokenizer:
-        """``src_tokenizer`` with the tag of ``tgt_lang`` (``resolve``d) first; itself for a model without tags."""
+        """``src_tokenizer`` with the tag of ``tgt_lang`` (``resolve``d) at ``position``; itself for a model without
+        tags."""
         language = self.resolve(tgt_lang)
         if language is None:
             return src_tokenizer
-        return TaggedTokenizer(src_tokenizer, [tag_id(src_tokenizer, self.tags[language], self.origin)])
+        return TaggedTokenizer(src_tokenizer, [tag_id(src_tokenizer, self.tags[language], self.origin)], self.position)
 
     def banned_ids(self, tgt_tokenizer: Tokenizer) -> tuple[int, ...]:
         """The ids of the tags that are pieces of the target vocabulary: never an output."""
@@ -112,4 +130,4 @@ class Languages:
         return dataclasses.replace(decode_config, banned_ids=banned)
 
 
-__all__ = ["Languages", "LanguageError", "TaggedTokenizer", "tag_id"]
+__all__ = ["Languages", "LanguageError", "TaggedTokenizer", "TAG_POSITIONS", "tag_id"]

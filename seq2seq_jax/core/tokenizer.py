@@ -82,6 +82,10 @@ class Tokenizer:
         kinds only, drawn from sentencepiece's generator (``seq2seq_jax.core.subword_sampling`` seeds it)."""
         raise TokenizerError(f"subword sampling needs a sentencepiece tokenizer (unigram or bpe), not {self.kind}")
 
+    def crop(self, ids: list[int], length: int) -> list[int]:
+        """``ids`` of an encoded text cut to ``length`` (a long pair under ``long_pair_policy="crop"``)."""
+        return ids[:length]
+
     def piece_id(self, piece: str) -> int | None:
         """The id of ``piece`` when it is one whole entry of the vocabulary (a language tag), else None."""
         return None

@@ -63,9 +63,13 @@ class Seq2SeqModel:
         self.src_tokenizer, self.tgt_tokenizer = first.src_tokenizer, first.tgt_tokenizer
         self.languages = Languages.of(first.config, names[0])
         for name, model in zip(names[1:], models[1:], strict=True):
-            if Languages.of(model.config, name).tags != self.languages.tags:
+            languages = Languages.of(model.config, name)
+            if languages.tags != self.languages.tags:
                 raise ValueError(f"an ensemble needs the same languages: {name} has "
                                  f"{model.config.data.languages or 'none'}, {names[0]} {self.languages.tags or 'none'}")
+            if languages.tags and languages.position != self.languages.position:
+                raise ValueError(f"an ensemble needs its language tags in one place: {name} puts them "
+                                 f"{languages.position}, {names[0]} {self.languages.position}")
         self.decode_config = self.languages.decode_config(
             with_decode_overrides(first.config.decode, **decode_overrides), self.tgt_tokenizer)
         self._translators: dict[DecodeConfig, Translator] = {}
@@ -76,7 +80,8 @@ class Seq2SeqModel:
         return len(self.models) > 1
 
     def source_tokenizer(self, tgt_lang: str | None = None) -> Tokenizer:
-        """The source tokenizer that asks for ``tgt_lang`` (its tag first); the plain one without language tags.
+        """The source tokenizer that asks for ``tgt_lang`` (its tag where ``data.tag_position`` puts it); the plain
+        one without language tags.
         A missing (for a multilingual model) or unknown language is a ``LanguageError`` listing the languages."""
         return self.languages.source_tokenizer(self.src_tokenizer, tgt_lang)
 

@@ -52,7 +52,7 @@ def hypothesis_json(model: Seq2SeqModel, source: str, hypothesis: Hypothesis,
                     tgt_lang: str | None = None) -> dict[str, Any]:
     answer: dict[str, Any] = {"text": hypothesis.text, "score": hypothesis.score}
     if hypothesis.attention is not None:
-        src_tokenizer = model.source_tokenizer(tgt_lang)  # the tag is the first source piece
+        src_tokenizer = model.source_tokenizer(tgt_lang)  # the tag is one of the source pieces
         weights = hypothesis.attention
         target = model.tgt_tokenizer.pieces(hypothesis.tokens)
         target += ["</s>"] * (weights.shape[0] - len(target))  # the EOS step, when the hypothesis has one

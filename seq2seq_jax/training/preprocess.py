@@ -139,29 +139,30 @@ def reservoir_sample(pairs, size: int, seed: int = SAMPLE_SEED) -> tuple[list[tu
     return [(source, target) for _, source, target in sample], count
 
 
-def split_prefixes(data_config, src_tokenizer: Tokenizer) -> dict[str, list[int]]:
-    """The ids every source of a split starts with: the tag of its corpus's target language (``data.corpora``)."""
-    prefixes = {}
+def split_source_tokenizers(data_config, src_tokenizer: Tokenizer) -> dict[str, Tokenizer]:
+    """The source tokenizer of each split of a tagged corpus (``data.corpora``): ``src_tokenizer`` with the tag of
+    the corpus's target language at ``data.tag_position``. Untagged splits are not listed."""
+    tokenizers = {}
     for corpus in data_config.corpora:
         if corpus.tag:
-            ids = [tag_id(src_tokenizer, corpus.tag, f"corpus {corpus.name}")]
-            prefixes[train_split(corpus.name)] = prefixes[valid_split(corpus.name)] = ids
-    return prefixes
+            tagged = TaggedTokenizer(src_tokenizer, [tag_id(src_tokenizer, corpus.tag, f"corpus {corpus.name}")],
+                                     data_config.tag_position)
+            tokenizers[train_split(corpus.name)] = tokenizers[valid_split(corpus.name)] = tagged
+    return tokenizers
 
 
 class ChunkEncoder:
     """Text pairs -> records: ``(records, lengths [n, 2] int32, kept flags, DataReport)`` of a chunk; the sources
-    of a tagged corpus's splits start with its tag (``split_prefixes``)."""
+    of a tagged corpus's splits hold its tag (``split_source_tokenizers``)."""
 
     def __init__(self, src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer, data_config):
         self.src_tokenizer, self.tgt_tokenizer, self.data_config = src_tokenizer, tgt_tokenizer, data_config
-        self.prefixes = split_prefixes(data_config, src_tokenizer)
+        self.split_tokenizers = split_source_tokenizers(data_config, src_tokenizer)
 
     def __call__(self, pairs: list[tuple[str, str]], name: str):
         report = new_report(self.data_config, name)
         records, lengths, kept = [], [], []
-        prefix = self.prefixes.get(name)
-        src_tokenizer = TaggedTokenizer(self.src_tokenizer, prefix) if prefix else self.src_tokenizer
+        src_tokenizer = self.split_tokenizers.get(name, self.src_tokenizer)
         for source, target in pairs:
             example = encode_pair(source, target, src_tokenizer, self.tgt_tokenizer, self.data_config, report)
             kept.append(example is not None)

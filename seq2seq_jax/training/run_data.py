@@ -15,7 +15,6 @@ from typing import NamedTuple
 from seq2seq_jax.core.batching import BatchPolicy, LocalRows, batch_shapes
 from seq2seq_jax.core.config import ExperimentConfig
 from seq2seq_jax.core.corpora import train_split, valid_split
-from seq2seq_jax.core.languages import TaggedTokenizer
 from seq2seq_jax.core.logs import warnings_only
 from seq2seq_jax.core.mixing import ConcatSource, Mixture
 from seq2seq_jax.core.reading import DataError
@@ -24,7 +23,7 @@ from seq2seq_jax.core.tokenizer import SIDE_NAMES, Tokenizer, load_tokenizers, s
 from seq2seq_jax.training import parallel
 from seq2seq_jax.training.batch_iterator import BatchIterator
 from seq2seq_jax.training.corpus import Corpus, open_corpus
-from seq2seq_jax.training.preprocess import corpus_mismatch, preprocess, split_prefixes
+from seq2seq_jax.training.preprocess import corpus_mismatch, preprocess, split_source_tokenizers
 from seq2seq_jax.training.preprocess import logger as preprocess_logger
 from seq2seq_jax.training.workdir import Workdir
 
@@ -143,9 +142,8 @@ def _subword_sampling(corpus: Corpus, data_cfg, src_tok: Tokenizer, tgt_tok: Tok
     if not data_cfg.subword_alpha:
         return None
     names = [train_split(spec.name) for spec in data_cfg.corpora] or ["train"]
-    prefixes = split_prefixes(data_cfg, src_tok)
-    parts = [SampledPart(corpus.kept_pairs(name), corpus.split(name),
-                         TaggedTokenizer(src_tok, prefixes[name]) if name in prefixes else src_tok, tgt_tok)
+    split_tokenizers = split_source_tokenizers(data_cfg, src_tok)
+    parts = [SampledPart(corpus.kept_pairs(name), corpus.split(name), split_tokenizers.get(name, src_tok), tgt_tok)
              for name in names]
     return SampledEpochs(parts, SubwordSampling(data_cfg.subword_alpha, data_cfg.subword_nbest_size),
                          data_cfg.seed, data_cfg.max_src_len, data_cfg.max_tgt_len)
