@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from seq2seq_jax.core.config_values import ConfigError, parse_value
-from seq2seq_jax.core.corpora import CorpusError, CorpusSpec, check_corpora
+from seq2seq_jax.core.corpora import TAG_POSITIONS, CorpusError, CorpusSpec, check_corpora
 from seq2seq_jax.core.json_files import read_json
 from seq2seq_jax.core.names import closest, did_you_mean
 from seq2seq_jax.core.presets import PRESETS, merge_sections, preset_sections
@@ -283,7 +283,7 @@ class DataConfig(_JsonConfig):
             raise ConfigError(str(error)) from None
         _check(self.sampling_temperature > 0, f"data.sampling_temperature must be positive, got "
                f"{self.sampling_temperature}")
-        _check(self.tag_position in ("first", "last"),
+        _check(self.tag_position in TAG_POSITIONS,
                f"data.tag_position must be 'first' or 'last', got {self.tag_position!r}")
         given = [name for name in ("train_src", "train_tsv", "valid_src", "valid_tsv") if getattr(self, name)]
         _check(not (self.corpora and given), f"data.corpora replaces data.{given[0] if given else ''}: give the "

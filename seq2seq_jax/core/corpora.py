@@ -14,6 +14,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+TAG_POSITIONS = ("first", "last")  # where a corpus's tag goes in its sources (data.tag_position)
+
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
@@ -108,4 +110,5 @@ def valid_split(name: str) -> str:
     return f"valid.{name}"
 
 
-__all__ = ["CorpusSpec", "CorpusError", "check_corpora", "languages_of", "tag_of", "train_split", "valid_split"]
+__all__ = ["CorpusSpec", "CorpusError", "TAG_POSITIONS", "check_corpora", "languages_of", "tag_of", "train_split",
+           "valid_split"]

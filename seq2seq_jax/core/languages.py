@@ -14,14 +14,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 
+from seq2seq_jax.core.corpora import TAG_POSITIONS
 from seq2seq_jax.core.tokenizer import Tokenizer
 
 
 class LanguageError(ValueError):
     """A target language missing, unknown, or asked of a model without language tags."""
-
-
-TAG_POSITIONS = ("first", "last")
 
 
 class TaggedTokenizer(Tokenizer):
@@ -130,4 +128,4 @@ class Languages:
         return dataclasses.replace(decode_config, banned_ids=banned)
 
 
-__all__ = ["Languages", "LanguageError", "TaggedTokenizer", "TAG_POSITIONS", "tag_id"]
+__all__ = ["Languages", "LanguageError", "TaggedTokenizer", "tag_id"]
