@@ -2,9 +2,10 @@
 unigram sampling, Kudo 2018, or BPE-dropout, Provilkov et al. 2020), so the model sees many segmentations of
 one sentence. Validation and decoding keep the one deterministic segmentation.
 
-An epoch's segmentations are a function of ``(seed, epoch)`` alone: pair ``i`` is drawn with sentencepiece's
-generator seeded from ``numpy.random.SeedSequence([seed, epoch, SALT])``'s ``i``-th word, source then target,
-so a resumed run, another host or another worker draws the same ones. A drawn pair longer than
+Within one process, an epoch's segmentations are a function of ``(seed, epoch)``: pair ``i`` is drawn with
+sentencepiece's generator seeded from ``numpy.random.SeedSequence([seed, epoch, SALT])``'s ``i``-th word,
+source then target, so a run resumed in the same process draws the same ones; another process does not
+(sentencepiece's generator does not follow the seed across processes: docs/data.md). A drawn pair longer than
 ``max_src_len`` / ``max_tgt_len`` (sampled pieces are shorter, so segmentations longer) keeps its deterministic
 segmentation, the preprocessed record: nothing is cropped or dropped that preprocessing kept, and each epoch's
 count of such pairs is logged. Numpy and sentencepiece only.
