@@ -1,10 +1,14 @@
-"""Subword regularization (``data.subword_alpha``): training pairs segmented anew each epoch by sentencepiece
-sampling, a function of (seed, epoch) alone, never changing the text, never longer than the limits; off for
-validation and decoding; a resumed run draws the same segmentations (bit-identical losses)."""
+"""Subword regularization (``data.subword_alpha``): training pairs segmented anew each epoch by sampling, a
+function of (seed, epoch) alone, never changing the text, never longer than the limits; off for validation and
+decoding; a run resumed in another process draws the same segmentations (bit-identical losses)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +24,13 @@ from seq2seq_jax.core.tokens import EOS_ID
 LINES = [f"the {colour} {animal} runs over the {place} near the river" for colour in ("red", "blue", "green")
          for animal in ("horse", "dog", "elephant", "cat") for place in ("bridge", "meadow", "mountain")]
 SAMPLED = ["data.tokenizer=unigram", "data.vocab_size=360", "data.subword_alpha=0.5"]
+TESTS = Path(__file__).resolve().parent
+TRAIN_IN_A_NEW_PROCESS = """
+import sys
+from run_support import tiny_config
+from seq2seq_jax.training.trainer import train
+train(tiny_config(*sys.argv[2:]), sys.argv[1])
+"""
 
 
 @pytest.fixture(scope="module", params=["unigram", "bpe"])
@@ -75,7 +86,7 @@ def test_a_tagged_source_keeps_its_tag_first(tokenizer):
 
 def test_sampling_needs_a_sentencepiece_tokenizer_and_sane_settings():
     with pytest.raises(TokenizerError, match="sentencepiece"):
-        VocabularyTokenizer.train("char", LINES, 1, 100).sample("abc", 0.1, -1)
+        VocabularyTokenizer.train("char", LINES, 1, 100).sample("abc", 0.1, -1, np.random.default_rng(0))
     with pytest.raises(ConfigError, match="unigram or bpe"):
         DataConfig(subword_alpha=0.1)
     with pytest.raises(ConfigError, match=r"subword_alpha must be in \[0, 1\]"):
@@ -93,14 +104,20 @@ def sampled_run(tmp_path_factory):
     return workdir
 
 
-def test_resume_with_sampling_is_bit_identical_across_epochs(sampled_run, tmp_path):
-    """200 pairs in batches of 16: 13 batches an epoch, so steps 14 and 27 start newly sampled epochs."""
+def test_resume_with_sampling_in_another_process_is_bit_identical_across_epochs(sampled_run, tmp_path):
+    """200 pairs in batches of 16: 13 batches an epoch, so steps 14 and 27 start newly sampled epochs; the run
+    stopped at step 20 resumes from step 10 in a new process and logs the uninterrupted run's losses."""
     from seq2seq_jax.training.trainer import train
 
     run = tmp_path / "run"
     train(tiny_config(*SAMPLED, "train.max_steps=20", "train.save_every=10"), run)
     shutil.rmtree(run / "checkpoints" / "20")  # killed after step 20, before its save: resume from step 10
-    train(tiny_config(*SAMPLED, "train.max_steps=30", "train.save_every=10"), run)
+    paths = [str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    resumed_run = subprocess.run([sys.executable, "-c", TRAIN_IN_A_NEW_PROCESS, str(run), *SAMPLED,
+                                  "train.max_steps=30", "train.save_every=10"], capture_output=True, text=True,
+                                 env=env, timeout=300)
+    assert resumed_run.returncode == 0, resumed_run.stderr[-3000:]
     resumed, uninterrupted = step_losses(run), step_losses(sampled_run)
     assert sorted(resumed) == list(range(1, 31))
     for step in range(11, 31):

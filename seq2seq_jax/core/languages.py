@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from seq2seq_jax.core.corpora import TAG_POSITIONS
 from seq2seq_jax.core.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class LanguageError(ValueError):
@@ -42,8 +46,8 @@ class TaggedTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         return self._tagged(self.base.encode(text))
 
-    def sample(self, text: str, alpha: float, nbest_size: int) -> list[int]:
-        return self._tagged(self.base.sample(text, alpha, nbest_size))
+    def sample(self, text: str, alpha: float, nbest_size: int, rng: np.random.Generator) -> list[int]:
+        return self._tagged(self.base.sample(text, alpha, nbest_size, rng))
 
     def crop(self, ids: list[int], length: int) -> list[int]:
         """The first ``length`` ids of a tagged text with the tag kept: the text is what is cropped."""

@@ -1,11 +1,10 @@
-"""Subword regularization: each epoch, every training pair is segmented anew by sampling (sentencepiece's
-unigram sampling, Kudo 2018, or BPE-dropout, Provilkov et al. 2020), so the model sees many segmentations of
-one sentence. Validation and decoding keep the one deterministic segmentation.
+"""Subword regularization: each epoch, every training pair is segmented anew by sampling (unigram sampling,
+Kudo 2018, or BPE-dropout, Provilkov et al. 2020: ``seq2seq_jax.core.segmentation_sampler``), so the model sees
+many segmentations of one sentence. Validation and decoding keep the one deterministic segmentation.
 
-Within one process, an epoch's segmentations are a function of ``(seed, epoch)``: pair ``i`` is drawn with
-sentencepiece's generator seeded from ``numpy.random.SeedSequence([seed, epoch, SALT])``'s ``i``-th word,
-source then target, so a run resumed in the same process draws the same ones; another process does not
-(sentencepiece's generator does not follow the seed across processes: docs/data.md). A drawn pair longer than
+An epoch's segmentations are a function of ``(seed, epoch)`` and the text alone: pair ``i`` is drawn, source
+then target, from a numpy generator seeded with the ``i``-th word of ``numpy.random.SeedSequence([seed,
+epoch, SALT])``, so a run resumed in this process or another draws the same ones. A drawn pair longer than
 ``max_src_len`` / ``max_tgt_len`` (sampled pieces are shorter, so segmentations longer) keeps its deterministic
 segmentation, the preprocessed record: nothing is cropped or dropped that preprocessing kept, and each epoch's
 count of such pairs is logged. Numpy and sentencepiece only.
@@ -15,11 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 from collections.abc import Sequence
 
 import numpy as np
-import sentencepiece
 
 from seq2seq_jax.core.encoding import Example
 from seq2seq_jax.core.tokenizer import Tokenizer
@@ -28,7 +25,6 @@ from seq2seq_jax.core.tokens import EOS_ID
 logger = logging.getLogger(__name__)
 
 SALT = 0x5B5A  # keeps these seeds apart from the batch order's, which also start from (seed, epoch)
-_GENERATOR = threading.Lock()  # sentencepiece's generator is one per process: seed and draw under one lock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,10 +72,9 @@ class SampledEpochs:
         kept = 0
         for part, records in zip(self.parts, self._records, strict=True):
             for (source, target), record in zip(part.pairs, records, strict=True):
-                with _GENERATOR:
-                    sentencepiece.set_random_generator_seed(int(seeds[len(examples)]))
-                    src = part.src_tokenizer.sample(source, alpha, nbest)
-                    tgt = part.tgt_tokenizer.sample(target, alpha, nbest)
+                rng = np.random.default_rng(int(seeds[len(examples)]))
+                src = part.src_tokenizer.sample(source, alpha, nbest, rng)
+                tgt = part.tgt_tokenizer.sample(target, alpha, nbest, rng)
                 if not src or not tgt or len(src) + 1 > self.max_src_len or len(tgt) + 1 > self.max_tgt_len:
                     examples.append(record)
                     kept += 1

@@ -22,12 +22,16 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sentencepiece
 
 from seq2seq_jax.core.json_files import read_json
+from seq2seq_jax.core.segmentation_sampler import SegmentationSampler
 from seq2seq_jax.core.tokens import BOS_ID, EOS_ID, PAD_ID, SPECIAL_PIECES, UNK_ID
+
+if TYPE_CHECKING:
+    import numpy as np
 
 NUM_SPECIALS = len(SPECIAL_PIECES)
 SKIPPED_IN_DECODE = frozenset((PAD_ID, BOS_ID, EOS_ID))
@@ -77,9 +81,9 @@ class Tokenizer:
         """Plain text of ``ids``; pad, bos and eos are skipped wherever they are (no stop at EOS)."""
         raise NotImplementedError
 
-    def sample(self, text: str, alpha: float, nbest_size: int) -> list[int]:
-        """One segmentation of ``text`` drawn at random (subword regularization), without BOS/EOS; sentencepiece
-        kinds only, drawn from sentencepiece's generator (``seq2seq_jax.core.subword_sampling`` seeds it)."""
+    def sample(self, text: str, alpha: float, nbest_size: int, rng: np.random.Generator) -> list[int]:
+        """One segmentation of ``text`` drawn at random from ``rng`` (subword regularization), without BOS/EOS;
+        sentencepiece kinds only (``seq2seq_jax.core.segmentation_sampler``)."""
         raise TokenizerError(f"subword sampling needs a sentencepiece tokenizer (unigram or bpe), not {self.kind}")
 
     def crop(self, ids: list[int], length: int) -> list[int]:
@@ -199,6 +203,7 @@ class SentencePieceTokenizer(Tokenizer):
         self.kind = kind
         self.model_proto = bytes(model_proto)
         self._processor = sentencepiece.SentencePieceProcessor(model_proto=self.model_proto)
+        self._sampler: SegmentationSampler | None = None  # built on the first draw
         expected = {PAD_ID: self._processor.pad_id(), UNK_ID: self._processor.unk_id(),
                     BOS_ID: self._processor.bos_id(), EOS_ID: self._processor.eos_id()}
         if any(want != got for want, got in expected.items()):
@@ -244,10 +249,12 @@ class SentencePieceTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         return self._processor.encode(text, out_type=int)
 
-    def sample(self, text: str, alpha: float, nbest_size: int) -> list[int]:
+    def sample(self, text: str, alpha: float, nbest_size: int, rng: np.random.Generator) -> list[int]:
         """Unigram: a segmentation drawn from the ``nbest_size`` best (-1: the whole lattice) with smoothing
         ``alpha``; BPE: BPE-dropout, each merge skipped with probability ``alpha`` (``nbest_size`` unused)."""
-        return self._processor.encode(text, out_type=int, enable_sampling=True, alpha=alpha, nbest_size=nbest_size)
+        if self._sampler is None:
+            self._sampler = SegmentationSampler(self.model_proto)
+        return self._sampler.draw(text, alpha, nbest_size, rng)
 
     def piece_id(self, piece: str) -> int | None:
         token_id = self._processor.piece_to_id(piece)
