@@ -93,6 +93,8 @@ def test_sampling_needs_a_sentencepiece_tokenizer_and_sane_settings():
         DataConfig(tokenizer="unigram", subword_alpha=1.5)
     with pytest.raises(ConfigError, match="subword_nbest_size"):
         DataConfig(tokenizer="unigram", subword_alpha=0.1, subword_nbest_size=1)
+    with pytest.raises(ConfigError, match="from 2 to 512"):
+        DataConfig(tokenizer="unigram", subword_alpha=0.1, subword_nbest_size=513)
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ ATTENTION_SCORES = ("additive", "dot", "general")
 DECODER_STYLES = ("bahdanau", "luong")
 BRIDGES = ("zero", "last", "dense")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
+MAX_NBEST_SIZE = 512  # sentencepiece refuses n-best lists longer than this
 
 
 def _check(condition: bool, message: str) -> None:
@@ -236,7 +237,8 @@ class DataConfig(_JsonConfig):
                                     "EOS)")
     subword_alpha: float = _f(0.0, "subword sampling of training pairs each epoch (unigram: smoothing alpha; bpe: "
                                    "dropout rate); 0: off")
-    subword_nbest_size: int = _f(-1, "unigram subword sampling draws from the n best segmentations (-1: all)")
+    subword_nbest_size: int = _f(-1, "unigram subword sampling draws from the n best segmentations (-1: all; at "
+                                     "most 512)")
 
     def __post_init__(self):
         self._check_corpora()
@@ -257,8 +259,9 @@ class DataConfig(_JsonConfig):
         _check(not self.subword_alpha or self.tokenizer in ("unigram", "bpe"),
                f"data.subword_alpha samples sentencepiece segmentations: needs data.tokenizer unigram or bpe, not "
                f"{self.tokenizer!r}")
-        _check(self.subword_nbest_size == -1 or self.subword_nbest_size > 1,
-               f"data.subword_nbest_size must be -1 (every segmentation) or > 1, got {self.subword_nbest_size}")
+        _check(self.subword_nbest_size == -1 or 1 < self.subword_nbest_size <= MAX_NBEST_SIZE,
+               f"data.subword_nbest_size must be -1 (every segmentation) or from 2 to {MAX_NBEST_SIZE} "
+               f"(sentencepiece's n-best limit), got {self.subword_nbest_size}")
         if self.user_symbols:
             _check(self.tokenizer in ("unigram", "bpe"),
                    f"data.user_symbols needs a sentencepiece tokenizer (unigram or bpe), not {self.tokenizer!r}")
