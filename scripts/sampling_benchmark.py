@@ -15,6 +15,7 @@ of the two. Prints a Markdown table (and writes ``--json``).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import sentencepiece
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -31,14 +33,20 @@ from seq2seq_jax.core.segmentation_sampler import SegmentationSampler  # noqa: E
 from seq2seq_jax.core.tokenizer import SentencePieceTokenizer  # noqa: E402
 
 
-def median_seconds(draw_all, repeats: int) -> float:
-    draw_all()
+def median_seconds(draw, lines: list[str], repeats: int) -> float:
+    """The median time of ``repeats`` passes of ``draw`` over ``lines``, after one warm-up pass."""
     times = []
-    for _ in range(repeats):
+    for repeat in range(repeats + 1):
         start = time.perf_counter()
-        draw_all()
-        times.append(time.perf_counter() - start)
+        for line in lines:
+            draw(line)
+        if repeat:
+            times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def draw_ours(sampler: SegmentationSampler, alpha: float, nbest: int, rng: np.random.Generator, line: str):
+    return sampler.draw(line, alpha, nbest, rng)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,18 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     for kind, nbest in (("unigram", -1), ("unigram", 8), ("bpe", -1)):
         tokenizer = SentencePieceTokenizer.train(kind, lines, args.vocab_size, 1.0)
         sampler, rng = SegmentationSampler(tokenizer.model_proto), np.random.default_rng(0)
-        processor = tokenizer._processor
-        ours = median_seconds(lambda: [sampler.draw(line, args.alpha, nbest, rng) for line in lines], args.repeats)
-        theirs = median_seconds(lambda: [processor.encode(line, out_type=int, enable_sampling=True, alpha=args.alpha,
-                                                          nbest_size=nbest) for line in lines], args.repeats)
+        processor = sentencepiece.SentencePieceProcessor(model_proto=tokenizer.model_proto)
+        ours = median_seconds(functools.partial(draw_ours, sampler, args.alpha, nbest, rng), lines, args.repeats)
+        theirs = median_seconds(functools.partial(processor.encode, out_type=int, enable_sampling=True,
+                                                  alpha=args.alpha, nbest_size=nbest), lines, args.repeats)
         rows.append({"kind": kind, "nbest_size": nbest, "lines": len(lines), "characters": characters,
                      "seconds": ours, "sentencepiece_seconds": theirs, "ratio": ours / theirs})
     print(f"{len(lines)} lines, {characters} characters ({', '.join(str(p) for p in args.files)}); vocabulary "
-          f"{args.vocab_size}, alpha {args.alpha}; median of {args.repeats} after a warm-up; {platform.processor() or platform.machine()}")
+          f"{args.vocab_size}, alpha {args.alpha}; median of {args.repeats} after a warm-up; "
+          f"{platform.processor() or platform.machine()}")
     print("\n| tokenizer | this sampler: lines/s | ms per 1,000 characters | sentencepiece: lines/s | ratio (time) |")
     print("|---|---|---|---|---|")
     for row in rows:
-        name = row["kind"] if row["kind"] == "bpe" else f"unigram, {'whole lattice' if row['nbest_size'] < 0 else '8 best'}"
+        lattice = "whole lattice" if row["nbest_size"] < 0 else f"{row['nbest_size']} best"
+        name = row["kind"] if row["kind"] == "bpe" else f"unigram, {lattice}"
         print(f"| {name} | {row['lines'] / row['seconds']:,.0f} | {row['seconds'] / characters * 1e6:.2f} | "
               f"{row['lines'] / row['sentencepiece_seconds']:,.0f} | {row['ratio']:.1f} |")
     if args.json:

@@ -62,3 +62,19 @@ def test_dropout_may_change_but_a_parameter_shape_or_tokenizer_may_not(source, t
         train(tiny_config("train.max_steps=1", "data.tokenizer=word"), tmp_path / "words", init_from=InitFrom(source))
     with pytest.raises(ConfigError, match="not a trained workdir"):
         train(tiny_config("train.max_steps=1"), tmp_path / "x", init_from=InitFrom(tmp_path / "nowhere"))
+
+
+def test_coverage_may_be_added_and_starts_at_zero(source, tmp_path):
+    """``model.coverage_attention`` turned on in a fine-tuning run (See et al.'s final coverage phase): the new
+    ``coverage_proj`` starts at zero, so the first validation equals the source's exactly; training with the
+    coverage loss then moves it."""
+    (validated,) = validations(source)
+    fine = tmp_path / "coverage"
+    train(tiny_config("train.max_steps=3", "model.coverage_attention=true", "train.coverage_loss_weight=1.0"), fine,
+          init_from=InitFrom(source))
+    first = validations(fine)[0]
+    assert first["step"] == 0 and first["valid_loss"] == validated["valid_loss"]
+    started, trained = load_trained(fine, 0), load_trained(fine, "latest")
+    assert trained.config.model.coverage_attention
+    coverage = [np.asarray(model.params["attention"]["coverage_proj"]["kernel"]) for model in (started, trained)]
+    assert not coverage[0].any() and coverage[1].any()

@@ -220,6 +220,19 @@ def test_a_validation_only_trial_never_decodes_the_test_set(monkeypatch, tmp_pat
         RUNNER.run("multi30k-de-en", tmp_path / "data", tmp_path / "run5", results, average_windows=(5,))
 
 
+def test_a_fine_tuning_trial_starts_from_the_workdir_it_names(monkeypatch, tmp_path):
+    """``--init-from W``: the new workdir's training gets ``--init-from W`` (a resumed one would not), and the
+    record and the trial table say so."""
+    source = tmp_path / "trained"
+    report, _, results = _fake_run(monkeypatch, tmp_path, "dialogsum", validation_only=True, label="trial-phase",
+                                   overrides=["model.coverage_attention=true"], init_from=source)
+    argv = TRAIN_ARGV[-1]
+    assert argv[argv.index("--init-from") + 1] == str(source) and report["init_from"] == str(source)
+    assert report["command"].endswith(f"--validation-only --label trial-phase --init-from {source}")
+    table = RUNNER.write_summary(results).read_text()
+    assert f"`model.coverage_attention=true`, `--init-from {source}`" in table
+
+
 def test_runner_summarization_reports_unseen_subset_and_baselines(monkeypatch, tmp_path):
     report, _, _ = _fake_run(monkeypatch, tmp_path, "dialogsum")
     assert report["decode_search"]["chosen"] == {"beam_size": 5, "n_best": 1, "no_repeat_ngram_size": 4,

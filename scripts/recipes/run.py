@@ -2,7 +2,7 @@
 
     python scripts/recipes/run.py NAME [--data DIR] [--workdir DIR] [--results DIR] [--ensemble-seed S ...]
         [--select validation|average] [--average-window K ...] [--set SECTION.KEY=VALUE ...] [--validation-only]
-        [--label L]
+        [--label L] [--init-from W]
 
 NAME is one of ``RECIPES`` (``multi30k-de-en``, ``multi30k-en-de``, ``multi30k-en-fr``, ``multi30k-en-cs``,
 ``multi30k-en-x``, ``dialogsum``, ``webnlg``); its settings are the config file beside this script: a preset
@@ -11,7 +11,9 @@ NAME is one of ``RECIPES`` (``multi30k-de-en``, ``multi30k-en-de``, ``multi30k-e
 ``../shared/data``, relative to the repository). The steps:
 
 1. ``seq2seq train`` on the training split, validating (greedy BLEU) on the validation split; an existing
-   workdir is resumed, not restarted.
+   workdir is resumed, not restarted. ``--init-from W`` starts a new workdir from the best checkpoint of the
+   trained workdir ``W`` (``seq2seq train --init-from``: a fine-tuning phase, e.g. coverage added to a model
+   trained without it).
 2. ``seq2seq average`` of the last ``train.keep_checkpoints`` checkpoints; the best checkpoint and the average
    are both scored on validation (beam 5) and the better one is kept (``--select average``: the average, without
    the comparison); ``--average-window K`` (repeatable) averages the last K instead, one candidate per K, so the
@@ -299,9 +301,11 @@ def search_decoding(recipe: Recipe, try_settings) -> dict:
     return current
 
 
-def train_recipe(name: str, data: Path, workdir: Path, prepared: Path, overrides) -> tuple:
+def train_recipe(name: str, data: Path, workdir: Path, prepared: Path, overrides,
+                 init_from: Path | None = None) -> tuple:
     """Step 1: ``seq2seq train`` of recipe ``name`` in ``workdir`` (resumed when it exists; linearized sources
-    in ``prepared``); ``(config, training report)`` once it reached ``train.max_steps``, an error otherwise."""
+    in ``prepared``; a new one from ``init_from``'s parameters when given); ``(config, training report)`` once
+    it reached ``train.max_steps``, an error otherwise."""
     from seq2seq_jax import cli
     from seq2seq_jax.core.config import ExperimentConfig
     from seq2seq_jax.training.workdir import Workdir
@@ -319,6 +323,8 @@ def train_recipe(name: str, data: Path, workdir: Path, prepared: Path, overrides
         if recipe.languages:
             config_file = corpora_config(recipe, data, workdir.with_name(workdir.name + ".config.json"))
         argv += ["--config", str(config_file)]
+        if init_from is not None:
+            argv += ["--init-from", str(init_from)]
     for override in overrides:
         argv += ["--set", override]
     log(f"{name}: training in {workdir}" + (" (resuming)" if resumed else ""))
@@ -373,7 +379,8 @@ def final_scores(name: str, data: Path, chosen: Path, current: dict, best: dict,
 
 
 def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str] = (), label: str | None = None,
-        select: str = "validation", validation_only: bool = False, average_windows: tuple[int, ...] = ()) -> dict:
+        select: str = "validation", validation_only: bool = False, average_windows: tuple[int, ...] = (),
+        init_from: Path | None = None) -> dict:
     """Steps 1-5 of recipe ``name``; ``validation_only``: no final score (step 4), for trials and ablations whose
     settings are chosen on validation while the test set stays unseen. ``average_windows``: the numbers of last
     checkpoints averaged as candidates of step 2 (default: ``train.keep_checkpoints``)."""
@@ -393,12 +400,14 @@ def run(name: str, data: Path, workdir: Path, results: Path, overrides: list[str
                         *([f"--select {select}"] if select != "validation" else []),
                         *(f"--average-window {k}" for k in average_windows),
                         *(["--validation-only"] if validation_only else []),
-                        *([f"--label {label}"] if label and validation_only else [])])
-    report: dict = {"recipe": name, "label": label, "command": command, "data": str(data)}
+                        *([f"--label {label}"] if label and validation_only else []),
+                        *([f"--init-from {init_from}"] if init_from is not None else [])])
+    report: dict = {"recipe": name, "label": label, "command": command, "data": str(data),
+                    **({"init_from": str(init_from)} if init_from is not None else {})}
 
     # 1. train (resumes an existing workdir); only a run that reached train.max_steps goes on
     prepared = workdir.with_name(workdir.name + ".sources")  # linearized sources (input_format triples)
-    config, report["training"] = train_recipe(name, data, workdir, prepared, overrides)
+    config, report["training"] = train_recipe(name, data, workdir, prepared, overrides, init_from)
     report["config"] = config.to_dict()
 
     # 2. best checkpoint or the average of the last ones, chosen on validation
@@ -558,6 +567,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--average-window", type=int, action="append", default=[], metavar="K",
                         help="step 2: also try the average of the last K checkpoints (repeatable; default "
                              "train.keep_checkpoints alone): a trial of the averaging window")
+    parser.add_argument("--init-from", type=Path, metavar="W",
+                        help="step 1 starts a new workdir from trained workdir W's best checkpoint (seq2seq train "
+                             "--init-from): a fine-tuning phase")
     parser.add_argument("--select", choices=["validation", "average"], default="validation",
                         help="step 2: the better of the best checkpoint and the checkpoint average on validation "
                              "(default), or the average")
@@ -570,7 +582,8 @@ def main(argv: list[str] | None = None) -> int:
                      tuple(args.average_window))
     else:
         run(args.name, Path(args.data), workdir, results, args.set, label=args.label, select=args.select,
-            validation_only=args.validation_only, average_windows=tuple(args.average_window))
+            validation_only=args.validation_only, average_windows=tuple(args.average_window),
+            init_from=args.init_from)
     return 0
 
 

@@ -105,10 +105,11 @@ def _ensemble_summary(report: dict) -> list[str]:
 
 
 def _changes(command: str) -> list[str]:
-    """What a run's command changed of its recipe: each ``--set`` override and ``--average-window``."""
+    """What a run's command changed of its recipe: each ``--set`` override, ``--average-window`` and
+    ``--init-from``."""
     words = command.split()
     return [value if flag == "--set" else f"{flag} {value}" for flag, value in zip(words, words[1:], strict=False)
-            if flag in ("--set", "--average-window")]
+            if flag in ("--set", "--average-window", "--init-from")]
 
 
 def _valid_cell(valid: dict) -> str:

@@ -2,8 +2,10 @@
 
 The new run takes the source's tokenizers (copied into its workdir before its corpus is made) and must have the
 source's model; it gets a fresh optimizer state and counts steps from 0, on its own data and training settings.
-A model field or tokenizer setting that differs from the source's is refused with an error naming it. Once the
-new workdir has a checkpoint of its own, a rerun resumes that and the source is not read again.
+A model field or tokenizer setting that differs from the source's is refused with an error naming it, except the
+fields of ``ADDED_MODEL_FIELDS``, which a fine-tuning run may turn on: their new parameters start at zero, so the
+run starts from the source's function (coverage added in a short final phase, as See et al. 2017 trained it).
+Once the new workdir has a checkpoint of its own, a rerun resumes that and the source is not read again.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ import dataclasses
 import shutil
 from pathlib import Path
 
+import jax.numpy as jnp
+
 from seq2seq_jax.core.config import ConfigError, ExperimentConfig
 from seq2seq_jax.core.tokenizer import SIDE_NAMES, load_tokenizers, same_tokenizer
+from seq2seq_jax.training.steps import abstract_params
 from seq2seq_jax.training.workdir import Workdir, load_trained
 
 # The data settings that decide what a tokenizer is: they must be the source's, since its tokenizers are used.
@@ -21,6 +26,9 @@ TOKENIZER_FIELDS = ("tokenizer", "vocab_size", "min_freq", "max_vocab_size", "jo
                     "user_symbols")
 # Model settings that change no parameter: a fine-tuning run may set its own.
 FREE_MODEL_FIELDS = ("embed_dropout", "rnn_dropout", "readout_dropout", "compute_dtype")
+# Model settings a fine-tuning run may turn on, with the parameters each adds (paths in the parameter tree):
+# they start at zero, where the model computes what the source's does.
+ADDED_MODEL_FIELDS = {"coverage_attention": (("attention", "coverage_proj", "kernel"),)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +69,8 @@ def check_compatible(init_from: InitFrom, config: ExperimentConfig) -> None:
         ours, theirs = getattr(config.model, field.name), getattr(source.model, field.name)
         if field.name in FREE_MODEL_FIELDS or (field.name.endswith("_vocab_size") and not ours):
             continue  # vocabulary sizes are filled in from the tokenizers, which are the source's
+        if field.name in ADDED_MODEL_FIELDS and ours and not theirs:
+            continue  # turned on: its parameters start at zero (with_added_parameters)
         if ours != theirs:
             raise ConfigError(f"--init-from {init_from.workdir}: model.{field.name} is {ours!r} here but "
                               f"{theirs!r} in the source; a fine-tuning run keeps the source's model")
@@ -85,7 +95,40 @@ def take_tokenizers(init_from: InitFrom, run: Workdir) -> None:
     shutil.copytree(source.tokenizer_dir, run.tokenizer_dir, dirs_exist_ok=True)
 
 
-def source_params(init_from: InitFrom) -> tuple[int, dict]:
-    """``(step, parameters)`` of the source's checkpoint, on the host's default device."""
+def source_params(init_from: InitFrom, config: ExperimentConfig) -> tuple[int, dict]:
+    """``(step, parameters of config's model)`` from the source's checkpoint, on the host's default device: the
+    source's, with the ones ``config`` adds at zero (``ADDED_MODEL_FIELDS``)."""
     trained = load_trained(init_from.workdir, init_from.checkpoint)
-    return trained.step, trained.params
+    return trained.step, with_added_parameters(trained.params, config)
+
+
+def with_added_parameters(params: dict, config: ExperimentConfig) -> dict:
+    """``params`` (a nested dict) completed to ``config``'s model: each parameter it lacks that a turned-on
+    field of ``ADDED_MODEL_FIELDS`` adds, as zeros of its shape and dtype; any other difference is an error."""
+    added = {path for field, paths in ADDED_MODEL_FIELDS.items() if getattr(config.model, field) for path in paths}
+    _, target = abstract_params(config.model)
+
+    def zeros(target_node, path: tuple[str, ...]):
+        if isinstance(target_node, dict):
+            return {key: zeros(leaf, path + (str(key),)) for key, leaf in target_node.items()}
+        if path not in added:
+            raise ConfigError(f"--init-from: the source lacks parameter {'/'.join(path)}")
+        return jnp.zeros(target_node.shape, target_node.dtype)
+
+    def complete(target_node: dict, source_node: dict, path: tuple[str, ...]) -> dict:
+        extra = sorted(set(source_node) - set(target_node))
+        if extra:
+            raise ConfigError(f"--init-from: the source has parameters {'/'.join(path + (extra[0],))} that this "
+                              "model has not")
+        result = {}
+        for key, leaf in target_node.items():
+            where = path + (str(key),)
+            if key not in source_node:
+                result[key] = zeros(leaf, where)
+            elif isinstance(leaf, dict):
+                result[key] = complete(leaf, source_node[key], where)
+            else:
+                result[key] = source_node[key]
+        return result
+
+    return complete(target, params, ())

@@ -264,7 +264,7 @@ def _initial_state(config: ExperimentConfig, run: Workdir, mesh: Mesh, checkpoin
     shardings = parallel.state_shardings(abstract, mesh)
     restored = checkpoints.restore(parallel.abstract_like(abstract, shardings))
     if restored is None and init_from is not None:
-        step, params = source_params(init_from)
+        step, params = source_params(init_from, config)
         logger.info(f"initialised from step {step} of {init_from.workdir}: its parameters, a fresh optimizer state, "
                     "step 0")
         state = init_train_state(params, make_optimizer(config.train), config.train.seed)
