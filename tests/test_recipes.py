@@ -231,6 +231,8 @@ def test_a_fine_tuning_trial_starts_from_the_workdir_it_names(monkeypatch, tmp_p
     assert report["command"].endswith(f"--validation-only --label trial-phase --init-from {source}")
     table = RUNNER.write_summary(results).read_text()
     assert f"`model.coverage_attention=true`, `--init-from {source}`" in table
+    with pytest.raises(SystemExit):
+        RUNNER.main(["dialogsum", "--init-from", str(source), "--ensemble-seed", "1"])
 
 
 def test_runner_summarization_reports_unseen_subset_and_baselines(monkeypatch, tmp_path):

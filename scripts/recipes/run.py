@@ -574,6 +574,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="step 2: the better of the best checkpoint and the checkpoint average on validation "
                              "(default), or the average")
     args = parser.parse_args(argv)
+    if args.ensemble_seed and args.init_from:
+        parser.error("--init-from is a trial of one run: it cannot be combined with --ensemble-seed")
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     workdir = Path(args.workdir or REPO / "runs" / args.name)

@@ -6,10 +6,10 @@ segmentations sentencepiece would, with the model's own pieces and scores, from 
 the caller seeds: the draws are a function of the text, the model and the generator's state alone.
 
 - **Unigram, whole lattice** (``nbest_size`` -1; Kudo 2018): the lattice of every vocabulary piece over the
-  normalized text (unknown characters as UNK nodes scored ``min_score - 10``, user-defined symbols scored
-  ``length * max_score - 0.1``, unused pieces left out, as sentencepiece builds it), then forward filtering
-  with scores times ``alpha`` and backward sampling: a segmentation ``x`` is drawn with probability
-  ``exp(alpha * score(x)) / Z``.
+  normalized text (unknown characters as UNK nodes scored ``min_score - 10``, unused pieces left out, as
+  sentencepiece builds it; user-defined symbols with the bonus score the installed sentencepiece gives them,
+  read from it, since its versions differ), then forward filtering with scores times ``alpha`` and backward
+  sampling: a segmentation ``x`` is drawn with probability ``exp(alpha * score(x)) / Z``.
 - **Unigram, n best** (``nbest_size`` > 1): sentencepiece's deterministic n-best list with its scores, one of
   them drawn with probability proportional to ``exp(alpha * score)``.
 - **BPE-dropout** (Provilkov et al. 2020): sentencepiece's BPE merge loop (best-scoring adjacent pair first,
@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import heapq
 import math
-import struct
 
 import numpy as np
 import sentencepiece
 
 UNK_PENALTY = 10.0  # sentencepiece's kUnkPenalty: an unknown character scores the lowest piece minus this
-FLOAT_MIN = struct.unpack("f", struct.pack("f", 1.1754943508222875e-38))[0]  # max_score's start, as in C++
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6  # ModelProto.SentencePiece.Type
 UNIGRAM, BPE = 1, 2  # TrainerSpec.ModelType
 
@@ -54,9 +52,7 @@ class SegmentationSampler:
         self._user_defined: set[int] = set()
         self._unused: set[int] = set()
         self._scores = [piece.score for piece in model.pieces]
-        normal_scores = [piece.score for piece in model.pieces if piece.type == NORMAL]
-        self._min_score = min(normal_scores, default=0.0)
-        self._max_score = max([FLOAT_MIN, *normal_scores])
+        self._min_score = min((piece.score for piece in model.pieces if piece.type == NORMAL), default=0.0)
         self._byte_ids = {}
         for piece_id, piece in enumerate(model.pieces):
             if piece.type in (NORMAL, USER_DEFINED, UNUSED):
@@ -67,6 +63,7 @@ class SegmentationSampler:
                 self._unused.add(piece_id)
             elif piece.type == BYTE:
                 self._byte_ids[int(piece.piece[3:5], 16)] = piece_id
+        symbol_scores = _user_symbol_scores(model) if self.is_unigram else {}
         # character -> [children, piece id, lattice score]: the id -1 where no piece ends or an unused one does
         self._trie: dict = {}
         for piece, piece_id in self._ids.items():
@@ -75,8 +72,7 @@ class SegmentationSampler:
                 entry = node.setdefault(character, [{}, -1, 0.0])
                 if position == len(piece) - 1 and piece_id not in self._unused:
                     entry[1] = piece_id
-                    entry[2] = (len(piece) * self._max_score - 0.1 if piece_id in self._user_defined
-                                else self._scores[piece_id])
+                    entry[2] = symbol_scores.get(piece_id, self._scores[piece_id])
                 node = entry[0]
         symbols = [piece for piece, piece_id in self._ids.items() if piece_id in self._user_defined]
         self._longest_symbol = max(map(len, symbols), default=0)
@@ -174,7 +170,7 @@ class SegmentationSampler:
             _, left, right, merged_length = heapq.heappop(agenda)
             if not symbols[left] or not symbols[right] or len(symbols[left]) + len(symbols[right]) != merged_length:
                 continue  # one side has changed since this pair was considered
-            if alpha > 0.0 and not uniforms:
+            if 0.0 < alpha < 1.0 and not uniforms:
                 uniforms = rng.random(len(symbols)).tolist()
             if alpha >= 1.0 or (alpha > 0.0 and uniforms.pop() < alpha):
                 continue
@@ -228,6 +224,26 @@ class SegmentationSampler:
                 ids.append(piece_id)
             previous_unknown = unknown
         return ids
+
+
+def _user_symbol_scores(model) -> dict[int, float]:
+    """``{piece id: lattice score}`` of a unigram model's user-defined pieces, as the installed sentencepiece
+    scores them (0.2.0: ``length * max(normal scores, FLT_MIN) - 0.1``; 0.2.3: ``0.1 * (length - 1)``): the
+    score of the one-piece segmentation of each symbol's own text, in the n-best list of a copy of the model
+    that adds no dummy prefix."""
+    probe = type(model).FromString(model.SerializeToString())
+    probe.normalizer_spec.add_dummy_prefix = False
+    processor = sentencepiece.SentencePieceProcessor(model_proto=probe.SerializeToString())
+    scores = {}
+    for piece_id, piece in enumerate(model.pieces):
+        if piece.type != USER_DEFINED:
+            continue
+        whole = [nbest.score for nbest in processor.nbest_encode_as_proto(piece.piece, nbest_size=16).nbests
+                 if [p.id for p in nbest.pieces] == [piece_id]]
+        if not whole:
+            raise ValueError(f"cannot read sentencepiece's score of the user-defined piece {piece.piece!r}")
+        scores[piece_id] = whole[0]
+    return scores
 
 
 def _index_by_weight(weights: list[float], uniform: float) -> int:
