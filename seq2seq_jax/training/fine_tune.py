@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import jax.numpy as jnp
+from flax import traverse_util
 
 from seq2seq_jax.core.config import ConfigError, ExperimentConfig
 from seq2seq_jax.core.tokenizer import SIDE_NAMES, load_tokenizers, same_tokenizer
@@ -106,29 +107,18 @@ def with_added_parameters(params: dict, config: ExperimentConfig) -> dict:
     """``params`` (a nested dict) completed to ``config``'s model: each parameter it lacks that a turned-on
     field of ``ADDED_MODEL_FIELDS`` adds, as zeros of its shape and dtype; any other difference is an error."""
     added = {path for field, paths in ADDED_MODEL_FIELDS.items() if getattr(config.model, field) for path in paths}
-    _, target = abstract_params(config.model)
-
-    def zeros(target_node, path: tuple[str, ...]):
-        if isinstance(target_node, dict):
-            return {key: zeros(leaf, path + (str(key),)) for key, leaf in target_node.items()}
-        if path not in added:
-            raise ConfigError(f"--init-from: the source lacks parameter {'/'.join(path)}")
-        return jnp.zeros(target_node.shape, target_node.dtype)
-
-    def complete(target_node: dict, source_node: dict, path: tuple[str, ...]) -> dict:
-        extra = sorted(set(source_node) - set(target_node))
-        if extra:
-            raise ConfigError(f"--init-from: the source has parameters {'/'.join(path + (extra[0],))} that this "
-                              "model has not")
-        result = {}
-        for key, leaf in target_node.items():
-            where = path + (str(key),)
-            if key not in source_node:
-                result[key] = zeros(leaf, where)
-            elif isinstance(leaf, dict):
-                result[key] = complete(leaf, source_node[key], where)
-            else:
-                result[key] = source_node[key]
-        return result
-
-    return complete(target, params, ())
+    target = traverse_util.flatten_dict(abstract_params(config.model)[1])
+    source = traverse_util.flatten_dict(params)
+    extra = [key for key in source if key not in target]
+    if extra:
+        raise ConfigError(f"--init-from: the source has parameter {'/'.join(map(str, extra[0]))} that this model "
+                          "has not")
+    completed = {}
+    for key, leaf in target.items():
+        if key in source:
+            completed[key] = source[key]
+        elif tuple(map(str, key)) in added:
+            completed[key] = jnp.zeros(leaf.shape, leaf.dtype)
+        else:
+            raise ConfigError(f"--init-from: the source lacks parameter {'/'.join(map(str, key))}")
+    return traverse_util.unflatten_dict(completed)
